@@ -1,0 +1,99 @@
+"""The `polypseg` command line: a thin typer shell over the library.
+
+Each command parses its options, calls one library function and prints. A `PolypsegError`
+becomes one line on stderr and exit code 2; Ctrl-C exits 130. Heavy imports (torch, mlflow,
+optuna) happen inside the commands so that `polypseg --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from polypseg.errors import PolypsegError
+
+
+class _OneLineErrors(TyperGroup):
+    """Turns user errors into one line on stderr with exit 2, as DESIGN.md's CLI contract says."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except PolypsegError as err:
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Polyp segmentation on Kvasir-SEG: frozen SAM encoder, cached features, trainable "
+    "decoder, MLflow tracking, Optuna tuning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Get, generate and split Kvasir-style data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise PolypsegError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
+
+
+@data_app.command("download")
+def data_download(
+    dest: Annotated[
+        Path | None, typer.Option(help="Copy the data set here (default: kagglehub's cache).")
+    ] = None,
+) -> None:
+    """Download Kvasir-SEG from Kaggle and print the folder holding images/ and masks/."""
+    from polypseg.data.kvasir import download_kvasir
+
+    typer.echo(download_kvasir(dest))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to create (images/, masks/).")],
+    n: Annotated[int, typer.Option(min=1, help="Number of image/mask pairs.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same set.")] = 0,
+) -> None:
+    """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
+    from polypseg.data.synthetic import make_synthetic
+
+    if out.exists() and any(out.iterdir()):
+        raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
+    typer.echo(make_synthetic(out, n=n, seed=seed))
+
+
+@data_app.command("split")
+def data_split(
+    root: Annotated[Path, typer.Option(help="Folder with images/ and masks/.")],
+    seed: Annotated[int, typer.Option(help="Split seed (the protocol's is 42).")] = 42,
+    ratios: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
+    out: Annotated[Path | None, typer.Option(help="Write the JSON manifest here.")] = None,
+) -> None:
+    """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON."""
+    from polypseg.atomic import write_json
+    from polypseg.data.kvasir import list_pairs
+    from polypseg.data.split import split_names
+
+    split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
+    if out is not None:
+        write_json(out, split.manifest())
+    typer.echo(split.summary())
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app()

@@ -1,0 +1,1 @@
+"""The data layer: Kvasir-SEG folders (downloaded, local or synthetic), pairing, splits, Dataset."""

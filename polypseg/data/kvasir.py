@@ -1,0 +1,182 @@
+"""Kvasir-SEG on disk: locate or download the folder, pair images with masks, read them.
+
+A data set is any folder holding `images/` and `masks/` whose files pair by stem (Kvasir-SEG,
+CVC-ClinicDB, ETIS... with JPEG, PNG, TIFF or BMP files). The real Kvasir-SEG masks are RGB JPEGs
+with compression noise, so masks are converted to grey and thresholded at 128, never compared
+with 255.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from polypseg.errors import DataError, DownloadError
+
+KAGGLE_HANDLE = "debeshjha1/kvasirseg"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MASK_THRESHOLD = 128
+_SHOWN = 5  # names listed in an error before "... and N more"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask; `name` is the image's file name (the split's unit)."""
+
+    name: str
+    image: Path
+    mask: Path
+
+
+def _listing(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def find_dataset_root(path: str | Path) -> Path:
+    """The shallowest folder at or under `path` that holds both `images/` and `masks/`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(
+            f"data folder {path} does not exist; pass the folder with images/ and masks/"
+        )
+    candidates = [path, *sorted(p for p in path.rglob("*") if p.is_dir())]
+    for folder in sorted(candidates, key=lambda p: len(p.parts)):
+        if (folder / "images").is_dir() and (folder / "masks").is_dir():
+            return folder
+    raise DataError(
+        f"no images/ and masks/ folders under {path}; a Kvasir-style folder holds both "
+        "(or create one with `polypseg data synth --out DIR`)"
+    )
+
+
+def download_kvasir(dest: str | Path | None = None) -> Path:
+    """Download Kvasir-SEG with kagglehub (reused from its cache) and return its data folder."""
+    import kagglehub
+
+    try:
+        path = kagglehub.dataset_download(
+            KAGGLE_HANDLE, output_dir=str(dest) if dest is not None else None
+        )
+    except Exception as err:  # kagglehub raises many types for network and auth failures
+        raise DownloadError(
+            f"downloading Kaggle data set {KAGGLE_HANDLE} failed ({_reason(err)}); use a local "
+            "copy with --root DIR (data.source = 'local') or the synthetic set "
+            "(`polypseg data synth --out DIR`)"
+        ) from None
+    return find_dataset_root(path)
+
+
+def _reason(err: BaseException) -> str:
+    """A short cause: connection failures say so instead of quoting urllib3's paragraph."""
+    text = str(err)
+    if isinstance(err, (ConnectionError, OSError)) or "Connection" in type(err).__name__:
+        return f"no connection: {type(err).__name__}"
+    return f"{type(err).__name__}: {text.splitlines()[0][:120]}" if text else type(err).__name__
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+            files.setdefault(entry.stem, entry)
+    return files
+
+
+def list_pairs(root: str | Path) -> list[Pair]:
+    """Every image of `root/images` with its mask in `root/masks`, sorted by name.
+
+    Raises `DataError` listing images without masks, masks without images and files that are
+    not images (checked from their headers, so this stays fast on a thousand files).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"data folder {root} does not exist; pass the folder with images/ and masks/"
+        )
+    folders = {kind: root / kind for kind in ("images", "masks")}
+    for kind, folder in folders.items():
+        if not folder.is_dir():
+            raise DataError(
+                f"{root} has no {kind}/ folder; expected {root}/images and {root}/masks"
+            )
+    images, masks = (_files_by_stem(folders[k]) for k in ("images", "masks"))
+    if not images and not masks:
+        raise DataError(
+            f"no image files in {root}/images or {root}/masks "
+            f"(looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    problems = []
+    if lonely := images.keys() - masks.keys():
+        problems.append(f"images without masks: {_listing(images[s].name for s in lonely)}")
+    if lonely := masks.keys() - images.keys():
+        problems.append(f"masks without images: {_listing(masks[s].name for s in lonely)}")
+    pairs = [
+        Pair(images[s].name, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())
+    ]
+    unreadable = [
+        str(p.relative_to(root))
+        for pair in pairs
+        for p in (pair.image, pair.mask)
+        if not _has_image_header(p)
+    ]
+    if unreadable:
+        problems.append(f"files that cannot be decoded: {_listing(unreadable)}")
+    if problems:
+        raise DataError(f"{root}: " + "; ".join(problems))
+    return pairs
+
+
+def _has_image_header(path: Path) -> bool:
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError):
+        return False
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """H×W×3 uint8 from any PIL mode: grey, RGBA, palette and 16-bit inputs included."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as H×W×3 uint8 RGB, at its original size."""
+    return to_rgb(_open(Path(path)))
+
+
+def binarize_mask(grey: np.ndarray) -> np.ndarray:
+    """0/1 uint8 from a grey mask (JPEG noise included) at the 128 threshold."""
+    return (grey >= MASK_THRESHOLD).astype(np.uint8)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file (RGB or grey, JPEG noise included) as an H×W uint8 array of 0/1."""
+    grey = np.asarray(Image.fromarray(to_rgb(_open(Path(path)))).convert("L"))
+    return binarize_mask(grey)
+
+
+def cache_home() -> Path:
+    """`$POLYPSEG_CACHE` (default `~/.cache/polypseg`): features, checkpoints, synthetic data."""
+    return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")).expanduser()

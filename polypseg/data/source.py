@@ -1,0 +1,27 @@
+"""Where a config's data comes from: the Kaggle download, a local folder, or synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from polypseg.config import DataConfig
+from polypseg.data.kvasir import cache_home, download_kvasir, find_dataset_root
+from polypseg.data.synthetic import make_synthetic
+
+
+def synthetic_root(data: DataConfig) -> Path:
+    if data.root:
+        return Path(data.root)
+    return cache_home() / "synthetic" / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
+
+
+def resolve_root(data: DataConfig) -> Path:
+    """The folder holding `images/` and `masks/` for this config, downloading or generating it."""
+    if data.source == "synthetic":
+        root = synthetic_root(data)
+        if not (root / "images").is_dir():
+            make_synthetic(root, n=data.synthetic_n, seed=data.synthetic_seed)
+        return root
+    if data.source == "local":
+        return find_dataset_root(data.root)
+    return download_kvasir()

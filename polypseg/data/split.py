@@ -1,0 +1,91 @@
+"""The train/val/test split: a pure function of the sorted file names, the seed and the ratios.
+
+It follows the seed notebook's protocol (scikit-learn's `train_test_split`, first train vs. the
+rest, then the rest into val and test, `random_state=seed`), so 1000 names give 800/100/100 and
+the same files land in the same split on every machine, whatever order the file system lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from polypseg.errors import DataError
+
+DEFAULT_RATIOS = (0.8, 0.1, 0.1)
+
+
+@dataclass(frozen=True)
+class Split:
+    seed: int
+    ratios: tuple[float, float, float]
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def names(self, part: str) -> tuple[str, ...]:
+        """The names of one part, or a `DataError` when that part is empty but needed."""
+        if part not in ("train", "val", "test"):
+            raise DataError(f"unknown split {part!r}; use train, val or test")
+        names = getattr(self, part)
+        if not names:
+            total = len(self.train) + len(self.val) + len(self.test)
+            raise DataError(
+                f"the {part} split is empty ({total} pairs, ratios {list(self.ratios)}); "
+                "add images or raise that part's ratio"
+            )
+        return names
+
+    def manifest(self) -> dict:
+        return {
+            "seed": self.seed,
+            "ratios": list(self.ratios),
+            "train": list(self.train),
+            "val": list(self.val),
+            "test": list(self.test),
+        }
+
+    def summary(self) -> str:
+        return f"train={len(self.train)} val={len(self.val)} test={len(self.test)}"
+
+
+def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0):
+        raise DataError(
+            f"ratios {list(ratios)} must be three non-negative numbers summing to 1, "
+            "e.g. 0.8,0.1,0.1"
+        )
+    if ratios[0] == 0:
+        raise DataError(f"ratios {list(ratios)} leave nothing to train on; the first must be > 0")
+    return (float(ratios[0]), float(ratios[1]), float(ratios[2]))
+
+
+def _cut(names: list[str], test_size: float, seed: int) -> tuple[list[str], list[str]]:
+    """`train_test_split` that leaves small sets whole instead of raising."""
+    from sklearn.model_selection import train_test_split
+
+    if test_size <= 0 or len(names) < 2:
+        return names, []
+    if test_size >= 1:
+        return [], names
+    if math.ceil(test_size * len(names)) >= len(names):  # sklearn would leave train empty
+        return names[:1], names[1:] if len(names) > 1 else []
+    kept, cut = train_test_split(names, test_size=test_size, random_state=seed)
+    return list(kept), list(cut)
+
+
+def split_names(
+    names: Iterable[str], seed: int = 42, ratios: Sequence[float] = DEFAULT_RATIOS
+) -> Split:
+    """Split file names into train/val/test; depends only on the set of names, seed and ratios."""
+    ratios = check_ratios(ratios)
+    ordered = sorted(set(names))
+    if not ordered:
+        raise DataError("no pairs to split; the data folder has no image/mask pairs")
+    train, rest = _cut(ordered, ratios[1] + ratios[2], seed)
+    if not train:
+        train, rest = rest[:1], rest[1:]
+    held = ratios[1] + ratios[2]
+    val, test = _cut(rest, ratios[2] / held if held else 0.0, seed)
+    return Split(seed, ratios, tuple(train), tuple(val), tuple(test))

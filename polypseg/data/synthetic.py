@@ -1,0 +1,98 @@
+"""A synthetic Kvasir-like data set: the real layout, polyp-like content, deterministic per seed.
+
+Each image is a textured reddish mucosa with lighting falloff and specular highlights, holding
+one to three irregular blobs. A blob's colour is drawn per blob, partly overlapping the
+background's range, and it is shaded like a dome, so no single pixel threshold separates it: the
+decoder has to use shape and texture. Masks are saved as RGB JPEGs, with compression noise, like
+the real ones. Sizes vary and are rarely square.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from polypseg.atomic import atomic_path
+
+JPEG_QUALITY = 90
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """Zero-mean noise in about [-1, 1] with features about `scale` pixels wide."""
+    small = rng.standard_normal((max(2, int(h / scale)), max(2, int(w / scale))))
+    image = Image.fromarray(((small + 3) * 40).clip(0, 255).astype(np.uint8))
+    big = np.asarray(image.resize((w, h), Image.BICUBIC), dtype=np.float32) / 40 - 3
+    return big / (np.abs(big).max() + 1e-6)
+
+
+def _blob(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """An irregular star-shaped region (boolean) and its dome shading (0..1 inside)."""
+    radius = rng.uniform(0.08, 0.25) * min(h, w)
+    cy = rng.uniform(radius, h - radius)
+    cx = rng.uniform(radius, w - radius)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta = np.arctan2(yy - cy, xx - cx)
+    boundary = np.ones_like(theta)
+    for k in range(2, 6):
+        boundary += rng.uniform(0.0, 0.12) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+    stretch = rng.uniform(0.7, 1.3)
+    dist = np.hypot((yy - cy) * stretch, (xx - cx) / stretch) / (radius * boundary)
+    inside = dist < 1.0
+    dome = np.clip(1.0 - dist**2, 0.0, 1.0)
+    return inside, dome
+
+
+def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One (image H×W×3 uint8, mask H×W uint8 0/255) pair."""
+    h = int(rng.integers(288, 520))
+    w = int(rng.integers(352, 640))
+    base = np.array([rng.uniform(170, 215), rng.uniform(80, 115), rng.uniform(70, 100)])
+    texture = 14 * _smooth_noise(rng, h, w, 40) + 6 * _smooth_noise(rng, h, w, 6)
+    image = base[None, None, :] + texture[..., None] * np.array([1.0, 0.6, 0.5])
+    mask = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(1, 4))):
+        inside, dome = _blob(rng, h, w)
+        # Per-blob tint: sometimes paler, sometimes darker than the mucosa, never one colour.
+        tint = np.array([rng.uniform(-35, 30), rng.uniform(-10, 45), rng.uniform(-5, 40)])
+        grain = 8 * _smooth_noise(rng, h, w, 3)
+        shade = (0.55 + 0.6 * dome)[..., None]
+        blob = (base + tint)[None, None, :] * shade + grain[..., None]
+        edge = (
+            np.asarray(
+                Image.fromarray((inside * 255).astype(np.uint8)).filter(
+                    ImageFilter.GaussianBlur(2)
+                ),
+                dtype=np.float32,
+            )[..., None]
+            / 255
+        )
+        image = image * (1 - edge) + blob * edge
+        mask |= inside
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ly, lx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    falloff = 1.0 - 0.55 * (np.hypot(yy - ly, xx - lx) / np.hypot(h, w)) ** 1.5
+    image = image * falloff[..., None]
+    for _ in range(int(rng.integers(3, 12))):
+        sy, sx = rng.uniform(0, h), rng.uniform(0, w)
+        size = rng.uniform(1.5, 6)
+        spot = np.exp(-(((yy - sy) / size) ** 2 + ((xx - sx) / (size * 1.6)) ** 2))
+        image = image + 200 * spot[..., None]
+    return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
+
+
+def make_synthetic(out: str | Path, n: int = 100, seed: int = 0) -> Path:
+    """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), atomically; returns `out`."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    with atomic_path(out, directory=True) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        for index in range(n):
+            image, mask = make_sample(rng)
+            name = f"synth_{seed:03d}_{index:05d}.jpg"
+            Image.fromarray(image).save(tmp / "images" / name, quality=JPEG_QUALITY)
+            rgb_mask = Image.fromarray(mask).convert("RGB")
+            rgb_mask.save(tmp / "masks" / name, quality=JPEG_QUALITY)
+    return out

@@ -1,0 +1,33 @@
+"""User-facing errors: each one is a single line that names the file or value and the fix.
+
+The CLI prints a `PolypsegError` as one line on stderr and exits 2; anything else is a bug and is
+allowed to crash with a traceback.
+"""
+
+
+class PolypsegError(Exception):
+    """An error the user caused and can fix; its message is one line."""
+
+
+class ConfigError(PolypsegError):
+    """A config file, key or value is wrong."""
+
+
+class DataError(PolypsegError):
+    """A data folder, image or mask is missing, unpaired or unreadable."""
+
+
+class DownloadError(PolypsegError):
+    """A download (data set, checkpoint, weights) failed."""
+
+
+class CheckpointError(PolypsegError):
+    """A checkpoint file is missing, truncated or not the expected one."""
+
+
+class ModelError(PolypsegError):
+    """A model URI cannot be resolved or loaded."""
+
+
+class TrainingError(PolypsegError):
+    """Training diverged (a NaN or infinite loss) or cannot start."""

@@ -1,0 +1,31 @@
+"""Shared fixtures: a small synthetic Kvasir-like set, an isolated cache, a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from polypseg.data.synthetic import make_synthetic
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own $POLYPSEG_CACHE: no test reads another's features or checkpoints."""
+    cache = tmp_path_factory.mktemp("polypseg-cache")
+    monkeypatch.setenv("POLYPSEG_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-pair synthetic set (images/, masks/), shared read-only by the whole session."""
+    return make_synthetic(tmp_path_factory.mktemp("data") / "synthetic12", n=12, seed=7)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
