@@ -18,7 +18,12 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it."""
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    A file replaces what was there. A folder is only ever created: when `path` already exists
+    on success, another process finished the same deterministic work first, and ours is
+    dropped, so concurrent builders never delete a folder someone is reading.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
@@ -30,7 +35,8 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if directory and path.exists():
-            shutil.rmtree(path)
+            shutil.rmtree(tmp)
+            return
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():

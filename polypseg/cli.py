@@ -95,5 +95,30 @@ def data_split(
     typer.echo(split.summary())
 
 
+ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment TOML (see experiments/).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+]
+
+
+def _config(path: Path, sets: list[str] | None):
+    from polypseg.config import load_config, parse_set
+
+    return load_config(path, parse_set(sets or []))
+
+
+@app.command("cache")
+def cache(config: ConfigOption, set_: SetOption = None) -> None:
+    """Build the feature cache for a config: the encoder runs once per image."""
+    from polypseg.prepare import prepare
+
+    prepared = prepare(_config(config, set_))
+    typer.echo(
+        f"{prepared.features.directory} images={len(prepared.features.names)} "
+        f"encoder={prepared.encoder.name} encoded_now={prepared.encoder.images_encoded}"
+    )
+
+
 def main() -> None:  # pragma: no cover - the console script
     app()

@@ -21,8 +21,12 @@ class DownloadError(PolypsegError):
     """A download (data set, checkpoint, weights) failed."""
 
 
+class WeightsUnavailable(PolypsegError):
+    """Pretrained weights cannot be had here: no file, and the download failed."""
+
+
 class CheckpointError(PolypsegError):
-    """A checkpoint file is missing, truncated or not the expected one."""
+    """A checkpoint file is truncated, corrupt or not for this encoder."""
 
 
 class ModelError(PolypsegError):

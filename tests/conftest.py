@@ -29,3 +29,35 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def tiny_config(synthetic_root: Path, tmp_path: Path) -> Path:
+    """A CPU-sized experiment over the 12-pair set: 64 px, the tiny SAM, a narrow decoder."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        f"""
+[data]
+source = "local"
+root = "{synthetic_root}"
+image_size = 64
+
+[encoder]
+name = "sam_tiny"
+allow_random_weights = true
+
+[decoder]
+width = 16
+
+[train]
+epochs = 3
+batch_size = 4
+lr = 3e-3
+device = "cpu"
+
+[tracking]
+experiment = "tests"
+registered_model = "polypseg-test"
+"""
+    )
+    return path

@@ -1,0 +1,132 @@
+"""Figures logged with every run: image | ground truth | prediction panels, and training curves.
+
+Each function returns a `matplotlib.figure.Figure`; the caller logs it (`mlflow.log_figure`) and
+lets it go. Figures are built with the object-oriented API on an Agg canvas, never through
+pyplot: nothing needs a display, no global backend is switched, and nothing is registered in
+pyplot's figure list, so Optuna trials running in threads can draw at the same time without
+sharing state (pyplot is not thread-safe) and figures are freed when dropped (`plt.close` on
+them is harmless). matplotlib is imported inside the functions to keep `import polypseg` cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+PRED_COLOUR = (0.1, 0.9, 0.2)  # green: prediction fill and contour
+TRUTH_COLOUR = (1.0, 0.15, 0.15)  # red: ground-truth contour
+PANEL_INCHES = 2.4
+
+
+def _agg_figure(width: float, height: float, layout: str) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _contour(ax: Axes, mask: np.ndarray, colour: tuple[float, float, float]) -> None:
+    # contour() warns when the level lies outside the data (an empty or full mask): skip those.
+    if mask.min() < 0.5 < mask.max():
+        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2)
+
+
+def _overlay(ax: Axes, image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> None:
+    ax.imshow(image)
+    probs = np.clip(pred.astype(np.float32), 0.0, 1.0)
+    fill = np.zeros((*probs.shape, 4), dtype=np.float32)
+    fill[..., :3] = PRED_COLOUR
+    # Opacity follows the probability, so an unsure prediction shows as a faint haze.
+    fill[..., 3] = 0.4 * probs
+    ax.imshow(fill)
+    _contour(ax, probs, PRED_COLOUR)
+    _contour(ax, mask.astype(np.float32), TRUTH_COLOUR)
+
+
+def mask_panel(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    preds: list[np.ndarray],
+    titles: list[str] | None = None,
+) -> Figure:
+    """One row per image: the image | its ground truth | the prediction over the image.
+
+    Args:
+        images: H×W×3 uint8 images.
+        masks: H×W 0/1 ground-truth masks, one per image, same H×W.
+        preds: H×W predictions, 0/1 masks or probabilities in [0, 1]: drawn as a green fill
+            whose opacity is the probability, with a green contour at 0.5 and the ground
+            truth's contour in red.
+        titles: one per row (a file name, its Dice); the image column's title when given.
+    """
+    n = len(images)
+    if n == 0 or len(masks) != n or len(preds) != n:
+        raise ValueError(
+            f"need as many masks and predictions as images (≥ 1), got "
+            f"{n} images, {len(masks)} masks, {len(preds)} predictions"
+        )
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"got {len(titles)} titles for {n} images")
+    # Rows as tall as the tallest image's aspect needs (Kvasir images vary), plus a title line.
+    aspect = max(image.shape[0] / image.shape[1] for image in images)
+    figure = _agg_figure(3 * PANEL_INCHES, n * (PANEL_INCHES * aspect + 0.25), "compressed")
+    axes = figure.subplots(n, 3, squeeze=False)
+    for row, (image, mask, pred) in enumerate(zip(images, masks, preds, strict=True)):
+        if not (image.shape[:2] == mask.shape == pred.shape):
+            raise ValueError(
+                f"row {row}: image {image.shape}, mask {mask.shape} and prediction "
+                f"{pred.shape} differ in size"
+            )
+        image_ax, truth_ax, pred_ax = axes[row]
+        image_ax.imshow(image)
+        truth_ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        _overlay(pred_ax, image, mask, pred)
+        image_ax.set_title(titles[row] if titles is not None else "image", fontsize=8)
+        truth_ax.set_title("ground truth", fontsize=8)
+        pred_ax.set_title("prediction (truth in red)", fontsize=8)
+        for ax in axes[row]:
+            ax.set_axis_off()
+    return figure
+
+
+def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the entries that have `key`; an epoch without validation is a gap."""
+    rows = [row for row in history if key in row]
+    return [row["epoch"] for row in rows], [row[key] for row in rows]
+
+
+def curves(history: list[dict[str, float]]) -> Figure:
+    """Losses (left) and validation Dice/IoU (right) against the epoch.
+
+    `history` holds one dict per epoch with keys `epoch`, `train_loss`, `val_loss`, `val_dice`,
+    `val_iou` (as `train.fit` reports them); a missing key leaves that point out. The epoch of
+    the best `val_dice` is marked on both plots.
+    """
+    figure = _agg_figure(9.0, 3.2, "tight")
+    loss_ax, score_ax = figure.subplots(1, 2)
+    for ax, keys in ((loss_ax, ("train_loss", "val_loss")), (score_ax, ("val_dice", "val_iou"))):
+        for key in keys:
+            epochs, values = _series(history, key)
+            if epochs:
+                ax.plot(epochs, values, marker="o", markersize=3, label=key)
+    epochs, dice = _series(history, "val_dice")
+    if epochs and not np.isnan(dice).all():
+        best = epochs[int(np.nanargmax(dice))]
+        for ax in (loss_ax, score_ax):
+            ax.axvline(best, color="0.6", linestyle=":", linewidth=1, label="best val_dice")
+    loss_ax.set_title("loss", fontsize=9)
+    score_ax.set_title("validation", fontsize=9)
+    score_ax.set_ylim(0.0, 1.0)
+    for ax in (loss_ax, score_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return figure

@@ -1,0 +1,1 @@
+"""The model: frozen encoders (one registry), the trainable decoder, and their composition."""

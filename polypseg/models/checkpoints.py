@@ -1,0 +1,128 @@
+"""Pretrained weights on disk: Meta's official SAM checkpoints, downloaded once and verified.
+
+An "auto" checkpoint lives in `$POLYPSEG_CACHE/checkpoints` under its official name and is checked
+against the official MD5 before every use. A file the user names is checked the same way when its
+size is that of an official file (a renamed official download), and loaded either way; anything
+that torch cannot read is a `CheckpointError` naming the file, never a crash inside torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from polypseg.atomic import atomic_path
+from polypseg.data.kvasir import cache_home
+from polypseg.errors import CheckpointError, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    file: str
+    md5: str
+    size: int
+
+    @property
+    def url(self) -> str:
+        return f"https://dl.fbaipublicfiles.com/segment_anything/{self.file}"
+
+
+SAM_CHECKPOINTS = {
+    "vit_b": OfficialCheckpoint(
+        "sam_vit_b_01ec64.pth", "01ec64d29a2fca3f0661936605ae66f8", 375042383
+    ),
+    "vit_l": OfficialCheckpoint(
+        "sam_vit_l_0b3195.pth", "0b3195507c641ddb6910d2bb5adee89c", 1249524607
+    ),
+    "vit_h": OfficialCheckpoint(
+        "sam_vit_h_4b8939.pth", "4b8939a88964f0f4ff5f5b2642c598a6", 2564550879
+    ),
+}
+
+
+def md5sum(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, official: OfficialCheckpoint) -> None:
+    """Raise `CheckpointError` unless `path` is the official file, byte for byte."""
+    size = path.stat().st_size
+    if size != official.size or md5sum(path) != official.md5:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({size} bytes; the official "
+            f"{official.file} has {official.size} bytes and MD5 {official.md5}); delete it and "
+            "download it again"
+        )
+
+
+def download(url: str, dest: Path) -> Path:
+    """Fetch `url` to `dest` with a progress bar; an interrupted download leaves no file."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with (
+                Progress(
+                    *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()
+                ) as bar,
+                tmp.open("wb") as out,
+            ):
+                task = bar.add_task(f"downloading {dest.name}", total=total)
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.advance(task, len(block))
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise WeightsUnavailable(
+            f"cannot download {url} ({getattr(err, 'reason', err)}); put the file at {dest} "
+            "or set encoder.checkpoint to its path"
+        ) from None
+    return dest
+
+
+def resolve_sam_checkpoint(variant: str, checkpoint: str) -> Path:
+    """The local path of a SAM checkpoint: "auto" (download once, verify) or a user's path."""
+    official = SAM_CHECKPOINTS[variant]
+    if checkpoint != "auto":
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"SAM checkpoint {path} not found; download {official.url} there or set "
+                'encoder.checkpoint = "auto"'
+            )
+        if path.stat().st_size == official.size:
+            verify(path, official)
+        return path
+    path = cache_home() / "checkpoints" / official.file
+    if not path.is_file():
+        log.info("downloading the SAM %s checkpoint to %s", variant, path)
+        download(official.url, path)
+    verify(path, official)
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """`torch.load(weights_only=True)` with every failure turned into one line naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        reason = str(err).splitlines()[0][:100] if str(err) else ""
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); "
+            "is it truncated or not a PyTorch checkpoint?"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return state

@@ -1,0 +1,300 @@
+"""Frozen image encoders: one registry of named builders, one `FrozenEncoder` interface.
+
+Every encoder is a `FrozenEncoder`: it owns its preprocessing (uint8 images in), returns a
+B×C×h×w feature map, says its `out_channels`, and carries a `weights_digest` that keys the feature
+cache. The registry maps `encoder.name` to an `EncoderEntry` (architecture builder + how to get
+pretrained weights), in the manner of segment-anything's `sam_model_registry`: adding a variant is
+one line. The tiny variants are built from the same classes with small sizes and have random
+weights only; they exist for the tests and the offline demo and must be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polypseg.config import EncoderConfig
+from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable
+from polypseg.models.checkpoints import load_state_dict, resolve_sam_checkpoint
+
+log = logging.getLogger(__name__)
+
+SAM_MEAN = (123.675, 116.28, 103.53)  # segment_anything.modeling.Sam's pixel_mean / pixel_std
+SAM_STD = (58.395, 57.12, 57.375)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Normalisation, and SAM's resize-longest-side-then-pad when `input_size` is set."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int | None = None
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    build: Callable[[], nn.Module]  # the architecture, randomly initialised
+    out_channels: int
+    preprocessing: Preprocessing
+    # Loads pretrained weights into a built backbone given `encoder.checkpoint`; raises
+    # `WeightsUnavailable` when they cannot be had. None: a random-weights-only test variant.
+    load_pretrained: Callable[[nn.Module, str], None] | None
+
+
+class FrozenEncoder(nn.Module):
+    """A frozen backbone with its preprocessing: B×3×H×W uint8 → B×`out_channels`×h×w float32.
+
+    Parameters never require grad, BatchNorm statistics never move (`train()` keeps eval mode),
+    and features are computed under `torch.inference_mode()` (bf16 autocast on CUDA).
+    """
+
+    def __init__(
+        self, name: str, backbone: nn.Module, out_channels: int, preprocessing: Preprocessing
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.out_channels = out_channels
+        self.preprocessing = preprocessing
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), False)
+        self.backbone.requires_grad_(False)
+        self.train(False)
+        self.weights_digest = state_digest(self.backbone)
+        self.images_encoded = 0  # how often the backbone ran, per image: the cache's whole point
+
+    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen for good
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        size = self.preprocessing.input_size
+        if size is None:
+            return x
+        h, w = x.shape[-2:]
+        scale = size / max(h, w)
+        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(
+                x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+            )
+        return F.pad(x, (0, size - new_w, 0, size - new_h))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            cuda = images.device.type == "cuda"
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
+                features = self.backbone(self.preprocess(images)).float()
+        self.images_encoded += images.shape[0]
+        return features.clone()  # a normal tensor, usable by a decoder that trains on it
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers: the same weights, the same digest."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+# --- SAM ---------------------------------------------------------------------------------------
+
+
+def _sam_vit(
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: tuple[int, ...],
+    img_size: int = 1024,
+    out_chans: int = 256,
+    window_size: int = 14,
+) -> nn.Module:
+    from segment_anything.modeling import ImageEncoderViT
+
+    return ImageEncoderViT(
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=4,
+        out_chans=out_chans,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=window_size,
+        global_attn_indexes=global_attn_indexes,
+    )
+
+
+def _load_sam(variant: str, backbone: nn.Module, checkpoint: str) -> None:
+    path = resolve_sam_checkpoint(variant, checkpoint)
+    state = load_state_dict(path)
+    prefix = "image_encoder."
+    if any(key.startswith(prefix) for key in state):  # a full SAM checkpoint, as Meta ships it
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit SAM {variant}'s image encoder "
+            f"({str(err).splitlines()[0][:120]}); use the official sam_{variant}_*.pth"
+        ) from None
+
+
+def _sam_entry(variant: str, *arch: object) -> EncoderEntry:
+    return EncoderEntry(
+        build=partial(_sam_vit, *arch),
+        out_channels=256,
+        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=1024),
+        load_pretrained=partial(_load_sam, variant),
+    )
+
+
+# --- ResNet ------------------------------------------------------------------------------------
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to `layer4` (stride 32), without pooling and classifier."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        self.resnet = resnet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        return r.layer4(r.layer3(r.layer2(r.layer1(x))))
+
+
+def _resnet(depths: tuple[int, int, int, int], bottleneck: bool) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    return ResNetTrunk(ResNet(Bottleneck if bottleneck else BasicBlock, list(depths)))
+
+
+def _load_resnet50(backbone: nn.Module, checkpoint: str) -> None:
+    from torchvision.models import ResNet50_Weights
+
+    if checkpoint not in ("auto", ""):
+        state = load_state_dict(Path(checkpoint))
+    else:
+        try:
+            state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True)
+        except Exception as err:  # urllib raises URLError, OSError, HTTPError...
+            raise WeightsUnavailable(
+                f"cannot download torchvision's ResNet-50 IMAGENET1K_V2 weights "
+                f"({type(err).__name__}); put resnet50-11ad3fa6.pth in $TORCH_HOME/hub/checkpoints"
+            ) from None
+    backbone.resnet.load_state_dict(state)
+
+
+ENCODERS: dict[str, EncoderEntry] = {
+    "sam_vit_b": _sam_entry("vit_b", 768, 12, 12, (2, 5, 8, 11)),
+    "sam_vit_l": _sam_entry("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
+    "sam_vit_h": _sam_entry("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
+    "resnet50": EncoderEntry(
+        build=partial(_resnet, (3, 4, 6, 3), True),
+        out_channels=2048,
+        preprocessing=Preprocessing(IMAGENET_MEAN, IMAGENET_STD),
+        load_pretrained=_load_resnet50,
+    ),
+    # Test and demo variants: the same classes, small sizes, random weights only.
+    "sam_tiny": EncoderEntry(
+        build=partial(_sam_vit, 64, 2, 2, (1,), img_size=256, out_chans=64, window_size=4),
+        out_channels=64,
+        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=256),
+        load_pretrained=None,
+    ),
+    # SAM ViT-B's architecture at 256 px (16×16 tokens): real encoder cost at benchmark scale.
+    "sam_vit_b_256": EncoderEntry(
+        build=partial(_sam_vit, 768, 12, 12, (2, 5, 8, 11), img_size=256),
+        out_channels=256,
+        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=256),
+        load_pretrained=None,
+    ),
+    "resnet_tiny": EncoderEntry(
+        build=partial(_resnet, (1, 1, 1, 1), False),
+        out_channels=512,
+        preprocessing=Preprocessing(IMAGENET_MEAN, IMAGENET_STD),
+        load_pretrained=None,
+    ),
+}
+
+
+def _entry(name: str) -> EncoderEntry:
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
+    return ENCODERS[name]
+
+
+def encoder_architecture(name: str) -> FrozenEncoder:
+    """The named encoder with deterministic random weights (seed 0); never downloads."""
+    entry = _entry(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = entry.build()
+    return FrozenEncoder(name, backbone, entry.out_channels, entry.preprocessing)
+
+
+def _pretrained(name: str, checkpoint: str) -> FrozenEncoder:
+    entry = _entry(name)
+    if entry.load_pretrained is None:
+        raise WeightsUnavailable(f"{name} is a test variant without pretrained weights")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = entry.build()
+    entry.load_pretrained(backbone, checkpoint)
+    return FrozenEncoder(name, backbone, entry.out_channels, entry.preprocessing)
+
+
+def build_encoder(config: EncoderConfig) -> tuple[FrozenEncoder, str | None]:
+    """The configured encoder with pretrained weights, or the fallback; and why one applied.
+
+    Unavailable weights (no file, download failed) lead to `config.fallback`; a corrupt or
+    mismatched checkpoint is an error, never a silent fallback. Random weights are used only
+    when `allow_random_weights` is set, and the returned reason says so.
+    """
+    if _entry(config.name).load_pretrained is None:
+        if not config.allow_random_weights:
+            raise WeightsUnavailable(
+                f"encoder {config.name} is a test variant with random weights only; set "
+                "encoder.allow_random_weights = true to use it"
+            )
+        return encoder_architecture(config.name), f"{config.name} has random weights (test variant)"
+    reasons: list[str] = []
+    candidates = [(config.name, config.checkpoint)]
+    if config.fallback and config.fallback != config.name:
+        candidates.append((config.fallback, "auto"))
+    for name, checkpoint in candidates:
+        try:
+            encoder = _pretrained(name, checkpoint)
+        except WeightsUnavailable as err:
+            reasons.append(f"{name}: {err}")
+            continue
+        if reasons:
+            log.warning("using encoder %s instead of %s: %s", name, config.name, "; ".join(reasons))
+        return encoder, "; ".join(reasons) or None
+    if not config.allow_random_weights:
+        raise WeightsUnavailable(
+            "no pretrained encoder weights available (" + "; ".join(reasons) + "); provide a "
+            "checkpoint, or set encoder.allow_random_weights = true for a demo"
+        )
+    name = candidates[-1][0]
+    reason = "; ".join(reasons) + f"; using {name} with random weights (allow_random_weights)"
+    log.warning("encoder %s: %s", name, reason)
+    return encoder_architecture(name), reason

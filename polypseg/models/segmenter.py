@@ -1,0 +1,53 @@
+"""The segmenter: a frozen encoder and a trainable decoder, with pre- and post-processing.
+
+Training runs the decoder on cached features and calls `upsample_logits` itself; prediction runs
+the whole chain on images of any size: resize to the training size, encode, decode, upsample the
+probability map back to the image's own size and threshold it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polypseg.data.dataset import resize_image
+from polypseg.models.decoder import SimpleDecoder
+from polypseg.models.encoders import FrozenEncoder
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of B×1×h×w logits to B×1×`size`."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class Segmenter(nn.Module):
+    """uint8 images B×3×S×S → logits B×1×S×S, S being `image_size`."""
+
+    def __init__(self, encoder: FrozenEncoder, decoder: SimpleDecoder, image_size: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.image_size = image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return upsample_logits(self.decoder(self.encoder(images)), tuple(images.shape[-2:]))
+
+    @torch.inference_mode()
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
+        device = next(self.decoder.parameters()).device
+        h, w = image.shape[:2]
+        # The same resize as the training data's, so the decoder sees what it was trained on.
+        x = resize_image(image, self.image_size)[None].to(device)
+        self.eval()
+        logits = self.decoder(self.encoder(x)).float()
+        probs = torch.sigmoid(upsample_logits(logits, (h, w)))
+        return probs[0, 0].cpu().numpy()
+
+    def predict_mask(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """H×W×3 uint8 image → H×W uint8 mask of 0/1 at the image's own size."""
+        return (self.predict_proba(image) >= threshold).astype(np.uint8)

@@ -1,0 +1,124 @@
+"""The feature cache: one encoder call per image, hits, misses on change, rebuild on corruption."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polypseg.cache import FeatureCache
+from polypseg.data.kvasir import list_pairs, read_mask
+from polypseg.models.encoders import encoder_architecture
+
+
+@pytest.fixture
+def data(synthetic_root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(synthetic_root, tmp_path / "set"))
+
+
+def _get(cache: FeatureCache, encoder, root: Path):
+    return cache.get(encoder, root, list_pairs(root), image_size=64, batch_size=5, progress=False)
+
+
+def test_first_build_encodes_each_image_once(data: Path, tmp_path: Path) -> None:
+    encoder = encoder_architecture("resnet_tiny")
+    cached = _get(FeatureCache(tmp_path / "fc"), encoder, data)
+    assert encoder.images_encoded == 12
+    assert cached.features.shape == (12, 512, 2, 2) and cached.features.dtype == np.float16
+    assert cached.masks.shape == (12, 1, 64, 64)
+    assert isinstance(cached.features, np.memmap)
+
+
+def test_second_get_is_a_hit_without_encoding(data: Path, tmp_path: Path) -> None:
+    encoder = encoder_architecture("resnet_tiny")
+    first = _get(FeatureCache(tmp_path / "fc"), encoder, data)
+    second = _get(FeatureCache(tmp_path / "fc"), encoder, data)
+    assert encoder.images_encoded == 12
+    assert second.directory == first.directory
+    np.testing.assert_array_equal(first.features, second.features)
+
+
+def test_cached_features_equal_a_fresh_encoding(data: Path, tmp_path: Path) -> None:
+    encoder = encoder_architecture("sam_tiny")
+    cached = _get(FeatureCache(tmp_path / "fc"), encoder, data)
+    from polypseg.data.dataset import KvasirDataset
+
+    item = KvasirDataset(data, [cached.names[3]], 64)[0]
+    fresh = encoder(item["image"][None]).numpy()
+    np.testing.assert_allclose(cached.features[3], fresh[0], atol=2e-3, rtol=2e-3)
+    np.testing.assert_array_equal(cached.masks[3], item["mask"].numpy())
+
+
+def test_changed_image_is_a_miss(data: Path, tmp_path: Path) -> None:
+    encoder = encoder_architecture("resnet_tiny")
+    cache = FeatureCache(tmp_path / "fc")
+    first = _get(cache, encoder, data)
+    victim = sorted((data / "images").iterdir())[0]
+    Image.open(victim).transpose(Image.FLIP_LEFT_RIGHT).save(victim)
+    second = _get(cache, encoder, data)
+    assert encoder.images_encoded == 24
+    assert second.directory != first.directory
+    assert not np.array_equal(first.features[0], second.features[0])
+
+
+def test_other_weights_are_a_miss(data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "fc")
+    encoder = encoder_architecture("resnet_tiny")
+    first = _get(cache, encoder, data)
+    other = encoder_architecture("resnet_tiny")
+    other.backbone.resnet.conv1.weight.data.mul_(2)
+    other.weights_digest = "changed"  # as a different checkpoint would give
+    assert _get(cache, other, data).directory != first.directory
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_index"])
+def test_corrupt_cache_is_detected_and_rebuilt(data: Path, tmp_path: Path, damage: str) -> None:
+    encoder = encoder_architecture("resnet_tiny")
+    cache = FeatureCache(tmp_path / "fc")
+    first = _get(cache, encoder, data)
+    reference = np.array(first.features)
+    target = first.directory / "features.npy"
+    del first
+    if damage == "truncate":
+        with target.open("r+b") as handle:
+            handle.truncate(target.stat().st_size // 2)
+    elif damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[-10] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    else:
+        (target.parent / "index.json").unlink()
+    rebuilt = _get(cache, encoder, data)
+    assert encoder.images_encoded == 24
+    np.testing.assert_array_equal(np.array(rebuilt.features), reference)
+
+
+def test_interrupted_build_leaves_no_entry(data: Path, tmp_path: Path) -> None:
+    encoder = encoder_architecture("resnet_tiny")
+    calls = {"n": 0}
+    original = encoder.backbone.forward
+
+    def dies_on_second_batch(x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(x)
+
+    encoder.backbone.forward = dies_on_second_batch
+    with pytest.raises(KeyboardInterrupt):
+        _get(FeatureCache(tmp_path / "fc"), encoder, data)
+    assert not any((tmp_path / "fc").iterdir())
+
+
+def test_masks_in_cache_match_the_files(data: Path, tmp_path: Path) -> None:
+    cached = _get(FeatureCache(tmp_path / "fc"), encoder_architecture("resnet_tiny"), data)
+    name = cached.names[5]
+    mask = read_mask(data / "masks" / name)
+    resized = np.asarray(Image.fromarray(mask).resize((64, 64), Image.NEAREST))
+    np.testing.assert_array_equal(cached.masks[5, 0], resized)
+    assert tuple(cached.sizes[5]) == mask.shape
+    features, masks = cached.tensors([name, cached.names[0]])
+    assert features.shape[0] == 2 and masks.shape == (2, 1, 64, 64)
