@@ -120,5 +120,54 @@ def cache(config: ConfigOption, set_: SetOption = None) -> None:
     )
 
 
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)."
+    ),
+]
+
+
+@app.command("train")
+def train(
+    config: ConfigOption,
+    set_: SetOption = None,
+    log_model: Annotated[
+        bool, typer.Option(help="Log the full pyfunc model (encoder included) as `model`.")
+    ] = True,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Train the decoder once on cached features: one MLflow run; prints run_id and test_dice."""
+    from polypseg.experiment import train_and_log
+    from polypseg.prepare import prepare
+    from polypseg.tracking import runs_url, setup, tracked_run
+
+    cfg = _config(config, set_)
+    prepared = prepare(cfg)
+    experiment_id = setup(cfg.tracking.experiment, tracking_uri)
+    with tracked_run(run_name=config.stem):
+        outcome = train_and_log(prepared, cfg, on_epoch=_print_epoch, log_model=log_model)
+    typer.echo(f"runs: {runs_url(experiment_id)}", err=True)
+    typer.echo(f"run_id={outcome.run_id} test_dice={outcome.metrics['test_dice']:.4f}")
+
+
+def _print_epoch(metrics: dict[str, float]) -> None:
+    typer.echo(
+        f"epoch {int(metrics['epoch']):3d}  train_loss {metrics['train_loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_dice {metrics['val_dice']:.4f}",
+        err=True,
+    )
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so a terminated run ends KILLED and a study stays resumable
+
+
 def main() -> None:  # pragma: no cover - the console script
+    import os
+    import signal
+
+    # Artifacts here are local files: MLflow's per-file progress bars are only noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     app()

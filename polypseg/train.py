@@ -163,10 +163,10 @@ def fit(
     return result
 
 
-def test_scores(
+def split_scores(
     decoder: SimpleDecoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Mean per-image scores (`test_dice`, `test_iou`, ...) and `test_mdice_thr`."""
+    """Mean per-image scores (`test_dice`, `test_iou`, ...) and `test_mdice_thr` of a split."""
     from polypseg.metrics import dice_over_thresholds
 
     probs, masks = predict_probs(decoder, data, batch_size, device)

@@ -1,0 +1,116 @@
+"""One training run, logged: what `polypseg train` does and what every trial of a study does.
+
+`train_and_log` trains a decoder on prepared (cached) features and logs into the active MLflow
+run: params, tags, the data set and split, per-epoch metrics (step = epoch), test metrics, mask
+panel and curves, and the decoder's weights (`decoder/decoder.pt`, small). The full pyfunc model
+with the encoder inside is logged only when asked (`polypseg train --log-model`, the default) or
+when a study registers its best trial: a study does not copy a 375 MB encoder into every trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from polypseg.config import Config, flatten
+from polypseg.data.dataset import KvasirDataset
+from polypseg.figures import curves, mask_panel
+from polypseg.prepare import Prepared
+from polypseg.tracking import log_dataset, log_figure, split_digest, truncate_tag
+from polypseg.train import EpochCallback, FeatureSet, FitResult, fit, predict_probs, split_scores
+
+PANEL_IMAGES = 4
+EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    fit: FitResult
+    metrics: dict[str, float]  # best_val_dice, best_epoch, test_*
+
+
+def feature_set(prepared: Prepared, part: str) -> FeatureSet:
+    return FeatureSet(*prepared.features.tensors(prepared.split.names(part)))
+
+
+def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
+    names = list(prepared.split.names("val"))[:PANEL_IMAGES]
+    data = FeatureSet(*prepared.features.tensors(names))
+    probs, masks = predict_probs(fitted.decoder, data, len(names), prepared.device)
+    items = KvasirDataset(prepared.root, names, image_size)
+    images = [items[i]["image"].permute(1, 2, 0).numpy() for i in range(len(names))]
+    figure = mask_panel(
+        images,
+        [m[0].numpy().astype(np.uint8) for m in masks],
+        [p[0].numpy() for p in probs],
+        titles=names,
+    )
+    log_figure(figure, "figures/val_masks.png")
+
+
+def _log_decoder(fitted: FitResult) -> None:
+    decoder = fitted.decoder
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decoder.pt"
+        state = {k: v.cpu() for k, v in decoder.state_dict().items()}
+        torch.save(
+            {"in_channels": decoder.in_channels, "width": decoder.width, "state": state}, path
+        )
+        mlflow.log_artifact(str(path), "decoder")
+
+
+def train_and_log(
+    prepared: Prepared,
+    config: Config,
+    on_epoch: EpochCallback | None = None,
+    log_model: bool = False,
+) -> TrainOutcome:
+    """Fit a decoder on the prepared features, logging everything into the active run."""
+    run = mlflow.active_run()
+    mlflow.log_params(flatten(config))
+    tags = {
+        "polypseg.encoder": prepared.encoder.name,
+        "polypseg.weights_digest": prepared.encoder.weights_digest[:16],
+        "polypseg.split_digest": split_digest(prepared.split),
+    }
+    if prepared.fallback_reason:
+        tags["polypseg.fallback_reason"] = truncate_tag(prepared.fallback_reason)
+    mlflow.set_tags(tags)
+    sizes = dict(
+        zip(prepared.features.names, map(tuple, prepared.features.sizes.tolist()), strict=True)
+    )
+    log_dataset(prepared.root, prepared.split, sizes)
+
+    def log_epoch(metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=int(metrics["epoch"]))
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    train, val = feature_set(prepared, "train"), feature_set(prepared, "val")
+    fitted = fit(
+        train,
+        val,
+        prepared.encoder.out_channels,
+        config.decoder.width,
+        config.train,
+        prepared.device,
+        callback=log_epoch,
+    )
+    metrics = {"best_val_dice": fitted.best_val_dice, "best_epoch": float(fitted.best_epoch)}
+    test = feature_set(prepared, "test")
+    metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
+    mlflow.log_metrics(metrics)
+    _log_panel(prepared, fitted, config.data.image_size)
+    log_figure(curves(fitted.history), "figures/curves.png")
+    _log_decoder(fitted)
+    if log_model:
+        from polypseg.pyfunc import log_segmenter_model
+
+        log_segmenter_model(prepared.encoder, fitted.decoder.cpu(), config.data.image_size)
+    return TrainOutcome(run.info.run_id, fitted, metrics)
