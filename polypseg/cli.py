@@ -151,6 +151,48 @@ def train(
     typer.echo(f"run_id={outcome.run_id} test_dice={outcome.metrics['test_dice']:.4f}")
 
 
+@app.command("tune")
+def tune(
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to add in this run.")] = 30,
+    config: Annotated[
+        Path, typer.Option("--config", help="Base experiment TOML; the study overrides its keys.")
+    ] = Path("experiments/sam_vit_b.toml"),
+    study: Annotated[
+        Path, typer.Option("--study", help="Study spec TOML (search space, sampler, pruner).")
+    ] = Path("studies/decoder_search.toml"),
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name (default: the spec's); same name = resume.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (default sqlite:///studies/optuna.db; postgresql://... "
+            "for many machines; journal:PATH for many processes on one machine)."
+        ),
+    ] = None,
+    n_jobs: Annotated[
+        int, typer.Option(min=1, help="Trials at once in this process; one per GPU with several.")
+    ] = 1,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after S seconds.")
+    ] = None,
+    set_: SetOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Run or resume an Optuna study: each trial trains the decoder on the cached features,
+    is one nested MLflow run, and the best model is registered (alias `champion`)."""
+    from polypseg.studyspec import load_spec
+    from polypseg.tune import tune as run_tune
+
+    cfg = _config(config, set_)
+    spec = load_spec(study, cfg)
+    result = run_tune(cfg, spec, trials, study_name, storage, n_jobs, timeout, tracking_uri)
+    for line in result.summary():
+        typer.echo(line)
+    if result.best is None:
+        raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
+
+
 def _print_epoch(metrics: dict[str, float]) -> None:
     typer.echo(
         f"epoch {int(metrics['epoch']):3d}  train_loss {metrics['train_loss']:.4f}  "

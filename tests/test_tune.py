@@ -1,0 +1,235 @@
+"""`polypseg tune`: resumable studies, nested runs, pruning, failures, Ctrl-C, the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import polypseg.tune as tune_module
+from polypseg.cli import app
+from polypseg.config import load_config
+from polypseg.models.decoder import SimpleDecoder
+from polypseg.models.encoders import encoder_architecture
+from polypseg.registry import register_trial
+from polypseg.studyspec import load_spec
+from polypseg.tracking import setup
+from polypseg.tune import tune
+
+SPEC = """
+[study]
+name = "{name}"
+epochs = 2
+
+[sampler]
+name = "tpe"
+seed = 1
+
+[pruner]
+name = "{pruner}"
+
+[space."decoder.width"]
+type = "categorical"
+choices = [8, 16]
+
+[space."train.lr"]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+
+[space."train.dice_weight"]
+type = "float"
+low = 0.0
+high = 1.0
+"""
+
+
+def _spec(tmp_path: Path, name: str = "s", pruner: str = "none") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(SPEC.format(name=name, pruner=pruner))
+    return path
+
+
+def _children(parent_id: str) -> list:
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        output_format="list",
+    )
+
+
+def test_second_invocation_resumes_the_study(
+    tiny_config: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    config = load_config(tiny_config)
+    spec = load_spec(_spec(tmp_path), config)
+    first = tune(config, spec, 4, progress=False)
+    second = tune(config, spec, 4, progress=False)
+    trials = second.study.get_trials()
+    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
+    assert Path("studies/optuna.db").exists()
+    assert (first.encoder_calls, second.encoder_calls) == (12, 0)  # once per image, in all
+    params = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(params) == 8  # the resumed sampler does not repeat the first invocation's trials
+    for result in (first, second):
+        parent = mlflow.get_run(result.parent_run_id)
+        assert parent.info.run_name == "s" and parent.info.status == "FINISHED"
+        assert "best.train.lr" in parent.data.params
+        children = _children(result.parent_run_id)
+        assert len(children) == 4
+        for run in children:
+            assert run.info.status == "FINISHED"
+            assert run.info.run_name == f"trial-{run.data.tags['optuna.trial_number']}"
+            assert run.data.tags["optuna.study_name"] == "s"
+            assert run.data.tags["optuna.trial_state"] == "COMPLETE"
+            assert "test_dice" in run.data.metrics
+    plots = {f.path for f in mlflow.MlflowClient().list_artifacts(second.parent_run_id, "figures")}
+    assert "figures/optimization_history.png" in plots
+    champion = mlflow.pyfunc.load_model("models:/polypseg-test@champion")
+    mask = champion.predict(np.zeros((40, 70, 3), dtype=np.uint8))
+    assert mask.shape == (40, 70)
+    version = mlflow.MlflowClient().get_model_version_by_alias("polypseg-test", "champion")
+    assert float(version.tags["val_dice"]) == pytest.approx(second.study.best_value, abs=1e-6)
+    assert version.tags["polypseg.trial"] == str(second.study.best_trial.number)
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_pruned_trial_ends_finished_and_tagged_pruned(
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        load_spec(_spec(tmp_path)).__class__, "make_pruner", lambda self: _AlwaysPrune()
+    )
+    config = load_config(tiny_config)
+    result = tune(config, load_spec(_spec(tmp_path), config), 2, progress=False)
+    assert result.counts["PRUNED"] == 2 and result.registration is None
+    for run in _children(result.parent_run_id):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["optuna.trial_state"] == "PRUNED"
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tune_module.train_and_log
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train_and_log", flaky)
+    config = load_config(tiny_config)
+    result = tune(config, load_spec(_spec(tmp_path), config), 3, progress=False)
+    failed = [t for t in result.study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["fail_reason"]
+    assert result.counts["COMPLETE"] == 2
+    states = {
+        r.data.tags["optuna.trial_state"]: r.info.status for r in _children(result.parent_run_id)
+    }
+    assert states == {"FAIL": "FAILED", "COMPLETE": "FINISHED"}
+
+
+def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tune_module.train_and_log
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train_and_log", interrupted)
+    config = load_config(tiny_config)
+    spec = load_spec(_spec(tmp_path), config)
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, spec, 3, progress=False)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert {r.info.status for r in runs} == {"FINISHED", "KILLED"}
+    monkeypatch.setattr(tune_module, "train_and_log", real)
+    resumed = tune(config, spec, 1, progress=False)
+    assert len(resumed.study.get_trials()) == 3 and resumed.counts["COMPLETE"] == 2
+
+
+def _run_with_decoder(width: int) -> str:
+    decoder = SimpleDecoder(64, width)
+    with mlflow.start_run() as run:
+        path = Path("decoder.pt")
+        torch.save({"in_channels": 64, "width": width, "state": decoder.state_dict()}, path)
+        mlflow.log_artifact(str(path), "decoder")
+    return run.info.run_id
+
+
+def test_champion_moves_only_when_val_dice_improves(mlflow_store: str) -> None:
+    setup("registry")
+    encoder = encoder_architecture("sam_tiny")
+    runs = [_run_with_decoder(8) for _ in range(3)]
+    with mlflow.start_run():
+        first = register_trial("m", "s", 0, runs[0], encoder, 64, 0.50, 0.4)
+        worse = register_trial("m", "s", 1, runs[1], encoder, 64, 0.45, 0.4)
+        again = register_trial("m", "s", 0, runs[0], encoder, 64, 0.50, 0.4)
+        better = register_trial("m", "s", 2, runs[2], encoder, 64, 0.60, 0.5)
+    assert first.champion and not worse.champion and better.new
+    assert (again.version, again.new) == (first.version, False)
+    assert better.champion
+    champion = mlflow.MlflowClient().get_model_version_by_alias("m", "champion")
+    assert str(champion.version) == better.version and champion.tags["polypseg.trial"] == "2"
+
+
+def test_tune_cli_prints_best_trial_and_version(
+    runner: CliRunner, tiny_config: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    args = ["tune", "--trials", "2", "--config", str(tiny_config), "--study", str(_spec(tmp_path))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3].startswith("study s (sqlite:///")
+    assert "studies/optuna.db): 2 trials, 2 complete" in lines[-3]
+    assert lines[-2].startswith("best trial #")
+    assert (
+        lines[-1]
+        == "registered model polypseg-test version 1 (champion: models:/polypseg-test@champion)"
+    )
+
+
+def test_bad_storage_is_one_line(
+    runner: CliRunner, tiny_config: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    args = [
+        "tune",
+        "--trials",
+        "1",
+        "--config",
+        str(tiny_config),
+        "--study",
+        str(_spec(tmp_path)),
+        "--storage",
+        "postgresql://u:hunter2@127.0.0.1:1/none",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "cannot open study storage postgresql://u:***@127.0.0.1:1/none" in result.stderr
+    assert "hunter2" not in result.output
+
+
+def test_spec_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[space."decoder.widht"]\ntype = "categorical"\nchoices = [8]\n')
+    with pytest.raises(Exception, match="decoder.widht"):
+        load_spec(path)
