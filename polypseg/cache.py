@@ -27,6 +27,7 @@ from polypseg.data.dataset import KvasirDataset
 from polypseg.data.kvasir import Pair, cache_home
 from polypseg.errors import DataError
 from polypseg.models.encoders import FrozenEncoder
+from polypseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +145,11 @@ class FeatureCache:
         progress: bool,
     ) -> None:
         """Encode every image once, in batches, into a new entry renamed into place when whole."""
-        from rich.progress import Progress
-
         names = [pair.name for pair in sorted(pairs, key=lambda p: p.name)]
         loader = DataLoader(KvasirDataset(root, names, image_size), batch_size=batch_size)
         encoder.to(device)
         sizes: list[list[int]] = []
-        with atomic_path(folder, directory=True) as tmp, Progress(disable=not progress) as bar:
+        with atomic_path(folder, directory=True) as tmp, progress_bar(enabled=progress) as bar:
             task = bar.add_task(
                 f"encoding {len(names)} images with {encoder.name}", total=len(names)
             )

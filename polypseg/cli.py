@@ -193,6 +193,56 @@ def tune(
         raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
 
 
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
+    ),
+]
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelOption,
+    root: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (any polyp set).")],
+    split: Annotated[
+        str, typer.Option(help="test: the training protocol's held-out split; all: every pair.")
+    ] = "test",
+    out: Annotated[
+        Path, typer.Option(help="JSON summary; the per-image CSV and figure go beside it.")
+    ] = Path("evaluation.json"),
+    seed: Annotated[int, typer.Option(help="Split seed of --split test.")] = 42,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Score a model at each image's original size: JSON summary, per-image CSV, worst cases,
+    all logged to a new MLflow run."""
+    import json
+
+    from polypseg.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(model, root, split, out, seed=seed, tracking_uri=tracking_uri)
+    typer.echo(json.dumps(result.summary, indent=2))
+    typer.echo(f"per-image: {result.csv_path}  worst cases: {result.figure_path}", err=True)
+
+
+@app.command("predict")
+def predict(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks (0/255).")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    overlay: Annotated[
+        bool, typer.Option(help="Also write <stem>_overlay.png, the mask over the image.")
+    ] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Predict polyp masks at each image's original size."""
+    from polypseg.evaluate import predict as run_predict
+
+    for path in run_predict(model, images, out, overlay, tracking_uri):
+        typer.echo(path)
+
+
 def _print_epoch(metrics: dict[str, float]) -> None:
     typer.echo(
         f"epoch {int(metrics['epoch']):3d}  train_loss {metrics['train_loss']:.4f}  "

@@ -54,10 +54,13 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[Segmenter, fl
     return segmenter, float(state["threshold"])
 
 
-# No type hints on `predict`, on purpose: MLflow 3 would derive a schema from them and override
-# our explicit signature (its advice to add them is silenced in polypseg/__init__.py).
 class SegmenterModel(mlflow.pyfunc.PythonModel):
     """pyfunc: an H×W×3 uint8 image (or a list of them) → an H×W uint8 mask of 0/1 each."""
+
+    # MLflow 3 derives a schema from `predict`'s type hints and warns when there are none; our
+    # schema is the explicit signature given at logging time (images of any size), so we opt out
+    # of type-hint validation with the attribute MLflow checks for that.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -71,15 +71,13 @@ def download(url: str, dest: Path) -> Path:
     """Fetch `url` to `dest` with a progress bar; an interrupted download leaves no file."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+    from polypseg.progress import progress_bar
+
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with (
-                Progress(
-                    *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()
-                ) as bar,
-                tmp.open("wb") as out,
-            ):
+            columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+            with progress_bar(*columns) as bar, tmp.open("wb") as out:
                 task = bar.add_task(f"downloading {dest.name}", total=total)
                 while block := response.read(1 << 20):
                     out.write(block)
