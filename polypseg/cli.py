@@ -176,6 +176,16 @@ def tune(
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after S seconds.")
     ] = None,
+    max_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--max-trials",
+            min=1,
+            help="Study-wide budget shared by every worker: stop taking trials once the study "
+            "holds this many finished, running or queued ones, so any number of workers end with "
+            "exactly this many. --trials still caps this process.",
+        ),
+    ] = None,
     set_: SetOption = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -186,7 +196,9 @@ def tune(
 
     cfg = _config(config, set_)
     spec = load_spec(study, cfg)
-    result = run_tune(cfg, spec, trials, study_name, storage, n_jobs, timeout, tracking_uri)
+    result = run_tune(
+        cfg, spec, trials, study_name, storage, n_jobs, timeout, tracking_uri, max_trials=max_trials
+    )
     for line in result.summary():
         typer.echo(line)
     if result.best is None:

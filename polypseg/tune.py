@@ -5,6 +5,10 @@ a parent MLflow run named after the study, and runs trials: each suggests values
 trains over the cached features, reports `val_dice` every epoch for the pruner, and is logged as
 run `trial-<n>` under the parent. At the end the parent gets the best params and the study plots,
 and the best trial is registered (`champion` moves when it beats the current one).
+
+Any number of such workers may share one study (`polypseg.distributed`): they take trials under
+a study lock, up to an optional study-wide budget (`max_trials`), and the trial of a worker that
+died is failed, its runs ended KILLED and the trial retried by whichever worker notices.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -22,7 +26,14 @@ import optuna
 import torch
 
 from polypseg.config import Config
-from polypseg.errors import ConfigError
+from polypseg.distributed import (
+    BudgetReached,
+    SharedStudy,
+    default_storage,
+    end_orphaned_runs,
+    fail_stale_trials,
+    open_shared_study,
+)
 from polypseg.experiment import train_and_log
 from polypseg.prepare import Prepared, prepare
 from polypseg.registry import Registration, register_trial
@@ -31,45 +42,7 @@ from polypseg.tracking import log_figure, mask_password, setup, tracked_run
 
 log = logging.getLogger(__name__)
 
-STUDIES_DIR = "studies"
 TERMINAL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def default_storage() -> str:
-    return f"sqlite:///{(Path.cwd() / STUDIES_DIR / 'optuna.db').resolve()}"
-
-
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats: a trial whose worker died becomes FAIL and is retried.
-
-    `journal:PATH` selects Optuna's `JournalStorage` on a file, which Optuna recommends for
-    several processes on one machine (no SQLite locking).
-    """
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url[len("journal:") :]).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=20,
-            grace_period=60,
-            heartbeat_stale_trial_callback=retry,
-        )
-    except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
-        raise ConfigError(
-            f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:120]}); check --storage"
-        ) from None
 
 
 @dataclass
@@ -182,25 +155,16 @@ def _log_study_plots(study: optuna.Study) -> None:
         log_figure(figure, f"figures/{name}.png")
 
 
-def _seed_offset(study: optuna.Study) -> int:
-    """A different sampler seed per invocation and per concurrent worker, so none repeat trials."""
-    trials = study.get_trials(deepcopy=False)
-    running = any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    return len(trials) + (os.getpid() if running else 0)
-
-
 class _Progress:
     """A rich progress bar over the trials of this invocation: n/N, best so far, pruned, failed."""
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        self.bar = Progress(
-            *Progress.get_default_columns()[:-1],
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            disable=not enabled,
-        )
+        from polypseg.progress import progress_bar
+
+        columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar = progress_bar(*columns, enabled=enabled)
         self.task = self.bar.add_task("trials", total=total)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -216,22 +180,12 @@ class _Progress:
         )
 
 
-def open_study(spec: StudySpec, name: str, storage_url: str) -> optuna.Study:
-    """Create the study or load it (resume), with a sampler seeded for this invocation."""
-    storage = make_storage(storage_url)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction=spec.direction,
-        sampler=spec.make_sampler(),
-        pruner=spec.make_pruner(),
-        load_if_exists=True,
-    )
-    return optuna.load_study(
-        study_name=name,
-        storage=storage,
-        sampler=spec.make_sampler(_seed_offset(study)),
-        pruner=spec.make_pruner(),
+def open_study(
+    spec: StudySpec, name: str, storage_url: str, max_trials: int | None = None
+) -> SharedStudy:
+    """Create the study or load it (resume), with a sampler seeded for this worker."""
+    return open_shared_study(
+        name, storage_url, spec.direction, spec.make_sampler, spec.make_pruner(), max_trials
     )
 
 
@@ -245,21 +199,35 @@ def tune(
     timeout: float | None = None,
     tracking_uri: str | None = None,
     progress: bool = True,
+    max_trials: int | None = None,
 ) -> TuneResult:
-    """Run (or resume) a study for `n_trials` more trials and register its best model."""
+    """Run (or resume) a study for `n_trials` more trials and register its best model.
+
+    `n_trials` counts this worker's trials (Optuna's meaning); `max_trials` is a budget for the
+    whole study, shared by every worker: this one stops taking trials once the study holds
+    `max_trials` finished, running or queued ones, so several workers (or a re-run after a crash)
+    end with exactly `max_trials` COMPLETE + PRUNED trials.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepared = prepare(config, progress=progress)
     encoder_calls = prepared.encoder.images_encoded
-    setup(config.tracking.experiment, tracking_uri)
+    experiment_id = setup(config.tracking.experiment, tracking_uri)
     name = study_name or spec.name
     storage_url = storage or default_storage()
-    study = open_study(spec, name, storage_url)
-    parent_tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
+    study = open_study(spec, name, storage_url, max_trials)
+    fail_stale_trials(study)  # a dead worker's trial: FAIL, its runs KILLED, a retry queued
+    end_orphaned_runs(study, experiment_id)
+    parent_tags = {
+        "optuna.study_name": name,
+        "polypseg.storage": mask_password(storage_url),
+        "polypseg.worker": f"{socket.gethostname()}:{os.getpid()}",  # which process, where
+    }
     with tracked_run(run_name=name, tags=parent_tags) as parent:
         study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         mlflow.log_params(
             {
                 "study.trials": n_trials,
+                "study.max_trials": max_trials,
                 "study.n_jobs": n_jobs,
                 "study.epochs": spec.epochs,
                 "study.sampler": spec.sampler.get("name", "tpe"),
@@ -267,16 +235,9 @@ def tune(
                 "study.metric": spec.metric,
             }
         )
-        tracker = _Progress(n_trials, progress)
-        with tracker.bar:
-            study.optimize(
-                make_objective(prepared, config, spec, parent.info.run_id),
-                n_trials=n_trials,
-                timeout=timeout,
-                n_jobs=n_jobs,
-                catch=(Exception,),
-                callbacks=[tracker],
-            )
+        objective = make_objective(prepared, config, spec, parent.info.run_id)
+        _optimize(study, objective, n_trials, timeout, n_jobs, progress)
+        end_orphaned_runs(study, experiment_id)
         best, registration = _finish(study, prepared, config, name)
     return TuneResult(
         study,
@@ -289,10 +250,39 @@ def tune(
     )
 
 
+def _optimize(
+    study: SharedStudy,
+    objective: Any,
+    n_trials: int,
+    timeout: float | None,
+    n_jobs: int,
+    progress: bool,
+) -> None:
+    """`study.optimize`, until this worker's `n_trials` are done or the study's budget is."""
+    left = study.budget_left()
+    tracker = _Progress(n_trials if left is None else max(0, min(n_trials, left)), progress)
+    with tracker.bar:
+        try:
+            study.optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                n_jobs=n_jobs,
+                catch=(Exception,),
+                callbacks=[tracker],
+            )
+        except BudgetReached as reached:
+            log.info("stopping: %s", reached)
+
+
 def _finish(
-    study: optuna.Study, prepared: Prepared, config: Config, name: str
+    study: SharedStudy, prepared: Prepared, config: Config, name: str
 ) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
-    """Log the best trial and study plots to the parent run; register the best model."""
+    """Log the best trial and study plots to the parent run; register the best model.
+
+    Registration runs under the study lock: workers that end together register the best trial
+    once, and the champion alias moves in order.
+    """
     counts = _counts(study)
     mlflow.log_metrics({f"trials_{state.lower()}": n for state, n in counts.items() if n})
     _log_study_plots(study)
@@ -302,14 +292,15 @@ def _finish(
     best = study.best_trial
     mlflow.log_params({f"best.{key}": value for key, value in best.params.items()})
     mlflow.log_metrics({"best_value": best.value, "best_trial": best.number})
-    registration = register_trial(
-        config.tracking.registered_model,
-        name,
-        best.number,
-        best.user_attrs["mlflow_run_id"],
-        prepared.encoder,
-        config.data.image_size,
-        best.value,
-        best.user_attrs.get("test_dice"),
-    )
+    with study.lock():
+        registration = register_trial(
+            config.tracking.registered_model,
+            name,
+            best.number,
+            best.user_attrs["mlflow_run_id"],
+            prepared.encoder,
+            config.data.image_size,
+            best.value,
+            best.user_attrs.get("test_dice"),
+        )
     return best, registration
