@@ -1,7 +1,9 @@
-"""Shared fixtures: a small synthetic Kvasir-like set, an isolated cache, a CLI runner."""
+"""Shared fixtures: a small synthetic Kvasir-like set, an isolated cache, a CLI runner, a tiny
+experiment config and study spec, a fresh MLflow store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,44 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
+
+
+STUDY_SPEC = """
+[study]
+name = "{name}"
+epochs = {epochs}
+
+[sampler]
+name = "tpe"
+seed = 1
+
+[pruner]
+name = "{pruner}"
+
+[space."decoder.width"]
+type = "categorical"
+choices = [8, 16]
+
+[space."train.lr"]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+
+[space."train.dice_weight"]
+type = "float"
+low = 0.0
+high = 1.0
+"""
+
+
+@pytest.fixture
+def study_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Writes a small study spec (the tiny config's search space); returns its path."""
+
+    def write(name: str = "s", epochs: int = 2, pruner: str = "none") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(STUDY_SPEC.format(name=name, epochs=epochs, pruner=pruner))
+        return path
+
+    return write

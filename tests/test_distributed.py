@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,29 +37,6 @@ from polypseg.distributed import (
 from polypseg.errors import ConfigError
 from polypseg.prepare import prepare
 from polypseg.tracking import setup
-
-SPEC = """
-[study]
-name = "{name}"
-epochs = {epochs}
-
-[sampler]
-name = "tpe"
-seed = 1
-
-[pruner]
-name = "none"
-
-[space."decoder.width"]
-type = "categorical"
-choices = [8, 16]
-
-[space."train.lr"]
-type = "float"
-low = 1e-3
-high = 1e-2
-log = true
-"""
 
 # One `polypseg tune` worker, through the library (cli.py has no --max-trials option yet).
 TUNE_WORKER = """
@@ -123,12 +101,6 @@ def services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Services:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return Services(pg_url, mlflow_uri)
-
-
-def _spec(tmp_path: Path, name: str, epochs: int) -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(SPEC.format(name=name, epochs=epochs))
-    return path
 
 
 _started: list[subprocess.Popen] = []
@@ -210,11 +182,11 @@ def _assert_one_champion(client: MlflowClient, name: str, study: optuna.Study) -
 
 @pytest.mark.services
 def test_two_workers_share_one_study_on_postgres_and_an_mlflow_server(
-    services: Services, tiny_config: Path, tmp_path: Path
+    services: Services, tiny_config: Path, tmp_path: Path, study_spec: Callable[..., Path]
 ) -> None:
     name = f"two-workers-{uuid.uuid4().hex[:8]}"
     budget = 6
-    args = _tune_args(tiny_config, _spec(tmp_path, name, 40), services.pg_url, name, budget)
+    args = _tune_args(tiny_config, study_spec(name, 40), services.pg_url, name, budget)
     prepare(load_config(tiny_config), progress=False)  # the workers share this feature cache
     start = time.monotonic()
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
@@ -284,12 +256,16 @@ def _assert_recovered(client: MlflowClient, name: str, study: optuna.Study, kill
 
 @pytest.mark.services
 def test_a_worker_killed_mid_trial_is_recovered_by_the_next_run(
-    services: Services, tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    services: Services,
+    tiny_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    study_spec: Callable[..., Path],
 ) -> None:
     monkeypatch.setenv("POLYPSEG_HEARTBEAT", "1,3")  # stale after 3 s without a heartbeat
     name = f"killed-{uuid.uuid4().hex[:8]}"
     budget = 3
-    args = _tune_args(tiny_config, _spec(tmp_path, name, 60), services.pg_url, name, budget)
+    args = _tune_args(tiny_config, study_spec(name, 60), services.pg_url, name, budget)
     args["overrides"]["train.patience"] = 0  # every trial runs all its epochs: seconds long
     prepare(load_config(tiny_config), progress=False)
     client = MlflowClient(services.mlflow_uri)
@@ -311,12 +287,16 @@ def test_a_worker_killed_mid_trial_is_recovered_by_the_next_run(
 
 @pytest.mark.services
 def test_a_surviving_worker_retries_the_trial_of_a_killed_one(
-    services: Services, tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    services: Services,
+    tiny_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    study_spec: Callable[..., Path],
 ) -> None:
     monkeypatch.setenv("POLYPSEG_HEARTBEAT", "1,3")
     name = f"survivor-{uuid.uuid4().hex[:8]}"
     budget = 4
-    args = _tune_args(tiny_config, _spec(tmp_path, name, 60), services.pg_url, name, budget)
+    args = _tune_args(tiny_config, study_spec(name, 60), services.pg_url, name, budget)
     args["overrides"]["train.patience"] = 0
     prepare(load_config(tiny_config), progress=False)
     client = MlflowClient(services.mlflow_uri)
@@ -341,12 +321,12 @@ def test_a_surviving_worker_retries_the_trial_of_a_killed_one(
 
 
 def test_two_workers_on_the_embedded_sqlite_default(
-    tiny_config: Path, tmp_path: Path, mlflow_store: str
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, study_spec: Callable[..., Path]
 ) -> None:
     """Fresh stores, two processes at once: no pre-created database, study or experiment."""
     name = "sqlite-workers"
     budget = 4
-    args = _tune_args(tiny_config, _spec(tmp_path, name, 20), None, name, budget)
+    args = _tune_args(tiny_config, study_spec(name, 20), None, name, budget)
     prepare(load_config(tiny_config), progress=False)
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     workers = [_tune_worker(args, log) for log in logs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -21,40 +22,6 @@ from polypseg.studyspec import load_spec
 from polypseg.tracking import setup
 from polypseg.tune import tune
 
-SPEC = """
-[study]
-name = "{name}"
-epochs = 2
-
-[sampler]
-name = "tpe"
-seed = 1
-
-[pruner]
-name = "{pruner}"
-
-[space."decoder.width"]
-type = "categorical"
-choices = [8, 16]
-
-[space."train.lr"]
-type = "float"
-low = 1e-3
-high = 1e-2
-log = true
-
-[space."train.dice_weight"]
-type = "float"
-low = 0.0
-high = 1.0
-"""
-
-
-def _spec(tmp_path: Path, name: str = "s", pruner: str = "none") -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(SPEC.format(name=name, pruner=pruner))
-    return path
-
 
 def _children(parent_id: str) -> list:
     return mlflow.search_runs(
@@ -65,10 +32,10 @@ def _children(parent_id: str) -> list:
 
 
 def test_second_invocation_resumes_the_study(
-    tiny_config: Path, tmp_path: Path, mlflow_store: str
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, study_spec: Callable[..., Path]
 ) -> None:
     config = load_config(tiny_config)
-    spec = load_spec(_spec(tmp_path), config)
+    spec = load_spec(study_spec(), config)
     first = tune(config, spec, 4, progress=False)
     second = tune(config, spec, 4, progress=False)
     trials = second.study.get_trials()
@@ -105,13 +72,17 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruned_trial_ends_finished_and_tagged_pruned(
-    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Path,
+    tmp_path: Path,
+    mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    study_spec: Callable[..., Path],
 ) -> None:
     monkeypatch.setattr(
-        load_spec(_spec(tmp_path)).__class__, "make_pruner", lambda self: _AlwaysPrune()
+        load_spec(study_spec()).__class__, "make_pruner", lambda self: _AlwaysPrune()
     )
     config = load_config(tiny_config)
-    result = tune(config, load_spec(_spec(tmp_path), config), 2, progress=False)
+    result = tune(config, load_spec(study_spec(), config), 2, progress=False)
     assert result.counts["PRUNED"] == 2 and result.registration is None
     for run in _children(result.parent_run_id):
         assert run.info.status == "FINISHED"
@@ -119,7 +90,11 @@ def test_pruned_trial_ends_finished_and_tagged_pruned(
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(
-    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Path,
+    tmp_path: Path,
+    mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    study_spec: Callable[..., Path],
 ) -> None:
     real = tune_module.train_and_log
     calls = {"n": 0}
@@ -132,7 +107,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(
 
     monkeypatch.setattr(tune_module, "train_and_log", flaky)
     config = load_config(tiny_config)
-    result = tune(config, load_spec(_spec(tmp_path), config), 3, progress=False)
+    result = tune(config, load_spec(study_spec(), config), 3, progress=False)
     failed = [t for t in result.study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["fail_reason"]
     assert result.counts["COMPLETE"] == 2
@@ -143,7 +118,11 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(
 
 
 def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
-    tiny_config: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Path,
+    tmp_path: Path,
+    mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    study_spec: Callable[..., Path],
 ) -> None:
     real = tune_module.train_and_log
     calls = {"n": 0}
@@ -156,7 +135,7 @@ def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
 
     monkeypatch.setattr(tune_module, "train_and_log", interrupted)
     config = load_config(tiny_config)
-    spec = load_spec(_spec(tmp_path), config)
+    spec = load_spec(study_spec(), config)
     with pytest.raises(KeyboardInterrupt):
         tune(config, spec, 3, progress=False)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -193,9 +172,13 @@ def test_champion_moves_only_when_val_dice_improves(mlflow_store: str) -> None:
 
 
 def test_tune_cli_prints_best_trial_and_version(
-    runner: CliRunner, tiny_config: Path, tmp_path: Path, mlflow_store: str
+    runner: CliRunner,
+    tiny_config: Path,
+    tmp_path: Path,
+    mlflow_store: str,
+    study_spec: Callable[..., Path],
 ) -> None:
-    args = ["tune", "--trials", "2", "--config", str(tiny_config), "--study", str(_spec(tmp_path))]
+    args = ["tune", "--trials", "2", "--config", str(tiny_config), "--study", str(study_spec())]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
@@ -209,7 +192,11 @@ def test_tune_cli_prints_best_trial_and_version(
 
 
 def test_bad_storage_is_one_line(
-    runner: CliRunner, tiny_config: Path, tmp_path: Path, mlflow_store: str
+    runner: CliRunner,
+    tiny_config: Path,
+    tmp_path: Path,
+    mlflow_store: str,
+    study_spec: Callable[..., Path],
 ) -> None:
     args = [
         "tune",
@@ -218,7 +205,7 @@ def test_bad_storage_is_one_line(
         "--config",
         str(tiny_config),
         "--study",
-        str(_spec(tmp_path)),
+        str(study_spec()),
         "--storage",
         "postgresql://u:hunter2@127.0.0.1:1/none",
     ]
