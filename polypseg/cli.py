@@ -199,6 +199,9 @@ def tune(
     result = run_tune(
         cfg, spec, trials, study_name, storage, n_jobs, timeout, tracking_uri, max_trials=max_trials
     )
+    from polypseg.tracking import runs_url
+
+    typer.echo(f"compare the trials: {runs_url(result.experiment_id)}", err=True)
     for line in result.summary():
         typer.echo(line)
     if result.best is None:

@@ -54,6 +54,7 @@ class TuneResult:
     encoder_calls: int  # images the encoder processed in this invocation (0 on a cache hit)
     counts: dict[str, int]
     storage: str  # the storage URL, password masked
+    experiment_id: str
 
     def summary(self) -> list[str]:
         """What `polypseg tune` prints: the study, the best trial, the registered version."""
@@ -152,6 +153,7 @@ def _log_study_plots(study: optuna.Study) -> None:
             log.info("study plot %s skipped: %s", name, err)
             continue
         figure = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
+        figure.tight_layout()  # Optuna's rotated axis labels are cut off otherwise
         log_figure(figure, f"figures/{name}.png")
 
 
@@ -247,6 +249,7 @@ def tune(
         encoder_calls,
         _counts(study),
         mask_password(storage_url),
+        experiment_id,
     )
 
 
