@@ -166,18 +166,16 @@ def log_figure(figure: Any, path: str) -> None:
 
 @contextmanager
 def quiet_model_logging() -> Iterator[None]:
-    """Silence MLflow's advice on type hints and models-from-code while logging our pyfunc.
+    """Silence MLflow's advice to log models from code while logging our pyfunc.
 
-    Our `predict` is deliberately unannotated (the signature is explicit), and the model is an
-    importable class of this package, so cloudpickle stores a reference, not code.
+    The model is an importable class of this package, so cloudpickle stores a reference to it,
+    not code: the advice does not apply.
     """
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
+        yield
     finally:
         logger.setLevel(level)
 
