@@ -89,6 +89,21 @@ def test_pruned_trial_ends_finished_and_tagged_pruned(
         assert run.data.tags["optuna.trial_state"] == "PRUNED"
 
 
+def _fail_on_call(monkeypatch: pytest.MonkeyPatch, n: int, error: BaseException) -> Callable:
+    """Make the n-th trial's training raise `error`; returns the real `train_and_log`."""
+    real = tune_module.train_and_log
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train_and_log", failing)
+    return real
+
+
 def test_failed_trial_is_recorded_and_the_study_goes_on(
     tiny_config: Path,
     tmp_path: Path,
@@ -96,16 +111,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(
     monkeypatch: pytest.MonkeyPatch,
     study_spec: Callable[..., Path],
 ) -> None:
-    real = tune_module.train_and_log
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tune_module, "train_and_log", flaky)
+    _fail_on_call(monkeypatch, 1, RuntimeError("CUDA out of memory (simulated)"))
     config = load_config(tiny_config)
     result = tune(config, load_spec(study_spec(), config), 3, progress=False)
     failed = [t for t in result.study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
@@ -124,16 +130,7 @@ def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
     monkeypatch: pytest.MonkeyPatch,
     study_spec: Callable[..., Path],
 ) -> None:
-    real = tune_module.train_and_log
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tune_module, "train_and_log", interrupted)
+    real = _fail_on_call(monkeypatch, 2, KeyboardInterrupt())
     config = load_config(tiny_config)
     spec = load_spec(study_spec(), config)
     with pytest.raises(KeyboardInterrupt):
