@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from polypseg.cache import FeatureCache
 from polypseg.config import TrainConfig
 from polypseg.data.dataset import KvasirDataset
 from polypseg.data.kvasir import list_pairs
 from polypseg.data.split import split_names
 from polypseg.data.synthetic import make_synthetic
+from polypseg.features.cache import FeatureCache
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
-from polypseg.train import FeatureSet, fit, train_step
+from polypseg.training.fit import fit, train_step
 
 TRIALS = [(3e-3, 64), (1e-3, 32), (5e-3, 48), (2e-3, 64), (1e-3, 64)]  # (lr, width)
 
@@ -38,10 +38,10 @@ TRIALS = [(3e-3, 64), (1e-3, 32), (5e-3, 48), (2e-3, 64), (1e-3, 64)]  # (lr, wi
 def cached(root: Path, names: dict, args, cache_dir: Path) -> int:
     encoder = encoder_architecture(args.encoder)
     features = FeatureCache(cache_dir).get(
-        encoder, root, list_pairs(root), args.size, batch_size=8, progress=False
+        encoder, list_pairs(root), args.size, batch_size=8, progress=False
     )
-    train = FeatureSet(*features.tensors(names["train"]))
-    val = FeatureSet(*features.tensors(names["val"]))
+    train = features.feature_set(names["train"])
+    val = features.feature_set(names["val"])
     for lr, width in TRIALS[: args.trials]:
         config = TrainConfig(epochs=args.epochs, lr=lr, patience=0)
         fit(train, val, encoder.out_channels, width, config, torch.device("cpu"))
@@ -50,8 +50,11 @@ def cached(root: Path, names: dict, args, cache_dir: Path) -> int:
 
 def uncached(root: Path, names: dict, args) -> int:
     encoder = encoder_architecture(args.encoder)
-    train = DataLoader(KvasirDataset(root, names["train"], args.size), batch_size=8, shuffle=True)
-    val = DataLoader(KvasirDataset(root, names["val"], args.size), batch_size=8)
+    pairs = {pair.name: pair for pair in list_pairs(root)}
+    train_pairs = [pairs[name] for name in names["train"]]
+    val_pairs = [pairs[name] for name in names["val"]]
+    train = DataLoader(KvasirDataset(train_pairs, args.size), batch_size=8, shuffle=True)
+    val = DataLoader(KvasirDataset(val_pairs, args.size), batch_size=8)
     for lr, width in TRIALS[: args.trials]:
         decoder = SimpleDecoder(encoder.out_channels, width)
         optimiser = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
@@ -93,8 +96,8 @@ def main() -> None:
                 "trials": args.trials,
                 "epochs": args.epochs,
                 "encoder": args.encoder,
-                "encoder_calls_cached": calls_cached,
-                "encoder_calls_uncached": calls_uncached,
+                "images_encoded_cached": calls_cached,
+                "images_encoded_uncached": calls_uncached,
                 "wall_cached_s": round(wall_cached, 2),
                 "wall_uncached_s": round(wall_uncached, 2),
                 "speedup": round(wall_uncached / wall_cached, 2),

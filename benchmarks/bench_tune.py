@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from polypseg.config import load_config
-from polypseg.studyspec import load_spec
-from polypseg.tune import tune
+from polypseg.tuning.spec import load_spec
+from polypseg.tuning.study import tune
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def run(pruner: str, trials: int) -> dict:
         "pruned": result.counts["PRUNED"],
         "failed": result.counts["FAIL"],
         "best_val_dice": round(result.best.value, 4) if result.best else None,
-        "encoder_calls": result.encoder_calls,
+        "images_encoded": result.images_encoded,
     }
 
 

@@ -19,7 +19,7 @@ from polypseg.errors import PolypsegError
 
 
 class _OneLineErrors(TyperGroup):
-    """Turns user errors into one line on stderr with exit 2, as DESIGN.md's CLI contract says."""
+    """User errors become one line on stderr and exit 2; Ctrl-C exits 130 (the CLI's contract)."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
@@ -85,9 +85,9 @@ def data_split(
     out: Annotated[Path | None, typer.Option(help="Write the JSON manifest here.")] = None,
 ) -> None:
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON."""
-    from polypseg.atomic import write_json
     from polypseg.data.kvasir import list_pairs
     from polypseg.data.split import split_names
+    from polypseg.files import write_json
 
     split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
     if out is not None:
@@ -111,12 +111,12 @@ def _config(path: Path, sets: list[str] | None):
 @app.command("cache")
 def cache(config: ConfigOption, set_: SetOption = None) -> None:
     """Build the feature cache for a config: the encoder runs once per image."""
-    from polypseg.prepare import prepare
+    from polypseg.features.prepare import prepare
 
     prepared = prepare(_config(config, set_))
     typer.echo(
         f"{prepared.features.directory} images={len(prepared.features.names)} "
-        f"encoder={prepared.encoder.name} encoded_now={prepared.encoder.images_encoded}"
+        f"encoder={prepared.encoder.name} images_encoded={prepared.encoder.images_encoded}"
     )
 
 
@@ -138,9 +138,10 @@ def train(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Train the decoder once on cached features: one MLflow run; prints run_id and test_dice."""
-    from polypseg.experiment import train_and_log
-    from polypseg.prepare import prepare
-    from polypseg.tracking import runs_url, setup, tracked_run
+    from polypseg.features.prepare import prepare
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import runs_url, setup
+    from polypseg.training.run import train_and_log
 
     cfg = _config(config, set_)
     prepared = prepare(cfg)
@@ -191,15 +192,23 @@ def tune(
 ) -> None:
     """Run or resume an Optuna study: each trial trains the decoder on the cached features,
     is one nested MLflow run, and the best model is registered (alias `champion`)."""
-    from polypseg.studyspec import load_spec
-    from polypseg.tune import tune as run_tune
+    from polypseg.tuning.spec import load_spec
+    from polypseg.tuning.study import tune as run_tune
 
     cfg = _config(config, set_)
     spec = load_spec(study, cfg)
     result = run_tune(
-        cfg, spec, trials, study_name, storage, n_jobs, timeout, tracking_uri, max_trials=max_trials
+        cfg,
+        spec,
+        trials,
+        max_trials=max_trials,
+        n_jobs=n_jobs,
+        timeout=timeout,
+        study_name=study_name,
+        storage=storage,
+        tracking_uri=tracking_uri,
     )
-    from polypseg.tracking import runs_url
+    from polypseg.tracking.store import runs_url
 
     typer.echo(f"compare the trials: {runs_url(result.experiment_id)}", err=True)
     for line in result.summary():
@@ -234,7 +243,7 @@ def evaluate(
     all logged to a new MLflow run."""
     import json
 
-    from polypseg.evaluate import evaluate as run_evaluate
+    from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(model, root, split, out, seed=seed, tracking_uri=tracking_uri)
     typer.echo(json.dumps(result.summary, indent=2))
@@ -252,7 +261,7 @@ def predict(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Predict polyp masks at each image's original size."""
-    from polypseg.evaluate import predict as run_predict
+    from polypseg.evaluation.predict import predict as run_predict
 
     for path in run_predict(model, images, out, overlay, tracking_uri):
         typer.echo(path)

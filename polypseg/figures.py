@@ -38,7 +38,7 @@ def _contour(ax: Axes, mask: np.ndarray, colour: tuple[float, float, float]) -> 
         ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2)
 
 
-def _overlay(ax: Axes, image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> None:
+def _draw_prediction(ax: Axes, image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> None:
     ax.imshow(image)
     probs = np.clip(pred.astype(np.float32), 0.0, 1.0)
     fill = np.zeros((*probs.shape, 4), dtype=np.float32)
@@ -87,7 +87,7 @@ def mask_panel(
         image_ax, truth_ax, pred_ax = axes[row]
         image_ax.imshow(image)
         truth_ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        _overlay(pred_ax, image, mask, pred)
+        _draw_prediction(pred_ax, image, mask, pred)
         image_ax.set_title(titles[row] if titles is not None else "image", fontsize=8)
         truth_ax.set_title("ground truth", fontsize=8)
         pred_ax.set_title("prediction (truth in red)", fontsize=8)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypseg.cache import FeatureCache
 from polypseg.data.kvasir import list_pairs, read_mask
+from polypseg.features.cache import FeatureCache
 from polypseg.models.encoders import encoder_architecture
 
 
@@ -20,7 +20,7 @@ def data(synthetic_root: Path, tmp_path: Path) -> Path:
 
 
 def _get(cache: FeatureCache, encoder, root: Path):
-    return cache.get(encoder, root, list_pairs(root), image_size=64, batch_size=5, progress=False)
+    return cache.get(encoder, list_pairs(root), image_size=64, batch_size=5, progress=False)
 
 
 def test_first_build_encodes_each_image_once(data: Path, tmp_path: Path) -> None:
@@ -46,7 +46,8 @@ def test_cached_features_equal_a_fresh_encoding(data: Path, tmp_path: Path) -> N
     cached = _get(FeatureCache(tmp_path / "fc"), encoder, data)
     from polypseg.data.dataset import KvasirDataset
 
-    item = KvasirDataset(data, [cached.names[3]], 64)[0]
+    pair = next(p for p in list_pairs(data) if p.name == cached.names[3])
+    item = KvasirDataset([pair], 64)[0]
     fresh = encoder(item["image"][None]).numpy()
     np.testing.assert_allclose(cached.features[3], fresh[0], atol=2e-3, rtol=2e-3)
     np.testing.assert_array_equal(cached.masks[3], item["mask"].numpy())
@@ -120,5 +121,5 @@ def test_masks_in_cache_match_the_files(data: Path, tmp_path: Path) -> None:
     resized = np.asarray(Image.fromarray(mask).resize((64, 64), Image.NEAREST))
     np.testing.assert_array_equal(cached.masks[5, 0], resized)
     assert tuple(cached.sizes[5]) == mask.shape
-    features, masks = cached.tensors([name, cached.names[0]])
-    assert features.shape[0] == 2 and masks.shape == (2, 1, 64, 64)
+    subset = cached.feature_set([name, cached.names[0]])
+    assert subset.features.shape[0] == 2 and subset.masks.shape == (2, 1, 64, 64)

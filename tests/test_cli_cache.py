@@ -12,9 +12,9 @@ from polypseg.cli import app
 def test_cache_builds_once_then_hits(runner: CliRunner, tiny_config: Path) -> None:
     first = runner.invoke(app, ["cache", "--config", str(tiny_config)])
     assert first.exit_code == 0, first.output
-    assert "images=12" in first.stdout and "encoded_now=12" in first.stdout
+    assert "images=12" in first.stdout and "images_encoded=12" in first.stdout
     second = runner.invoke(app, ["cache", "--config", str(tiny_config)])
-    assert "encoded_now=0" in second.stdout
+    assert "images_encoded=0" in second.stdout
 
 
 def test_unknown_config_key_is_one_line(runner: CliRunner, tiny_config: Path) -> None:

@@ -144,8 +144,9 @@ def test_synthetic_polyps_are_not_one_threshold_away(synthetic_root: Path) -> No
 
 
 def test_dataset_yields_resized_tensors_and_original_size(synthetic_root: Path) -> None:
-    names = [p.name for p in list_pairs(synthetic_root)][:3]
-    item = KvasirDataset(synthetic_root, names, image_size=64)[1]
+    pairs = list_pairs(synthetic_root)[:3]
+    names = [p.name for p in pairs]
+    item = KvasirDataset(pairs, image_size=64)[1]
     assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
     assert set(item["mask"].unique().tolist()) <= {0, 1}
     original = read_image(next(p.image for p in list_pairs(synthetic_root) if p.name == names[1]))

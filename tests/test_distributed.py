@@ -25,25 +25,28 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from polypseg.config import load_config
-from polypseg.distributed import (
-    BudgetReached,
+from polypseg.errors import ConfigError
+from polypseg.features.prepare import prepare
+from polypseg.tracking.store import setup
+from polypseg.tuning.storage import (
     _with_installed_driver,
-    end_orphaned_runs,
     fail_stale_trials,
     heartbeat_settings,
     make_storage,
-    open_shared_study,
 )
-from polypseg.errors import ConfigError
-from polypseg.prepare import prepare
-from polypseg.tracking import setup
+from polypseg.tuning.workers import (
+    WorkerOptions,
+    end_orphaned_runs,
+    open_shared_study,
+    run_worker,
+)
 
-# One `polypseg tune` worker, through the library (cli.py has no --max-trials option yet).
+# One `polypseg tune` worker, through the library.
 TUNE_WORKER = """
 import json, sys
 from polypseg.config import load_config
-from polypseg.studyspec import load_spec
-from polypseg.tune import tune
+from polypseg.tuning.spec import load_spec
+from polypseg.tuning.study import tune
 a = json.loads(sys.argv[1])
 config = load_config(a["config"], a["overrides"])
 result = tune(config, load_spec(a["spec"], config), a["trials"], storage=a["storage"],
@@ -56,7 +59,7 @@ print("\\n".join(result.summary()), flush=True)
 TOY_WORKER = """
 import pathlib, sys, time
 import optuna
-from polypseg.distributed import BudgetReached, open_shared_study
+from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
 url, name, n_trials, budget, hang, start_at = sys.argv[1:7]
 study = open_shared_study(name, url, "minimize", lambda w: optuna.samplers.RandomSampler(w),
                           optuna.pruners.NopPruner(), int(budget))
@@ -67,10 +70,7 @@ def objective(trial):
         pathlib.Path(hang).write_text(str(trial.number))
         time.sleep(600)
     return x
-try:
-    study.optimize(objective, n_trials=int(n_trials))
-except BudgetReached:
-    pass
+run_worker(study, objective, WorkerOptions(int(n_trials), int(budget)))
 """
 
 
@@ -385,10 +385,10 @@ def test_a_killed_workers_trial_becomes_fail_and_is_retried(
     study = open_shared_study(
         "stale", url, "minimize", optuna.samplers.RandomSampler, optuna.pruners.NopPruner(), 1
     )
-    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
-    with pytest.raises(BudgetReached, match="holds its 1 trials"):
-        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=5)
-    trials = study.get_trials()
+    assert [t.state for t in study.study.get_trials()] == [TrialState.RUNNING]
+    objective = lambda trial: trial.suggest_float("x", 0, 1)  # noqa: E731
+    assert run_worker(study, objective, WorkerOptions(5, 1)) == 1  # then the budget is used up
+    trials = study.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
 
@@ -402,11 +402,12 @@ def test_stale_trials_are_failed_when_a_worker_starts(
     study = open_shared_study(
         "stale", url, "minimize", optuna.samplers.RandomSampler, optuna.pruners.NopPruner()
     )
-    trial = study.ask()  # its worker "dies" here: nobody beats for it
-    study._storage.record_heartbeat(trial._trial_id)
+    trial = study.take_trial()
+    with study.heartbeat(trial):
+        pass  # its worker "dies" here: nobody beats for it any more
     time.sleep(3)
-    fail_stale_trials(study)
-    trials = study.get_trials()
+    fail_stale_trials(study.study)
+    trials = study.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].system_attrs["failed_trial"] == 0
 

@@ -27,9 +27,10 @@ MODEL = "models:/polypseg-eval@champion"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A model trained on 16 synthetic pairs, registered as polypseg-eval@champion."""
-    from polypseg.experiment import train_and_log
-    from polypseg.prepare import prepare
-    from polypseg.tracking import setup, tracked_run
+    from polypseg.features.prepare import prepare
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import setup
+    from polypseg.training.run import train_and_log
 
     base = tmp_path_factory.mktemp("evaluate")
     root = make_synthetic(base / "data", n=16, seed=3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polypseg.losses import BCEDiceLoss, bce_dice_loss
+from polypseg.training.losses import BCEDiceLoss, bce_dice_loss
 
 
 def _one_polyp_pixel() -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.tracking import mask_password, setup, tracked_run
+from polypseg.tracking.runs import tracked_run
+from polypseg.tracking.store import mask_password, setup
 
 
 def _train(runner: CliRunner, config: Path, *extra: str) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from polypseg.config import TrainConfig
 from polypseg.errors import TrainingError
-from polypseg.train import FeatureSet, fit, split_scores
+from polypseg.training.fit import FeatureSet, fit, split_scores
 
 CPU = torch.device("cpu")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -12,15 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import polypseg.tune as tune_module
+import polypseg.tuning.objective as objective_module
 from polypseg.cli import app
 from polypseg.config import load_config
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
-from polypseg.registry import register_trial
-from polypseg.studyspec import load_spec
-from polypseg.tracking import setup
-from polypseg.tune import tune
+from polypseg.tracking.registry import register_trial
+from polypseg.tracking.store import setup
+from polypseg.tuning.spec import load_spec
+from polypseg.tuning.study import tune
 
 
 def _children(parent_id: str) -> list:
@@ -41,7 +42,7 @@ def test_second_invocation_resumes_the_study(
     trials = second.study.get_trials()
     assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
     assert Path("studies/optuna.db").exists()
-    assert (first.encoder_calls, second.encoder_calls) == (12, 0)  # once per image, in all
+    assert (first.images_encoded, second.images_encoded) == (12, 0)  # once per image, in all
     params = {tuple(sorted(t.params.items())) for t in trials}
     assert len(params) == 8  # the resumed sampler does not repeat the first invocation's trials
     for result in (first, second):
@@ -91,7 +92,7 @@ def test_pruned_trial_ends_finished_and_tagged_pruned(
 
 def _fail_on_call(monkeypatch: pytest.MonkeyPatch, n: int, error: BaseException) -> Callable:
     """Make the n-th trial's training raise `error`; returns the real `train_and_log`."""
-    real = tune_module.train_and_log
+    real = objective_module.train_and_log
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -100,7 +101,7 @@ def _fail_on_call(monkeypatch: pytest.MonkeyPatch, n: int, error: BaseException)
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tune_module, "train_and_log", failing)
+    monkeypatch.setattr(objective_module, "train_and_log", failing)
     return real
 
 
@@ -138,7 +139,7 @@ def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert "RUNNING" not in {r.info.status for r in runs}
     assert {r.info.status for r in runs} == {"FINISHED", "KILLED"}
-    monkeypatch.setattr(tune_module, "train_and_log", real)
+    monkeypatch.setattr(objective_module, "train_and_log", real)
     resumed = tune(config, spec, 1, progress=False)
     assert len(resumed.study.get_trials()) == 3 and resumed.counts["COMPLETE"] == 2
 
@@ -156,11 +157,12 @@ def test_champion_moves_only_when_val_dice_improves(mlflow_store: str) -> None:
     setup("registry")
     encoder = encoder_architecture("sam_tiny")
     runs = [_run_with_decoder(8) for _ in range(3)]
+    register = partial(register_trial, "m", study="s", encoder=encoder, image_size=64)
     with mlflow.start_run():
-        first = register_trial("m", "s", 0, runs[0], encoder, 64, 0.50, 0.4)
-        worse = register_trial("m", "s", 1, runs[1], encoder, 64, 0.45, 0.4)
-        again = register_trial("m", "s", 0, runs[0], encoder, 64, 0.50, 0.4)
-        better = register_trial("m", "s", 2, runs[2], encoder, 64, 0.60, 0.5)
+        first = register(trial=0, run_id=runs[0], val_dice=0.50, test_dice=0.4)
+        worse = register(trial=1, run_id=runs[1], val_dice=0.45, test_dice=0.4)
+        again = register(trial=0, run_id=runs[0], val_dice=0.50, test_dice=0.4)
+        better = register(trial=2, run_id=runs[2], val_dice=0.60, test_dice=0.5)
     assert first.champion and not worse.champion and better.new
     assert (again.version, again.new) == (first.version, False)
     assert better.champion

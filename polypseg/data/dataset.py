@@ -1,43 +1,26 @@
-"""A torch `Dataset` over a Kvasir-style folder: resized image and mask tensors, name, size."""
+"""A torch `Dataset` over image/mask pairs: resized image and mask tensors, name, original size."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from polypseg.data.kvasir import Pair, list_pairs, read_image, read_mask
+from polypseg.data.kvasir import Pair, read_image, read_mask
 from polypseg.errors import DataError
-
-
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """H×W×3 uint8 → 3×size×size uint8 tensor (bilinear; the aspect ratio is not kept)."""
-    resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).contiguous()
-
-
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """H×W 0/1 uint8 → 1×size×size uint8 tensor (nearest, so it stays binary)."""
-    resized = Image.fromarray(mask).resize((size, size), Image.NEAREST)
-    return torch.from_numpy(np.asarray(resized).copy())[None]
+from polypseg.transforms import resize_image, resize_mask
 
 
 class KvasirDataset(Dataset):
     """Items are dicts: `image` (3×S×S uint8), `mask` (1×S×S uint8 0/1), `name`, `size` (H, W).
 
+    It takes pairs already listed (`list_pairs`), so a folder is listed and checked once per run.
     `size` is the original (height, width), kept because predictions go back to it.
     """
 
-    def __init__(self, root: str | Path, names: Sequence[str], image_size: int) -> None:
-        by_name = {pair.name: pair for pair in list_pairs(root)}
-        missing = [name for name in names if name not in by_name]
-        if missing:
-            raise DataError(f"{root}: split names not found: {', '.join(missing[:5])}")
-        self.pairs: list[Pair] = [by_name[name] for name in names]
+    def __init__(self, pairs: Sequence[Pair], image_size: int) -> None:
+        self.pairs = list(pairs)
         self.image_size = image_size
 
     def __len__(self) -> int:

@@ -8,15 +8,16 @@ with 255.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from polypseg.errors import DataError, DownloadError
+from polypseg.files import file_digest, first_line
 
 KAGGLE_HANDLE = "debeshjha1/kvasirseg"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -75,10 +76,9 @@ def download_kvasir(dest: str | Path | None = None) -> Path:
 
 def _reason(err: BaseException) -> str:
     """A short cause: connection failures say so instead of quoting urllib3's paragraph."""
-    text = str(err)
     if isinstance(err, (ConnectionError, OSError)) or "Connection" in type(err).__name__:
         return f"no connection: {type(err).__name__}"
-    return f"{type(err).__name__}: {text.splitlines()[0][:120]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {first_line(err)}" if str(err) else type(err).__name__
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -177,6 +177,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     return binarize_mask(grey)
 
 
-def cache_home() -> Path:
-    """`$POLYPSEG_CACHE` (default `~/.cache/polypseg`): features, checkpoints, synthetic data."""
-    return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")).expanduser()
+def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
+    """Feed every pair's name and the SHA-256 of its two files into `digest`, in order.
+
+    Both the feature cache's key and an evaluation's data digest are built this way, so a changed
+    byte in any image or mask changes both.
+    """
+    for pair in pairs:
+        digest.update(f"{pair.name}:{file_digest(pair.image)}:{file_digest(pair.mask)}".encode())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from polypseg.config import DataConfig
-from polypseg.data.kvasir import cache_home, download_kvasir, find_dataset_root
+from polypseg.data.kvasir import download_kvasir, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
+from polypseg.files import cache_home
 
 
 def synthetic_root(data: DataConfig) -> Path:

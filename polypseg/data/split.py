@@ -7,6 +7,8 @@ the same files land in the same split on every machine, whatever order the file 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,11 @@ class Split:
 
     def summary(self) -> str:
         return f"train={len(self.train)} val={len(self.val)} test={len(self.test)}"
+
+    def digest(self) -> str:
+        """16 hex digits naming this exact split (seed, ratios, file lists), for tags and inputs."""
+        payload = json.dumps(self.manifest(), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

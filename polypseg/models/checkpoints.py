@@ -8,7 +8,6 @@ that torch cannot read is a `CheckpointError` naming the file, never a crash ins
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.error
 import urllib.request
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from polypseg.atomic import atomic_path
-from polypseg.data.kvasir import cache_home
 from polypseg.errors import CheckpointError, WeightsUnavailable
+from polypseg.files import atomic_path, cache_home, file_digest, first_line
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +46,10 @@ SAM_CHECKPOINTS = {
 }
 
 
-def md5sum(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: Path, official: OfficialCheckpoint) -> None:
     """Raise `CheckpointError` unless `path` is the official file, byte for byte."""
     size = path.stat().st_size
-    if size != official.size or md5sum(path) != official.md5:
+    if size != official.size or file_digest(path, "md5") != official.md5:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({size} bytes; the official "
             f"{official.file} has {official.size} bytes and MD5 {official.md5}); delete it and "
@@ -116,9 +106,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        reason = str(err).splitlines()[0][:100] if str(err) else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); "
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err, 100)}); "
             "is it truncated or not a PyTorch checkpoint?"
         ) from None
     if not isinstance(state, dict):

@@ -23,6 +23,7 @@ from torch import nn
 
 from polypseg.config import EncoderConfig
 from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable
+from polypseg.files import first_line
 from polypseg.models.checkpoints import load_state_dict, resolve_sam_checkpoint
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,6 @@ def state_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-# --- SAM ---------------------------------------------------------------------------------------
-
-
 def _sam_vit(
     embed_dim: int,
     depth: int,
@@ -152,7 +150,7 @@ def _load_sam(variant: str, backbone: nn.Module, checkpoint: str) -> None:
     except RuntimeError as err:
         raise CheckpointError(
             f"checkpoint {path} does not fit SAM {variant}'s image encoder "
-            f"({str(err).splitlines()[0][:120]}); use the official sam_{variant}_*.pth"
+            f"({first_line(err)}); use the official sam_{variant}_*.pth"
         ) from None
 
 
@@ -163,9 +161,6 @@ def _sam_entry(variant: str, *arch: object) -> EncoderEntry:
         preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=1024),
         load_pretrained=partial(_load_sam, variant),
     )
-
-
-# --- ResNet ------------------------------------------------------------------------------------
 
 
 class ResNetTrunk(nn.Module):

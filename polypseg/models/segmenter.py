@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polypseg.data.dataset import resize_image
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import FrozenEncoder
+from polypseg.transforms import resize_image
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from polypseg.atomic import atomic_path
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import Pair, cache_home
+from polypseg.data.kvasir import Pair, hash_pairs
 from polypseg.errors import DataError
+from polypseg.files import atomic_path, cache_home, file_digest
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.progress import progress_bar
 
@@ -35,12 +35,36 @@ FORMAT = 1  # bump when the layout changes: old entries then simply miss
 ARRAYS = ("features.npy", "masks.npy")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass
+class FeatureSet:
+    """Cached features (N×C×h×w, float16) and masks (N×1×S×S, uint8 0/1) of one split."""
+
+    features: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device: torch.device) -> FeatureSet:
+        """On the device once, when it fits, so epochs make no host-to-device copy per batch."""
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            needed = self.features.nbytes + self.masks.nbytes
+            if needed > 0.5 * free:
+                return self  # stays on the host; batches are copied as they are used
+        return FeatureSet(self.features.to(device), self.masks.to(device))
+
+    def batches(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float32 features, float32 masks) batches on `device`, shuffled with `generator`."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size].to(self.features.device)
+            x = self.features[rows].to(device, non_blocking=True).float()
+            y = self.masks[rows].to(device, non_blocking=True).float()
+            yield x, y
 
 
 @dataclass(frozen=True)
@@ -60,10 +84,10 @@ class CachedFeatures:
             raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
         return np.array([index[name] for name in names], dtype=np.int64)
 
-    def tensors(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features float16 N×C×h×w, masks uint8 N×1×S×S) of `names`, in that order."""
+    def feature_set(self, names: Sequence[str]) -> FeatureSet:
+        """The features (float16 N×C×h×w) and masks (uint8 N×1×S×S) of `names`, in that order."""
         rows = self.rows(names)
-        return torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows])
+        return FeatureSet(torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows]))
 
 
 class FeatureCache:
@@ -76,10 +100,7 @@ class FeatureCache:
         digest = hashlib.sha256()
         header = [FORMAT, encoder.name, encoder.weights_digest, image_size]
         digest.update(json.dumps(header).encode())
-        for pair in sorted(pairs, key=lambda p: p.name):
-            digest.update(
-                f"{pair.name}:{file_sha256(pair.image)}:{file_sha256(pair.mask)}".encode()
-            )
+        hash_pairs(digest, sorted(pairs, key=lambda p: p.name))
         return digest.hexdigest()
 
     def entry_dir(self, encoder: FrozenEncoder, image_size: int, key: str) -> Path:
@@ -88,7 +109,6 @@ class FeatureCache:
     def get(
         self,
         encoder: FrozenEncoder,
-        root: Path,
         pairs: Sequence[Pair],
         image_size: int,
         device: str | torch.device = "cpu",
@@ -101,7 +121,16 @@ class FeatureCache:
         cached = self.load(folder, key)
         if cached is not None:
             return cached
-        self.build(folder, key, encoder, root, pairs, image_size, device, batch_size, progress)
+        self.build(
+            folder,
+            key=key,
+            encoder=encoder,
+            pairs=pairs,
+            image_size=image_size,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
         cached = self.load(folder, key)
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
             raise RuntimeError(f"feature cache {folder} failed verification right after its build")
@@ -123,7 +152,7 @@ class FeatureCache:
         if index["key"] != key:
             raise ValueError("its key does not match its folder")
         for name in ARRAYS:
-            if file_sha256(folder / name) != index["sha256"][name]:
+            if file_digest(folder / name) != index["sha256"][name]:
                 raise ValueError(f"{name} does not match its recorded hash")
         features = np.load(folder / "features.npy", mmap_mode="r")
         masks = np.load(folder / "masks.npy", mmap_mode="r")
@@ -135,9 +164,9 @@ class FeatureCache:
     def build(
         self,
         folder: Path,
+        *,
         key: str,
         encoder: FrozenEncoder,
-        root: Path,
         pairs: Sequence[Pair],
         image_size: int,
         device: str | torch.device,
@@ -145,8 +174,9 @@ class FeatureCache:
         progress: bool,
     ) -> None:
         """Encode every image once, in batches, into a new entry renamed into place when whole."""
-        names = [pair.name for pair in sorted(pairs, key=lambda p: p.name)]
-        loader = DataLoader(KvasirDataset(root, names, image_size), batch_size=batch_size)
+        ordered = sorted(pairs, key=lambda p: p.name)
+        names = [pair.name for pair in ordered]
+        loader = DataLoader(KvasirDataset(ordered, image_size), batch_size=batch_size)
         encoder.to(device)
         sizes: list[list[int]] = []
         with atomic_path(folder, directory=True) as tmp, progress_bar(enabled=progress) as bar:
@@ -179,6 +209,6 @@ class FeatureCache:
                 "image_size": image_size,
                 "names": names,
                 "sizes": sizes,
-                "sha256": {name: file_sha256(tmp / name) for name in ARRAYS},
+                "sha256": {name: file_digest(tmp / name) for name in ARRAYS},
             }
             (tmp / "index.json").write_text(json.dumps(index))

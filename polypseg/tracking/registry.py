@@ -15,7 +15,7 @@ import torch
 
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import FrozenEncoder
-from polypseg.pyfunc import log_segmenter_model
+from polypseg.tracking.pyfunc import log_segmenter_model
 
 CHAMPION = "champion"
 
@@ -60,6 +60,7 @@ def _champion_score(name: str) -> float | None:
 
 def register_trial(
     name: str,
+    *,
     study: str,
     trial: int,
     run_id: str,

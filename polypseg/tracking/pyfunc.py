@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from polypseg.errors import ModelError
+from polypseg.files import first_line
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import FrozenEncoder, encoder_architecture
 from polypseg.models.segmenter import Segmenter
-from polypseg.tracking import quiet_model_logging
+from polypseg.tracking.runs import quiet_model_logging
 
 FORMAT = 1
 ARTIFACT = "segmenter.pt"
@@ -57,16 +58,13 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[Segmenter, fl
 class SegmenterModel(mlflow.pyfunc.PythonModel):
     """pyfunc: an H×W×3 uint8 image (or a list of them) → an H×W uint8 mask of 0/1 each."""
 
-    # MLflow 3 derives a schema from `predict`'s type hints and warns when there are none; our
-    # schema is the explicit signature given at logging time (images of any size), so we opt out
-    # of type-hint validation with the attribute MLflow checks for that.
-    _skip_type_hint_validation = True
-
     def load_context(self, context: Any) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter, self.threshold = load_segmenter(context.artifacts["segmenter"], device)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # The `np.ndarray` hint is one MLflow 3 infers no schema from: our schema is the explicit
+    # signature given at logging time (images of any size), and without a hint MLflow warns.
+    def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         if isinstance(model_input, list):
             return [self.predict(context, image, params) for image in model_input]
         image = np.asarray(model_input)
@@ -121,8 +119,7 @@ def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
-        message = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise ModelError(
-            f"cannot load model {uri} ({message}); check the name, version or alias "
+            f"cannot load model {uri} ({first_line(err, 200)}); check the name, version or alias "
             "(e.g. models:/polypseg@champion) and MLFLOW_TRACKING_URI"
         ) from None

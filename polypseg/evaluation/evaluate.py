@@ -1,10 +1,10 @@
-"""Evaluation and prediction with a logged or registered model, at each image's original size.
+"""Evaluation of a logged or registered model, at each image's original size.
 
 `evaluate` scores a model on a folder's test split (the training protocol's seed-42 split) or on
 every pair (`all`: another polyp data set, CVC-ClinicDB or ETIS with PNG or TIFF files), and
 writes a JSON summary, a per-image CSV and a worst-cases figure, logging all of it to a new
-MLflow run. `predict` writes `<stem>.png` masks (0/255) for any images. Both go through the
-pyfunc model's own code: its probability map at the original size, thresholded as it does.
+MLflow run. It goes through the pyfunc model's own code (`Predictor`): its probability map at
+the original size, thresholded as the model does.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from polypseg.atomic import atomic_path, write_json
-from polypseg.cache import file_sha256
-from polypseg.data.kvasir import IMAGE_SUFFIXES, Pair, list_pairs, read_image, read_mask
+from polypseg.data.kvasir import Pair, hash_pairs, list_pairs, read_image, read_mask
 from polypseg.data.split import DEFAULT_RATIOS, split_names
 from polypseg.errors import DataError
+from polypseg.evaluation.predict import Predictor
+from polypseg.files import atomic_path, write_json
 from polypseg.metrics import dice_over_thresholds, scores, structure_and_emeasure
 from polypseg.progress import track
 
@@ -40,24 +39,6 @@ COLUMNS = (
     "s_alpha",
     "e_measure",
 )
-
-
-class Predictor:
-    """A loaded model's segmenter: probability maps and masks at an image's own size."""
-
-    def __init__(self, uri: str) -> None:
-        from polypseg.pyfunc import load_model
-
-        self.uri = uri
-        self.model = load_model(uri)
-        wrapped = self.model.unwrap_python_model()
-        self.segmenter, self.threshold = wrapped.segmenter, wrapped.threshold
-
-    def proba(self, image: np.ndarray) -> np.ndarray:
-        return self.segmenter.predict_proba(image)
-
-    def mask(self, image: np.ndarray) -> np.ndarray:
-        return (self.proba(image) >= self.threshold).astype(np.uint8)
 
 
 def image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict[str, float]:
@@ -82,8 +63,7 @@ def select_pairs(root: Path, split: str, seed: int, ratios: Sequence[float]) -> 
 
 def data_digest(pairs: Iterable[Pair]) -> str:
     digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(f"{pair.name}:{file_sha256(pair.image)}:{file_sha256(pair.mask)}".encode())
+    hash_pairs(digest, pairs)
     return digest.hexdigest()[:16]
 
 
@@ -131,7 +111,7 @@ def evaluate(
     tracking_uri: str | None = None,
 ) -> Evaluation:
     """Score a model on a folder; write JSON, CSV and figure beside `out`; log an MLflow run."""
-    from polypseg.tracking import setup
+    from polypseg.tracking.store import setup
 
     root, out = Path(root), Path(out)
     pairs = select_pairs(root, split, seed, ratios)
@@ -186,7 +166,7 @@ def _model_tags(uri: str) -> dict[str, str]:
 def _log_evaluation(result: Evaluation, figure: object) -> None:
     import mlflow
 
-    from polypseg.tracking import log_figure, tracked_run
+    from polypseg.tracking.runs import log_figure, tracked_run
 
     summary = result.summary
     tags = {
@@ -202,81 +182,3 @@ def _log_evaluation(result: Evaluation, figure: object) -> None:
         mlflow.log_artifact(str(result.json_path))
         mlflow.log_artifact(str(result.csv_path))
         log_figure(figure, "figures/worst_cases.png")
-
-
-def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns → image paths; unique stems required."""
-    import glob
-
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if any(ch in item for ch in "*?[") and not path.exists():
-            matches = sorted(Path(p) for p in glob.glob(item))
-            if not matches:
-                raise DataError(f"{item} matches no file")
-            found.extend(matches)
-        elif path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not images:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            found.extend(images)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"{path} does not exist")
-    stems: dict[str, Path] = {}
-    for path in found:
-        if path.stem in stems and stems[path.stem] != path:
-            raise DataError(f"{stems[path.stem]} and {path} would both write {path.stem}.png")
-        stems[path.stem] = path
-    return list(stems.values())
-
-
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    tinted = image.astype(np.float32)
-    tinted[mask == 1] = 0.55 * tinted[mask == 1] + 0.45 * np.array([0, 255, 0])
-    return tinted.round().astype(np.uint8)
-
-
-def predict(
-    model_uri: str,
-    inputs: Sequence[str],
-    out_dir: str | Path,
-    overlay: bool = False,
-    tracking_uri: str | None = None,
-) -> list[Path]:
-    """Write `<stem>.png` (0/255) masks at each image's original size; returns their paths."""
-    import mlflow
-
-    from polypseg.tracking import default_tracking_uri
-
-    images = collect_images(inputs)
-    unreadable = [str(p) for p in images if not _is_image(p)]
-    if unreadable:
-        raise DataError(f"not images: {', '.join(unreadable[:5])}; pass image files only")
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-    predictor = Predictor(model_uri)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in track(images, f"predicting {len(images)} images"):
-        image = read_image(path)
-        mask = predictor.mask(image)
-        target = out_dir / f"{path.stem}.png"
-        with atomic_path(target) as tmp:
-            Image.fromarray(mask * 255).save(tmp, format="PNG")
-        if overlay:
-            with atomic_path(out_dir / f"{path.stem}_overlay.png") as tmp:
-                Image.fromarray(_overlay(image, mask)).save(tmp, format="PNG")
-        written.append(target)
-    return written
-
-
-def _is_image(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # PIL raises many types for non-images and damaged files
-        return False

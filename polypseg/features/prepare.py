@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from polypseg.cache import CachedFeatures, FeatureCache
 from polypseg.config import Config
 from polypseg.data.kvasir import Pair, list_pairs
 from polypseg.data.source import resolve_root
 from polypseg.data.split import Split, split_names
 from polypseg.errors import ConfigError
+from polypseg.features.cache import CachedFeatures, FeatureCache, FeatureSet
 from polypseg.models.encoders import FrozenEncoder, build_encoder
 
 
@@ -50,6 +50,10 @@ class Prepared:
     features: CachedFeatures
     device: torch.device
 
+    def feature_set(self, part: str) -> FeatureSet:
+        """The cached features and masks of one part of the split (train, val or test)."""
+        return self.features.feature_set(self.split.names(part))
+
 
 def prepare(config: Config, progress: bool = True) -> Prepared:
     """Resolve the data, split it, build the encoder and load (or build) the feature cache."""
@@ -60,7 +64,6 @@ def prepare(config: Config, progress: bool = True) -> Prepared:
     device = resolve_device(config.train.device)
     features = FeatureCache().get(
         encoder,
-        root,
         pairs,
         config.data.image_size,
         device=device,

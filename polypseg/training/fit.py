@@ -9,51 +9,20 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from polypseg.config import TrainConfig
 from polypseg.errors import TrainingError
-from polypseg.losses import bce_dice_loss
+from polypseg.features.cache import FeatureSet
 from polypseg.metrics import mean_scores, scores
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.segmenter import upsample_logits
+from polypseg.training.losses import bce_dice_loss
 
 EpochCallback = Callable[[dict[str, float]], None]
-
-
-@dataclass
-class FeatureSet:
-    """Cached features (N×C×h×w, float16) and masks (N×1×S×S, uint8 0/1) of one split."""
-
-    features: torch.Tensor
-    masks: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def to(self, device: torch.device) -> FeatureSet:
-        """On the device once, when it fits, so epochs make no host-to-device copy per batch."""
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            needed = self.features.nbytes + self.masks.nbytes
-            if needed > 0.5 * free:
-                return self  # stays on the host; batches are copied as they are used
-        return FeatureSet(self.features.to(device), self.masks.to(device))
-
-    def batches(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(float32 features, float32 masks) batches on `device`, shuffled with `generator`."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size].to(self.features.device)
-            x = self.features[rows].to(device, non_blocking=True).float()
-            y = self.masks[rows].to(device, non_blocking=True).float()
-            yield x, y
 
 
 @dataclass

@@ -19,10 +19,10 @@ import torch
 
 from polypseg.config import Config, flatten
 from polypseg.data.dataset import KvasirDataset
+from polypseg.features.prepare import Prepared
 from polypseg.figures import curves, mask_panel
-from polypseg.prepare import Prepared
-from polypseg.tracking import log_dataset, log_figure, split_digest, truncate_tag
-from polypseg.train import EpochCallback, FeatureSet, FitResult, fit, predict_probs, split_scores
+from polypseg.tracking.runs import log_dataset, log_figure, truncate_tag
+from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
 PANEL_IMAGES = 4
 EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")
@@ -35,15 +35,12 @@ class TrainOutcome:
     metrics: dict[str, float]  # best_val_dice, best_epoch, test_*
 
 
-def feature_set(prepared: Prepared, part: str) -> FeatureSet:
-    return FeatureSet(*prepared.features.tensors(prepared.split.names(part)))
-
-
 def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
     names = list(prepared.split.names("val"))[:PANEL_IMAGES]
-    data = FeatureSet(*prepared.features.tensors(names))
+    data = prepared.features.feature_set(names)
     probs, masks = predict_probs(fitted.decoder, data, len(names), prepared.device)
-    items = KvasirDataset(prepared.root, names, image_size)
+    by_name = {pair.name: pair for pair in prepared.pairs}
+    items = KvasirDataset([by_name[name] for name in names], image_size)
     images = [items[i]["image"].permute(1, 2, 0).numpy() for i in range(len(names))]
     figure = mask_panel(
         images,
@@ -77,7 +74,7 @@ def train_and_log(
     tags = {
         "polypseg.encoder": prepared.encoder.name,
         "polypseg.weights_digest": prepared.encoder.weights_digest[:16],
-        "polypseg.split_digest": split_digest(prepared.split),
+        "polypseg.split_digest": prepared.split.digest(),
     }
     if prepared.fallback_reason:
         tags["polypseg.fallback_reason"] = truncate_tag(prepared.fallback_reason)
@@ -92,7 +89,7 @@ def train_and_log(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    train, val = feature_set(prepared, "train"), feature_set(prepared, "val")
+    train, val = prepared.feature_set("train"), prepared.feature_set("val")
     fitted = fit(
         train,
         val,
@@ -103,14 +100,14 @@ def train_and_log(
         callback=log_epoch,
     )
     metrics = {"best_val_dice": fitted.best_val_dice, "best_epoch": float(fitted.best_epoch)}
-    test = feature_set(prepared, "test")
+    test = prepared.feature_set("test")
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)
     log_figure(curves(fitted.history), "figures/curves.png")
     _log_decoder(fitted)
     if log_model:
-        from polypseg.pyfunc import log_segmenter_model
+        from polypseg.tracking.pyfunc import log_segmenter_model
 
         log_segmenter_model(prepared.encoder, fitted.decoder.cpu(), config.data.image_size)
     return TrainOutcome(run.info.run_id, fitted, metrics)

@@ -1,0 +1,1 @@
+"""Scoring and using a logged or registered model: `evaluate` and `predict`."""

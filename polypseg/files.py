@@ -1,0 +1,103 @@
+"""File-system basics every layer uses: where polypseg keeps things, atomic writes, locks, hashes.
+
+Everything polypseg writes that a later step trusts (manifests, feature caches, synthetic data
+sets, checkpoints, masks) is written under a temporary name beside the target, then renamed, so
+an interrupted run never leaves a half-written file that looks valid. Nothing here knows about
+images, models or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def cache_home() -> Path:
+    """`$POLYPSEG_CACHE` (default `~/.cache/polypseg`): features, checkpoints, synthetic data."""
+    return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")).expanduser()
+
+
+@contextmanager
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    A file replaces what was there. A folder is only ever created: when `path` already exists
+    on success, another process finished the same deterministic work first, and ours is
+    dropped, so concurrent builders never delete a folder someone is reading.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and path.exists():
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: object) -> Path:
+    """Write `payload` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    return Path(path)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if missing), released on exit or when we die."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """The hex digest of a file's bytes, read in chunks (checkpoints are gigabytes)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sqlite_uri(path: Path) -> str:
+    """`sqlite:///<absolute path>`: MLflow and SQLAlchemy both want the absolute form."""
+    return f"{SQLITE_PREFIX}{path.resolve()}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI; None for other URIs and in-memory SQLite."""
+    if not uri.startswith(SQLITE_PREFIX) or ":memory:" in uri:
+        return None
+    return Path(uri[len(SQLITE_PREFIX) :])
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line, cut to `limit` characters, or its type when it says nothing."""
+    text = str(err)
+    return text.splitlines()[0][:limit] if text.strip() else type(err).__name__

@@ -1,0 +1,1 @@
+"""Optuna: study specs, storages, the worker loop shared by many workers, the objective."""

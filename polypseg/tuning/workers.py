@@ -1,0 +1,256 @@
+"""Many `polypseg tune` workers on one study, on Optuna's public ask-and-tell interface.
+
+Each worker runs one loop: under the study lock it checks the study-wide budget and takes a
+trial (`study.ask()`, which pops a queued retry first), then trains it with a heartbeat beating,
+then reports it (`study.tell()`). The lock (a PostgreSQL advisory lock, or `flock` on a file
+beside a SQLite or journal file) makes `max_trials` an exact budget however many workers race
+for the last trials, and a queued retry is never taken by two workers. Each invocation takes the
+next worker number of the study (a study user attribute) to seed its sampler apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from polypseg.files import file_lock
+from polypseg.tracking.runs import end_runs_of_finished_trials
+from polypseg.tracking.store import mask_password
+from polypseg.tuning.storage import JOURNAL_PREFIX, fail_stale_trials, make_storage, storage_file
+
+log = logging.getLogger(__name__)
+
+# What uses up the budget: trials that ran to an end, are running, or wait in the queue
+# (a stale trial's retry). FAIL trials do not, so their retries still run.
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+WORKERS_ATTR = "polypseg.workers"
+
+StudyLock = Callable[[], AbstractContextManager[Any]]
+Objective = Callable[[optuna.Trial], float]
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one invocation works on a study: its own share, and the study's budget."""
+
+    n_trials: int  # trials this worker may run (Optuna's `n_trials`: per process)
+    max_trials: int | None = None  # the study's budget, shared by every worker
+    n_jobs: int = 1  # trials at once in this process (threads)
+    timeout: float | None = None  # seconds after which no trial is started
+
+
+class BudgetReached(Exception):
+    """The study's budget is used up: the worker stops taking trials."""
+
+
+@contextmanager
+def _advisory_lock(engine: Any, key: int) -> Iterator[None]:
+    import sqlalchemy
+
+    with engine.begin() as conn:  # released when this transaction ends, or when the worker dies
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
+
+
+def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> StudyLock:
+    """The lock that serialises taking trials (and registering) among the workers of a study.
+
+    PostgreSQL: an advisory lock keyed by the study name, held by a transaction, so a worker
+    that dies releases it. SQLite or journal file: `flock` on `<file>.lock` beside it (one
+    machine; `<journal>.polypseg.lock`, as Optuna's journal uses `<journal>.lock` itself).
+    Other databases get no lock: a budget may then overshoot by up to one trial per worker.
+    """
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.name == "postgresql":
+        digest = hashlib.sha256(f"polypseg-study:{name}".encode()).digest()
+        return partial(
+            _advisory_lock, storage.engine, int.from_bytes(digest[:8], "big", signed=True)
+        )
+    path = storage_file(url)
+    if path is not None:
+        suffix = ".polypseg.lock" if url.startswith(JOURNAL_PREFIX) else ".lock"
+        return partial(file_lock, path.with_name(path.name + suffix))
+    log.warning("no study lock for %s: a trial budget may overshoot", mask_password(url))
+    return nullcontext
+
+
+@dataclass
+class SharedStudy:
+    """An Optuna study with what its workers share: the storage, the lock and the budget."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    lock: StudyLock
+    max_trials: int | None = None
+
+    def budget_left(self) -> int | None:
+        if self.max_trials is None:
+            return None
+        return self.max_trials - len(self.study.get_trials(deepcopy=False, states=BUDGET_STATES))
+
+    def _any(self, state: TrialState) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(state,)))
+
+    def heartbeat_interval(self) -> int | None:
+        """Seconds between heartbeats; None where the storage has none (Optuna 5's journal)."""
+        return getattr(self.storage, "get_heartbeat_interval", lambda: None)()
+
+    def take_trial(self) -> optuna.Trial:
+        """The next trial, under the lock: a queued retry first, else a new one within budget.
+
+        When what is left of the budget is held by running trials, wait instead of leaving: one
+        of them may fail, or go stale (its worker died) and be queued for a retry, which this
+        worker then runs. Without heartbeats a dead trial would never end, so leave at once.
+        """
+        interval = self.heartbeat_interval()
+        while True:
+            with self.lock():
+                left = self.budget_left()
+                if left is None or left > 0 or self._any(TrialState.WAITING):
+                    return self.study.ask()
+                running = self._any(TrialState.RUNNING)
+            if not running or interval is None:
+                raise BudgetReached(f"the study holds its {self.max_trials} trials")
+            time.sleep(min(interval, 5))
+            fail_stale_trials(self.study)
+
+    @contextmanager
+    def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
+        """Beat for `trial` now and every interval until the block ends (a thread, so a long
+        epoch never starves it); a worker that dies stops beating and its trial goes stale."""
+        interval = self.heartbeat_interval()
+        if interval is None:
+            yield
+            return
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        self.storage.record_heartbeat(trial_id)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                self.storage.record_heartbeat(trial_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def open_shared_study(
+    name: str,
+    storage_url: str,
+    direction: str,
+    make_sampler: Callable[[int], optuna.samplers.BaseSampler],
+    pruner: optuna.pruners.BasePruner,
+    max_trials: int | None = None,
+) -> SharedStudy:
+    """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
+
+    Workers with the same sampler seed would suggest the same trials, so each invocation gets
+    the next worker number of the study (taken under the lock) as its seed offset.
+    """
+    storage = make_storage(storage_url)
+    created = optuna.create_study(
+        study_name=name, storage=storage, direction=direction, load_if_exists=True
+    )
+    lock = study_lock(storage, storage_url, name)
+    with lock():
+        worker = int(created.user_attrs.get(WORKERS_ATTR, 0))
+        created.set_user_attr(WORKERS_ATTR, worker + 1)
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=make_sampler(worker), pruner=pruner
+    )
+    return SharedStudy(study, storage, lock, max_trials)
+
+
+def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
+    """Train one trial and tell the study how it ended, as `Study.optimize` would."""
+    study = shared.study
+    with shared.heartbeat(trial):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            return study.tell(trial, state=TrialState.PRUNED)
+        except Exception as err:
+            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            return study.tell(trial, state=TrialState.FAIL)
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    return study.tell(trial, value)
+
+
+def run_worker(
+    shared: SharedStudy,
+    objective: Objective,
+    options: WorkerOptions,
+    callbacks: Sequence[TrialCallback] = (),
+) -> int:
+    """Take, train and tell trials until this worker's share, the timeout or the study's budget
+    is used up; `options.n_jobs` threads at once. Returns how many trials this worker ran."""
+    started = time.monotonic()
+    claimed = 0
+    guard = threading.Lock()
+    done = threading.Event()  # the budget is used up: no thread takes another trial
+
+    def claim() -> bool:
+        nonlocal claimed
+        with guard:
+            late = options.timeout is not None and time.monotonic() - started > options.timeout
+            if done.is_set() or late or claimed >= options.n_trials:
+                return False
+            claimed += 1
+            return True
+
+    def loop() -> None:
+        nonlocal claimed
+        while claim():
+            fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs ended, retried
+            try:
+                trial = shared.take_trial()
+            except BudgetReached as reached:
+                log.info("stopping: %s", reached)
+                with guard:
+                    claimed -= 1
+                done.set()
+                return
+            frozen = _run_one(shared, objective, trial)
+            for callback in callbacks:
+                callback(shared.study, frozen)
+
+    if options.n_jobs == 1:
+        loop()
+        return claimed
+    # Daemon threads: on Ctrl-C the process exits without waiting for their trials, which then
+    # stop beating and are failed and retried like any dead worker's.
+    threads = [
+        threading.Thread(target=loop, name=f"trials-{i}", daemon=True)
+        for i in range(options.n_jobs)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return claimed
+
+
+def end_orphaned_runs(study: optuna.Study, experiment_id: str) -> int:
+    """Trial runs of `study` left RUNNING although their trial is over: end them KILLED."""
+    finished = {
+        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+    }
+    return end_runs_of_finished_trials(experiment_id, study.study_name, finished)
