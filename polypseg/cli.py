@@ -217,54 +217,62 @@ def tune(
         raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
 
 
-ModelOption = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
-    ),
-]
+ModelOption = typer.Option(
+    "--model",
+    help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
+)
 
 
 @app.command("evaluate")
 def evaluate(
-    model: ModelOption,
-    root: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (any polyp set).")],
-    split: Annotated[
-        str, typer.Option(help="test: the training protocol's held-out split; all: every pair.")
-    ] = "test",
+    root: Annotated[
+        list[str],
+        typer.Option(help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table."),
+    ],
+    model: Annotated[str | None, ModelOption] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Any method's saved maps, paired with masks/ by stem.")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="default, or pranet: as papers report.")
+    ] = "default",
+    split: Annotated[str | None, typer.Option(help="--model only: test (default) or all.")] = None,
     out: Annotated[
-        Path, typer.Option(help="JSON summary; the per-image CSV and figure go beside it.")
-    ] = Path("evaluation.json"),
+        Path | None, typer.Option(help="JSON (default evaluation.json); a folder for NAME=DIR.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Split seed of --split test.")] = 42,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Score a model at each image's original size: JSON summary, per-image CSV, worst cases,
-    all logged to a new MLflow run."""
-    import json
-
+    """Score a model, or any method's saved maps, on one or several data sets: JSON summary,
+    per-image CSV, worst cases (and table.md/csv), all logged to a new MLflow run."""
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(model, root, split, out, seed=seed, tracking_uri=tracking_uri)
-    typer.echo(json.dumps(result.summary, indent=2))
-    typer.echo(f"per-image: {result.csv_path}  worst cases: {result.figure_path}", err=True)
+    options = {"predictions": predictions, "protocol": protocol, "seed": seed}
+    result = run_evaluate(model, root, split, out, tracking_uri=tracking_uri, **options)
+    stdout, notes = result.printout()
+    typer.echo("\n".join(notes), err=True)
+    typer.echo(stdout)
 
 
 @app.command("predict")
 def predict(
-    model: ModelOption,
-    out: Annotated[Path, typer.Option(help="Folder for <stem>.png masks (0/255).")],
+    model: Annotated[str, ModelOption],
+    out: Annotated[Path, typer.Option(help="Folder for the <stem>.png files.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     overlay: Annotated[
         bool, typer.Option(help="Also write <stem>_overlay.png, the mask over the image.")
     ] = False,
+    maps: Annotated[
+        bool, typer.Option(help="8-bit probability maps instead of 0/255 masks.")
+    ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Predict polyp masks at each image's original size."""
+    """Predict polyp masks (or maps) at each image's original size; prints the files written."""
     from polypseg.evaluation.predict import predict as run_predict
 
-    for path in run_predict(model, images, out, overlay, tracking_uri):
-        typer.echo(path)
+    result = run_predict(model, images, out, overlay, tracking_uri, maps=maps)
+    typer.echo("\n".join(str(path) for path in result.written))
+    typer.echo(f"prediction run {result.run_id}: {result.run_url}", err=True)
 
 
 def _print_epoch(metrics: dict[str, float]) -> None:

@@ -129,7 +129,7 @@ def dice_over_thresholds(probs: Tensor, target: Tensor, n: int = 256) -> Tensor:
     return dice.mean(dim=1)
 
 
-def _smeasure() -> Any:
+def structure_measure() -> Any:
     """`py_sod_metrics.Smeasure` with a zero-area quadrant scoring 0 instead of NaN.
 
     S-α splits the map into four quadrants at the mask's centroid. When the centroid falls in
@@ -164,7 +164,8 @@ def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) ->
     S-α = 1 − mean(prediction) and E-measure = the mean fraction of pixels predicted background.
     The E-measure divides by (H·W − 1) like the MATLAB code, so on tiny images a near-perfect map
     can score slightly above 1; at 512×512 the excess is below 4e-6. The one NaN the library can
-    produce (a mask whose centroid lies on the last row or column) is removed by `_smeasure`.
+    produce (a mask whose centroid lies on the last row or column) is removed by
+    `structure_measure`.
     """
     # Imported here: it pulls in scipy, and only evaluation needs it.
     from py_sod_metrics import Emeasure
@@ -176,7 +177,7 @@ def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) ->
             )
     if pred_prob_uint8.shape != gt_uint8.shape:
         raise ValueError(f"prediction {pred_prob_uint8.shape} and mask {gt_uint8.shape} differ")
-    smeasure, emeasure = _smeasure(), Emeasure()
+    smeasure, emeasure = structure_measure(), Emeasure()
     smeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
     emeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
     results = {

@@ -1,5 +1,5 @@
 """Shared fixtures: a small synthetic Kvasir-like set, an isolated cache, a CLI runner, a tiny
-experiment config and study spec, a fresh MLflow store."""
+experiment config and study spec, a fresh MLflow store, a registered model to evaluate."""
 
 from __future__ import annotations
 
@@ -114,3 +114,57 @@ def study_spec(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def registered_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A model trained on 16 synthetic pairs, registered as polypseg-eval@champion, shared by
+    the evaluation and prediction tests (training it once keeps the suite quick)."""
+    import mlflow
+
+    from polypseg.config import load_config
+    from polypseg.features.prepare import prepare
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import setup
+    from polypseg.training.run import train_and_log
+
+    base = tmp_path_factory.mktemp("evaluate")
+    root = make_synthetic(base / "data", n=16, seed=3)
+    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POLYPSEG_CACHE", str(base / "cache"))
+        config = load_config(
+            None,
+            {
+                "data.source": "local",
+                "data.root": str(root),
+                "data.image_size": 64,
+                "encoder.name": "sam_tiny",
+                "encoder.allow_random_weights": True,
+                "decoder.width": 16,
+                "train.epochs": 3,
+                "train.device": "cpu",
+            },
+        )
+        setup("eval-tests", uri)
+        with tracked_run() as run:
+            train_and_log(prepare(config, progress=False), config, log_model=True)
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "polypseg-eval")
+        mlflow.MlflowClient().set_registered_model_alias(
+            "polypseg-eval", "champion", version.version
+        )
+    return {
+        "root": root,
+        "uri": uri,
+        "base": base,
+        "version": version.version,
+        "run_id": run.info.run_id,
+    }
+
+
+@pytest.fixture
+def model_env(registered_model: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """The registered model's store as MLFLOW_TRACKING_URI, in a fresh working directory."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_model["uri"])
+    monkeypatch.chdir(tmp_path)
+    return registered_model

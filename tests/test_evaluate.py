@@ -15,56 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.config import load_config
 from polypseg.data.kvasir import list_pairs, read_image, read_mask
 from polypseg.data.split import split_names
-from polypseg.data.synthetic import make_synthetic
 from polypseg.metrics import mean_scores, scores
 
-MODEL = "models:/polypseg-eval@champion"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A model trained on 16 synthetic pairs, registered as polypseg-eval@champion."""
-    from polypseg.features.prepare import prepare
-    from polypseg.tracking.runs import tracked_run
-    from polypseg.tracking.store import setup
-    from polypseg.training.run import train_and_log
-
-    base = tmp_path_factory.mktemp("evaluate")
-    root = make_synthetic(base / "data", n=16, seed=3)
-    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("POLYPSEG_CACHE", str(base / "cache"))
-        config = load_config(
-            None,
-            {
-                "data.source": "local",
-                "data.root": str(root),
-                "data.image_size": 64,
-                "encoder.name": "sam_tiny",
-                "encoder.allow_random_weights": True,
-                "decoder.width": 16,
-                "train.epochs": 3,
-                "train.device": "cpu",
-            },
-        )
-        setup("eval-tests", uri)
-        with tracked_run() as run:
-            train_and_log(prepare(config, progress=False), config, log_model=True)
-        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "polypseg-eval")
-        mlflow.MlflowClient().set_registered_model_alias(
-            "polypseg-eval", "champion", version.version
-        )
-    return {"root": root, "uri": uri, "base": base, "version": version.version}
-
-
-@pytest.fixture
-def env(trained: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
-    monkeypatch.chdir(tmp_path)
-    return trained
+MODEL = "models:/polypseg-eval@champion"  # registered by conftest's `registered_model`
 
 
 def _ok(result) -> str:
@@ -81,17 +36,17 @@ def _error_line(result) -> str:
 
 
 def test_evaluate_test_split_agrees_with_metrics(
-    runner: CliRunner, env: dict, tmp_path: Path
+    runner: CliRunner, model_env: dict, tmp_path: Path
 ) -> None:
     out = tmp_path / "report" / "eval.json"
     stdout = _ok(
         runner.invoke(
-            app, ["evaluate", "--model", MODEL, "--root", str(env["root"]), "--out", str(out)]
+            app, ["evaluate", "--model", MODEL, "--root", str(model_env["root"]), "--out", str(out)]
         )
     )
     summary = json.loads(out.read_text())
     assert json.loads(stdout) == summary
-    test_names = split_names([p.name for p in list_pairs(env["root"])]).test
+    test_names = split_names([p.name for p in list_pairs(model_env["root"])]).test
     assert summary["n_images"] == len(test_names) == 2
     for key in ("dice", "iou", "precision", "recall", "specificity", "mae", "s_alpha", "e_measure"):
         assert 0.0 <= summary[key] <= 1.0 + 1e-3
@@ -99,8 +54,8 @@ def test_evaluate_test_split_agrees_with_metrics(
     model = mlflow.pyfunc.load_model(MODEL)
     per_image = {"dice": [], "iou": []}
     for name in test_names:
-        image = read_image(env["root"] / "images" / name)
-        truth = read_mask(env["root"] / "masks" / name)
+        image = read_image(model_env["root"] / "images" / name)
+        truth = read_mask(model_env["root"] / "masks" / name)
         pred = model.predict(image)
         assert pred.shape == truth.shape
         got = scores(torch.from_numpy(pred)[None].double(), torch.from_numpy(truth)[None].double())
@@ -116,12 +71,12 @@ def test_evaluate_test_split_agrees_with_metrics(
 
 
 def test_evaluate_all_on_png_and_tiff_set_logs_a_run(
-    runner: CliRunner, env: dict, tmp_path: Path
+    runner: CliRunner, model_env: dict, tmp_path: Path
 ) -> None:
     other = tmp_path / "cvc"
     (other / "images").mkdir(parents=True)
     (other / "masks").mkdir()
-    for pair in list_pairs(env["root"])[:5]:
+    for pair in list_pairs(model_env["root"])[:5]:
         Image.open(pair.image).save(other / "images" / f"{Path(pair.name).stem}.png")
         Image.fromarray(read_mask(pair.mask) * 255).save(
             other / "masks" / f"{Path(pair.name).stem}.tif"
@@ -153,13 +108,13 @@ def test_evaluate_all_on_png_and_tiff_set_logs_a_run(
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     tags = runs[0].data.tags
     assert tags["polypseg.model_name"] == "polypseg-eval" and tags["polypseg.model_version"] == str(
-        env["version"]
+        model_env["version"]
     )
     assert runs[0].data.metrics["dice"] == pytest.approx(summary["dice"])
 
 
 def test_predict_writes_masks_at_original_sizes(
-    runner: CliRunner, env: dict, tmp_path: Path
+    runner: CliRunner, model_env: dict, tmp_path: Path
 ) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -182,39 +137,44 @@ def test_predict_writes_masks_at_original_sizes(
             app, ["predict", "--model", MODEL, "--out", str(out), "--overlay", str(inputs)]
         )
     )
-    assert len(stdout.strip().splitlines()) == 6
+    listed = stdout.strip().splitlines()
+    assert listed == [str(out / f"{s}.png") for s in sorted(sizes)] + [
+        str(out / f"{s}_overlay.png") for s in sorted(sizes)
+    ]
     for stem, (h, w) in sizes.items():
         mask = np.asarray(Image.open(out / f"{stem}.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
         assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == (h, w, 3)
 
 
-def test_predict_accepts_globs(runner: CliRunner, env: dict, tmp_path: Path) -> None:
-    pattern = str(env["root"] / "images" / "*_0000[0-2].jpg")
+def test_predict_accepts_globs(runner: CliRunner, model_env: dict, tmp_path: Path) -> None:
+    pattern = str(model_env["root"] / "images" / "*_0000[0-2].jpg")
     stdout = _ok(
         runner.invoke(app, ["predict", "--model", MODEL, "--out", str(tmp_path / "o"), pattern])
     )
     assert len(stdout.strip().splitlines()) == 3
 
 
-def test_missing_alias_is_one_line(runner: CliRunner, env: dict, tmp_path: Path) -> None:
-    args = ["evaluate", "--model", "models:/polypseg-eval@nope", "--root", str(env["root"])]
+def test_missing_alias_is_one_line(runner: CliRunner, model_env: dict, tmp_path: Path) -> None:
+    args = ["evaluate", "--model", "models:/polypseg-eval@nope", "--root", str(model_env["root"])]
     assert "cannot load model models:/polypseg-eval@nope" in _error_line(runner.invoke(app, args))
 
 
-def test_missing_model_is_one_line(runner: CliRunner, env: dict, tmp_path: Path) -> None:
+def test_missing_model_is_one_line(runner: CliRunner, model_env: dict, tmp_path: Path) -> None:
     args = [
         "predict",
         "--model",
         "models:/no-such-model/1",
         "--out",
         str(tmp_path),
-        str(env["root"] / "images"),
+        str(model_env["root"] / "images"),
     ]
     assert "cannot load model models:/no-such-model/1" in _error_line(runner.invoke(app, args))
 
 
-def test_a_file_that_is_not_an_image_is_named(runner: CliRunner, env: dict, tmp_path: Path) -> None:
+def test_a_file_that_is_not_an_image_is_named(
+    runner: CliRunner, model_env: dict, tmp_path: Path
+) -> None:
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     out = tmp_path / "o"
@@ -224,24 +184,26 @@ def test_a_file_that_is_not_an_image_is_named(runner: CliRunner, env: dict, tmp_
     assert "notes.jpg" in line and not out.exists()
 
 
-def test_a_folder_without_pairs_is_one_line(runner: CliRunner, env: dict, tmp_path: Path) -> None:
+def test_a_folder_without_pairs_is_one_line(
+    runner: CliRunner, model_env: dict, tmp_path: Path
+) -> None:
     (tmp_path / "empty" / "images").mkdir(parents=True)
     (tmp_path / "empty" / "masks").mkdir()
     args = ["evaluate", "--model", MODEL, "--root", str(tmp_path / "empty"), "--split", "all"]
     assert "no image files" in _error_line(runner.invoke(app, args))
 
 
-def test_a_missing_input_is_one_line(runner: CliRunner, env: dict, tmp_path: Path) -> None:
+def test_a_missing_input_is_one_line(runner: CliRunner, model_env: dict, tmp_path: Path) -> None:
     args = ["predict", "--model", MODEL, "--out", str(tmp_path / "o"), str(tmp_path / "nope.jpg")]
     assert "nope.jpg does not exist" in _error_line(runner.invoke(app, args))
 
 
 def test_evaluate_keeps_an_earlier_report_when_it_fails(
-    runner: CliRunner, env: dict, tmp_path: Path
+    runner: CliRunner, model_env: dict, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval.json"
     out.write_text('{"kept": true}')
-    broken = Path(shutil.copytree(env["root"], tmp_path / "broken"))
+    broken = Path(shutil.copytree(model_env["root"], tmp_path / "broken"))
     victim = sorted((broken / "masks").iterdir())[0]
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(victim, format="JPEG")  # wrong size
     args = [

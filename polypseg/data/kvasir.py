@@ -1,9 +1,9 @@
 """Kvasir-SEG on disk: locate or download the folder, pair images with masks, read them.
 
 A data set is any folder holding `images/` and `masks/` whose files pair by stem (Kvasir-SEG,
-CVC-ClinicDB, ETIS... with JPEG, PNG, TIFF or BMP files). The real Kvasir-SEG masks are RGB JPEGs
-with compression noise, so masks are converted to grey and thresholded at 128, never compared
-with 255.
+CVC-ClinicDB, ETIS... with JPEG, PNG, TIFF or BMP files; TIFFs Pillow cannot decode are read
+with tifffile, see `decode.py`). The real Kvasir-SEG masks are RGB JPEGs with compression noise,
+so masks are converted to grey and thresholded at 128, never compared with 255.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from polypseg.data.decode import has_image_header, open_image, unit_range
 from polypseg.errors import DataError, DownloadError
 from polypseg.files import file_digest, first_line
 
@@ -34,7 +35,8 @@ class Pair:
     mask: Path
 
 
-def _listing(names: Iterable[str]) -> str:
+def listing(names: Iterable[str]) -> str:
+    """Sorted names, the first few of them, for one-line error messages."""
     names = sorted(names)
     shown = ", ".join(names[:_SHOWN])
     return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
@@ -81,7 +83,8 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}" if str(err) else type(err).__name__
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
+def files_by_stem(folder: Path) -> dict[str, Path]:
+    """The image files of a folder by stem (the first by name when two share a stem)."""
     files: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
         if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
@@ -106,7 +109,7 @@ def list_pairs(root: str | Path) -> list[Pair]:
             raise DataError(
                 f"{root} has no {kind}/ folder; expected {root}/images and {root}/masks"
             )
-    images, masks = (_files_by_stem(folders[k]) for k in ("images", "masks"))
+    images, masks = (files_by_stem(folders[k]) for k in ("images", "masks"))
     if not images and not masks:
         raise DataError(
             f"no image files in {root}/images or {root}/masks "
@@ -114,9 +117,9 @@ def list_pairs(root: str | Path) -> list[Pair]:
         )
     problems = []
     if lonely := images.keys() - masks.keys():
-        problems.append(f"images without masks: {_listing(images[s].name for s in lonely)}")
+        problems.append(f"images without masks: {listing(images[s].name for s in lonely)}")
     if lonely := masks.keys() - images.keys():
-        problems.append(f"masks without images: {_listing(masks[s].name for s in lonely)}")
+        problems.append(f"masks without images: {listing(masks[s].name for s in lonely)}")
     pairs = [
         Pair(images[s].name, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())
     ]
@@ -124,30 +127,13 @@ def list_pairs(root: str | Path) -> list[Pair]:
         str(p.relative_to(root))
         for pair in pairs
         for p in (pair.image, pair.mask)
-        if not _has_image_header(p)
+        if not has_image_header(p)
     ]
     if unreadable:
-        problems.append(f"files that cannot be decoded: {_listing(unreadable)}")
+        problems.append(f"files that cannot be decoded: {listing(unreadable)}")
     if problems:
         raise DataError(f"{root}: " + "; ".join(problems))
     return pairs
-
-
-def _has_image_header(path: Path) -> bool:
-    try:
-        with Image.open(path):
-            return True
-    except (UnidentifiedImageError, OSError):
-        return False
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
-    return image
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -156,14 +142,14 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
-    if image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    if image.mode == "F":  # floats in [0, 1] or 0-255, as `unit_range` reads them
+        image = Image.fromarray(np.round(unit_range(np.asarray(image)) * 255).astype(np.uint8))
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as H×W×3 uint8 RGB, at its original size."""
-    return to_rgb(_open(Path(path)))
+    return to_rgb(open_image(path))
 
 
 def binarize_mask(grey: np.ndarray) -> np.ndarray:
@@ -173,7 +159,7 @@ def binarize_mask(grey: np.ndarray) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file (RGB or grey, JPEG noise included) as an H×W uint8 array of 0/1."""
-    grey = np.asarray(Image.fromarray(to_rgb(_open(Path(path)))).convert("L"))
+    grey = np.asarray(Image.fromarray(to_rgb(open_image(path))).convert("L"))
     return binarize_mask(grey)
 
 

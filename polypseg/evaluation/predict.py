@@ -1,22 +1,28 @@
 """Prediction with a logged or registered model: `<stem>.png` masks at each image's own size.
 
 `Predictor` loads a model URI and exposes the pyfunc's own segmenter (its probability map at the
-original size, thresholded as the model does); `evaluate` scores with it too. `predict` takes
-files, folders or glob patterns and writes 0/255 masks, atomically, and optionally overlays.
+original size, thresholded as the model does) and which model it is (`describe`); `evaluate`
+scores with it too. `predict` takes files, folders or glob patterns and writes 0/255 masks, or
+8-bit probability maps (`maps`, what other methods publish and PraNet's protocol scores),
+atomically, optionally overlays, and logs one run to the `polypseg-prediction` experiment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from polypseg.data.decode import has_image_header
 from polypseg.data.kvasir import IMAGE_SUFFIXES, read_image
 from polypseg.errors import DataError
 from polypseg.files import atomic_path
 from polypseg.progress import track
+
+PREDICTION_EXPERIMENT = "polypseg-prediction"
 
 
 class Predictor:
@@ -35,6 +41,35 @@ class Predictor:
 
     def mask(self, image: np.ndarray) -> np.ndarray:
         return self.segmenter.predict_mask(image, self.threshold)
+
+    def describe(self) -> dict[str, str | None]:
+        """The model behind the URI: registered name, resolved version, the run that logged it.
+
+        A registry URI is resolved now (an alias or `latest` to its version number), so a report
+        says which model it scored even after the alias moves.
+        """
+        import mlflow
+
+        described: dict[str, str | None] = {
+            "model": self.uri,
+            "model_name": None,
+            "model_version": None,
+            "model_run_id": self.model.metadata.run_id,
+        }
+        if self.uri.startswith("models:/"):
+            name, _, alias = self.uri[len("models:/") :].partition("@")
+            client = mlflow.MlflowClient()
+            if alias:
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = name.partition("/")
+                if number == "latest":
+                    found = client.search_model_versions(f"name = '{name}'")
+                    number = str(max(int(v.version) for v in found))
+                version = client.get_model_version(name, number)
+            described.update(model_name=name, model_version=str(version.version))
+            described["model_run_id"] = version.run_id or described["model_run_id"]
+        return described
 
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
@@ -73,44 +108,68 @@ def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return tinted.round().astype(np.uint8)
 
 
+@dataclass
+class Prediction:
+    """What `predict` wrote (masks or maps, then overlays) and the MLflow run it logged."""
+
+    written: list[Path]
+    run_id: str
+    run_url: str
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
 def predict(
     model_uri: str,
     inputs: Sequence[str],
     out_dir: str | Path,
     overlay: bool = False,
     tracking_uri: str | None = None,
-) -> list[Path]:
-    """Write `<stem>.png` (0/255) masks at each image's original size; returns their paths."""
-    import mlflow
-
-    from polypseg.tracking.store import default_tracking_uri
+    maps: bool = False,
+) -> Prediction:
+    """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
+    probability map (what PraNet-protocol evaluation scores); log one MLflow run."""
+    from polypseg.evaluation.scoring import quantize_map
+    from polypseg.tracking.store import setup
 
     images = collect_images(inputs)
-    unreadable = [str(p) for p in images if not _is_image(p)]
+    unreadable = [str(p) for p in images if not has_image_header(p)]
     if unreadable:
         raise DataError(f"not images: {', '.join(unreadable[:5])}; pass image files only")
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    setup(PREDICTION_EXPERIMENT, tracking_uri)
     predictor = Predictor(model_uri)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    outputs, overlays, rows = [], [], []
     for path in track(images, f"predicting {len(images)} images"):
         image = read_image(path)
-        mask = predictor.mask(image)
+        proba = predictor.proba(image)
+        mask = (proba >= predictor.threshold).astype(np.uint8)
         target = out_dir / f"{path.stem}.png"
-        with atomic_path(target) as tmp:
-            Image.fromarray(mask * 255).save(tmp, format="PNG")
+        _save_png(quantize_map(proba) if maps else mask * 255, target)
+        outputs.append(target)
+        row = {"input": str(path), "output": str(target), "foreground": float(mask.mean())}
         if overlay:
-            with atomic_path(out_dir / f"{path.stem}_overlay.png") as tmp:
-                Image.fromarray(tint(image, mask)).save(tmp, format="PNG")
-        written.append(target)
-    return written
+            overlays.append(out_dir / f"{path.stem}_overlay.png")
+            _save_png(tint(image, mask), overlays[-1])
+            row["overlay"] = str(overlays[-1])
+        rows.append(row)
+    run_id, run_url = _log_prediction(predictor, out_dir, rows, maps)
+    return Prediction(outputs + overlays, run_id, run_url)
 
 
-def _is_image(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # PIL raises many types for non-images and damaged files
-        return False
+def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps: bool):
+    import mlflow
+
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import runs_url
+
+    described = predictor.describe()
+    tags = {f"polypseg.{k}": v for k, v in described.items() if v is not None}
+    with tracked_run(run_name=f"predict-{out_dir.resolve().name}", tags=tags) as run:
+        mlflow.log_params({"n_images": len(rows), "out_dir": str(out_dir.resolve()), "maps": maps})
+        mlflow.log_dict({"model": described, "outputs": rows}, "predictions.json")
+    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

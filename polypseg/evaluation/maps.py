@@ -1,0 +1,97 @@
+"""Saved prediction maps of any method, paired with a data set's masks and read as PraNet does.
+
+A map is any image file (PNG, JPEG, TIFF, BMP; 8- or 16-bit; grey or RGB; any size). Like
+PraNet's `eval/main.m` we take its first channel as `im2double` (uint8 / 255, uint16 / 65535)
+and resize it to its mask's size when they differ (bilinear, as PraNet's test script does before
+saving). Maps pair with `DATA/masks/` by file stem; `DATA/images/` is not needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from polypseg.data.decode import read_array, unit_range
+from polypseg.data.kvasir import IMAGE_SUFFIXES, files_by_stem, listing
+from polypseg.errors import DataError
+
+# MATLAB's rgb2gray weights: the first row of the inverse of the NTSC (YIQ) matrix.
+_RGB2GRAY = np.linalg.inv([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])[0]
+PRANET_MASK_THRESHOLD = 128
+
+
+@dataclass(frozen=True)
+class MapPair:
+    """One saved prediction map and its ground-truth mask; `name` is the mask's file name."""
+
+    name: str
+    prediction: Path
+    mask: Path
+
+
+def read_map(path: str | Path) -> np.ndarray:
+    """A prediction map as float64 in [0, 1]: the first channel, as MATLAB's `im2double`."""
+    array = read_array(path)
+    return unit_range(array[..., 0] if array.ndim == 3 else array)
+
+
+def resize_map(prob_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an H×W float map to `shape` (rows, columns)."""
+    if prob_map.shape == tuple(shape):
+        return prob_map
+    image = Image.fromarray(prob_map.astype(np.float32))
+    resized = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
+
+
+def read_pranet_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth mask as `main.m` reads it: `rgb2gray` when it has colour, then `> 128`.
+
+    The threshold applies to the stored values (uint8 0–255, uint16 0–65535); a 1-bit mask is
+    used as it is, and a float mask is scaled from [0, 1] to 0–255 first (MATLAB would compare
+    its raw values with 128 and find nothing).
+    """
+    array = read_array(path)
+    if array.dtype == bool:
+        return array[..., 0] if array.ndim == 3 else array
+    if np.issubdtype(array.dtype, np.floating):
+        array = unit_range(array) * 255.0
+    if array.ndim == 3 and array.shape[2] >= 3:
+        grey = array[..., :3].astype(np.float64) @ _RGB2GRAY
+        if np.issubdtype(array.dtype, np.integer):
+            grey = np.floor(grey + 0.5)  # MATLAB rounds integer images half away from zero
+        return grey > PRANET_MASK_THRESHOLD
+    grey = array[..., 0] if array.ndim == 3 else array
+    return grey > PRANET_MASK_THRESHOLD
+
+
+def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair], list[str]]:
+    """Every map of `predictions` with its mask in `root/masks`, and masks that have no map.
+
+    A map without a mask is an error naming it; masks without a map are returned, to be listed
+    and left out (a method may have skipped images).
+    """
+    predictions, masks_dir = Path(predictions), Path(root) / "masks"
+    if not predictions.is_dir():
+        raise DataError(f"--predictions {predictions} is not a folder of prediction maps")
+    if not masks_dir.is_dir():
+        raise DataError(f"{root} has no masks/ folder; pass the data set folder holding masks/")
+    maps, masks = files_by_stem(predictions), files_by_stem(masks_dir)
+    if not maps:
+        raise DataError(f"no maps in {predictions} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if orphans := sorted(maps.keys() - masks.keys()):
+        raise DataError(
+            f"maps without a mask in {masks_dir}: {listing(maps[s].name for s in orphans)}; "
+            "maps pair with masks by file stem"
+        )
+    pairs = [MapPair(masks[s].name, maps[s], masks[s]) for s in sorted(maps)]
+    missing = sorted(masks[s].name for s in masks.keys() - maps.keys())
+    return pairs, missing
+
+
+def map_for_mask(pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
+    """The pair's map read and brought to the mask's size."""
+    return resize_map(read_map(pair.prediction), shape)

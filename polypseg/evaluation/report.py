@@ -1,0 +1,145 @@
+"""What an evaluation leaves behind: per-set JSON and CSV, the papers' table, the MLflow run.
+
+The table has the layout of published polyp tables, one row per data set and one column per
+metric, three decimals (`table.md` for people, `table.csv` for tools). Everything written is
+logged to one run of the `polypseg-evaluation` experiment, whose id and URL the CLI prints.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polypseg.files import atomic_path, write_json
+
+EVALUATION_EXPERIMENT = "polypseg-evaluation"
+LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "Precision",
+    "recall": "Recall",
+    "specificity": "Specificity",
+    "mae": "MAE",
+    "mdice_thr": "mDice (256 thr.)",
+    "s_alpha": "S-α",
+    "e_measure": "mean E-φ",
+    "mdice": "mDice",
+    "miou": "mIoU",
+    "max_dice": "max Dice",
+    "wfm": "wFβ",
+    "mean_em": "mean E-φ",
+    "max_em": "max E-φ",
+}
+
+
+@dataclass
+class SetReport:
+    """One data set's results and the files they were written to."""
+
+    name: str
+    summary: dict
+    rows: list[dict]
+    columns: tuple[str, ...]
+    summary_keys: tuple[str, ...]
+    json_path: Path
+    csv_path: Path
+    figure_path: Path
+    figure: Any = field(default=None, repr=False)
+
+
+def write_set(report: SetReport) -> None:
+    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary."""
+    with atomic_path(report.csv_path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["name", "height", "width", *report.columns])
+        writer.writeheader()
+        for row in report.rows:
+            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+    if report.figure is not None:
+        with atomic_path(report.figure_path) as tmp:
+            report.figure.savefig(tmp, format="png", dpi=100)
+    write_json(report.json_path, report.summary)
+
+
+def table_markdown(reports: Sequence[SetReport]) -> str:
+    """The papers' layout: data sets as rows, metrics as columns, three decimals."""
+    keys = reports[0].summary_keys
+    header = ["Data set", "n", *(LABELS.get(k, k) for k in keys)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" + "--:|" * (len(header) - 1),
+    ]
+    for report in reports:
+        values = [f"{report.summary[k]:.3f}" for k in keys]
+        lines.append(
+            f"| {report.name} | {report.summary['n_images']} | " + " | ".join(values) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
+    """`table.md` and `table.csv` (machine keys as the CSV header) in `folder`."""
+    keys = reports[0].summary_keys
+    markdown, table_csv = folder / "table.md", folder / "table.csv"
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(table_markdown(reports))
+    with atomic_path(table_csv) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "n_images", *keys])
+        for report in reports:
+            values = [f"{report.summary[k]:.3f}" for k in keys]
+            writer.writerow([report.name, report.summary["n_images"], *values])
+    return markdown, table_csv
+
+
+def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
+    first = reports[0].summary
+    tags = {
+        "polypseg.protocol": first["protocol"],
+        "polypseg.split": first["split"],
+        **{f"polypseg.{k}": str(first[k]) for k in ("model", "model_name", "model_version")},
+        "polypseg.model_run_id": str(first.get("model_run_id")),
+        "polypseg.predictions": str(first.get("predictions")),
+    }
+    tags = {k: v for k, v in tags.items() if v != "None"}
+    if len(reports) == 1:
+        tags.update(
+            {"polypseg.data_root": first["root"], "polypseg.data_digest": first["data_digest"]}
+        )
+    for report in reports:
+        tags[f"polypseg.data_root.{report.name}"] = report.summary["root"]
+        tags[f"polypseg.data_digest.{report.name}"] = report.summary["data_digest"]
+    return tags
+
+
+def log_evaluation(
+    reports: Sequence[SetReport], tables: tuple[Path, Path] | None, prefixed: bool
+) -> tuple[str, str]:
+    """One MLflow run with every set's figures, files and the tables; returns (id, URL).
+
+    Metrics are `<set>/<metric>` when data sets are named, plain names for a single folder.
+    """
+    import mlflow
+
+    from polypseg.tracking.runs import log_figure, tracked_run
+    from polypseg.tracking.store import runs_url
+
+    names = "+".join(r.name for r in reports)
+    first = reports[0].summary
+    run_name = f"evaluate-{names}-{first['protocol']}-{first['split']}"
+    with tracked_run(run_name=run_name, tags=_run_tags(reports)) as run:
+        for report in reports:
+            prefix = f"{report.name}/" if prefixed else ""
+            keys = ("n_images", *report.summary_keys)
+            mlflow.log_metrics({prefix + k: float(report.summary[k]) for k in keys})
+            folder = report.name if prefixed else None
+            mlflow.log_artifact(str(report.json_path), folder)
+            mlflow.log_artifact(str(report.csv_path), folder)
+            if report.figure is not None:
+                log_figure(report.figure, f"figures/{prefix}worst_cases.png")
+        for path in tables or ():
+            mlflow.log_artifact(str(path))
+    experiment_id = run.info.experiment_id
+    return run.info.run_id, f"{runs_url(experiment_id)}/{run.info.run_id}"

@@ -1,0 +1,112 @@
+"""Scoring one data set under a protocol: per-image rows, then the set's summary.
+
+Two protocols, kept apart under their own names. `default` is polypseg's own: masks read as grey
+≥ 128, the probability map binarised at the model's threshold (0.5 for saved maps), means over
+images of `metrics.py`'s figures. `pranet` is PraNet's `eval/main.m` (`pranet.py`): masks read
+`> 128` after `rgb2gray`, maps min-max stretched, 256 thresholds. Under `pranet` a model's map is
+scored as PraNet's pipeline sees any method's map, an 8-bit grey PNG (`quantize_map`), which is
+exactly what `polypseg predict --maps` saves; so both routes give the same numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polypseg.data.kvasir import read_mask
+from polypseg.errors import DataError
+from polypseg.evaluation import pranet
+from polypseg.evaluation.maps import read_pranet_mask
+from polypseg.metrics import dice_over_thresholds, scores, structure_and_emeasure
+
+PROTOCOLS = ("default", "pranet")
+DEFAULT_COLUMNS = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "mae",
+    "mdice_thr",
+    "s_alpha",
+    "e_measure",
+)
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise DataError(f"--protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
+    return protocol
+
+
+def quantize_map(proba: np.ndarray) -> np.ndarray:
+    """A probability map as an 8-bit grey PNG stores it: `round(p * 255)` as uint8."""
+    return np.round(np.clip(proba, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def default_image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
+    """Every per-image figure of the default protocol for an H×W map and 0/1 mask."""
+    p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float64))[None]
+    m = torch.from_numpy(mask)[None].double()
+    row = {k: float(v[0]) for k, v in scores(p, m, threshold).items()}
+    row["mdice_thr"] = float(dice_over_thresholds(p, m)[0])
+    row.update(structure_and_emeasure(quantize_map(proba), mask.astype(np.uint8) * 255))
+    return row
+
+
+class SetScorer:
+    """Accumulates one data set's per-image rows (and PraNet curves) under a protocol."""
+
+    def __init__(self, protocol: str, threshold: float = 0.5) -> None:
+        self.protocol = check_protocol(protocol)
+        self.threshold = threshold
+        self.rows: list[dict] = []
+        self._curves: list[pranet.ImageScores] = []
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Per-image CSV columns after name, height and width."""
+        return DEFAULT_COLUMNS if self.protocol == "default" else pranet.ROW_KEYS
+
+    @property
+    def summary_keys(self) -> tuple[str, ...]:
+        return DEFAULT_COLUMNS if self.protocol == "default" else pranet.SUMMARY_KEYS
+
+    @property
+    def rank_key(self) -> str:
+        """The per-image figure the worst cases are chosen by."""
+        return "dice" if self.protocol == "default" else "mdice"
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """The protocol's ground truth: an H×W 0/1 uint8 array."""
+        if self.protocol == "default":
+            return read_mask(path)
+        return read_pranet_mask(path).astype(np.uint8)
+
+    def model_map(self, proba: np.ndarray) -> np.ndarray:
+        """A model's probability map as this protocol scores it (see the module docstring)."""
+        return proba if self.protocol == "default" else quantize_map(proba) / 255.0
+
+    def add(self, name: str, prob_map: np.ndarray, mask: np.ndarray) -> dict:
+        """Score one image (map and mask at the same H×W) and keep its row."""
+        if self.protocol == "default":
+            figures = default_image_scores(prob_map, mask, self.threshold)
+        else:
+            curves = pranet.image_scores(prob_map, mask)
+            self._curves.append(curves)
+            figures = curves.row()
+        row = {"name": name, "height": mask.shape[0], "width": mask.shape[1], **figures}
+        self.rows.append(row)
+        return row
+
+    def summary(self) -> dict:
+        """`n_images` and the set's figures, in `summary_keys` order."""
+        if not self.rows:
+            raise DataError("no images were scored")
+        if self.protocol == "default":
+            figures = {k: float(np.mean([r[k] for r in self.rows])) for k in DEFAULT_COLUMNS}
+        else:
+            figures = pranet.summarize(self._curves)
+        return {"n_images": len(self.rows), **figures}

@@ -1,0 +1,146 @@
+"""Where the maps an evaluation scores come from: a model, or a folder of any method's maps.
+
+`--root` values become `DataSet`s (one plain folder, or `NAME=DIR` rows of the papers' table).
+A `ModelSource` runs a logged or registered model on each image of a data set's split, at the
+image's original size; a `MapSource` pairs saved maps with the data set's masks by stem. Both
+answer the same questions: which pairs, the map of a pair at its mask's size, the image to show
+beside it in the worst-cases figure, and a digest of the files scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polypseg.data.kvasir import Pair, files_by_stem, hash_pairs, list_pairs, read_image
+from polypseg.data.split import split_names
+from polypseg.errors import DataError
+from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps
+from polypseg.evaluation.scoring import SetScorer
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data folder to score; `named` when given as NAME=DIR (the papers' table rows)."""
+
+    name: str
+    root: Path
+    named: bool = False
+
+
+def parse_roots(roots: Sequence[str | Path]) -> list[DataSet]:
+    """`--root` values: one plain `DIR`, or any number of `NAME=DIR` with distinct names."""
+    sets = []
+    for value in roots:
+        name, sep, folder = str(value).partition("=")
+        if sep and _NAME.fullmatch(name):
+            sets.append(DataSet(name, Path(folder), named=True))
+        elif sep and "/" not in name:
+            raise DataError(f"--root {value}: a data set name uses letters, digits, . _ -")
+        else:
+            sets.append(DataSet(Path(value).name or str(value), Path(value)))
+    if not sets:
+        raise DataError("no --root given; pass DIR or NAME=DIR (repeatable)")
+    if len(sets) > 1 and not all(s.named for s in sets):
+        raise DataError("several --root values must each be NAME=DIR (e.g. Kvasir=/data/Kvasir)")
+    if len({s.name for s in sets}) < len(sets):
+        raise DataError(f"--root names repeat: {', '.join(s.name for s in sets)}")
+    return sets
+
+
+def select_pairs(root: Path, split: str, seed: int, ratios: Sequence[float]) -> list[Pair]:
+    """A folder's pairs: all of them, or the test part of the training protocol's split."""
+    pairs = list_pairs(root)
+    if split == "all":
+        return pairs
+    if split != "test":
+        raise DataError(f"--split {split!r}: use test (the held-out 10%) or all")
+    names = set(split_names([p.name for p in pairs], seed, ratios).names("test"))
+    return [p for p in pairs if p.name in names]
+
+
+def data_digest(pairs: Sequence[Pair]) -> str:
+    """16 hex digits over every pair's name and file contents: which files were scored."""
+    digest = hashlib.sha256()
+    hash_pairs(digest, pairs)
+    return digest.hexdigest()[:16]
+
+
+class ModelSource:
+    """A model's maps: its probability map of each image, at the image's own size."""
+
+    def __init__(self, model_uri: str, split: str, seed: int, ratios: Sequence[float]) -> None:
+        from polypseg.evaluation.predict import Predictor
+
+        self.predictor = Predictor(model_uri)
+        self.threshold = self.predictor.threshold
+        self.split, self.seed, self.ratios = split, seed, ratios
+
+    def describe(self) -> dict:
+        return {**self.predictor.describe(), "split": self.split}
+
+    def pairs(self, data: DataSet) -> tuple[list[Pair], list[str]]:
+        return select_pairs(data.root, self.split, self.seed, self.ratios), []
+
+    def digest(self, pairs: list[Pair]) -> str:
+        return data_digest(pairs)
+
+    def image(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
+        image = read_image(pair.image)
+        if image.shape[:2] != shape:
+            raise DataError(f"mask {pair.mask} is not the size of its image {pair.image}")
+        return image
+
+    def prob_map(self, pair: Pair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
+        return scorer.model_map(self.predictor.proba(self.image(pair, shape)))
+
+
+class MapSource:
+    """Saved maps of any method: `predictions/` (one set) or `predictions/<NAME>/` (several)."""
+
+    threshold = 0.5
+
+    def __init__(self, predictions: Path, several: bool) -> None:
+        self.predictions, self.several = Path(predictions), several
+        self._images: dict[Path, dict[str, Path]] = {}
+
+    def describe(self) -> dict:
+        return {"predictions": str(self.predictions.resolve()), "split": "all"}
+
+    def folder(self, data: DataSet) -> Path:
+        own = self.predictions / data.name
+        if data.named and own.is_dir():
+            return own
+        if self.several:
+            raise DataError(
+                f"no folder {own} for data set {data.name}: with several data sets, maps live in "
+                f"--predictions DIR/<NAME>/ (PraNet's results/<method>/<NAME>/ layout)"
+            )
+        return self.predictions
+
+    def pairs(self, data: DataSet) -> tuple[list[MapPair], list[str]]:
+        return pair_maps(self.folder(data), data.root)
+
+    def digest(self, pairs: list[MapPair]) -> str:
+        return data_digest([Pair(p.name, p.prediction, p.mask) for p in pairs])
+
+    def image(self, pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
+        """The data set's image when `images/` has it (for the figure), else plain grey."""
+        folder = pair.mask.parent.parent / "images"
+        if folder not in self._images:
+            self._images[folder] = files_by_stem(folder) if folder.is_dir() else {}
+        found = self._images[folder].get(pair.mask.stem)
+        image = read_image(found) if found is not None else None
+        if image is None or image.shape[:2] != shape:
+            return np.full((*shape, 3), 128, dtype=np.uint8)
+        return image
+
+    def prob_map(self, pair: MapPair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
+        return map_for_mask(pair, shape)
