@@ -141,3 +141,15 @@ def test_a_tiff_map_scores_like_the_same_png(tmp_path: Path) -> None:
     png = image_scores(read_map(tmp_path / "map.png"), truth)
     tif = image_scores(read_map(tmp_path / "map.tif"), truth)
     assert png.row() == pytest.approx(tif.row(), abs=1e-12)
+
+
+def test_float_masks_in_0_1_are_not_black(tmp_path: Path) -> None:
+    from polypseg.data.kvasir import read_image, read_mask
+
+    mask = np.zeros((6, 5), np.float32)
+    mask[2:4, 1:3] = 1.0
+    tifffile.imwrite(tmp_path / "m32.tif", mask)  # Pillow reads float32 grey itself ("F")
+    tifffile.imwrite(tmp_path / "m64.tif", mask.astype(np.float64))  # Pillow refuses float64
+    for name in ("m32.tif", "m64.tif"):
+        np.testing.assert_array_equal(read_mask(tmp_path / name), mask.astype(np.uint8))
+        assert read_image(tmp_path / name).max() == 255

@@ -48,7 +48,7 @@ def _tiff_array(path: Path) -> np.ndarray:
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            page = tiff.pages.first
+            page = tiff.pages[0]
             array, axes = page.asarray(), page.axes
     except Exception as err:  # tifffile raises many types for damaged or exotic files
         raise DataError(

@@ -96,14 +96,9 @@ def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path
 
 def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
     first = reports[0].summary
-    tags = {
-        "polypseg.protocol": first["protocol"],
-        "polypseg.split": first["split"],
-        **{f"polypseg.{k}": str(first[k]) for k in ("model", "model_name", "model_version")},
-        "polypseg.model_run_id": str(first.get("model_run_id")),
-        "polypseg.predictions": str(first.get("predictions")),
-    }
-    tags = {k: v for k, v in tags.items() if v != "None"}
+    described = ("model", "model_name", "model_version", "model_run_id", "predictions")
+    tags = {f"polypseg.{k}": str(first[k]) for k in described if first.get(k) is not None}
+    tags.update({"polypseg.protocol": first["protocol"], "polypseg.split": first["split"]})
     if len(reports) == 1:
         tags.update(
             {"polypseg.data_root": first["root"], "polypseg.data_digest": first["data_digest"]}
