@@ -154,6 +154,7 @@ def test_the_model_on_tiff_data_and_its_identity_in_the_json(
         f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     )
     assert run.data.tags["polypseg.model_version"] == summary["model_version"]
+    assert run.data.tags["polypseg.model_uri"] == MODEL
 
 
 def test_predict_logs_a_run_and_reads_tiff(

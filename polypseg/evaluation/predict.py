@@ -108,6 +108,16 @@ def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return tinted.round().astype(np.uint8)
 
 
+def model_tags(described: dict[str, str | None]) -> dict[str, str]:
+    """`Predictor.describe()` as run tags: `polypseg.model_uri`, `polypseg.model_name`, ..."""
+    renamed = {"model": "model_uri"}
+    return {
+        f"polypseg.{renamed.get(key, key)}": str(value)
+        for key, value in described.items()
+        if value is not None
+    }
+
+
 @dataclass
 class Prediction:
     """What `predict` wrote (masks or maps, then overlays) and the MLflow run it logged."""
@@ -168,7 +178,7 @@ def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps:
     from polypseg.tracking.store import runs_url
 
     described = predictor.describe()
-    tags = {f"polypseg.{k}": v for k, v in described.items() if v is not None}
+    tags = model_tags(described)
     with tracked_run(run_name=f"predict-{out_dir.resolve().name}", tags=tags) as run:
         mlflow.log_params({"n_images": len(rows), "out_dir": str(out_dir.resolve()), "maps": maps})
         mlflow.log_dict({"model": described, "outputs": rows}, "predictions.json")

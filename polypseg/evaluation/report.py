@@ -96,8 +96,10 @@ def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path
 
 def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
     first = reports[0].summary
+    from polypseg.evaluation.predict import model_tags
+
     described = ("model", "model_name", "model_version", "model_run_id", "predictions")
-    tags = {f"polypseg.{k}": str(first[k]) for k in described if first.get(k) is not None}
+    tags = model_tags({key: first.get(key) for key in described})
     tags.update({"polypseg.protocol": first["protocol"], "polypseg.split": first["split"]})
     if len(reports) == 1:
         tags.update(
