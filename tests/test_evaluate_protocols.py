@@ -207,3 +207,19 @@ def test_evaluate_needs_one_source_and_known_options(
     several = ("--root", f"A={root}", "--root", f"B={root}")
     line = _one_error_line(runner, "evaluate", "--predictions", str(tmp_path), *several)
     assert f"no folder {tmp_path / 'A'}" in line
+
+
+def test_a_model_uri_is_resolved_to_its_version_and_run(model_env: dict) -> None:
+    from polypseg.evaluation.predict import Predictor
+
+    run_id, version = model_env["run_id"], str(model_env["version"])
+    for uri in ("models:/polypseg-eval/latest", f"models:/polypseg-eval/{version}"):
+        described = Predictor(uri).describe()
+        assert described == {
+            "model": uri,
+            "model_name": "polypseg-eval",
+            "model_version": version,
+            "model_run_id": run_id,
+        }
+    described = Predictor(f"runs:/{run_id}/model").describe()
+    assert described["model_run_id"] == run_id and described["model_version"] is None
