@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
+from polypseg.evaluation.maps import read_map
 from polypseg.evaluation.pranet import (
     N_THRESHOLDS,
     THRESHOLDS,
@@ -138,12 +142,13 @@ def test_a_map_is_min_max_stretched_first() -> None:
     np.testing.assert_allclose(min_max_stretch(dim), truth.astype(float))
 
 
-def test_a_16_bit_map_keeps_its_precision() -> None:
+def test_a_16_bit_map_keeps_its_precision(tmp_path: Path) -> None:
     truth = _blob(2, 3)
     ring = _blob(1, 2, 5, 6) & ~truth
     g, r = truth.sum(), ring.sum()
     levels = np.where(truth, 65535, np.where(ring, 32768, 0)).astype(np.uint16)
-    scores = image_scores(levels / 65535, truth)
+    Image.fromarray(levels).save(tmp_path / "map.png")  # a 16-bit grey PNG
+    scores = image_scores(read_map(tmp_path / "map.png"), truth)
     # 32768/65535 = 0.500008 passes thresholds 127/255 .. 0 (128 of them), but not 128/255;
     # cut to 8 bits (128/255) it would pass one more.
     assert np.count_nonzero(THRESHOLDS <= 32768 / 65535) == 128
