@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic Kvasir-like set, an isolated cache, a CLI runner, a tiny
-experiment config and study spec, a fresh MLflow store, a registered model to evaluate."""
+experiment config and study spec, a fresh MLflow store, a registered model to evaluate;
+`one_error_line` for refused commands."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from polypseg.data.synthetic import make_synthetic
+
+
+def one_error_line(result: Result) -> str:
+    """The one stderr line of a refused command: exit 2, no traceback (the CLI's promise)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 @pytest.fixture(autouse=True)
