@@ -165,10 +165,10 @@ def test_structure_and_emeasure_of_empty_prediction_on_a_polyp():
     # to (0, 0), so the quadrants split after row 1 and column 1: the 1×1 one (a single pixel,
     # zero variances) scores 1 with weight 1/16; the 1×3, 3×1 and 3×3 ones each hold a true
     # pixel but predict nothing and score 0 → 1/16. S = 0.5·0.75 + 0.5·0.0625 = 0.40625.
-    # E-measure: every threshold's alignment is 0, enhanced value 1/4 on all 16 pixels: 4/15.
+    # E-measure: every threshold's alignment is 0, enhanced value 1/4 on all 16 pixels: 1/4.
     result = structure_and_emeasure(np.zeros((4, 4), np.uint8), _uint8(TARGET))
     assert result["s_alpha"] == pytest.approx(0.40625)
-    assert result["e_measure"] == pytest.approx(4 / 15)
+    assert result["e_measure"] == pytest.approx(1 / 4)
     assert all(type(v) is float for v in result.values())
 
 
@@ -179,15 +179,15 @@ def test_perfect_prediction_has_s_alpha_of_one():
 
 def test_empty_mask_gives_finite_library_values():
     # Empty ground truth: S = 1 − mean(prediction); E = mean over the 256 thresholds of
-    # (#pixels predicted background)/(16 − 1). A 4-pixel prediction: S = 0.75,
-    # E = 255·12/(256·15); an empty prediction: S = 1, E = 255·16/(256·15) (above 1 on 16 pixels).
+    # (#pixels predicted background)/16 (the library divides by 16 − 1; we take the mean).
+    # A 4-pixel prediction: S = 0.75, E = 255·12/(256·16); an empty one: S = 1, E = 255/256.
     four = _uint8(_block(slice(0, 2), slice(0, 2)))
     empty = np.zeros((4, 4), np.uint8)
     assert structure_and_emeasure(four, empty) == pytest.approx(
-        {"s_alpha": 0.75, "e_measure": 255 * 12 / (256 * 15)}
+        {"s_alpha": 0.75, "e_measure": 255 * 12 / (256 * 16)}
     )
     assert structure_and_emeasure(empty, empty) == pytest.approx(
-        {"s_alpha": 1.0, "e_measure": 255 * 16 / (256 * 15)}
+        {"s_alpha": 1.0, "e_measure": 255 / 256}
     )
 
 
