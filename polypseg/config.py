@@ -9,6 +9,7 @@ Optuna's search space addresses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -33,6 +34,9 @@ class DataConfig:
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
     synthetic_n: int = 100
     synthetic_seed: int = 0
+    # Larger images are refused, naming the file: a deliberate limit instead of Pillow's
+    # decompression-bomb guard. Kvasir-SEG's largest frame is 2 MP, an 8K frame 33 MP.
+    max_megapixels: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -129,28 +133,76 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds in [0, 2**32 - 1]
+PATCH = 16  # the ViT encoders cut images into 16×16 patches
+# Pillow's own hard limit (2 × its 89.5 MP warning): ours stays under it, so Pillow never decides.
+MAX_MEGAPIXELS_CEILING = 178.0
+# Every numeric key's range: (low, high, low excluded). Values must also be finite.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "data.image_size": (64, math.inf, False),
+    "data.split_seed": (0, SEED_MAX, False),
+    "data.synthetic_n": (1, math.inf, False),
+    "data.synthetic_seed": (0, SEED_MAX, False),
+    "data.max_megapixels": (0, MAX_MEGAPIXELS_CEILING, True),
+    "encoder.batch_size": (1, math.inf, False),
+    "decoder.width": (1, math.inf, False),
+    "train.epochs": (1, math.inf, False),
+    "train.batch_size": (1, math.inf, False),
+    "train.lr": (0, math.inf, True),
+    "train.weight_decay": (0, math.inf, False),
+    "train.dice_weight": (0, 1, False),
+    "train.seed": (0, SEED_MAX, False),
+    "train.patience": (0, math.inf, False),
+}
+NAMES = ("encoder.name", "train.device", "tracking.experiment", "tracking.registered_model")
+
+
+def _range_text(low: float, high: float, open_low: bool) -> str:
+    if math.isinf(high):
+        if (low, open_low) in ((0, True), (1, False)):
+            return "positive"
+        return f"> {low:g}" if open_low else f">= {low:g}"
+    return f"in ({low:g}, {high:g}]" if open_low else f"in [{low:g}, {high:g}]"
+
+
+def _check_numbers(flat: dict[str, Any], origin: str) -> None:
+    size = flat["data.image_size"]
+    if size % PATCH or size < RANGES["data.image_size"][0]:
+        raise ConfigError(
+            f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
+            "patch size) and >= 64, like 256 or 512"
+        )
+    for key, (low, high, open_low) in RANGES.items():
+        value = flat[key]
+        below = value <= low if open_low else value < low
+        if not math.isfinite(value) or below or value > high:
+            raise ConfigError(
+                f"{origin}: {key} = {value} must be {_range_text(low, high, open_low)}"
+            )
+    ratios = flat["data.ratios"]
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
+        raise ConfigError(
+            f"{origin}: data.ratios = {list(ratios)} must be three finite fractions >= 0, "
+            "like [0.8, 0.1, 0.1]"
+        )
+    if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
+        raise ConfigError(
+            f"{origin}: data.ratios = {list(ratios)} must sum to 1 with a train part > 0"
+        )
+
+
 def _validate(config: Config, origin: str) -> None:
+    flat = flatten(config)
     if config.data.source not in DATA_SOURCES:
         raise ConfigError(
             f"{origin}: data.source = {config.data.source!r}; use one of {', '.join(DATA_SOURCES)}"
         )
     if config.data.source == "local" and not config.data.root:
         raise ConfigError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")
-    positive = {
-        "data.image_size": config.data.image_size,
-        "decoder.width": config.decoder.width,
-        "train.epochs": config.train.epochs,
-        "train.batch_size": config.train.batch_size,
-        "encoder.batch_size": config.encoder.batch_size,
-        "train.lr": config.train.lr,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{origin}: {key} = {value} must be positive")
-    if not 0.0 <= config.train.dice_weight <= 1.0:
-        raise ConfigError(f"{origin}: train.dice_weight = {config.train.dice_weight} not in [0, 1]")
-    if config.train.patience < 0:
-        raise ConfigError(f"{origin}: train.patience = {config.train.patience} must be >= 0")
+    for key in NAMES:
+        if not flat[key].strip():
+            raise ConfigError(f"{origin}: {key} is empty; give it a name")
+    _check_numbers(flat, origin)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -177,6 +229,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             table = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found; see experiments/*.toml") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config {path} is a folder; pass a TOML file") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
         flat: dict[str, Any] = {}
