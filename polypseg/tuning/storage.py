@@ -106,12 +106,22 @@ def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
+def refuse_in_memory(url: str) -> None:
+    """An in-memory study vanishes at exit and no other worker can see it: never what tune wants."""
+    if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
+        raise ConfigError(
+            f"--storage {url} is an in-memory database: the study would vanish at exit and no "
+            "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
+        )
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats: a trial whose worker died becomes FAIL and is retried.
 
     `journal:PATH` selects `JournalStorage` on a file. Optuna 5's journal has no heartbeats: a
     killed worker's trial stays RUNNING there, so use SQLite or PostgreSQL where workers may die.
     """
+    refuse_in_memory(url)
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,14 @@ import mlflow
 import optuna
 
 from polypseg.config import Config
+from polypseg.errors import ConfigError
 from polypseg.features.prepare import Prepared, prepare
 from polypseg.tracking.registry import Registration, register_trial
 from polypseg.tracking.runs import log_figure, tracked_run
 from polypseg.tracking.store import mask_password, setup
 from polypseg.tuning.objective import make_objective
 from polypseg.tuning.spec import StudySpec
-from polypseg.tuning.storage import default_storage, fail_stale_trials
+from polypseg.tuning.storage import default_storage, fail_stale_trials, refuse_in_memory
 from polypseg.tuning.workers import (
     SharedStudy,
     WorkerOptions,
@@ -128,6 +129,18 @@ class _Progress:
         )
 
 
+def _check_arguments(name: str, timeout: float | None, storage_url: str) -> None:
+    """What the command line can get wrong, refused before a store, study or cache is touched."""
+    if not name.strip():
+        raise ConfigError(
+            "--study-name is empty; give the study a name, or leave the option out to use the "
+            "spec's"
+        )
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout {timeout:g} must be a positive number of seconds")
+    refuse_in_memory(storage_url)
+
+
 def tune(
     config: Config,
     spec: StudySpec,
@@ -150,14 +163,16 @@ def tune(
     """
     workers = WorkerOptions(n_trials, max_trials, n_jobs, timeout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    prepared = prepare(config, progress=progress)
-    images_encoded = prepared.encoder.images_encoded
-    experiment_id = setup(config.tracking.experiment, tracking_uri)
-    name = study_name or spec.name
+    name = spec.name if study_name is None else study_name
     storage_url = storage or default_storage()
+    _check_arguments(name, timeout, storage_url)
     shared = open_shared_study(
         name, storage_url, spec.direction, spec.make_sampler, spec.make_pruner(), max_trials
     )
+    spec.check_resumable(shared.study)  # before any work: a changed space fails every trial
+    experiment_id = setup(config.tracking.experiment, tracking_uri)
+    prepared = prepare(config, progress=progress)
+    images_encoded = prepared.encoder.images_encoded
     fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, its runs KILLED, a retry queued
     end_orphaned_runs(shared.study, experiment_id)
     parent_tags = {
