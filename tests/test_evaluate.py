@@ -217,5 +217,6 @@ def test_evaluate_keeps_an_earlier_report_when_it_fails(
         "--out",
         str(out),
     ]
-    assert "not the size of its image" in _error_line(runner.invoke(app, args))
+    # refused when the folder is listed, before any work: `split` and `train` refuse it too
+    assert "masks not the size of their images" in _error_line(runner.invoke(app, args))
     assert json.loads(out.read_text()) == {"kept": True}

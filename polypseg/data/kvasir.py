@@ -16,14 +16,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from polypseg.data.decode import has_image_header, open_image, unit_range
+from polypseg.data.checks import (
+    DEFAULT_MAX_MEGAPIXELS,
+    broken_links_problem,
+    is_broken_link,
+    listing,
+    pair_problems,
+    pixel_guard,
+)
+from polypseg.data.decode import open_image, unit_range
 from polypseg.errors import DataError, DownloadError
 from polypseg.files import file_digest, first_line
 
 KAGGLE_HANDLE = "debeshjha1/kvasirseg"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_THRESHOLD = 128
-_SHOWN = 5  # names listed in an error before "... and N more"
 
 
 @dataclass(frozen=True)
@@ -33,13 +40,6 @@ class Pair:
     name: str
     image: Path
     mask: Path
-
-
-def listing(names: Iterable[str]) -> str:
-    """Sorted names, the first few of them, for one-line error messages."""
-    names = sorted(names)
-    shown = ", ".join(names[:_SHOWN])
-    return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
 def find_dataset_root(path: str | Path) -> Path:
@@ -83,20 +83,28 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}" if str(err) else type(err).__name__
 
 
-def files_by_stem(folder: Path) -> dict[str, Path]:
-    """The image files of a folder by stem (the first by name when two share a stem)."""
+def files_by_stem(folder: Path, broken: list[Path] | None = None) -> dict[str, Path]:
+    """The image files of a folder by stem (the first by name when two share a stem).
+
+    Symlinks that lead nowhere go to `broken` when it is given, to be named rather than skipped.
+    """
     files: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
-        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if entry.is_file():
             files.setdefault(entry.stem, entry)
+        elif broken is not None and is_broken_link(entry):
+            broken.append(entry)
     return files
 
 
-def list_pairs(root: str | Path) -> list[Pair]:
+def list_pairs(root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> list[Pair]:
     """Every image of `root/images` with its mask in `root/masks`, sorted by name.
 
-    Raises `DataError` listing images without masks, masks without images and files that are
-    not images (checked from their headers, so this stays fast on a thousand files).
+    Raises `DataError` listing images without masks, masks without images, symlinks that lead
+    nowhere, images over `max_megapixels`, masks not the size of their images and files that do
+    not decode (`polypseg.data.checks`: the same verdict for split, train and evaluate).
     """
     root = Path(root)
     if not root.is_dir():
@@ -109,13 +117,14 @@ def list_pairs(root: str | Path) -> list[Pair]:
             raise DataError(
                 f"{root} has no {kind}/ folder; expected {root}/images and {root}/masks"
             )
-    images, masks = (files_by_stem(folders[k]) for k in ("images", "masks"))
-    if not images and not masks:
+    broken: list[Path] = []
+    images, masks = (files_by_stem(folders[k], broken) for k in ("images", "masks"))
+    if not images and not masks and not broken:
         raise DataError(
             f"no image files in {root}/images or {root}/masks "
             f"(looked for {', '.join(IMAGE_SUFFIXES)})"
         )
-    problems = []
+    problems = [broken_links_problem(broken, root)] if broken else []
     if lonely := images.keys() - masks.keys():
         problems.append(f"images without masks: {listing(images[s].name for s in lonely)}")
     if lonely := masks.keys() - images.keys():
@@ -123,14 +132,7 @@ def list_pairs(root: str | Path) -> list[Pair]:
     pairs = [
         Pair(images[s].name, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())
     ]
-    unreadable = [
-        str(p.relative_to(root))
-        for pair in pairs
-        for p in (pair.image, pair.mask)
-        if not has_image_header(p)
-    ]
-    if unreadable:
-        problems.append(f"files that cannot be decoded: {listing(unreadable)}")
+    problems += pair_problems(pairs, root, max_megapixels)
     if problems:
         raise DataError(f"{root}: " + "; ".join(problems))
     return pairs
@@ -147,9 +149,14 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def _decoded(path: str | Path) -> Image.Image:
+    with pixel_guard(Path(path)):  # the limit was checked when listing; no word from Pillow
+        return open_image(path)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as H×W×3 uint8 RGB, at its original size."""
-    return to_rgb(open_image(path))
+    return to_rgb(_decoded(path))
 
 
 def binarize_mask(grey: np.ndarray) -> np.ndarray:
@@ -159,7 +166,7 @@ def binarize_mask(grey: np.ndarray) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file (RGB or grey, JPEG noise included) as an H×W uint8 array of 0/1."""
-    grey = np.asarray(Image.fromarray(to_rgb(open_image(path))).convert("L"))
+    grey = np.asarray(Image.fromarray(to_rgb(_decoded(path))).convert("L"))
     return binarize_mask(grey)
 
 

@@ -58,7 +58,7 @@ class Prepared:
 def prepare(config: Config, progress: bool = True) -> Prepared:
     """Resolve the data, split it, build the encoder and load (or build) the feature cache."""
     root = resolve_root(config.data)
-    pairs = tuple(list_pairs(root))
+    pairs = tuple(list_pairs(root, config.data.max_megapixels))
     split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)

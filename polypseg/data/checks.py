@@ -1,0 +1,139 @@
+"""Checks on image and mask files before any work: links, the pixel limit, sizes, decoding.
+
+`split`, `train`, `evaluate` and `predict` must accept and refuse the same files, so the checks
+live here and `list_pairs` runs all of them: a symlink that leads nowhere (a loop, a missing
+target) is named instead of skipped; an image over the pixel limit (`data.max_megapixels`, our
+deliberate limit instead of Pillow's decompression-bomb guard) is named with its size; a mask
+must have its image's size; and every file is decoded to its end, so a truncated JPEG is found
+by `split` as well as by `train`. JPEGs decode in Pillow's draft mode (1/8 scale): the whole
+compressed stream is still read, at a fraction of a full decode's cost.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from polypseg.errors import DataError
+
+DEFAULT_MAX_MEGAPIXELS = 64.0  # the default of `data.max_megapixels`
+_SHOWN = 5  # names listed in an error before "... and N more"
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def listing(names: Iterable[str]) -> str:
+    """`a, b, c, d, e ... and 3 more`: what one error line can show of a list."""
+    names = sorted(names)
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symlink whose target cannot be reached: a loop, or a target that is gone."""
+    return path.is_symlink() and not path.exists()
+
+
+def broken_links_problem(paths: Sequence[Path], root: Path | None = None) -> str:
+    shown = (str(p.relative_to(root)) if root else str(p) for p in paths)
+    return f"symlinks that lead nowhere (a loop or a missing target): {listing(shown)}"
+
+
+def refuse_broken_links(paths: Sequence[Path]) -> None:
+    """A DataError naming every broken link among `paths` (predict's inputs)."""
+    if broken := [p for p in paths if is_broken_link(p)]:
+        raise DataError(broken_links_problem(broken) + "; fix or remove them")
+
+
+@contextmanager
+def pixel_guard(path: Path) -> Iterator[None]:
+    """Pillow's decompression-bomb warning silenced and its error turned into one line.
+
+    Our own limit is checked before any decoding (`pair_problems`); Pillow's error remains for
+    files beyond Pillow's hard limit, which is above any limit the config allows.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombError:
+            raise DataError(
+                f"image {path} is over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
+                "downscale it or leave it out"
+            ) from None
+
+
+def _inspect(path: Path, max_pixels: float) -> tuple[str, Any]:
+    """("ok", (w, h)), ("large", (w, h) or None) or ("undecodable", None) for one file."""
+    try:
+        with pixel_guard(path), Image.open(path) as image:
+            size = image.size
+            if size[0] * size[1] > max_pixels:
+                return "large", size
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            image.load()
+            return "ok", size
+    except DataError:
+        return "large", None
+    except _DECODE_ERRORS:
+        return _other_decoder(path)
+
+
+def _other_decoder(path: Path) -> tuple[str, Any]:
+    """TIFF layouts Pillow refuses (CVC-ClinicDB's) decode with tifffile: the same verdict."""
+    from polypseg.data.decode import read_array
+
+    try:
+        array = read_array(path)
+    except DataError:
+        return "undecodable", None
+    return "ok", (array.shape[1], array.shape[0])
+
+
+def _phrases(found: dict[str, list[str]], max_megapixels: float) -> list[str]:
+    phrases = {
+        "large": f"images over the {max_megapixels:g}-megapixel limit (data.max_megapixels)",
+        "undecodable": "files that cannot be decoded",
+        "size": "masks not the size of their images",
+    }
+    return [f"{phrases[kind]}: {listing(names)}" for kind, names in found.items() if names]
+
+
+def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> None:
+    if state == "large":
+        found["large"].append(f"{shown} ({size[0]}×{size[1]})" if size else shown)
+    elif state == "undecodable":
+        found["undecodable"].append(shown)
+
+
+def pair_problems(
+    pairs: Iterable[Any], root: Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> list[str]:
+    """What is wrong with `pairs` (each with `.image` and `.mask` paths), one phrase per kind."""
+    found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": []}
+    for pair in pairs:
+        sizes = []
+        for path in (pair.image, pair.mask):
+            state, size = _inspect(path, max_megapixels * 1e6)
+            _note(found, str(path.relative_to(root)), state, size)
+            sizes.append(size)
+        if None not in sizes and sizes[0] != sizes[1]:
+            found["size"].append(f"{pair.mask.relative_to(root)} ({sizes[1][0]}×{sizes[1][1]})")
+    return _phrases(found, max_megapixels)
+
+
+def refuse_bad_images(
+    paths: Sequence[Path], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> None:
+    """Single images (predict's inputs) checked like pairs: links, the pixel limit, decoding."""
+    refuse_broken_links(paths)
+    found: dict[str, list[str]] = {"large": [], "undecodable": []}
+    for path in paths:
+        _note(found, str(path), *_inspect(path, max_megapixels * 1e6))
+    if problems := _phrases(found, max_megapixels):
+        raise DataError("; ".join(problems) + "; pass image files that decode")
