@@ -71,7 +71,9 @@ def data_synth(
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
     from polypseg.data.synthetic import make_synthetic
+    from polypseg.files import check_output_dir
 
+    check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
     typer.echo(make_synthetic(out, n=n, seed=seed))
@@ -87,8 +89,10 @@ def data_split(
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON."""
     from polypseg.data.kvasir import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.files import write_json
+    from polypseg.files import check_output_file, write_json
 
+    if out is not None:
+        check_output_file(out)
     split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
     if out is not None:
         write_json(out, split.manifest())
@@ -144,8 +148,8 @@ def train(
     from polypseg.training.run import train_and_log
 
     cfg = _config(config, set_)
+    experiment_id = setup(cfg.tracking.experiment, tracking_uri)  # a bad store fails before work
     prepared = prepare(cfg)
-    experiment_id = setup(cfg.tracking.experiment, tracking_uri)
     with tracked_run(run_name=config.stem):
         outcome = train_and_log(prepared, cfg, on_epoch=_print_epoch, log_model=log_model)
     typer.echo(f"runs: {runs_url(experiment_id)}", err=True)

@@ -35,3 +35,11 @@ class ModelError(PolypsegError):
 
 class TrainingError(PolypsegError):
     """Training diverged (a NaN or infinite loss) or cannot start."""
+
+
+class OutputError(PolypsegError):
+    """An output path is a folder where a file belongs (or the reverse), or is not writable."""
+
+
+class StoreError(PolypsegError):
+    """A tracking store or study storage is damaged, unsuitable or cannot be written."""

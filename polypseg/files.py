@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from polypseg.errors import OutputError
+
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -101,3 +103,40 @@ def first_line(err: BaseException, limit: int = 120) -> str:
     """An exception's first line, cut to `limit` characters, or its type when it says nothing."""
     text = str(err)
     return text.splitlines()[0][:limit] if text.strip() else type(err).__name__
+
+
+def _writable_folder(folder: Path, option: str, target: Path) -> None:
+    """The nearest existing folder at or above `folder` must be a folder we can write in."""
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"{option} {target}: {existing} is a file, not a folder; choose another path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {option} {target}: {existing} is not writable ({err.strerror}); "
+            "choose another place"
+        ) from None
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a file output that cannot be written (one line naming `option`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name inside it")
+    _writable_folder(path.parent, option, path)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a folder output that is a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file, not a folder; give a folder")
+    _writable_folder(path, option, path)
+    return path

@@ -26,6 +26,7 @@ from polypseg.evaluation.report import (
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
+from polypseg.files import check_output_file
 from polypseg.progress import track
 
 WORST_SHOWN = 4
@@ -146,6 +147,8 @@ def evaluate(
         raise DataError(f"--split {split}: --predictions scores every map it holds; drop --split")
     out = Path(out) if out is not None else None
     paths = [_paths(data, out) for data in sets]
+    for json_path, _, _ in paths:
+        check_output_file(json_path)  # before any work, not after it
     setup(EVALUATION_EXPERIMENT, tracking_uri)
     if model_uri is not None:
         source = ModelSource(model_uri, split or "test", seed, ratios)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.decode import has_image_header
+from polypseg.data.checks import is_broken_link, refuse_bad_images
 from polypseg.data.kvasir import IMAGE_SUFFIXES, read_image
 from polypseg.errors import DataError
-from polypseg.files import atomic_path
+from polypseg.files import atomic_path, check_output_dir
 from polypseg.progress import track
 
 PREDICTION_EXPERIMENT = "polypseg-prediction"
@@ -89,7 +89,7 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
             if not images:
                 raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found.extend(images)
-        elif path.is_file():
+        elif path.is_file() or is_broken_link(path):
             found.append(path)
         else:
             raise DataError(f"{path} does not exist")
@@ -145,13 +145,11 @@ def predict(
     from polypseg.evaluation.scoring import quantize_map
     from polypseg.tracking.store import setup
 
+    out_dir = check_output_dir(out_dir)
     images = collect_images(inputs)
-    unreadable = [str(p) for p in images if not has_image_header(p)]
-    if unreadable:
-        raise DataError(f"not images: {', '.join(unreadable[:5])}; pass image files only")
+    refuse_bad_images(images)
     setup(PREDICTION_EXPERIMENT, tracking_uri)
     predictor = Predictor(model_uri)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs, overlays, rows = [], [], []
     for path in track(images, f"predicting {len(images)} images"):

@@ -13,7 +13,9 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,11 +79,18 @@ class ModelSource:
     """A model's maps: its probability map of each image, at the image's own size."""
 
     def __init__(self, model_uri: str, split: str, seed: int, ratios: Sequence[float]) -> None:
+        self.model_uri = model_uri
+        self.split, self.seed, self.ratios = split, seed, ratios
+
+    @cached_property
+    def predictor(self) -> Any:  # a Predictor, loaded on first use: the data is checked first
         from polypseg.evaluation.predict import Predictor
 
-        self.predictor = Predictor(model_uri)
-        self.threshold = self.predictor.threshold
-        self.split, self.seed, self.ratios = split, seed, ratios
+        return Predictor(self.model_uri)
+
+    @property
+    def threshold(self) -> float:
+        return self.predictor.threshold
 
     def describe(self) -> dict:
         return {**self.predictor.describe(), "split": self.split}

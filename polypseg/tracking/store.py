@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 
-from polypseg.files import file_lock, sqlite_file, sqlite_uri
+from polypseg.errors import StoreError
+from polypseg.files import file_lock, first_line, sqlite_file, sqlite_uri
 
 STORE_DIR = "mlruns"
 
@@ -67,7 +69,7 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
     if (database := sqlite_file(uri)) is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    with _first_use_lock(uri):
+    with _first_use_lock(uri), _damaged_store_is_one_line(uri):
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
             try:
@@ -80,6 +82,28 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
             experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def _damaged_store_is_one_line(uri: str) -> Iterator[None]:
+    """A SQLite store that is not a whole MLflow database (truncated, overwritten) is one line.
+
+    The file is left as it is: it may hold runs worth rescuing.
+    """
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, sqlalchemy.exc.DatabaseError) as err:
+        damaged = ("malformed", "not a database", "no such table", "no such column")
+        database = sqlite_file(uri)
+        if database is None or not any(word in str(err) for word in damaged):
+            raise
+        raise StoreError(
+            f"MLflow store {database} is damaged or not an MLflow database "
+            f"({first_line(err, 100)}); move it aside or restore a copy, then run again"
+        ) from None
 
 
 def runs_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
