@@ -176,8 +176,9 @@ def _check_numbers(flat: dict[str, Any], origin: str) -> None:
         value = flat[key]
         below = value <= low if open_low else value < low
         if not math.isfinite(value) or below or value > high:
+            finite = "" if math.isfinite(value) else "a finite number, "
             raise ConfigError(
-                f"{origin}: {key} = {value} must be {_range_text(low, high, open_low)}"
+                f"{origin}: {key} = {value} must be {finite}{_range_text(low, high, open_low)}"
             )
     ratios = flat["data.ratios"]
     if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):

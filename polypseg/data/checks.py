@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
+from polypseg.config import DataConfig
 from polypseg.errors import DataError
 
-DEFAULT_MAX_MEGAPIXELS = 64.0  # the default of `data.max_megapixels`
+DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 _SHOWN = 5  # names listed in an error before "... and N more"
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
@@ -74,7 +75,7 @@ def _inspect(path: Path, max_pixels: float) -> tuple[str, Any]:
             size = image.size
             if size[0] * size[1] > max_pixels:
                 return "large", size
-            if image.format == "JPEG":
+            if isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO files are JPEGs too
                 image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             image.load()
             return "ok", size
@@ -97,7 +98,8 @@ def _other_decoder(path: Path) -> tuple[str, Any]:
 
 def _phrases(found: dict[str, list[str]], max_megapixels: float) -> list[str]:
     phrases = {
-        "large": f"images over the {max_megapixels:g}-megapixel limit (data.max_megapixels)",
+        "large": f"images over the {max_megapixels:g}-megapixel limit (downscale them, or "
+        "raise data.max_megapixels in the config)",
         "undecodable": "files that cannot be decoded",
         "size": "masks not the size of their images",
     }
