@@ -144,6 +144,59 @@ def test_split_out_under_a_file_is_one_line(
     assert blocker.read_text() == "keep me"
 
 
+NO_MODEL = "models:/no-such-model@champion"  # the output check must come before the model's
+
+
+def _out_cases(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    return {
+        "folder": folder,
+        "under-a-file": blocker / "x" / "eval.json",
+        "proc": Path("/proc/x/e.json"),
+    }
+
+
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "proc"])
+def test_evaluate_checks_out_before_any_work(
+    runner: CliRunner, synthetic_root: Path, tmp_path: Path, mlflow_store: str, case: str
+) -> None:
+    out = _out_cases(tmp_path)[case]
+    args = [
+        "evaluate",
+        "--model",
+        NO_MODEL,
+        "--root",
+        str(synthetic_root),
+        "--out",
+        str(out),
+    ]
+    line = one_error_line(runner.invoke(app, args))
+    assert "--out" in line and ("a-file" in line if case == "under-a-file" else str(out) in line)
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("case", ["a-file", "proc"])
+def test_predict_checks_out_before_any_work(
+    runner: CliRunner, synthetic_root: Path, tmp_path: Path, mlflow_store: str, case: str
+) -> None:
+    out = (tmp_path / "a-file") if case == "a-file" else Path("/proc/x")
+    if case == "a-file":
+        out.write_text("keep me")
+    args = [
+        "predict",
+        "--model",
+        NO_MODEL,
+        "--out",
+        str(out),
+        str(synthetic_root / "images"),
+    ]
+    line = one_error_line(runner.invoke(app, args))
+    assert "--out" in line and str(out) in line
+
+
 # --- images over the pixel limit ---------------------------------------------------------------
 
 
