@@ -147,6 +147,19 @@ def structure_measure() -> Any:
     return _Smeasure(alpha=0.5)
 
 
+def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
+    """`py_sod_metrics` E-measure values as the mean over an image's H·W pixels.
+
+    The library, like the MATLAB code, divides the enhanced-alignment sum by H·W − 1 (+ eps):
+    4.5e15 on a 1×1 image, up to 2 on 1×2, above 1 for good maps on small images. The mean stays
+    in [0, 1] for any size; at Kvasir's 720×576 frames the two differ by a factor
+    1 − 1/(H·W) (3e-6), below the decimals tables report. The clip only absorbs float rounding.
+    """
+    from py_sod_metrics.utils import EPS
+
+    return np.clip(np.asarray(values, dtype=np.float64) * ((pixels - 1 + EPS) / pixels), 0.0, 1.0)
+
+
 def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) -> dict[str, float]:
     """S-α (`s_alpha`, α = 0.5) and mean E-measure (`e_measure`) of one image, via `py_sod_metrics`.
 
@@ -162,16 +175,12 @@ def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) ->
 
     Empty ground truth: we return what the library returns, which is well defined there:
     S-α = 1 − mean(prediction) and E-measure = the mean fraction of pixels predicted background.
-    The E-measure is the mean of the enhanced-alignment matrix over the H·W pixels. The library
-    (like the MATLAB code) divides its sum by H·W − 1 instead: 4.5e15 on a 1×1 image, up to 2 on
-    1×2, above 1 for good maps on small images. We rescale its result to the mean, which stays in
-    [0, 1] for any size; at Kvasir's 720×576 frames the two differ by a factor 1 − 1/(H·W) (3e-6),
-    below the four decimals tables report. The one NaN the library can produce (a mask whose
-    centroid lies on the last row or column) is removed by `structure_measure`.
+    The E-measure is the mean of the enhanced-alignment matrix over the H·W pixels
+    (`emeasure_over_pixels`), in [0, 1] for any image size. The one NaN the library can produce
+    (a mask whose centroid lies on the last row or column) is removed by `structure_measure`.
     """
     # Imported here: it pulls in scipy, and only evaluation needs it.
     from py_sod_metrics import Emeasure
-    from py_sod_metrics.utils import EPS
 
     for name, array in (("pred_prob_uint8", pred_prob_uint8), ("gt_uint8", gt_uint8)):
         if array.dtype != np.uint8 or array.ndim != 2 or array.size == 0:
@@ -183,13 +192,10 @@ def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) ->
     smeasure, emeasure = structure_measure(), Emeasure()
     smeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
     emeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
-    pixels = gt_uint8.size
-    to_mean = (pixels - 1 + EPS) / pixels  # undoes the library's H·W − 1 (+ its EPS) divisor
-    curve = emeasure.get_results()["em"]["curve"] * to_mean
+    curve = emeasure_over_pixels(emeasure.get_results()["em"]["curve"], gt_uint8.size)
     results = {
         "s_alpha": float(smeasure.get_results()["sm"]),
-        # The clip only absorbs float rounding (1 + 2e-16 for a perfect map).
-        "e_measure": float(np.clip(np.mean(curve), 0.0, 1.0)),
+        "e_measure": float(np.mean(curve)),
     }
     for name, value in results.items():
         if not math.isfinite(value):

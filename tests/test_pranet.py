@@ -29,7 +29,8 @@ def _blob(top: int, left: int, height: int = 3, width: int = 4) -> np.ndarray:
 
 
 def _matlab_emeasure(binary: np.ndarray, truth: np.ndarray) -> float:
-    """`Enhancedmeasure.m`, pixel by pixel, as a reference independent of py_sod_metrics."""
+    """`Enhancedmeasure.m`, pixel by pixel, as a reference independent of py_sod_metrics, but
+    as the mean over H·W pixels (MATLAB divides by H·W − 1; see `emeasure_over_pixels`)."""
     fm, gt = binary.astype(np.float64), truth.astype(np.float64)
     if gt.sum() == 0:
         enhanced = 1.0 - fm
@@ -39,7 +40,7 @@ def _matlab_emeasure(binary: np.ndarray, truth: np.ndarray) -> float:
         a, b = fm - fm.mean(), gt - gt.mean()
         align = 2 * a * b / (a * a + b * b + np.spacing(1))
         enhanced = (align + 1) ** 2 / 4
-    return float(enhanced.sum() / (gt.size - 1 + np.spacing(1)))
+    return float(enhanced.sum() / gt.size)
 
 
 def _reference_curves(prob_map: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,14 +72,14 @@ def test_a_perfect_map() -> None:
     expected_dice = np.r_[np.ones(255), 2 * g / (g + N)]
     np.testing.assert_allclose(scores.dice, expected_dice)
     np.testing.assert_allclose(scores.iou, np.r_[np.ones(255), g / N])
-    # E-measure binarises `map > t`: nothing at t = 1 (score N/4 / (N-1)), the blob elsewhere.
-    np.testing.assert_allclose(scores.emeasure, np.r_[N / 4 / (N - 1), np.full(255, N / (N - 1))])
+    # E-measure binarises `map > t`: nothing at t = 1 (score 1/4), the blob elsewhere (1).
+    np.testing.assert_allclose(scores.emeasure, np.r_[1 / 4, np.ones(255)])
     assert scores.s_alpha == pytest.approx(1.0) and scores.wfm == pytest.approx(1.0)
     assert scores.mae == 0.0
     summary = summarize([scores])
     assert summary["mdice"] == pytest.approx((255 + 2 * g / (g + N)) / 256)
     assert summary["max_dice"] == pytest.approx(1.0)
-    assert summary["max_em"] == pytest.approx(N / (N - 1))
+    assert summary["max_em"] == pytest.approx(1.0)
 
 
 def test_an_empty_map_scores_zero_except_at_threshold_zero() -> None:
@@ -88,7 +89,7 @@ def test_an_empty_map_scores_zero_except_at_threshold_zero() -> None:
     np.testing.assert_allclose(scores.dice, np.r_[np.zeros(255), 2 * g / (g + N)])
     np.testing.assert_allclose(scores.iou, np.r_[np.zeros(255), g / N])
     # `0 > t` never holds: an empty binary map at every threshold.
-    np.testing.assert_allclose(scores.emeasure, np.full(256, N / 4 / (N - 1)))
+    np.testing.assert_allclose(scores.emeasure, np.full(256, 1 / 4))
     assert scores.mae == pytest.approx(g / N)
     # S-α: object part 0.5 * (1 - g/N) from the background alone; every quadrant around the
     # centroid (row 3, column 4.5 -> 4) holds both classes, so each SSIM and the region part is 0.
@@ -115,7 +116,7 @@ def test_a_shifted_blob() -> None:
     np.testing.assert_allclose(scores.dice, np.r_[np.full(255, dice), 2 * g / (g + N)])
     np.testing.assert_allclose(scores.iou, np.r_[np.full(255, iou), g / N])
     shifted_em = _matlab_emeasure(shifted, truth)
-    np.testing.assert_allclose(scores.emeasure, np.r_[N / 4 / (N - 1), np.full(255, shifted_em)])
+    np.testing.assert_allclose(scores.emeasure, np.r_[1 / 4, np.full(255, shifted_em)])
     assert scores.mae == pytest.approx((g + p - 2 * overlap) / N)
     summary = summarize([scores])
     assert summary["mdice"] == pytest.approx((255 * 0.5 + 24 / 92) / 256)
@@ -132,7 +133,7 @@ def test_a_constant_map_is_not_stretched() -> None:
     np.testing.assert_allclose(scores.dice, np.r_[np.zeros(256 - kept), np.full(kept, 24 / 92)])
     assert scores.mae == pytest.approx((g * 0.7 + (N - g) * 0.3) / N)
     # Everything or nothing predicted: the E-measure's alignment term is 0 either way.
-    np.testing.assert_allclose(scores.emeasure, np.full(256, N / 4 / (N - 1)))
+    np.testing.assert_allclose(scores.emeasure, np.full(256, 1 / 4))
 
 
 def test_a_map_is_min_max_stretched_first() -> None:

@@ -11,7 +11,9 @@ for the whole set, not per image); `wfm`, `s_alpha` and `mae` are plain means ov
 
 wFβ, S-α and E-φ come from `py_sod_metrics` (the maintained port of Fan's MATLAB code). It bins
 E-measure thresholds as `>=` on a map floored to 8 bits, where PraNet binarises `>` on the
-double map; `_emeasure_curve` feeds it levels that reproduce PraNet's sets exactly.
+double map; `_emeasure_curve` feeds it levels that reproduce PraNet's sets exactly. One
+deliberate difference: E-φ is the mean over the H·W pixels, where `main.m` divides by H·W − 1
+(4.5e15 on a 1×1 image; a factor 1 − 1/(H·W), 3e-6 at 720×576, on real images).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def _emeasure_curve(stretched: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """
     from py_sod_metrics import Emeasure
 
+    from polypseg.metrics import emeasure_over_pixels
+
     below = np.searchsorted(_ASCENDING, stretched, side="left")  # thresholds t with t < value
     emeasure = Emeasure()
     # The attributes `Emeasure.step` sets before it calls the two methods used here.
@@ -109,7 +113,7 @@ def _emeasure_curve(stretched: np.ndarray, truth: np.ndarray) -> np.ndarray:
     empty = emeasure.cal_em_with_threshold(stretched, truth, threshold=np.inf)
     # (level + 0.5) / 255: the library floors value * 255, so the level survives rounding.
     curve = emeasure.cal_em_with_cumsumhistogram((below + 0.5) / 255.0, truth)
-    return np.concatenate([[empty], curve[: N_THRESHOLDS - 1]])
+    return emeasure_over_pixels(np.concatenate([[empty], curve[: N_THRESHOLDS - 1]]), truth.size)
 
 
 def _structure_and_weighted_f(stretched: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
