@@ -212,9 +212,14 @@ def tune(
         storage=storage,
         tracking_uri=tracking_uri,
     )
-    from polypseg.tracking.store import runs_url
+    import mlflow
 
-    typer.echo(f"compare the trials: {runs_url(result.experiment_id)}", err=True)
+    from polypseg.tracking.views import ui_instructions
+
+    for line in result.best_trials_table():
+        typer.echo(line)
+    for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
+        typer.echo(line, err=True)
     for line in result.summary():
         typer.echo(line)
     if result.best is None:

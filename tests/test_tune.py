@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -45,10 +46,14 @@ def test_second_invocation_resumes_the_study(
     assert (first.images_encoded, second.images_encoded) == (12, 0)  # once per image, in all
     params = {tuple(sorted(t.params.items())) for t in trials}
     assert len(params) == 8  # the resumed sampler does not repeat the first invocation's trials
-    for result in (first, second):
+    for number, result in enumerate((first, second), start=1):
         parent = mlflow.get_run(result.parent_run_id)
-        assert parent.info.run_name == "s" and parent.info.status == "FINISHED"
+        assert parent.info.run_name == f"s #{number}" and parent.info.status == "FINISHED"
         assert "best.train.lr" in parent.data.params
+        # This invocation's trials and the whole study's, each named for what it counts.
+        assert parent.data.params["invocation.trials"] == "4"
+        assert parent.data.metrics["invocation.trials_complete"] == 4
+        assert parent.data.metrics["study.trials_complete"] == 4 * number
         children = _children(result.parent_run_id)
         assert len(children) == 4
         for run in children:
@@ -139,6 +144,12 @@ def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert "RUNNING" not in {r.info.status for r in runs}
     assert {r.info.status for r in runs} == {"FINISHED", "KILLED"}
+    # The killed trial's run says what Optuna recorded for the trial, not RUNNING.
+    study = optuna.load_study(study_name="s", storage="sqlite:///studies/optuna.db")
+    killed = [r for r in runs if r.info.status == "KILLED" and "optuna.trial_number" in r.data.tags]
+    assert len(killed) == 1
+    recorded = study.trials[int(killed[0].data.tags["optuna.trial_number"])].state.name
+    assert killed[0].data.tags["optuna.trial_state"] == recorded == "FAIL"
     monkeypatch.setattr(objective_module, "train_and_log", real)
     resumed = tune(config, spec, 1, progress=False)
     assert len(resumed.study.get_trials()) == 3 and resumed.counts["COMPLETE"] == 2
@@ -170,19 +181,43 @@ def test_champion_moves_only_when_val_dice_improves(mlflow_store: str) -> None:
     assert str(champion.version) == better.version and champion.tags["polypseg.trial"] == "2"
 
 
-def test_tune_cli_prints_best_trial_and_version(
+def _python_default_warning_filters() -> None:
+    """The filters a plain `python` starts with: what a user's terminal would show."""
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=hidden)
+
+
+def test_tune_cli_prints_best_trials_ui_command_and_summary_without_warnings(
     runner: CliRunner,
     tiny_config: Path,
     tmp_path: Path,
     mlflow_store: str,
     study_spec: Callable[..., Path],
 ) -> None:
-    args = ["tune", "--trials", "2", "--config", str(tiny_config), "--study", str(study_spec())]
-    result = runner.invoke(app, args)
+    args = ["tune", "--trials", "3", "--config", str(tiny_config), "--study", str(study_spec())]
+    with warnings.catch_warnings(record=True) as caught:
+        _python_default_warning_filters()
+        result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     lines = result.stdout.strip().splitlines()
+    # The table of the best trials, best first, before the summary lines.
+    study = optuna.load_study(study_name="s", storage="sqlite:///studies/optuna.db")
+    ranked = sorted(study.trials, key=lambda t: (-t.value, t.number))
+    assert lines[0] == "best 3 of 3 trials (by val_dice):"
+    assert lines[1].split() == ["trial", "state", "val_dice", *study.best_trial.params]
+    for line, trial in zip(lines[2:5], ranked, strict=True):
+        assert line.split()[:3] == [str(trial.number), "COMPLETE", f"{trial.value:.4f}"]
+    assert len(lines) == 5 + 3
+    # The exact command that serves this store, and the URL of the trials' view.
+    assert f"mlflow ui --backend-store-uri {mlflow_store}\n" in result.stderr
+    assert "then open http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=study-s" in (
+        result.stderr
+    )
     assert lines[-3].startswith("study s (sqlite:///")
-    assert "studies/optuna.db): 2 trials, 2 complete" in lines[-3]
+    assert "studies/optuna.db): 3 trials, 3 complete" in lines[-3]
     assert lines[-2].startswith("best trial #")
     assert (
         lines[-1]

@@ -55,8 +55,9 @@ def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> 
         for name in getattr(split, part)
     ]
     with warnings.catch_warnings():
-        # MLflow warns that a local path could be two kinds of source, and that integer columns
-        # cannot hold missing values: neither matters for a file list.
+        # MLflow warns that a local path could be two kinds of source, and (from log_input, which
+        # infers the table's schema) that integer columns cannot hold missing values: neither
+        # matters for a file list.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(
             pd.DataFrame(rows),
@@ -64,7 +65,7 @@ def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> 
             name=root.name or "data",
             digest=split.digest(),
         )
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
 
 
 def log_figure(figure: Any, path: str) -> None:

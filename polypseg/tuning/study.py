@@ -1,9 +1,12 @@
 """A study from start to end: `tune` is what `polypseg tune` runs, one worker of a study.
 
 It prepares the data and feature cache once, opens (or resumes) the named study in its storage,
-starts a parent MLflow run named after the study and runs trials (`tuning.objective`) in the
-worker loop (`tuning.workers`). At the end the parent gets the best params and the study plots,
-and the best trial is registered (`champion` moves when it beats the current one).
+saves the MLflow UI view that compares the study's trials (`tracking.views`), starts a parent
+MLflow run named after the study and this invocation (`decoder_search #2`) and runs trials
+(`tuning.objective`) in the worker loop (`tuning.workers`). At the end the parent gets the best
+params, the trial counts (`invocation.trials_*`: this invocation's; `study.trials_*`: the whole
+study's) and the study plots, and the best trial is registered (`champion` moves when it beats
+the current one).
 
 Any number of such workers may share one study: they take trials under a study lock, up to an
 optional study-wide budget (`max_trials`), and the trial of a worker that died is failed, its
@@ -16,7 +19,7 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any
 
 import mlflow
@@ -28,7 +31,9 @@ from polypseg.features.prepare import Prepared, prepare
 from polypseg.tracking.registry import Registration, register_trial
 from polypseg.tracking.runs import log_figure, tracked_run
 from polypseg.tracking.store import mask_password, setup
+from polypseg.tracking.views import save_study_view
 from polypseg.tuning.objective import make_objective
+from polypseg.tuning.report import TuneResult
 from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.storage import default_storage, fail_stale_trials, refuse_in_memory
 from polypseg.tuning.workers import (
@@ -40,38 +45,6 @@ from polypseg.tuning.workers import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TuneResult:
-    study: optuna.Study
-    best: optuna.trial.FrozenTrial | None
-    registration: Registration | None
-    parent_run_id: str
-    images_encoded: int  # images the encoder processed in this invocation (0 on a cache hit)
-    counts: dict[str, int]
-    storage: str  # the storage URL, password masked
-    experiment_id: str
-
-    def summary(self) -> list[str]:
-        """What `polypseg tune` prints: the study, the best trial, the registered version."""
-        c = self.counts
-        lines = [
-            f"study {self.study.study_name} ({self.storage}): {sum(c.values())} trials, "
-            f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; "
-            f"encoder ran on {self.images_encoded} images now"
-        ]
-        if self.best is not None:
-            params = ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in self.best.params.items()
-            )
-            lines.append(f"best trial #{self.best.number}: val_dice={self.best.value:.4f} {params}")
-        if self.registration is not None:
-            reg = self.registration
-            champion = f" (champion: models:/{reg.name}@champion)" if reg.champion else ""
-            lines.append(f"registered model {reg.name} version {reg.version}{champion}")
-        return lines
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -115,8 +88,13 @@ class _Progress:
         columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
         self.bar = progress_bar(*columns, enabled=enabled)
         self.task = self.bar.add_task("trials", total=total)
+        self.ran: Counter[str] = Counter()  # this invocation's trials, by state
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran[trial.state.name] += 1
+        self._update(study)
+
+    def _update(self, study: optuna.Study) -> None:
         counts = _counts(study)
         try:
             best = f"{study.best_value:.4f}"
@@ -175,18 +153,21 @@ def tune(
     images_encoded = prepared.encoder.images_encoded
     fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, its runs KILLED, a retry queued
     end_orphaned_runs(shared.study, experiment_id)
+    view = save_study_view(experiment_id, name, [param.key for param in spec.space], spec.metric)
     parent_tags = {
         "optuna.study_name": name,
         "polypseg.storage": mask_password(storage_url),
         "polypseg.worker": f"{socket.gethostname()}:{os.getpid()}",  # which process, where
     }
-    with tracked_run(run_name=name, tags=parent_tags) as parent:
+    # One parent run per invocation, numbered: a resumed study's runs are told apart.
+    with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=parent_tags) as parent:
         shared.study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         mlflow.log_params(
             {
-                "study.trials": n_trials,
-                "study.max_trials": max_trials,
-                "study.n_jobs": n_jobs,
+                "invocation.trials": n_trials,  # asked of this invocation (--trials)
+                "invocation.n_jobs": n_jobs,
+                "invocation.worker": shared.worker,
+                "study.max_trials": max_trials,  # the whole study's budget
                 "study.epochs": spec.epochs,
                 "study.sampler": spec.sampler.get("name", "tpe"),
                 "study.pruner": spec.pruner.get("name", "median"),
@@ -194,8 +175,13 @@ def tune(
             }
         )
         objective = make_objective(prepared, config, spec, parent.info.run_id)
-        _run_trials(shared, objective, workers, progress)
+        try:
+            ran = _run_trials(shared, objective, workers, progress)
+        except KeyboardInterrupt:
+            _tag_interrupted_trials(shared.study, experiment_id)
+            raise
         end_orphaned_runs(shared.study, experiment_id)
+        mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
         best, registration = _finish(shared, prepared, config)
     return TuneResult(
         shared.study,
@@ -206,18 +192,46 @@ def tune(
         _counts(shared.study),
         mask_password(storage_url),
         experiment_id,
+        metric=spec.metric,
+        view_key=view,
+        ran=dict(ran),
     )
+
+
+def _tag_interrupted_trials(study: optuna.Study, experiment_id: str) -> None:
+    """After Ctrl-C or SIGTERM, give the trial runs ended KILLED the state Optuna recorded.
+
+    The objective tags a run when its trial ends on its own; an interrupted one leaves the
+    objective before Optuna is told (the worker loop tells it FAIL), so its tag still says
+    RUNNING. Runs still RUNNING belong to other threads or workers and are left alone.
+    """
+    states = {
+        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+    }
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`optuna.study_name` = '{study.study_name}' "
+        "AND tags.`optuna.trial_state` = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    for run in runs:
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if run.info.status != "RUNNING" and number in states:
+            client.set_tag(run.info.run_id, "optuna.trial_state", states[number])
 
 
 def _run_trials(
     shared: SharedStudy, objective: Any, workers: WorkerOptions, progress: bool
-) -> None:
-    """This worker's trials, with a progress bar sized to what it may still take."""
+) -> Counter[str]:
+    """This worker's trials, with a progress bar sized to what it may still take; returns how
+    many it ran, by state."""
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
     with tracker.bar:
         run_worker(shared, objective, workers, callbacks=[tracker])
+    return tracker.ran
 
 
 def _finish(
@@ -230,7 +244,8 @@ def _finish(
     """
     study = shared.study
     counts = _counts(study)
-    mlflow.log_metrics({f"trials_{state.lower()}": n for state, n in counts.items() if n})
+    # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
+    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
     _log_study_plots(study)
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class SharedStudy:
     storage: optuna.storages.BaseStorage
     lock: StudyLock
     max_trials: int | None = None
+    worker: int = 0  # this invocation's number among the study's workers, from 0
 
     def budget_left(self) -> int | None:
         if self.max_trials is None:
@@ -117,7 +119,11 @@ class SharedStudy:
             with self.lock():
                 left = self.budget_left()
                 if left is None or left > 0 or self._any(TrialState.WAITING):
-                    return self.study.ask()
+                    with warnings.catch_warnings():
+                        # Optuna expects heartbeats only under Study.optimize; `heartbeat`
+                        # below beats for the trials this loop asks for.
+                        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                        return self.study.ask()
                 running = self._any(TrialState.RUNNING)
             if not running or interval is None:
                 raise BudgetReached(f"the study holds its {self.max_trials} trials")
@@ -174,7 +180,7 @@ def open_shared_study(
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=make_sampler(worker), pruner=pruner
     )
-    return SharedStudy(study, storage, lock, max_trials)
+    return SharedStudy(study, storage, lock, max_trials, worker)
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:

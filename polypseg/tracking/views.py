@@ -1,0 +1,150 @@
+"""A saved view of MLflow's runs page that compares a study's trials, and the URL that opens it.
+
+MLflow 3.17's UI keeps only the search (filter, sort) in its URL; which columns show, which runs
+are drawn in the charts and which charts there are live in the browser, or in a *saved view*: an
+experiment tag `mlflow.sharedViewState.<id>` holding `{"name", "createdAt", "updatedAt",
+"state"}`, opened by `#/experiments/<id>/runs?viewStateShareKey=<id>` and listed in the page's
+"Views" menu. The view written here shows the study's trial runs only, best first: sorting by a
+metric also lays nested runs out flat (the UI folds children under their parent only while runs
+are sorted by date), so no trial hides under a collapsed parent. Columns: the trial's state, its
+best and last `val_dice`, one column per searched parameter; charts: the `val_dice` curve of
+every trial, and the searched parameters against the best `val_dice`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from mlflow import MlflowClient
+
+from polypseg.tracking.store import mask_password
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+UI_HOST = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def view_key(study_name: str) -> str:
+    """The view's id: the study's name made URL- and tag-safe (one view per study)."""
+    return "study-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study_name).strip("-") or "study")
+
+
+def _quoted(value: str) -> str:
+    """A string literal for MLflow's search syntax."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def _charts(metric: str, params: list[str]) -> tuple[list[dict], list[dict]]:
+    """Chart cards and their section, in the UI's own card format (RunsChartsCardConfig)."""
+    section = "polypseg-trials"
+    common = {"metricSectionId": section, "deleted": False, "isGenerated": False}
+    curves = {
+        **common,
+        "uuid": "polypseg-curves",
+        "type": "LINE",
+        "runsCountToCompare": 100,
+        "metricKey": metric,
+        "selectedMetricKeys": [metric],
+        "xAxisKey": "step",
+        "selectedXAxisMetricKey": "",
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "lineSmoothness": 0,
+        "range": {},
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": False,
+        "useGlobalLineSmoothing": False,
+    }
+    parallel = {
+        **common,
+        "uuid": "polypseg-params",
+        "type": "PARALLEL",
+        "runsCountToCompare": 100,
+        "selectedParams": params,
+        "selectedMetrics": [f"best_{metric}"],
+        "showAllRuns": True,
+    }
+    # isReordered keeps this order: the UI appends charts of the other metrics after these.
+    sections = [{"uuid": section, "name": "Trials", "display": True, "isReordered": True}]
+    return [curves, parallel], sections
+
+
+def study_view_state(study_name: str, params: list[str], metric: str = "val_dice") -> dict:
+    """The runs page's state (search facets and UI state) that compares the study's trials."""
+    best = f"best_{metric}"
+    charts, sections = _charts(metric, params)
+    return {
+        "searchFilter": (
+            f"tags.`optuna.study_name` = {_quoted(study_name)} "
+            "AND attributes.run_name LIKE 'trial-%'"
+        ),
+        "orderByKey": f"metrics.`{best}`",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": [
+            "tags.`optuna.trial_state`",
+            f"metrics.`{best}`",
+            f"metrics.`{metric}`",
+            *(f"params.`{param}`" for param in params),
+        ],
+        "runsHiddenMode": "SHOW_ALL",  # the default draws only the first 10 rows in the charts
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        "isAccordionReordered": True,
+    }
+
+
+def save_study_view(
+    experiment_id: str, study_name: str, params: list[str], metric: str = "val_dice"
+) -> str:
+    """Write (or keep) the study's saved view in the experiment; returns its id.
+
+    Idempotent: a worker that finds the same state already saved writes nothing, so many
+    workers starting together do not rewrite the tag each.
+    """
+    key = view_key(study_name)
+    state = json.dumps(study_view_state(study_name, params, metric), sort_keys=True)
+    client = MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    saved: dict[str, Any] = {}
+    if VIEW_TAG_PREFIX + key in tags:
+        try:
+            saved = json.loads(tags[VIEW_TAG_PREFIX + key])
+        except ValueError:  # written by hand or by another tool: ours replaces it
+            saved = {}
+    if saved.get("state") == state:
+        return key
+    now = int(time.time() * 1000)
+    envelope = {
+        "name": f"trials of {study_name}",
+        "createdAt": saved.get("createdAt", now),
+        "updatedAt": now,
+        "state": state,
+    }
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope))
+    return key
+
+
+def view_url(experiment_id: str, key: str, tracking_uri: str) -> str:
+    """The runs page opened on a saved view: on the tracking server itself when there is one,
+    else on `mlflow ui`'s default address."""
+    host = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_HOST
+    return f"{host}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
+
+
+def ui_instructions(experiment_id: str, key: str, tracking_uri: str) -> list[str]:
+    """How to see the view: the command that serves the store (none for a server), the URL."""
+    url = view_url(experiment_id, key, tracking_uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"compare the trials: {url}"]
+    return [
+        f"compare the trials: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
+        f"  then open {url}",
+    ]
