@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,7 +20,7 @@ from polypseg.errors import PolypsegError
 class _OneLineErrors(TyperGroup):
     """User errors become one line on stderr and exit 2; Ctrl-C exits 130 (the CLI's contract)."""
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
         except PolypsegError as err:
@@ -39,9 +38,36 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: options with their METAVAR, not rich's type column (`<bool>`, `<path>`).
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Get, generate and split Kvasir-style data sets.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Get, generate and split Kvasir-style data sets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from polypseg import __version__
+
+        typer.echo(f"polypseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Polyp segmentation on Kvasir-SEG: frozen SAM encoder, cached features, trainable decoder,
+    MLflow tracking, Optuna tuning."""
 
 
 def _parse_ratios(text: str) -> tuple[float, ...]:
@@ -54,20 +80,29 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
 @data_app.command("download")
 def data_download(
     dest: Annotated[
-        Path | None, typer.Option(help="Copy the data set here (default: kagglehub's cache).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Copy the data set here (default: kagglehub's cache)."),
     ] = None,
 ) -> None:
     """Download Kvasir-SEG from Kaggle and print the folder holding images/ and masks/."""
     from polypseg.data.kvasir import download_kvasir
+    from polypseg.errors import DownloadError
 
-    typer.echo(download_kvasir(dest))
+    try:
+        typer.echo(download_kvasir(dest))
+    except DownloadError as err:
+        raise DownloadError(
+            f"{err}; to work offline, make a synthetic set: `polypseg data synth --out DIR`"
+        ) from None
 
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(help="Folder to create (images/, masks/).")],
-    n: Annotated[int, typer.Option(min=1, help="Number of image/mask pairs.")] = 100,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same set.")] = 0,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")],
+    n: Annotated[int, typer.Option(min=1, metavar="N", help="Number of image/mask pairs.")] = 100,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Random seed; the same seed gives the same set.")
+    ] = 0,
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
     from polypseg.data.synthetic import make_synthetic
@@ -81,10 +116,14 @@ def data_synth(
 
 @data_app.command("split")
 def data_split(
-    root: Annotated[Path, typer.Option(help="Folder with images/ and masks/.")],
-    seed: Annotated[int, typer.Option(help="Split seed (the protocol's is 42).")] = 42,
-    ratios: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
-    out: Annotated[Path | None, typer.Option(help="Write the JSON manifest here.")] = None,
+    root: Annotated[Path, typer.Option(metavar="DIR", help="Folder with images/ and masks/.")],
+    seed: Annotated[int, typer.Option(metavar="N", help="Split seed (the protocol's is 42).")] = 42,
+    ratios: Annotated[
+        str, typer.Option(metavar="TRAIN,VAL,TEST", help="train,val,test fractions.")
+    ] = "0.8,0.1,0.1",
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Write the JSON manifest here.")
+    ] = None,
 ) -> None:
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON."""
     from polypseg.data.kvasir import list_pairs
@@ -99,10 +138,16 @@ def data_split(
     typer.echo(split.summary())
 
 
-ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment TOML (see experiments/).")]
+ConfigOption = Annotated[
+    Path, typer.Option("--config", metavar="FILE", help="Experiment TOML (see experiments/).")
+]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+    typer.Option(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value, e.g. data.root=DIR (repeatable).",
+    ),
 ]
 
 
@@ -127,7 +172,8 @@ def cache(config: ConfigOption, set_: SetOption = None) -> None:
 TrackingOption = Annotated[
     str | None,
     typer.Option(
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)."
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).",
     ),
 ]
 
@@ -158,34 +204,48 @@ def train(
 
 @app.command("tune")
 def tune(
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to add in this run.")] = 30,
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, metavar="N", help="Trials to add in this run.")
+    ] = 30,
     config: Annotated[
-        Path, typer.Option("--config", help="Base experiment TOML; the study overrides its keys.")
+        Path,
+        typer.Option(
+            "--config", metavar="FILE", help="Base experiment TOML; the study overrides its keys."
+        ),
     ] = Path("experiments/sam_vit_b.toml"),
     study: Annotated[
-        Path, typer.Option("--study", help="Study spec TOML (search space, sampler, pruner).")
+        Path,
+        typer.Option(
+            "--study", metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."
+        ),
     ] = Path("studies/decoder_search.toml"),
     study_name: Annotated[
-        str | None, typer.Option(help="Study name (default: the spec's); same name = resume.")
+        str | None,
+        typer.Option(metavar="NAME", help="Study name (default: the spec's); same name = resume."),
     ] = None,
     storage: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Optuna storage URL (default sqlite:///studies/optuna.db; postgresql://... "
-            "for many machines; journal:PATH for many processes on one machine)."
+            "for many machines; journal:PATH for many processes on one machine).",
         ),
     ] = None,
     n_jobs: Annotated[
-        int, typer.Option(min=1, help="Trials at once in this process; one per GPU with several.")
+        int,
+        typer.Option(
+            min=1, metavar="K", help="Trials at once in this process; one per GPU with several."
+        ),
     ] = 1,
     timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after S seconds.")
+        float | None, typer.Option(metavar="SECONDS", help="Stop starting trials after SECONDS.")
     ] = None,
     max_trials: Annotated[
         int | None,
         typer.Option(
             "--max-trials",
             min=1,
+            metavar="N",
             help="Study-wide budget shared by every worker: stop taking trials once the study "
             "holds this many finished, running or queued ones, so any number of workers end with "
             "exactly this many. --trials still caps this process.",
@@ -228,6 +288,7 @@ def tune(
 
 ModelOption = typer.Option(
     "--model",
+    metavar="URI",
     help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
 )
 
@@ -236,20 +297,27 @@ ModelOption = typer.Option(
 def evaluate(
     root: Annotated[
         list[str],
-        typer.Option(help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table."),
+        typer.Option(
+            metavar="DIR|NAME=DIR",
+            help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table.",
+        ),
     ],
     model: Annotated[str | None, ModelOption] = None,
     predictions: Annotated[
-        Path | None, typer.Option(help="Any method's saved maps, paired with masks/ by stem.")
+        Path | None,
+        typer.Option(metavar="DIR", help="Any method's saved maps, paired with masks/ by stem."),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="default, or pranet: as papers report.")
+        str, typer.Option(metavar="default|pranet", help="default, or pranet: as papers report.")
     ] = "default",
-    split: Annotated[str | None, typer.Option(help="--model only: test (default) or all.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="JSON (default evaluation.json); a folder for NAME=DIR.")
+    split: Annotated[
+        str | None, typer.Option(metavar="test|all", help="--model only: test (default) or all.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Split seed of --split test.")] = 42,
+    out: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="JSON (default evaluation.json); a folder for NAME=DIR."),
+    ] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Split seed of --split test.")] = 42,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Score a model, or any method's saved maps, on one or several data sets: JSON summary,
@@ -266,8 +334,12 @@ def evaluate(
 @app.command("predict")
 def predict(
     model: Annotated[str, ModelOption],
-    out: Annotated[Path, typer.Option(help="Folder for the <stem>.png files.")],
-    images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the <stem>.png files.")],
+    images: Annotated[
+        list[str],
+        # Described in the docstring: typer would print the argument's type, `<list[str]>`.
+        typer.Argument(metavar="IMAGE", hidden=True, help="Image files, folders or globs."),
+    ],
     overlay: Annotated[
         bool, typer.Option(help="Also write <stem>_overlay.png, the mask over the image.")
     ] = False,
@@ -276,7 +348,8 @@ def predict(
     ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Predict polyp masks (or maps) at each image's original size; prints the files written."""
+    """Predict polyp masks (or maps) for IMAGE... (image files, folders or glob patterns), each
+    at its image's original size; prints the files written."""
     from polypseg.evaluation.predict import predict as run_predict
 
     result = run_predict(model, images, out, overlay, tracking_uri, maps=maps)

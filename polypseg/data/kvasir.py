@@ -68,10 +68,9 @@ def download_kvasir(dest: str | Path | None = None) -> Path:
             KAGGLE_HANDLE, output_dir=str(dest) if dest is not None else None
         )
     except Exception as err:  # kagglehub raises many types for network and auth failures
+        # What to do instead depends on the command: its callers add that (source.py, cli.py).
         raise DownloadError(
-            f"downloading Kaggle data set {KAGGLE_HANDLE} failed ({_reason(err)}); use a local "
-            "copy with --root DIR (data.source = 'local') or the synthetic set "
-            "(`polypseg data synth --out DIR`)"
+            f"downloading Kaggle data set {KAGGLE_HANDLE} failed ({_reason(err)})"
         ) from None
     return find_dataset_root(path)
 

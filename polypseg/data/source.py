@@ -7,6 +7,7 @@ from pathlib import Path
 from polypseg.config import DataConfig
 from polypseg.data.kvasir import download_kvasir, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
+from polypseg.errors import DownloadError
 from polypseg.files import cache_home
 
 
@@ -25,4 +26,11 @@ def resolve_root(data: DataConfig) -> Path:
         return root
     if data.source == "local":
         return find_dataset_root(data.root)
-    return download_kvasir()
+    try:
+        return download_kvasir()
+    except DownloadError as err:
+        raise DownloadError(
+            f"{err}; to use a local copy of Kvasir-SEG add "
+            "`--set data.source=local --set data.root=DIR`, or run the offline demo: "
+            "`polypseg tune --config experiments/synthetic.toml`"
+        ) from None
