@@ -27,13 +27,29 @@ def cache_home() -> Path:
     return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")).expanduser()
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (`os.umask` can only
+    be read by setting it, which would race with threads creating files meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
 
     A file replaces what was there. A folder is only ever created: when `path` already exists
     on success, another process finished the same deterministic work first, and ours is
-    dropped, so concurrent builders never delete a folder someone is reading.
+    dropped, so concurrent builders never delete a folder someone is reading. What appears gets
+    the permissions a plain `open` or `mkdir` would give (0644 and 0755 under umask 022), not
+    the temporary's private 0600/0700.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +64,7 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         if directory and path.exists():
             shutil.rmtree(tmp)
             return
+        os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~umask())
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
