@@ -90,10 +90,23 @@ def mask_panel(
         _draw_prediction(pred_ax, image, mask, pred)
         image_ax.set_title(titles[row] if titles is not None else "image", fontsize=8)
         truth_ax.set_title("ground truth", fontsize=8)
-        pred_ax.set_title("prediction (truth in red)", fontsize=8)
+        pred_ax.set_title("prediction", fontsize=8)
         for ax in axes[row]:
             ax.set_axis_off()
+    _legend(figure)
     return figure
+
+
+def _legend(figure: Figure) -> None:
+    """What the colours in the prediction column mean, once, under the panel."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor=(*PRED_COLOUR, 0.4), edgecolor=PRED_COLOUR, label="prediction (p ≥ 0.5)"),
+        Line2D([0], [0], color=TRUTH_COLOUR, linewidth=1.2, label="ground truth"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
 
 
 def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
@@ -102,14 +115,17 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
     return [row["epoch"] for row in rows], [row[key] for row in rows]
 
 
-def curves(history: list[dict[str, float]]) -> Figure:
-    """Losses (left) and validation Dice/IoU (right) against the epoch.
+def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
+    """Losses (left) and validation Dice/IoU (right) against the epoch, under `title` (the run:
+    `trial-3`, say) when given.
 
     `history` holds one dict per epoch with keys `epoch`, `train_loss`, `val_loss`, `val_dice`,
     `val_iou` (as `train.fit` reports them); a missing key leaves that point out. The epoch of
     the best `val_dice` is marked on both plots.
     """
-    figure = _agg_figure(9.0, 3.2, "tight")
+    figure = _agg_figure(9.0, 3.4 if title else 3.2, "tight")
+    if title:
+        figure.suptitle(title, fontsize=10)
     loss_ax, score_ax = figure.subplots(1, 2)
     for ax, keys in ((loss_ax, ("train_loss", "val_loss")), (score_ax, ("val_dice", "val_iou"))):
         for key in keys:

@@ -97,3 +97,54 @@ def test_curves_leave_out_epochs_without_a_value():
     score_ax = curves(history).axes[1]
     dice_line = next(line for line in score_ax.get_lines() if line.get_label() == "val_dice")
     assert list(dice_line.get_xdata()) == [0, 2, 3]
+
+
+def test_mask_panel_has_a_legend_for_prediction_and_truth():
+    image, mask, probs = _sample(0)
+    figure = mask_panel([image], [mask], [probs], titles=["a.jpg  Dice 0.812"])
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert labels == ["prediction (p ≥ 0.5)", "ground truth"]
+    assert figure.axes[0].get_title() == "a.jpg  Dice 0.812"
+
+
+def test_curves_title_names_the_run():
+    history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.3, "val_iou": 0.2}]
+    assert curves(history, title="trial-3 of study s").get_suptitle() == "trial-3 of study s"
+
+
+def test_study_plots_name_the_metric_and_keep_labels_clear_of_the_colour_bar():
+    import optuna
+    from matplotlib.colors import to_rgb
+
+    from polypseg.tuning.plots import study_figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+
+    def objective(trial: optuna.Trial) -> float:  # the decoder search's space, a toy value
+        trial.suggest_categorical("decoder.width", [64, 128, 256, 512])
+        weight = trial.suggest_float("train.dice_weight", 0.0, 1.0)
+        return trial.suggest_float("train.lr", 1e-3, 1e-2, log=True) * 50 + weight / 10
+
+    study.optimize(objective, n_trials=8)
+    figures = study_figures(study, "val_dice")
+    history = figures["optimization_history"].axes[0]
+    assert history.get_ylabel() == "val_dice"
+    parallel = figures["parallel_coordinate"]
+    lines = parallel.axes[0].collections[0]
+    colour_bar = lines.colorbar
+    assert colour_bar.ax.get_ylabel() == "val_dice"
+    # The worst trial's line is visibly coloured, not white on white.
+    worst = lines.cmap(0.0)
+    assert sum(to_rgb(worst)) / 3 < 0.8
+    # Every parameter axis's tick labels end well left of the colour bar (20 px at 100 dpi).
+    parallel.canvas.draw()
+    renderer = parallel.canvas.get_renderer()
+    right_edge = max(
+        label.get_window_extent(renderer).x1
+        for axes in parallel.axes
+        if axes is not colour_bar.ax
+        for label in axes.get_yticklabels()
+        if label.get_text()
+    )
+    assert right_edge + 20 < colour_bar.ax.get_window_extent(renderer).x0

@@ -21,6 +21,7 @@ from polypseg.config import Config, flatten
 from polypseg.data.dataset import KvasirDataset
 from polypseg.features.prepare import Prepared
 from polypseg.figures import curves, mask_panel
+from polypseg.metrics import scores
 from polypseg.tracking.runs import log_dataset, log_figure, truncate_tag
 from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
@@ -42,13 +43,21 @@ def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
     by_name = {pair.name: pair for pair in prepared.pairs}
     items = KvasirDataset([by_name[name] for name in names], image_size)
     images = [items[i]["image"].permute(1, 2, 0).numpy() for i in range(len(names))]
+    dice = scores(probs, masks)["dice"].tolist()
     figure = mask_panel(
         images,
         [m[0].numpy().astype(np.uint8) for m in masks],
         [p[0].numpy() for p in probs],
-        titles=names,
+        titles=[f"{name}  Dice {d:.3f}" for name, d in zip(names, dice, strict=True)],
     )
     log_figure(figure, "figures/val_masks.png")
+
+
+def _curves_title(run: mlflow.ActiveRun) -> str:
+    """Which run the curves are of: a trial names its study (`trial-3 of study decoder_search`)."""
+    name = run.info.run_name or run.info.run_id
+    study = run.data.tags.get("optuna.study_name")
+    return f"{name} of study {study}" if study else name
 
 
 def _log_decoder(fitted: FitResult) -> None:
@@ -104,7 +113,7 @@ def train_and_log(
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)
-    log_figure(curves(fitted.history), "figures/curves.png")
+    log_figure(curves(fitted.history, title=_curves_title(run)), "figures/curves.png")
     _log_decoder(fitted)
     if log_model:
         from polypseg.tracking.pyfunc import log_segmenter_model

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import warnings
 from collections import Counter
 from typing import Any
 
@@ -29,10 +28,11 @@ from polypseg.config import Config
 from polypseg.errors import ConfigError
 from polypseg.features.prepare import Prepared, prepare
 from polypseg.tracking.registry import Registration, register_trial
-from polypseg.tracking.runs import log_figure, tracked_run
+from polypseg.tracking.runs import tracked_run
 from polypseg.tracking.store import mask_password, setup
 from polypseg.tracking.views import save_study_view
 from polypseg.tuning.objective import make_objective
+from polypseg.tuning.plots import log_study_plots
 from polypseg.tuning.report import TuneResult
 from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.storage import default_storage, fail_stale_trials, refuse_in_memory
@@ -52,29 +52,6 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] += 1
     return counts
-
-
-def _log_study_plots(study: optuna.Study) -> None:
-    import optuna.visualization.matplotlib as vis
-
-    plots = {
-        "optimization_history": vis.plot_optimization_history,
-        "param_importances": vis.plot_param_importances,
-        "parallel_coordinate": vis.plot_parallel_coordinate,
-    }
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                # Optuna marks these plots experimental and matplotlib warns of empty legends
-                # on a short study: neither tells a user anything.
-                warnings.simplefilter("ignore")
-                ax = plot(study)
-        except (ValueError, RuntimeError) as err:  # too few finished trials for this plot
-            log.info("study plot %s skipped: %s", name, err)
-            continue
-        figure = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
-        figure.tight_layout()  # Optuna's rotated axis labels are cut off otherwise
-        log_figure(figure, f"figures/{name}.png")
 
 
 class _Progress:
@@ -182,7 +159,7 @@ def tune(
             raise
         end_orphaned_runs(shared.study, experiment_id)
         mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
-        best, registration = _finish(shared, prepared, config)
+        best, registration = _finish(shared, prepared, config, spec.metric)
     return TuneResult(
         shared.study,
         best,
@@ -235,7 +212,7 @@ def _run_trials(
 
 
 def _finish(
-    shared: SharedStudy, prepared: Prepared, config: Config
+    shared: SharedStudy, prepared: Prepared, config: Config, metric: str
 ) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
     """Log the best trial and study plots to the parent run; register the best model.
 
@@ -246,7 +223,7 @@ def _finish(
     counts = _counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
     mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
-    _log_study_plots(study)
+    log_study_plots(study, metric)
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return None, None
