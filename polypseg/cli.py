@@ -92,7 +92,9 @@ def data_download(
         typer.echo(download_kvasir(dest))
     except DownloadError as err:
         raise DownloadError(
-            f"{err}; to work offline, make a synthetic set: `polypseg data synth --out DIR`"
+            f"{err}; with a copy made by hand, run "
+            "`polypseg tune --set data.source=local --set data.root=DIR`, or work offline on a "
+            "synthetic set: `polypseg data synth --out DIR`"
         ) from None
 
 

@@ -155,6 +155,58 @@ def test_ctrl_c_kills_runs_and_leaves_the_study_resumable(
     assert len(resumed.study.get_trials()) == 3 and resumed.counts["COMPLETE"] == 2
 
 
+def test_sigterm_ends_the_trial_run_killed_with_the_state_optuna_recorded(
+    tiny_config: Path, tmp_path: Path, mlflow_store: str, study_spec: Callable[..., Path]
+) -> None:
+    """`polypseg tune` killed by SIGTERM mid-trial: exit 130, the trial's run KILLED and tagged
+    with the trial's state in the study (FAIL), the parent run KILLED too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["tune", "--trials", "1", "--config", str(tiny_config)]
+    args += ["--study", str(study_spec(epochs=2000)), "--set", "train.patience=0"]
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from polypseg.cli import main; main()", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        trial_run = None
+        while trial_run is None or "val_dice" not in trial_run.data.metrics:
+            assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
+            time.sleep(0.5)
+            trial_run = next(iter(_trial_runs()), None)
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130 and stderr.strip().endswith("interrupted"), stderr
+    run = mlflow.get_run(trial_run.info.run_id)
+    study = optuna.load_study(study_name="s", storage="sqlite:///studies/optuna.db")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["optuna.trial_state"] == study.trials[0].state.name == "FAIL"
+    assert mlflow.get_run(run.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+
+
+def _trial_runs() -> list:
+    """The trial runs in the store so far (none while the store is being created)."""
+    try:
+        return mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="attributes.run_name LIKE 'trial-%'",
+            output_format="list",
+        )
+    except Exception:  # the worker is still creating the store
+        return []
+
+
 def _run_with_decoder(width: int) -> str:
     decoder = SimpleDecoder(64, width)
     with mlflow.start_run() as run:
