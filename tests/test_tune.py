@@ -166,6 +166,7 @@ def test_sigterm_ends_the_trial_run_killed_with_the_state_optuna_recorded(
     import sys
     import time
 
+    mlflow.set_tracking_uri(mlflow_store)  # not the store an earlier test in this process set
     args = ["tune", "--trials", "1", "--config", str(tiny_config)]
     args += ["--study", str(study_spec(epochs=2000)), "--set", "train.patience=0"]
     worker = subprocess.Popen(
