@@ -69,9 +69,6 @@ class _Progress:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran[trial.state.name] += 1
-        self._update(study)
-
-    def _update(self, study: optuna.Study) -> None:
         counts = _counts(study)
         try:
             best = f"{study.best_value:.4f}"
