@@ -220,29 +220,3 @@ def test_evaluate_keeps_an_earlier_report_when_it_fails(
     # refused when the folder is listed, before any work: `split` and `train` refuse it too
     assert "masks not the size of their images" in _error_line(runner.invoke(app, args))
     assert json.loads(out.read_text()) == {"kept": True}
-
-
-def test_evaluate_and_predict_outputs_follow_the_umask(
-    runner: CliRunner, env: dict, tmp_path: Path
-) -> None:
-    """Files a user asks for are 0644 under umask 022 (atomic writes start private, 0600)."""
-    import os
-    import stat
-
-    previous = os.umask(0o022)
-    try:
-        out = tmp_path / "report" / "eval.json"
-        args = ["evaluate", "--model", MODEL, "--root", str(env["root"]), "--out", str(out)]
-        _ok(runner.invoke(app, args))
-        images = sorted((env["root"] / "images").iterdir())[:2]
-        masks = tmp_path / "masks"
-        predict = ["predict", "--model", MODEL, "--out", str(masks), "--overlay", *map(str, images)]
-        _ok(runner.invoke(app, predict))
-    finally:
-        os.umask(previous)
-    written = sorted(out.parent.iterdir()) + sorted(masks.iterdir())
-    assert {p.suffix for p in written} >= {".json", ".csv", ".png"}
-    assert len(list(masks.iterdir())) == 4  # a mask and an overlay per image
-    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {
-        p.name: 0o644 for p in written
-    }
