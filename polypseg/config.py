@@ -23,6 +23,7 @@ else:  # pragma: no cover
 from polypseg.errors import ConfigError
 
 DATA_SOURCES = ("kaggle", "local", "synthetic")
+ENCODER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class EncoderConfig:
     fallback: str = "resnet50"  # used when the checkpoint cannot be had; "" for none
     allow_random_weights: bool = False
     batch_size: int = 8  # images per encoder call while building the cache
+    precision: str = "auto"  # auto (bf16 weights on a CUDA GPU, else fp32) | fp32 | bf16
+    compile: bool = False  # torch.compile the encoder for the feature pass (never required)
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,11 @@ def _validate(config: Config, origin: str) -> None:
     if config.data.source not in DATA_SOURCES:
         raise ConfigError(
             f"{origin}: data.source = {config.data.source!r}; use one of {', '.join(DATA_SOURCES)}"
+        )
+    if config.encoder.precision not in ENCODER_PRECISIONS:
+        raise ConfigError(
+            f"{origin}: encoder.precision = {config.encoder.precision!r}; use one of "
+            f"{', '.join(ENCODER_PRECISIONS)}"
         )
     if config.data.source == "local" and not config.data.root:
         raise ConfigError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")

@@ -6,11 +6,13 @@ cache. The registry maps `encoder.name` to an `EncoderEntry` (architecture build
 pretrained weights), in the manner of segment-anything's `sam_model_registry`: adding a variant is
 one line. The tiny variants are built from the same classes with small sizes and have random
 weights only; they exist for the tests and the offline demo and must be asked for explicitly.
+
+SAM's ViT runs its attention through torch's fused SDPA (`sam_attention.use_sdpa`, the same
+parameters and state dict as segment_anything's); `FrozenEncoder` itself lives in `frozen.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +20,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from polypseg.config import EncoderConfig
 from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable
 from polypseg.files import first_line
 from polypseg.models.checkpoints import load_state_dict, resolve_sam_checkpoint
+from polypseg.models.frozen import FrozenEncoder, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,6 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """Normalisation, and SAM's resize-longest-side-then-pad when `input_size` is set."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int | None = None
-
-
-@dataclass(frozen=True)
 class EncoderEntry:
     build: Callable[[], nn.Module]  # the architecture, randomly initialised
     out_channels: int
@@ -51,65 +44,6 @@ class EncoderEntry:
     # Loads pretrained weights into a built backbone given `encoder.checkpoint`; raises
     # `WeightsUnavailable` when they cannot be had. None: a random-weights-only test variant.
     load_pretrained: Callable[[nn.Module, str], None] | None
-
-
-class FrozenEncoder(nn.Module):
-    """A frozen backbone with its preprocessing: B×3×H×W uint8 → B×`out_channels`×h×w float32.
-
-    Parameters never require grad, BatchNorm statistics never move (`train()` keeps eval mode),
-    and features are computed under `torch.inference_mode()` (bf16 autocast on CUDA).
-    """
-
-    def __init__(
-        self, name: str, backbone: nn.Module, out_channels: int, preprocessing: Preprocessing
-    ) -> None:
-        super().__init__()
-        self.name = name
-        self.backbone = backbone
-        self.out_channels = out_channels
-        self.preprocessing = preprocessing
-        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), False)
-        self.backbone.requires_grad_(False)
-        self.train(False)
-        self.weights_digest = state_digest(self.backbone)
-        self.images_encoded = 0  # how often the backbone ran, per image: the cache's whole point
-
-    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen for good
-        return super().train(False)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
-        size = self.preprocessing.input_size
-        if size is None:
-            return x
-        h, w = x.shape[-2:]
-        scale = size / max(h, w)
-        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
-        if (new_h, new_w) != (h, w):
-            x = F.interpolate(
-                x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-            )
-        return F.pad(x, (0, size - new_w, 0, size - new_h))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            cuda = images.device.type == "cuda"
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
-                features = self.backbone(self.preprocess(images)).float()
-        self.images_encoded += images.shape[0]
-        return features.clone()  # a normal tensor, usable by a decoder that trains on it
-
-
-def state_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers: the same weights, the same digest."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
 
 
 def _sam_vit(
@@ -123,7 +57,9 @@ def _sam_vit(
 ) -> nn.Module:
     from segment_anything.modeling import ImageEncoderViT
 
-    return ImageEncoderViT(
+    from polypseg.models.sam_attention import use_sdpa
+
+    encoder = ImageEncoderViT(
         img_size=img_size,
         patch_size=16,
         embed_dim=embed_dim,
@@ -137,6 +73,7 @@ def _sam_vit(
         window_size=window_size,
         global_attn_indexes=global_attn_indexes,
     )
+    return use_sdpa(encoder)
 
 
 def _load_sam(variant: str, backbone: nn.Module, checkpoint: str) -> None:
@@ -258,6 +195,13 @@ def _pretrained(name: str, checkpoint: str) -> FrozenEncoder:
 
 
 def build_encoder(config: EncoderConfig) -> tuple[FrozenEncoder, str | None]:
+    """The configured encoder (see `_choose`), set to run at `encoder.precision`."""
+    encoder, reason = _choose(config)
+    encoder.precision, encoder.compiled = config.precision, config.compile
+    return encoder, reason
+
+
+def _choose(config: EncoderConfig) -> tuple[FrozenEncoder, str | None]:
     """The configured encoder with pretrained weights, or the fallback; and why one applied.
 
     Unavailable weights (no file, download failed) lead to `config.fallback`; a corrupt or

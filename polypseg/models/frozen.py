@@ -1,0 +1,118 @@
+"""`FrozenEncoder`: a frozen backbone with its preprocessing, run at the precision it is set to.
+
+Every encoder of the registry (`encoders.py`) is one: it owns its preprocessing (uint8 images
+in), returns a B×C×h×w feature map, says its `out_channels`, and carries a `weights_digest` that
+keys the feature cache. The backbone's fp32 weights are the master copy (the digest, the
+checkpoints, the logged model); on CUDA the features come from a bf16 copy of it
+(`precision.compute_copy`, chosen by `encoder.precision`), optionally `torch.compile`d
+(`encoder.compile`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polypseg.models.precision import compute_copy, compute_dtype
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Normalisation, and SAM's resize-longest-side-then-pad when `input_size` is set."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int | None = None
+
+
+class FrozenEncoder(nn.Module):
+    """A frozen backbone with its preprocessing: B×3×H×W uint8 → B×`out_channels`×h×w float32.
+
+    Parameters never require grad, BatchNorm statistics never move (`train()` keeps eval mode),
+    and features are computed under `torch.inference_mode()`, with the weights in
+    `compute_dtype(device)` (`precision`: "auto" is bf16 on CUDA; `compiled`: torch.compile).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        out_channels: int,
+        preprocessing: Preprocessing,
+        precision: str = "auto",
+        compiled: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.out_channels = out_channels
+        self.preprocessing = preprocessing
+        self.precision = precision
+        self.compiled = compiled
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), False)
+        self.backbone.requires_grad_(False)
+        self.train(False)
+        self.weights_digest = state_digest(self.backbone)
+        self.images_encoded = 0  # how often the backbone ran, per image: the cache's whole point
+        # The backbone's low-precision or compiled copy, by (device, dtype); a plain dict, so it
+        # is not a submodule: state_dict, checkpoints and the digest see the fp32 master only.
+        self._copies: dict[tuple[str, torch.dtype], nn.Module] = {}
+
+    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen for good
+        return super().train(False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        # .to(), .cpu(), .half() move or change the master: a copy made earlier is stale.
+        self._copies = {}
+        return super()._apply(fn, recurse)
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype the backbone's weights and inputs take on `device`."""
+        return compute_dtype(self.precision, device)
+
+    def _runner(self, device: torch.device) -> nn.Module:
+        dtype = self.compute_dtype(device)
+        if dtype == torch.float32 and not self.compiled:
+            return self.backbone
+        key = (str(device), dtype)
+        if key not in self._copies:
+            self._copies = {key: compute_copy(self.backbone, dtype, self.compiled)}
+        return self._copies[key]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        size = self.preprocessing.input_size
+        if size is None:
+            return x
+        h, w = x.shape[-2:]
+        scale = size / max(h, w)
+        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(
+                x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+            )
+        return F.pad(x, (0, size - new_w, 0, size - new_h))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            runner = self._runner(images.device)
+            x = self.preprocess(images).to(self.compute_dtype(images.device))
+            features = runner(x).float()
+        self.images_encoded += images.shape[0]
+        return features.clone()  # a normal tensor, usable by a decoder that trains on it
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers: the same weights, the same digest."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()

@@ -1,0 +1,116 @@
+"""SAM's attention through SDPA and the encoder in bf16: both stay within their stated tolerance
+of segment_anything's reference `ImageEncoderViT` in fp32, on random weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Attention
+
+from polypseg.models.encoders import _sam_vit
+from polypseg.models.precision import (
+    BF16_MAX_ERROR,
+    BF16_MIN_COSINE,
+    agreement,
+    compute_copy,
+    compute_dtype,
+)
+from polypseg.models.sam_attention import SDPA_TOLERANCE, SDPAttention, use_sdpa
+
+
+def _reference(embed_dim: int, depth: int, heads: int, global_at: tuple[int, ...], size: int):
+    """A reference encoder with random weights, its relative positions made non-zero (SAM
+    initialises them to zero, which would leave the relative-position term untested)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = _sam_vit(
+            embed_dim, depth, heads, global_at, img_size=size, out_chans=32, window_size=4
+        )
+        for name, parameter in encoder.named_parameters():
+            if "rel_pos" in name:
+                parameter.data.normal_(0, 0.5)
+    return encoder.eval()
+
+
+def _sdpa_twin(reference: torch.nn.Module) -> torch.nn.Module:
+    return use_sdpa(copy.deepcopy(reference))
+
+
+def _inputs(n: int, size: int) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("size", [96, 112])  # 112 px: 7×7 tokens, windows padded to 8×8
+def test_sdpa_encoder_matches_the_reference_image_encoder(size: int) -> None:
+    reference = _reference(48, 2, 3, (1,), size)  # block 0 windowed, block 1 global
+    sdpa = _sdpa_twin(reference)
+    assert all(isinstance(block.attn, SDPAttention) for block in sdpa.blocks)
+    x = _inputs(2, size)
+    with torch.inference_mode():
+        expected, actual = reference(x), sdpa(x)
+    assert (expected - actual).abs().max().item() <= SDPA_TOLERANCE
+    assert expected.abs().max().item() > 0.5  # features of unit scale, not all near zero
+
+
+def test_sdpa_attention_matches_the_reference_attention_with_rel_pos() -> None:
+    torch.manual_seed(0)
+    attention = Attention(32, num_heads=4, use_rel_pos=True, input_size=(5, 6)).eval()
+    attention.rel_pos_h.data.normal_()
+    attention.rel_pos_w.data.normal_()
+    x = torch.randn(3, 5, 6, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(SDPAttention(attention)(x), attention(x), atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_keeps_the_state_dict_so_checkpoints_still_load() -> None:
+    reference = _reference(48, 2, 3, (1,), 64)
+    sdpa = _sdpa_twin(reference)
+    assert list(sdpa.state_dict()) == list(reference.state_dict())
+    fresh = use_sdpa(_sam_vit(48, 2, 3, (1,), img_size=64, out_chans=32, window_size=4))
+    fresh.load_state_dict(reference.state_dict(), strict=True)
+    x = _inputs(1, 64)
+    with torch.inference_mode():
+        assert (fresh(x) - reference(x)).abs().max().item() <= SDPA_TOLERANCE
+
+
+def test_bf16_sdpa_vit_b_stays_within_the_stated_tolerance_of_fp32_reference() -> None:
+    # SAM ViT-B's real depth and width (12 blocks, 768 wide, 4 global), at 128 px to stay fast.
+    reference = _reference(768, 12, 12, (2, 5, 8, 11), 128)
+    bf16 = compute_copy(_sdpa_twin(reference), torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())  # weights, not autocast
+    x = _inputs(2, 128)
+    with torch.inference_mode():
+        expected, actual = reference(x), bf16(x.bfloat16())
+    cosine, error = agreement(expected, actual)
+    assert cosine >= BF16_MIN_COSINE and error <= BF16_MAX_ERROR, (cosine, error)
+    assert error > 0  # it really ran in bf16
+
+
+def test_agreement_detects_features_that_drift_too_far() -> None:
+    reference = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    cosine, error = agreement(reference, reference + 0.5 * torch.randn_like(reference))
+    assert cosine < BF16_MIN_COSINE and error > BF16_MAX_ERROR
+
+
+def test_auto_precision_is_fp32_off_cuda_and_explicit_choices_hold() -> None:
+    cpu = torch.device("cpu")
+    assert compute_dtype("auto", cpu) == torch.float32
+    assert compute_dtype("bf16", cpu) == torch.bfloat16
+    assert compute_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+def test_unknown_precision_is_a_config_error_naming_the_choices() -> None:
+    from polypseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        compute_dtype("fp8", torch.device("cpu"))
+
+
+def test_compute_copy_leaves_the_fp32_master_untouched() -> None:
+    master = torch.nn.Linear(4, 4)
+    before = master.weight.detach().clone()
+    copy_ = compute_copy(master, torch.bfloat16)
+    assert master.weight.dtype == torch.float32 and torch.equal(master.weight, before)
+    assert copy_.weight.dtype == torch.bfloat16 and not copy_.weight.requires_grad
