@@ -160,14 +160,26 @@ def _config(path: Path, sets: list[str] | None):
 
 
 @app.command("cache")
-def cache(config: ConfigOption, set_: SetOption = None) -> None:
+def cache(
+    config: ConfigOption,
+    set_: SetOption = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-hash an existing entry in full (a hit only checks sizes, headers and "
+            "samples); a damaged one is rebuilt.",
+        ),
+    ] = False,
+) -> None:
     """Build the feature cache for a config: the encoder runs once per image."""
     from polypseg.features.prepare import prepare
 
-    prepared = prepare(_config(config, set_))
+    prepared = prepare(_config(config, set_), verify=verify)
     typer.echo(
         f"{prepared.features.directory} images={len(prepared.features.names)} "
         f"encoder={prepared.encoder.name} images_encoded={prepared.encoder.images_encoded}"
+        + (" verified" if verify else "")
     )
 
 

@@ -25,6 +25,10 @@ class WeightsUnavailable(PolypsegError):
     """Pretrained weights cannot be had here: no file, and the download failed."""
 
 
+class CacheError(PolypsegError):
+    """The feature cache cannot be written: a full disk, a read-only folder."""
+
+
 class CheckpointError(PolypsegError):
     """A checkpoint file is truncated, corrupt or not for this encoder."""
 

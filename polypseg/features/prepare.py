@@ -55,8 +55,11 @@ class Prepared:
         return self.features.feature_set(self.split.names(part))
 
 
-def prepare(config: Config, progress: bool = True) -> Prepared:
-    """Resolve the data, split it, build the encoder and load (or build) the feature cache."""
+def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prepared:
+    """Resolve the data, split it, build the encoder and load (or build) the feature cache.
+
+    `verify` re-hashes an existing cache entry in full (a damaged one is rebuilt).
+    """
     root = resolve_root(config.data)
     pairs = tuple(list_pairs(root, config.data.max_megapixels))
     split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
@@ -69,5 +72,6 @@ def prepare(config: Config, progress: bool = True) -> Prepared:
         device=device,
         batch_size=config.encoder.batch_size,
         progress=progress,
+        verify=verify,
     )
     return Prepared(root, pairs, split, encoder.cpu(), reason, features, device)

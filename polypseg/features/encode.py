@@ -1,0 +1,171 @@
+"""The feature pass: every image decoded once, encoded once, and streamed into a cache entry.
+
+JPEG decoding and resizing run in DataLoader worker processes, into pinned memory on CUDA, so
+the next batch is ready (and copied with `non_blocking`) while the encoder runs. Features come
+back to the host through a pinned buffer, also without blocking, and are written one batch
+late: the disk write of batch i − 1 overlaps the encoder's work on batch i, and the GPU never
+waits for the disk. The arrays are written by `NpyWriter` (plain writes, blocks reserved up
+front); the free space they need is checked once the feature shape is known, at the first
+batch, before anything is written.
+
+An image that cannot be read fails the pass with its own one-line `DataError`: inside a worker
+the error travels back as data, since the DataLoader would otherwise re-raise it with the
+worker's whole traceback as its message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from polypseg.data.dataset import KvasirDataset
+from polypseg.data.kvasir import Pair
+from polypseg.errors import CacheError, DataError, PolypsegError
+from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
+from polypseg.models.encoders import FrozenEncoder
+
+FEATURES, MASKS = "features.npy", "masks.npy"
+SPACE_MARGIN = 64 << 20  # bytes kept free beyond the arrays (the index, the file system's own)
+
+
+class _Items(Dataset):
+    """KvasirDataset items with an `error` field: "" or the one-line message of a bad file."""
+
+    def __init__(self, dataset: KvasirDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return {**self.dataset[index], "error": ""}
+        except PolypsegError as err:
+            size = self.dataset.image_size
+            return {
+                "image": torch.zeros(3, size, size, dtype=torch.uint8),
+                "mask": torch.zeros(1, size, size, dtype=torch.uint8),
+                "name": "",
+                "size": torch.zeros(2, dtype=torch.int64),
+                "error": str(err),
+            }
+
+
+def loader_workers(device: torch.device, batches: int) -> int:
+    """Decoding processes: enough to keep a GPU fed; one on a CPU, whose cores encode."""
+    if batches < 2:
+        return 0  # nothing to overlap: a worker would only cost its start-up
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8 if device.type == "cuda" else 1, max(1, (cores or 1) - 1))
+
+
+def ensure_free_space(folder: Path, needed: int) -> None:
+    """A one-line `CacheError` when the disk under `folder` cannot hold `needed` more bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + SPACE_MARGIN:
+        raise CacheError(
+            f"the feature cache needs {needed / 1e9:.2f} GB in {folder.parent} but only "
+            f"{free / 1e9:.2f} GB are free; free some space or set POLYPSEG_CACHE to a larger disk"
+        )
+
+
+@dataclass
+class _Batch:
+    features: torch.Tensor  # float16 on the host, valid once `done` has completed
+    masks: torch.Tensor
+    sizes: torch.Tensor
+    done: torch.cuda.Event | None
+
+
+def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device) -> _Batch:
+    """Start encoding a batch; on CUDA nothing here waits for the GPU."""
+    errors = [message for message in batch["error"] if message]
+    if errors:
+        raise DataError(errors[0])
+    features = encoder(batch["image"].to(device, non_blocking=True)).to(torch.float16)
+    if device.type != "cuda":
+        return _Batch(features.cpu(), batch["mask"], batch["size"], None)
+    host = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return _Batch(host, batch["mask"], batch["size"], done)
+
+
+class _Sink:
+    """The entry's two arrays, opened at the first batch (when the feature shape is known)."""
+
+    def __init__(self, folder: Path, n: int, image_size: int) -> None:
+        self.folder, self.n, self.image_size = folder, n, image_size
+        self.writers: dict[str, NpyWriter] = {}
+        self.sizes: list[list[int]] = []
+
+    def write(self, batch: _Batch) -> None:
+        if batch.done is not None:
+            batch.done.synchronize()
+        features = batch.features.numpy()
+        if not self.writers:
+            self._open(features.shape[1:])
+        self.writers[FEATURES].write(features)
+        self.writers[MASKS].write(batch.masks.numpy())
+        self.sizes.extend(batch.sizes.tolist())
+
+    def _open(self, feature_shape: tuple[int, ...]) -> None:
+        shapes = {
+            FEATURES: ((self.n, *feature_shape), np.float16),
+            MASKS: ((self.n, 1, self.image_size, self.image_size), np.uint8),
+        }
+        ensure_free_space(self.folder, sum(npy_nbytes(*spec) for spec in shapes.values()))
+        for name, (shape, dtype) in shapes.items():
+            self.writers[name] = NpyWriter(self.folder / name, shape, dtype)
+
+    def close(self) -> dict[str, ArrayRecord]:
+        return {name: writer.close() for name, writer in self.writers.items()}
+
+    def abandon(self) -> None:
+        for writer in self.writers.values():
+            writer.abandon()
+
+
+def encode_into(
+    folder: Path,
+    encoder: FrozenEncoder,
+    pairs: Sequence[Pair],
+    image_size: int,
+    device: torch.device,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> tuple[list[list[int]], dict[str, ArrayRecord]]:
+    """Encode `pairs` (in order) into `folder`; returns the original sizes and array records.
+
+    `advance(k)` is called as each batch of k images is stored (a progress bar's step).
+    """
+    items = _Items(KvasirDataset(pairs, image_size))
+    workers = loader_workers(device, -(-len(items) // batch_size))
+    loader = DataLoader(
+        items, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    encoder.to(device)
+    sink = _Sink(folder, len(items), image_size)
+    pending: _Batch | None = None
+    try:
+        for batch in loader:
+            launched = _launch(encoder, batch, device)
+            if pending is not None:  # stored one batch late: the disk overlaps the encoder
+                sink.write(pending)
+                advance(len(pending.sizes))
+            pending = launched
+        if pending is not None:
+            sink.write(pending)
+            advance(len(pending.sizes))
+        return sink.sizes, sink.close()
+    except BaseException:
+        sink.abandon()
+        raise

@@ -1,0 +1,165 @@
+"""A cache entry's arrays on disk: `.npy` files written as a stream, opened memory-mapped.
+
+`NpyWriter` writes an array block by block after its header, with plain `write` calls: a full
+disk is then an `OSError` at the write, where a memory-mapped write would kill the process with
+SIGBUS. It reserves the file's blocks first (`posix_fallocate`), so a disk that cannot hold the
+array fails before any work is spent on it, and it hashes the bytes as it writes them, so the
+file's full SHA-256 costs no second read. Each array is described by an `ArrayRecord` (shape,
+dtype, size, full digest, sample digest) that the entry's index keeps.
+
+Opening an entry (`open_checked`) costs the same whatever its size: the file size, the header's
+shape and dtype, and the digest of the first and last MiB (`sample_digest`), which catch a
+truncated, extended or end-damaged file. Damage in the middle of an array is found by the full
+digest, which `FeatureCache.verify` (`polypseg cache --verify`) re-reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_BYTES = 1 << 20  # read from each end of a file by the cheap check on load
+
+
+@dataclass(frozen=True)
+class ArrayRecord:
+    """What an entry's index says about one of its `.npy` files."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy's dtype.str, e.g. "<f2"
+    nbytes: int  # the whole file, header included
+    sha256: str  # of the whole file
+    sample: str  # `sample_digest` of the file
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, table: Any) -> ArrayRecord:
+        """Raises ValueError when `table` is not a record (a damaged or foreign index)."""
+        if not isinstance(table, dict) or set(table) != set(cls.__dataclass_fields__):
+            raise ValueError(f"an array record must be a table of shape, dtype, ...: {table!r:.80}")
+        shape, nbytes = table["shape"], table["nbytes"]
+        sizes = [shape] if not isinstance(shape, list) else [*shape, nbytes]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+            raise ValueError(f"an array record's shape and size must be counts: {table!r:.80}")
+        text = (table["dtype"], table["sha256"], table["sample"])
+        if not all(isinstance(value, str) for value in text):
+            raise ValueError(f"an array record's dtype and digests must be text: {table!r:.80}")
+        return cls(tuple(shape), *text[:1], nbytes, *text[1:])
+
+
+def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The `.npy` header (format 1.0) of a C-ordered array of `shape` and `dtype`."""
+    buffer = io.BytesIO()
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(shape),
+    }
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def npy_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The size of the `.npy` file holding an array of `shape` and `dtype`."""
+    return (
+        len(npy_header(shape, dtype))
+        + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    )
+
+
+def sample_digest(path: Path) -> str:
+    """SHA-256 of a file's size, its first and its last `SAMPLE_BYTES`: constant cost."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(SAMPLE_BYTES))
+        handle.seek(max(0, size - SAMPLE_BYTES))
+        digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _reserve(handle: io.BufferedWriter, size: int) -> None:
+    """Allocate the file's blocks now, so ENOSPC comes before the work, not in the middle."""
+    try:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    except AttributeError:  # macOS and Windows have no posix_fallocate: plain writes still fail
+        pass  # cleanly with OSError when the disk fills
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
+class NpyWriter:
+    """Writes an array of a known `shape` and `dtype` into `path`, a block of rows at a time."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = path
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.rows = 0
+        self._digest = hashlib.sha256()
+        header = npy_header(self.shape, self.dtype)
+        self._handle = path.open("wb")
+        try:
+            _reserve(self._handle, npy_nbytes(self.shape, self.dtype))
+            self._write(header)
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._handle.write(data)
+        self._digest.update(data)
+
+    def write(self, block: np.ndarray) -> None:
+        """Append rows; `block` is k×shape[1:], cast to the array's dtype."""
+        if tuple(block.shape[1:]) != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(
+                f"{self.path.name}: a block of {block.shape} does not fit rows "
+                f"{self.rows}.. of {self.shape}"
+            )
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        self._write(memoryview(data).cast("B"))
+        self.rows += len(block)
+
+    def close(self) -> ArrayRecord:
+        """Finish the file (every row written) and describe it."""
+        self._handle.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path.name}: {self.rows} of {self.shape[0]} rows written")
+        return ArrayRecord(
+            self.shape,
+            self.dtype.str,
+            self.path.stat().st_size,
+            self._digest.hexdigest(),
+            sample_digest(self.path),
+        )
+
+    def abandon(self) -> None:
+        """Close without finishing (the build failed); the caller removes the folder."""
+        self._handle.close()
+
+
+def open_checked(path: Path, record: ArrayRecord) -> np.ndarray:
+    """The array memory-mapped read-only, after the cheap check; ValueError when it fails."""
+    size = path.stat().st_size
+    if size != record.nbytes:
+        raise ValueError(f"{path.name} is {size} bytes where its index says {record.nbytes}")
+    if sample_digest(path) != record.sample:
+        raise ValueError(f"{path.name} does not match its recorded sample digest")
+    array = np.load(path, mmap_mode="r")
+    if array.shape != record.shape or array.dtype.str != record.dtype:
+        raise ValueError(
+            f"{path.name} holds {array.dtype.str}{array.shape}, its index says "
+            f"{record.dtype}{record.shape}"
+        )
+    return array
