@@ -3,12 +3,18 @@
 Epochs, shuffled batches, loss, step, validation, the epoch callback (logging, pruning), and the
 best epoch's weights kept. `fit` never knows whether it runs inside a study or who listens to its
 callback; it takes feature tensors, never images, so the encoder is not in the loop.
+
+The device is never waited for within an epoch: losses stay on it until the epoch's mean is
+read, and validation (`validate`) scores every image in batches on the device and hands the host
+three numbers. Each epoch's metrics include how long its training and its validation took
+(`epoch_train_s`, `epoch_val_s`, wall-clock seconds up to those reads).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,15 +49,16 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     dice_weight: float,
-) -> float:
-    """One optimisation step of the decoder on a batch of features; returns the loss."""
+) -> torch.Tensor:
+    """One optimisation step of the decoder on a batch of features; returns the loss, detached
+    and on the device (reading it would make the host wait for the GPU at every step)."""
     with _autocast(x.device):
         logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
     loss = bce_dice_loss(logits, y, dice_weight)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
-    return loss.item()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -69,6 +76,7 @@ def predict_probs(
     return torch.cat(probs), torch.cat(masks)
 
 
+@torch.no_grad()
 def validate(
     decoder: SimpleDecoder,
     data: FeatureSet,
@@ -76,14 +84,31 @@ def validate(
     dice_weight: float,
     device: torch.device,
 ) -> dict[str, float]:
-    probs, masks = predict_probs(decoder, data, batch_size, device)
-    logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    per_image = scores(probs, masks)
-    return {
-        "val_loss": bce_dice_loss(logits, masks, dice_weight).item(),
-        "val_dice": float(per_image["dice"].mean()),
-        "val_iou": float(per_image["iou"].mean()),
-    }
+    """`val_loss`, `val_dice`, `val_iou` over the whole set, computed in batches on the device.
+
+    The loss is `bce_dice_loss` of the whole set (BCE over every pixel, soft Dice averaged over
+    images): each batch's loss weighted by its size, which is exact since images share a size.
+    Dice and IoU are the per-image `metrics.scores`. The host reads the three numbers once.
+    """
+    decoder.eval()
+    # MPS has no float64, which the exact per-image counts use: score there on the CPU.
+    scoring = torch.device("cpu") if device.type == "mps" else device
+    loss = torch.zeros((), device=device)
+    dice, iou = [], []
+    for x, y in data.batches(batch_size, device):
+        with _autocast(device):
+            logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
+        loss += bce_dice_loss(logits, y, dice_weight) * len(x)
+        per_image = scores(torch.sigmoid(logits.float()).to(scoring), y.to(scoring))
+        dice.append(per_image["dice"])
+        iou.append(per_image["iou"])
+    values = torch.stack([loss.double().to(scoring) / len(data), *map(_mean, (dice, iou))])
+    val_loss, val_dice, val_iou = values.tolist()
+    return {"val_loss": val_loss, "val_dice": val_dice, "val_iou": val_iou}
+
+
+def _mean(per_batch: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(per_batch).double().mean()
 
 
 def fit(
@@ -106,12 +131,14 @@ def fit(
     result = FitResult(decoder)
     best_state = copy.deepcopy(decoder.state_dict())
     for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
         decoder.train()
         losses = [
             train_step(decoder, optimiser, x, y, config.dice_weight)
             for x, y in train.batches(config.batch_size, device, generator)
         ]
-        train_loss = sum(losses) / len(losses)
+        train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
+        trained = time.perf_counter()
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"the training loss became {train_loss} in epoch {epoch} (train.lr = {config.lr}); "
@@ -119,6 +146,8 @@ def fit(
             )
         metrics = {"epoch": epoch, "train_loss": train_loss}
         metrics.update(validate(decoder, val, config.batch_size, config.dice_weight, device))
+        metrics["epoch_train_s"] = trained - started
+        metrics["epoch_val_s"] = time.perf_counter() - trained
         result.history.append(metrics)
         if metrics["val_dice"] > result.best_val_dice:
             result.best_epoch, result.best_val_dice = epoch, metrics["val_dice"]

@@ -5,11 +5,17 @@ run: params, tags, the data set and split, per-epoch metrics (step = epoch), tes
 panel and curves, and the decoder's weights (`decoder/decoder.pt`, small). The full pyfunc model
 with the encoder inside is logged only when asked (`polypseg train --log-model`, the default) or
 when a study registers its best trial: a study does not copy a 375 MB encoder into every trial.
+
+Per-epoch metrics, `epoch_train_s` and `epoch_val_s` included (where an epoch's time goes), are
+sent in batches (`EpochLog`): at most every `FLUSH_S` seconds and when training ends, however it
+ends, so a trial's epochs never wait for the tracking store. Figures and the decoder are written
+once, at the end of the run.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +32,32 @@ from polypseg.tracking.runs import log_dataset, log_figure, truncate_tag
 from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
 PANEL_IMAGES = 4
-EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "epoch_train_s", "epoch_val_s")
+FLUSH_S = 10.0  # a long run still shows its progress in the UI within this many seconds
+BATCH_LIMIT = 1000  # metrics per MLflow log_batch call (the REST API's limit)
+
+
+class EpochLog:
+    """A run's per-epoch metrics (step = epoch), sent to MLflow in batches."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.pending: list = []
+        self.sent_at = time.monotonic()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        stamp, step = int(time.time() * 1000), int(metrics["epoch"])
+        self.pending += [Metric(key, float(metrics[key]), stamp, step) for key in EPOCH_METRICS]
+        if time.monotonic() - self.sent_at >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        client = mlflow.MlflowClient()
+        for start in range(0, len(self.pending), BATCH_LIMIT):
+            client.log_batch(self.run_id, metrics=self.pending[start : start + BATCH_LIMIT])
+        self.pending, self.sent_at = [], time.monotonic()
 
 
 @dataclass
@@ -93,21 +124,26 @@ def train_and_log(
     )
     log_dataset(prepared.root, prepared.split, sizes)
 
+    epochs = EpochLog(run.info.run_id)
+
     def log_epoch(metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=int(metrics["epoch"]))
+        epochs.add(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
 
     train, val = prepared.feature_set("train"), prepared.feature_set("val")
-    fitted = fit(
-        train,
-        val,
-        prepared.encoder.out_channels,
-        config.decoder.width,
-        config.train,
-        prepared.device,
-        callback=log_epoch,
-    )
+    try:
+        fitted = fit(
+            train,
+            val,
+            prepared.encoder.out_channels,
+            config.decoder.width,
+            config.train,
+            prepared.device,
+            callback=log_epoch,
+        )
+    finally:  # a pruned or failed run keeps the epochs it had
+        epochs.flush()
     metrics = {"best_val_dice": fitted.best_val_dice, "best_epoch": float(fitted.best_epoch)}
     test = prepared.feature_set("test")
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
