@@ -23,7 +23,7 @@ import torch
 from polypseg.config import TrainConfig
 from polypseg.errors import TrainingError
 from polypseg.features.cache import FeatureSet
-from polypseg.metrics import mean_scores, scores
+from polypseg.metrics import dice_iou, mean_scores, scores
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.segmenter import upsample_logits
 from polypseg.training.losses import bce_dice_loss
@@ -88,7 +88,8 @@ def validate(
 
     The loss is `bce_dice_loss` of the whole set (BCE over every pixel, soft Dice averaged over
     images): each batch's loss weighted by its size, which is exact since images share a size.
-    Dice and IoU are the per-image `metrics.scores`. The host reads the three numbers once.
+    Dice and IoU are per image, as `metrics.scores` defines them at the 0.5 threshold. The host
+    reads the three numbers once.
     """
     decoder.eval()
     # MPS has no float64, which the exact per-image counts use: score there on the CPU.
@@ -99,9 +100,10 @@ def validate(
         with _autocast(device):
             logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
         loss += bce_dice_loss(logits, y, dice_weight) * len(x)
-        per_image = scores(torch.sigmoid(logits.float()).to(scoring), y.to(scoring))
-        dice.append(per_image["dice"])
-        iou.append(per_image["iou"])
+        predicted = torch.sigmoid(logits.float()) >= 0.5
+        image_dice, image_iou = dice_iou(predicted.to(scoring), y.to(scoring))
+        dice.append(image_dice)
+        iou.append(image_iou)
     values = torch.stack([loss.double().to(scoring) / len(data), *map(_mean, (dice, iou))])
     val_loss, val_dice, val_iou = values.tolist()
     return {"val_loss": val_loss, "val_dice": val_dice, "val_iou": val_iou}
