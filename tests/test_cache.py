@@ -123,3 +123,12 @@ def test_masks_in_cache_match_the_files(data: Path, tmp_path: Path) -> None:
     assert tuple(cached.sizes[5]) == mask.shape
     subset = cached.feature_set([name, cached.names[0]])
     assert subset.features.shape[0] == 2 and subset.masks.shape == (2, 1, 64, 64)
+
+
+def test_another_compute_precision_is_a_miss(data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "fc")
+    encoder = encoder_architecture("resnet_tiny")
+    fp32 = _get(cache, encoder, data)
+    encoder.precision = "bf16"  # the same weights, features of another precision
+    bf16 = _get(cache, encoder, data)
+    assert bf16.directory != fp32.directory and encoder.images_encoded == 24

@@ -9,7 +9,8 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention
 
-from polypseg.models.encoders import _sam_vit
+from polypseg.models.encoders import _sam_vit, encoder_architecture
+from polypseg.models.frozen import state_digest
 from polypseg.models.precision import (
     BF16_MAX_ERROR,
     BF16_MIN_COSINE,
@@ -114,3 +115,18 @@ def test_compute_copy_leaves_the_fp32_master_untouched() -> None:
     copy_ = compute_copy(master, torch.bfloat16)
     assert master.weight.dtype == torch.float32 and torch.equal(master.weight, before)
     assert copy_.weight.dtype == torch.bfloat16 and not copy_.weight.requires_grad
+
+
+def test_frozen_encoder_in_bf16_keeps_fp32_master_weights_and_tolerance() -> None:
+    encoder = encoder_architecture("sam_tiny")
+    assert all(isinstance(block.attn, SDPAttention) for block in encoder.backbone.blocks)
+    digest = encoder.weights_digest
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(2))
+    fp32 = encoder(images)
+    encoder.precision = "bf16"
+    bf16 = encoder(images)
+    cosine, error = agreement(fp32, bf16)
+    assert cosine >= BF16_MIN_COSINE and 0 < error <= BF16_MAX_ERROR, (cosine, error)
+    assert bf16.dtype == torch.float32  # features leave the encoder as float32 whatever ran
+    assert all(p.dtype == torch.float32 for p in encoder.state_dict().values())
+    assert state_digest(encoder.backbone) == digest  # the bf16 copy is not part of the state
