@@ -51,7 +51,7 @@ from polypseg.data.kvasir import list_pairs
 from polypseg.data.synthetic import make_synthetic
 from polypseg.features.cache import FeatureCache
 from polypseg.features.prepare import Prepared, prepare, resolve_device
-from polypseg.models.encoders import build_encoder
+from polypseg.models.encoders import ENCODERS, ResNetTrunk, build_encoder, encoder_architecture
 from polypseg.training.fit import fit
 from polypseg.tuning.spec import load_spec
 from polypseg.tuning.study import tune
@@ -164,13 +164,28 @@ def study(config: Config, trials: int, epochs: int) -> tuple[float, float]:
     return 3600 / statistics.fmean(durations), wall
 
 
-def make_config(root: Path, args: argparse.Namespace) -> Config:
+def random_checkpoint(name: str, folder: Path) -> str:
+    """For an encoder with pretrained weights (`sam_vit_b`): its random weights saved as a
+    checkpoint file, so the benchmark takes the real loading path, offline, and never falls
+    back to another encoder. "" for a random-weights-only variant."""
+    if ENCODERS[name].load_pretrained is None:
+        return ""
+    backbone = encoder_architecture(name).backbone
+    state = backbone.resnet.state_dict() if isinstance(backbone, ResNetTrunk) else None
+    path = folder / f"random-{name}.pth"
+    torch.save(state or backbone.state_dict(), path)
+    return str(path)
+
+
+def make_config(root: Path, args: argparse.Namespace, checkpoint: str) -> Config:
     return Config(
         data=DataConfig(
             source="local", root=str(root), image_size=args.size, ratios=(0.6, 0.3, 0.1)
         ),
         encoder=EncoderConfig(
             name=args.encoder,
+            checkpoint=checkpoint or "auto",
+            fallback="",
             allow_random_weights=True,
             batch_size=args.batch,
             precision=args.precision,
@@ -201,7 +216,7 @@ def main() -> None:
         os.environ["POLYPSEG_CACHE"] = str(Path(tmp) / "cache")
         try:
             root = make_synthetic(Path(tmp) / "data", n=args.images, seed=0)
-            config = make_config(root, args)
+            config = make_config(root, args, random_checkpoint(args.encoder, Path(tmp)))
             figures["encoder_ms_per_image"] = encoder_forward_ms(config, root, device)
             with GpuSampler(device) as sampler:
                 figures["feature_pass_ms_per_image"] = feature_pass_ms(config, root, device)
