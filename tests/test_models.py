@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,22 @@ def test_predict_mask_returns_the_original_size() -> None:
     image = _images(1, 64)[0].permute(1, 2, 0).numpy()[:50, :37]
     mask = segmenter.predict_mask(image.copy())
     assert mask.shape == (50, 37) and set(mask.ravel().tolist()) <= {0, 1}
+
+
+def test_a_checkpoints_md5_is_read_again_only_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polypseg.models import checkpoints
+
+    reads = []
+    real = checkpoints.file_digest
+    monkeypatch.setattr(checkpoints, "file_digest", lambda p, a: reads.append(p) or real(p, a))
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"first")
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))  # a checkpoint downloaded a while ago
+    first = checkpoints.remembered_md5(path)
+    assert checkpoints.remembered_md5(path) == first and len(reads) == 1
+    path.write_bytes(b"other")  # same size, new content: mtime and ctime move
+    assert checkpoints.remembered_md5(path) != first and len(reads) == 2
+    assert checkpoints.remembered_md5(path) != first and len(reads) == 3  # too fresh to trust
