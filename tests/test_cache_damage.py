@@ -149,11 +149,12 @@ def test_a_write_error_mid_build_is_one_line_and_leaves_nothing(
 
 
 def test_an_unreadable_image_in_a_loader_worker_is_one_line(data, encoder, tmp_path) -> None:
+    pairs = list_pairs(data)  # listed (and checked) while whole; damaged before it is encoded
     victim = sorted((data / "images").iterdir())[-1]  # the last batch: decoded in a worker
     raw = victim.read_bytes()
     victim.write_bytes(raw[: len(raw) // 2])  # a valid header, half the scan data
     with pytest.raises(DataError, match=f"cannot decode image {victim}") as err:
-        _get(FeatureCache(tmp_path / "fc"), encoder, data)
+        FeatureCache(tmp_path / "fc").get(encoder, pairs, 64, batch_size=5, progress=False)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
