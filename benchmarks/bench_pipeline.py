@@ -6,8 +6,10 @@ One run, one device, one JSON line:
 - `feature_pass_ms_per_image`: the project's cold cache build (`FeatureCache.get` on a miss:
   hashing the files, JPEG decode and resize in DataLoader workers, encoding, writing), per
   image, with the encoder built beforehand as `prepare` builds it;
-- `cache_hit_s`: a second `prepare` of the same data: listing, split, encoder build (most of
-  it: a random ViT-B's initialisation and weights digest), key, the entry's check and mapping;
+- `cache_hit_s`: `prepare` of the same data again: listing, split, encoder build (most of it:
+  a random ViT-B's initialisation and weights digest), key, the entry's check and mapping;
+  `cache_hit_first_s` is the first such `prepare` in the process, which also pays one-time
+  imports (scikit-learn for the split, kagglehub...), the same whatever the data; and
   `cache_lookup_s` is the feature cache's own share (key and check), which does not grow with
   the features' size;
 - `train_ms_per_image`, `val_ms_per_image`: a decoder's epochs over the cached features (the
@@ -220,9 +222,10 @@ def main() -> None:
             figures["encoder_ms_per_image"] = encoder_forward_ms(config, root, device)
             with GpuSampler(device) as sampler:
                 figures["feature_pass_ms_per_image"] = feature_pass_ms(config, root, device)
-                start = time.perf_counter()
-                prepared = prepare(config, progress=False)
-                figures["cache_hit_s"] = time.perf_counter() - start
+                for key in ("cache_hit_first_s", "cache_hit_s"):
+                    start = time.perf_counter()
+                    prepared = prepare(config, progress=False)
+                    figures[key] = time.perf_counter() - start
                 figures["cache_lookup_s"] = cache_lookup_s(prepared, config)
                 train_ms, val_ms = epoch_ms(prepared, config, args.epochs)
                 figures["train_ms_per_image"], figures["val_ms_per_image"] = train_ms, val_ms
