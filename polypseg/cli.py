@@ -384,10 +384,14 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:  # pragma: no cover - the console script
+    import logging
     import os
     import signal
 
     # Artifacts here are local files: MLflow's per-file progress bars are only noise.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs each database error with its traceback, then raises it: what it raises is
+    # reported (a full or read-only store as one line), so the log would only repeat it.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     app()

@@ -46,4 +46,4 @@ class OutputError(PolypsegError):
 
 
 class StoreError(PolypsegError):
-    """A tracking store or study storage is damaged, unsuitable or cannot be written."""
+    """A tracking store or study storage is damaged, unreachable, unsuitable or refuses writes."""

@@ -8,6 +8,7 @@ images, models or MLflow.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -157,3 +158,56 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
         raise OutputError(f"{option} {path} is a file, not a folder; give a folder")
     _writable_folder(path, option, path)
     return path
+
+
+# Below this not even a run's params and metrics, with SQLite's journal for them, surely fit.
+MIN_FREE_BYTES = 256 << 10
+# Writes refused by the place, not by a bug of ours: the user frees space or picks another place.
+_PLACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# The same refusals as SQLite words them (wrapped by SQLAlchemy, then by MLflow or Optuna).
+_SQLITE_WORDS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+}
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot take writes (`read-only file system`, `no space left on device (12
+    KiB free)`), or None when it can: it is created if missing, a file is written in it and
+    removed, and at least `MIN_FREE_BYTES` must be free."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        return (err.strerror or type(err).__name__).lower()
+    if free < MIN_FREE_BYTES:
+        return f"{os.strerror(errno.ENOSPC).lower()} ({free // 1024} KiB free)"
+    return None
+
+
+def refused_write(err: BaseException) -> str | None:
+    """The cause in a few words when `err`, or an error it wraps, is a write the place refused
+    (a full disk, a read-only or forbidden folder); None for any other error."""
+    seen: BaseException | None = err
+    for _ in range(8):  # a few layers of wrapping at most
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _PLACE_ERRNOS:
+            return os.strerror(seen.errno).lower()
+        text = str(seen).lower()
+        for words, code in _SQLITE_WORDS.items():
+            if words in text:
+                return os.strerror(code).lower()
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def remedy(cause: str) -> str:
+    """What the user does about a refused write, given its cause as the functions above word it."""
+    if cause.startswith(("no space", "disk quota")):
+        return "free space there"
+    if cause.startswith(("read-only", "permission denied", "operation not permitted")):
+        return "make it writable"
+    return "check the path"

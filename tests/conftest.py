@@ -44,11 +44,17 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
-def tiny_config(synthetic_root: Path, tmp_path: Path) -> Path:
+def tiny_config(tiny_config_text: str, tmp_path: Path) -> Path:
     """A CPU-sized experiment over the 12-pair set: 64 px, the tiny SAM, a narrow decoder."""
     path = tmp_path / "tiny.toml"
-    path.write_text(
-        f"""
+    path.write_text(tiny_config_text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config_text(synthetic_root: Path) -> str:
+    """The text of `tiny_config`, for fixtures that outlive one test."""
+    return f"""
 [data]
 source = "local"
 root = "{synthetic_root}"
@@ -71,8 +77,6 @@ device = "cpu"
 experiment = "tests"
 registered_model = "polypseg-test"
 """
-    )
-    return path
 
 
 @pytest.fixture

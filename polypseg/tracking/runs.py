@@ -1,13 +1,19 @@
 """What a run does: how it starts and ends, what it logs, and the runs of workers that died.
 
 Runs end FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM), never left RUNNING by a live
-process. A worker that dies cannot end its own runs: whichever worker notices (a stale trial's
-heartbeat, or a trial already over whose run is still RUNNING) ends them KILLED.
+process. A worker that dies cannot end its own runs, so every run records its worker (host, pid,
+process start time, machine: `polypseg.processes.Worker`) and renews a heartbeat tag while it
+runs, and before a run starts, the runs of the store whose worker is gone are ended KILLED: on
+this machine as soon as the process is gone, elsewhere once the heartbeat is stale. Whichever
+worker notices a dead trial (a stale Optuna heartbeat, a trial already over whose run is still
+RUNNING) ends its runs KILLED too.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +23,13 @@ from typing import Any
 import mlflow
 
 from polypseg.data.split import Split
+from polypseg.files import first_line
+from polypseg.processes import WORKER_KEY, Worker, heartbeat_settings
+from polypseg.tracking.store import store_error
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_TAG = "polypseg.heartbeat"  # Unix seconds of the run's last sign of life
 
 
 @contextmanager
@@ -27,21 +38,117 @@ def tracked_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run` that ends KILLED on Ctrl-C, FAILED on errors, FINISHED otherwise.
 
-    Exceptions in `finished_on` (a pruned trial) end the run FINISHED and are re-raised.
+    Exceptions in `finished_on` (a pruned trial) end the run FINISHED and are re-raised. The run
+    records its worker and beats while it runs; before it starts, the runs of dead workers are
+    ended. A write the store refused (a full disk, a read-only folder) becomes one `StoreError`.
     """
-    run = mlflow.start_run(**start_kwargs)
+    end_runs_of_dead_workers()
+    tags = {**Worker.current().tags(), **(start_kwargs.pop("tags", None) or {})}
     try:
-        yield run
+        run = mlflow.start_run(tags=tags, **start_kwargs)
+    except Exception as err:
+        _raise_refused(err)
+        raise
+    try:
+        with _beating(run.info.run_id):
+            yield run
     except finished_on:
-        mlflow.end_run("FINISHED")
+        _end("FINISHED")
         raise
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end("KILLED")
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as err:
+        _end("FAILED")
+        _raise_refused(err)
         raise
-    mlflow.end_run("FINISHED")
+    try:
+        mlflow.end_run("FINISHED")
+    except Exception as err:
+        _raise_refused(err)
+        raise
+
+
+def _raise_refused(err: BaseException) -> None:
+    """Raise `err` as one `StoreError` line when it is a write the store refused."""
+    refused = store_error(err)
+    if refused is not None:
+        raise refused from None
+
+
+def _end(status: str) -> None:
+    """End the active run after an error. When the store refuses even that (a full disk), the
+    error that got us here is the one to report; the next invocation ends the run KILLED."""
+    try:
+        mlflow.end_run(status)
+    except Exception as err:
+        log.info("could not end the run %s: %s", status, first_line(err))
+
+
+@contextmanager
+def _beating(run_id: str) -> Iterator[None]:
+    """Renew the run's heartbeat tag every interval while the block runs (a thread, so a long
+    epoch never delays it): how workers on other machines tell a live run from a dead one's."""
+    interval, _ = heartbeat_settings()
+    client = mlflow.MlflowClient()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+            except Exception as err:  # a missed beat is no failure: the next one may get through
+                log.debug("heartbeat of run %s missed: %s", run_id, err)
+
+    thread = threading.Thread(target=beat, name=f"run-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a beat stuck in a server's retries must not hold up the run
+
+
+def _last_beat(run: mlflow.entities.Run) -> float:
+    """Unix seconds of the run's last heartbeat, or of its start before the first one."""
+    try:
+        return float(run.data.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return run.info.start_time / 1000
+
+
+def end_runs_of_dead_workers() -> list[str]:
+    """End KILLED every RUNNING run of the store whose worker is gone (`Worker.is_gone`); a
+    trial's run is tagged `optuna.trial_state=FAIL`. Runs that record no worker (another tool's)
+    are left alone. Returns the ids of the runs ended."""
+    from mlflow.exceptions import MlflowException
+
+    _, grace = heartbeat_settings()
+    client = mlflow.MlflowClient()
+    try:
+        running = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+    except MlflowException as err:  # a flaky server: the next run's start sweeps again
+        log.warning("could not look for runs of dead workers: %s", first_line(err))
+        return []
+    ended = []
+    for run in running:
+        worker = Worker.from_tags(run.data.tags)
+        if worker is None or not worker.is_gone(_last_beat(run), grace):
+            continue
+        run_id = run.info.run_id
+        try:
+            if "optuna.trial_number" in run.data.tags:
+                client.set_tag(run_id, "optuna.trial_state", "FAIL")
+            client.set_terminated(run_id, "KILLED")
+        except MlflowException as err:
+            log.warning("could not end run %s of a dead worker: %s", run_id, first_line(err))
+            continue
+        log.warning("ended run %s KILLED: its worker %s is gone", run_id, worker.tags()[WORKER_KEY])
+        ended.append(run_id)
+    return ended
 
 
 def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> None:

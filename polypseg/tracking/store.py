@@ -2,13 +2,16 @@
 
 Importing this module starts no run and sets no URI. The embedded default is SQLite
 (`sqlite:///<cwd>/mlruns/mlflow.db`, artifacts under `mlruns/`): MLflow 3's file store is in
-maintenance mode. `MLFLOW_TRACKING_URI` or `--tracking-uri` override it.
+maintenance mode. `MLFLOW_TRACKING_URI` or `--tracking-uri` override it. A URI is checked
+before any work: MLflow itself retries an unreachable server for minutes and reports an unknown
+scheme, a read-only folder or a full disk as a traceback.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -18,9 +21,23 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 
 from polypseg.errors import StoreError
-from polypseg.files import file_lock, first_line, sqlite_file, sqlite_uri
+from polypseg.files import (
+    file_lock,
+    first_line,
+    refused_write,
+    remedy,
+    sqlite_file,
+    sqlite_uri,
+    unwritable,
+)
 
 STORE_DIR = "mlruns"
+# The schemes MLflow 3 keeps runs at. `file:` is left out on purpose: that store is in
+# maintenance mode and refuses new runs.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+# A tracking server gets a few short tries (about 7 s in all), not MLflow's minutes of retries.
+SERVER_TIMEOUT_S = 2.0
+SERVER_PAUSES_S = (0.5, 1.0)
 
 
 def default_tracking_uri() -> str:
@@ -61,14 +78,82 @@ def _first_use_lock(uri: str) -> AbstractContextManager[Any]:
     return file_lock(database.with_name(database.name + ".lock"))
 
 
+def _store_place(uri: str) -> str:
+    """The store's folder (embedded SQLite) or its URI (a server or database), for messages."""
+    database = sqlite_file(uri)
+    return str(database.parent) if database is not None else mask_password(uri)
+
+
+def _refused(uri: str, cause: str) -> StoreError:
+    return StoreError(
+        f"cannot write to the MLflow store {_store_place(uri)}: {cause}; {remedy(cause)}, or "
+        f"pass --tracking-uri"
+    )
+
+
+def store_error(err: BaseException) -> StoreError | None:
+    """`err` as one line naming the current store, when it is a write the store refused."""
+    cause = refused_write(err)
+    return None if cause is None else _refused(mlflow.get_tracking_uri(), cause)
+
+
+def _check_server(uri: str) -> None:
+    """A few short tries of the server's health endpoint; any HTTP answer means it is there."""
+    import urllib.error
+    import urllib.request
+
+    reason: object = None
+    for pause in (*SERVER_PAUSES_S, None):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+            return
+        except urllib.error.HTTPError:  # it answered (a proxy or auth in front of it): it is up
+            return
+        except ValueError:  # a URL urllib cannot open (credentials in it): leave it to MLflow
+            return
+        except OSError as err:  # URLError, a timeout, a refused connection
+            reason = getattr(err, "reason", err)
+        if pause is not None:
+            time.sleep(pause)
+    raise StoreError(
+        f"cannot reach the MLflow tracking server {mask_password(uri)} ({reason}); start it, "
+        f"or fix --tracking-uri / MLFLOW_TRACKING_URI"
+    )
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse, before any work, a tracking URI that cannot take runs: an unknown scheme, a
+    server that does not answer, a SQLite store whose folder is read-only or full."""
+    scheme = urlsplit(uri).scheme.split("+")[0] or uri  # `databricks` alone is a URI too
+    if scheme not in TRACKING_SCHEMES:
+        raise StoreError(
+            f"tracking URI {mask_password(uri)}: MLflow keeps no runs at a {scheme!r} "
+            f"URI; use sqlite:///PATH/mlflow.db, http(s)://HOST:PORT or a database URL"
+        )
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    database = sqlite_file(uri)
+    if database is not None and (cause := unwritable(database.parent)) is not None:
+        raise _refused(uri, cause)
+
+
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
-    """Point MLflow at the store (creating it) and the experiment; returns the experiment id."""
+    """Point MLflow at the store (checked, created) and the experiment; returns its id."""
+    uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return _set_experiment(uri, experiment)
+    except Exception as err:
+        refused = store_error(err)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri or default_tracking_uri()
-    if (database := sqlite_file(uri)) is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
     with _first_use_lock(uri), _damaged_store_is_one_line(uri):
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:

@@ -6,13 +6,14 @@ share the embedded SQLite file (the default, `studies/optuna.db`) or a journal f
 processes on one machine). RDB storages get heartbeats (`POLYPSEG_HEARTBEAT`), so that a trial
 whose worker died (SIGKILL, a lost machine) becomes FAIL, its MLflow runs are ended and it is
 retried; several processes may open a fresh database at once (the table-creation race is retried).
+On one machine a dead worker's trial is failed and retried sooner, with any storage: trials record
+their worker, and the next worker to take a trial sees that its process is gone.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import random
 import time
 import warnings
@@ -22,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
-from polypseg.errors import ConfigError
-from polypseg.files import first_line, sqlite_file, sqlite_uri
+from polypseg.errors import ConfigError, StoreError
+from polypseg.files import (
+    first_line,
+    refused_write,
+    remedy,
+    sqlite_file,
+    sqlite_uri,
+    unwritable,
+)
+from polypseg.processes import Worker, heartbeat_settings
 from polypseg.tracking.runs import end_dead_worker_runs
 from polypseg.tracking.store import mask_password
 
@@ -32,10 +42,6 @@ log = logging.getLogger(__name__)
 
 STUDIES_DIR = "studies"
 JOURNAL_PREFIX = "journal:"
-HEARTBEAT_ENV = "POLYPSEG_HEARTBEAT"
-# Seconds between a running trial's heartbeats, and without one before the trial is stale.
-# Epochs never block the heartbeat (it is a thread), so a minute of silence means a dead worker.
-DEFAULT_HEARTBEAT = (20, 60)
 MAX_RETRY = 3
 
 
@@ -50,23 +56,6 @@ def quiet_experimental() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(interval, grace period) in seconds: `POLYPSEG_HEARTBEAT=interval,grace`, else 20,60."""
-    text = os.environ.get(HEARTBEAT_ENV)
-    if not text:
-        return DEFAULT_HEARTBEAT
-    try:
-        interval, grace = (int(part) for part in text.split(","))
-    except ValueError:
-        interval = grace = 0
-    if not 0 < interval < grace:
-        raise ConfigError(
-            f"{HEARTBEAT_ENV}={text!r}: expected interval,grace in whole seconds with "
-            f"0 < interval < grace, like 20,60"
-        )
-    return interval, grace
 
 
 def storage_file(url: str) -> Path | None:
@@ -119,16 +108,21 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats: a trial whose worker died becomes FAIL and is retried.
 
     `journal:PATH` selects `JournalStorage` on a file. Optuna 5's journal has no heartbeats: a
-    killed worker's trial stays RUNNING there, so use SQLite or PostgreSQL where workers may die.
+    killed worker's trial is failed only by a worker on the same machine
+    (`fail_trials_of_dead_workers`), so use PostgreSQL where workers on many machines may die.
+    The folder of a file storage must take writes: a read-only or full one is one line here.
     """
     refuse_in_memory(url)
     path = storage_file(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and (cause := unwritable(path.parent)) is not None:
+        raise _refused(url, path.parent, cause)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as err:  # a folder where the file should be, a file it may not open
+            raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing
@@ -149,6 +143,23 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
+def _refused(url: str, place: Path | None, cause: str) -> StoreError:
+    where = f" at {place}" if place is not None else ""
+    return StoreError(
+        f"cannot write the study storage {mask_password(url)}{where}: {cause}; "
+        f"{remedy(cause)}, or choose another --storage"
+    )
+
+
+def storage_error(err: BaseException, url: str) -> StoreError | None:
+    """`err` as one line naming the storage, when it is a write the storage's place refused."""
+    cause = refused_write(err)
+    if cause is None:
+        return None
+    path = storage_file(url)
+    return _refused(url, path.parent if path is not None else None, cause)
+
+
 class RetryStaleTrial:
     """Optuna's heartbeat-stale callback: end the dead worker's runs, then queue a retry.
 
@@ -163,9 +174,7 @@ class RetryStaleTrial:
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        log.warning(
-            "trial %d of study %s is stale: its worker died", trial.number, study.study_name
-        )
+        log.warning("trial %d of study %s: its worker died", trial.number, study.study_name)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             end_dead_worker_runs(run_id)
@@ -176,3 +185,33 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """What Optuna does before each trial; done at start too, so a resumed run recovers first."""
     with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
+
+
+def fail_trials_of_dead_workers(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, unowned_are_dead: bool = False
+) -> list[int]:
+    """RUNNING trials whose worker's process is gone from this machine: FAIL, their runs ended
+    KILLED and a retry queued, as for a trial whose heartbeat went stale. Call it under the
+    study lock (a retry is queued once). Returns the numbers of the trials failed.
+
+    A worker takes a trial and records itself on it under the study lock, so a holder of the
+    lock that sees a RUNNING trial with no worker recorded knows its taker died in between:
+    `unowned_are_dead` says so (False where the storage has no lock).
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = Worker.from_tags(trial.user_attrs)
+        # No heartbeat here: a worker elsewhere is judged by Optuna's (RDB storages).
+        dead = unowned_are_dead if worker is None else worker.is_gone(last_beat=None, grace=0)
+        if not dead:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # it ended a moment ago
+            continue
+        RetryStaleTrial(MAX_RETRY)(study, storage.get_trial(trial_id))
+        failed.append(trial.number)
+    return failed

@@ -16,8 +16,6 @@ runs ended KILLED and the trial retried by whichever worker notices.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections import Counter
 from typing import Any
 
@@ -125,14 +123,13 @@ def tune(
     experiment_id = setup(config.tracking.experiment, tracking_uri)
     prepared = prepare(config, progress=progress)
     images_encoded = prepared.encoder.images_encoded
-    fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, its runs KILLED, a retry queued
+    # A dead worker's trial: FAIL, its runs KILLED, a retry queued (at once on this machine).
+    fail_stale_trials(shared.study)
+    with shared.lock():
+        shared.fail_dead_workers_trials()
     end_orphaned_runs(shared.study, experiment_id)
     view = save_study_view(experiment_id, name, [param.key for param in spec.space], spec.metric)
-    parent_tags = {
-        "optuna.study_name": name,
-        "polypseg.storage": mask_password(storage_url),
-        "polypseg.worker": f"{socket.gethostname()}:{os.getpid()}",  # which process, where
-    }
+    parent_tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
     # One parent run per invocation, numbered: a resumed study's runs are told apart.
     with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=parent_tags) as parent:
         shared.study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)

@@ -6,6 +6,11 @@ then reports it (`study.tell()`). The lock (a PostgreSQL advisory lock, or `floc
 beside a SQLite or journal file) makes `max_trials` an exact budget however many workers race
 for the last trials, and a queued retry is never taken by two workers. Each invocation takes the
 next worker number of the study (a study user attribute) to seed its sampler apart.
+
+Each trial records its worker (`polypseg.processes.Worker`) as user attributes when it is taken,
+so a trial left RUNNING by a worker killed on this machine is failed (and retried) by the next
+worker to take a trial, at once, without waiting for a heartbeat to go stale; the journal
+storage has no heartbeats at all. Trials of workers on other machines are left to heartbeats.
 """
 
 from __future__ import annotations
@@ -24,10 +29,19 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from polypseg.errors import StoreError
 from polypseg.files import file_lock
+from polypseg.processes import Worker
 from polypseg.tracking.runs import end_runs_of_finished_trials
 from polypseg.tracking.store import mask_password
-from polypseg.tuning.storage import JOURNAL_PREFIX, fail_stale_trials, make_storage, storage_file
+from polypseg.tuning.storage import (
+    JOURNAL_PREFIX,
+    fail_stale_trials,
+    fail_trials_of_dead_workers,
+    make_storage,
+    storage_error,
+    storage_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +121,11 @@ class SharedStudy:
         """Seconds between heartbeats; None where the storage has none (Optuna 5's journal)."""
         return getattr(self.storage, "get_heartbeat_interval", lambda: None)()
 
+    def fail_dead_workers_trials(self) -> list[int]:
+        """Under the lock: fail (and queue for a retry) the trials of workers that died here."""
+        locked = self.lock is not nullcontext
+        return fail_trials_of_dead_workers(self.study, self.storage, unowned_are_dead=locked)
+
     def take_trial(self) -> optuna.Trial:
         """The next trial, under the lock: a queued retry first, else a new one within budget.
 
@@ -117,13 +136,17 @@ class SharedStudy:
         interval = self.heartbeat_interval()
         while True:
             with self.lock():
+                self.fail_dead_workers_trials()
                 left = self.budget_left()
                 if left is None or left > 0 or self._any(TrialState.WAITING):
                     with warnings.catch_warnings():
                         # Optuna expects heartbeats only under Study.optimize; `heartbeat`
                         # below beats for the trials this loop asks for.
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                        return self.study.ask()
+                        trial = self.study.ask()
+                    for key, value in Worker.current().tags().items():
+                        trial.set_user_attr(key, value)
+                    return trial
                 running = self._any(TrialState.RUNNING)
             if not running or interval is None:
                 raise BudgetReached(f"the study holds its {self.max_trials} trials")
@@ -170,13 +193,19 @@ def open_shared_study(
     the next worker number of the study (taken under the lock) as its seed offset.
     """
     storage = make_storage(storage_url)
-    created = optuna.create_study(
-        study_name=name, storage=storage, direction=direction, load_if_exists=True
-    )
     lock = study_lock(storage, storage_url, name)
-    with lock():
-        worker = int(created.user_attrs.get(WORKERS_ATTR, 0))
-        created.set_user_attr(WORKERS_ATTR, worker + 1)
+    try:
+        created = optuna.create_study(
+            study_name=name, storage=storage, direction=direction, load_if_exists=True
+        )
+        with lock():
+            worker = int(created.user_attrs.get(WORKERS_ATTR, 0))
+            created.set_user_attr(WORKERS_ATTR, worker + 1)
+    except Exception as err:  # Optuna words a full or read-only disk as an internal error
+        refused = storage_error(err, storage_url)
+        if refused is None:
+            raise
+        raise refused from None
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=make_sampler(worker), pruner=pruner
     )
@@ -191,6 +220,9 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
             value = objective(trial)
         except optuna.TrialPruned:
             return study.tell(trial, state=TrialState.PRUNED)
+        except StoreError:  # the store is full or read-only: every further trial would fail
+            _tell_failed(study, trial)
+            raise
         except Exception as err:
             log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
             return study.tell(trial, state=TrialState.FAIL)
@@ -198,6 +230,13 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
             study.tell(trial, state=TrialState.FAIL)
             raise
     return study.tell(trial, value)
+
+
+def _tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
+    try:
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as err:  # the storage is full too: the next invocation fails the trial
+        log.warning("could not fail trial %d: %s", trial.number, err)
 
 
 def run_worker(
