@@ -26,14 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from polypseg.errors import ConfigError, StoreError
-from polypseg.files import (
-    first_line,
-    refused_write,
-    remedy,
-    sqlite_file,
-    sqlite_uri,
-    unwritable,
-)
+from polypseg.files import first_line, refused_write, remedy, sqlite_file, sqlite_uri, unwritable
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.tracking.runs import end_dead_worker_runs
 from polypseg.tracking.store import mask_password

@@ -7,10 +7,9 @@ beside a SQLite or journal file) makes `max_trials` an exact budget however many
 for the last trials, and a queued retry is never taken by two workers. Each invocation takes the
 next worker number of the study (a study user attribute) to seed its sampler apart.
 
-Each trial records its worker (`polypseg.processes.Worker`) as user attributes when it is taken,
-so a trial left RUNNING by a worker killed on this machine is failed (and retried) by the next
-worker to take a trial, at once, without waiting for a heartbeat to go stale; the journal
-storage has no heartbeats at all. Trials of workers on other machines are left to heartbeats.
+Each trial records its worker (`polypseg.processes.Worker`) when it is taken, so the next worker
+to take a trial fails (and retries) one left RUNNING by a worker killed on this machine at once,
+with no heartbeat (the journal has none); other machines' trials are left to heartbeats.
 """
 
 from __future__ import annotations
