@@ -172,6 +172,20 @@ def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> 
             name=root.name or "data",
             digest=split.digest(),
         )
+        _log_input_once_more_on_a_race(dataset)
+
+
+def _log_input_once_more_on_a_race(dataset: Any) -> None:
+    """`mlflow.log_input`; workers logging the same data set at the same moment race on its row
+    in the store (a server answers `duplicate key ... dataset_pk`): the loser logs it again, and
+    finds the row the winner made."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException as err:
+        if "dataset_pk" not in str(err):
+            raise
         mlflow.log_input(dataset, context="training")
 
 
