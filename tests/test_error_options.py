@@ -199,7 +199,7 @@ def _commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[
 
 
 COMMANDS = {
-    path: ("polypseg.cli", inspect.unwrap(command.callback).__name__)
+    path: (inspect.unwrap(command.callback).__module__, inspect.unwrap(command.callback).__name__)
     for path, command in _commands(typer.main.get_command(app))
 }
 

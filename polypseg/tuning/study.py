@@ -127,8 +127,10 @@ def tune(
     fail_stale_trials(shared.study)
     with shared.lock():
         shared.fail_dead_workers_trials()
+        # Under the lock: workers starting together would each insert the view's tag, and a
+        # tracking server refuses the second insert (a duplicate key on experiment_tag_pk).
+        view = save_study_view(experiment_id, name, [p.key for p in spec.space], spec.metric)
     end_orphaned_runs(shared.study, experiment_id)
-    view = save_study_view(experiment_id, name, [param.key for param in spec.space], spec.metric)
     parent_tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
     # One parent run per invocation, numbered: a resumed study's runs are told apart.
     with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=parent_tags) as parent:

@@ -1,0 +1,126 @@
+"""The `polypseg` app itself: one-line errors, the version, the options commands share, `main`.
+
+A `PolypsegError` becomes one line on stderr and exit code 2; Ctrl-C (and SIGTERM) exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from polypseg.errors import PolypsegError
+
+if TYPE_CHECKING:
+    from polypseg.config import Config
+
+
+WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "predict")
+
+
+class _OneLineErrors(TyperGroup):
+    """User errors become one line on stderr and exit 2; Ctrl-C exits 130 (the CLI's contract)."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        # In the order of the work (data first, evaluate last), whatever order modules load in.
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except PolypsegError as err:
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Polyp segmentation on Kvasir-SEG: frozen SAM encoder, cached features, trainable "
+    "decoder, MLflow tracking, Optuna tuning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    # Plain click help: options with their METAVAR, not rich's type column (`<bool>`, `<path>`).
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(
+    help="Get, generate and split Kvasir-style data sets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from polypseg import __version__
+
+        typer.echo(f"polypseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Polyp segmentation on Kvasir-SEG: frozen SAM encoder, cached features, trainable decoder,
+    MLflow tracking, Optuna tuning."""
+
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", metavar="FILE", help="Experiment TOML (see experiments/).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value, e.g. data.root=DIR (repeatable).",
+    ),
+]
+
+
+def load_cli_config(path: Path, sets: list[str] | None) -> Config:
+    """The config file with its `--set` overrides applied."""
+    from polypseg.config import load_config, parse_set
+
+    return load_config(path, parse_set(sets or []))
+
+
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).",
+    ),
+]
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so a terminated run ends KILLED and a study stays resumable
+
+
+def main() -> None:  # pragma: no cover - the console script
+    import logging
+    import os
+    import signal
+
+    # Artifacts here are local files: MLflow's per-file progress bars are only noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs each database error with its traceback, then raises it: what it raises is
+    # reported (a full or read-only store as one line), so the log would only repeat it.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    app()

@@ -1,0 +1,151 @@
+"""`polypseg cache`, `train` and `tune`: the feature cache, one run, a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polypseg.cli.app import ConfigOption, SetOption, TrackingOption, app, load_cli_config
+from polypseg.errors import PolypsegError
+
+
+@app.command("cache")
+def cache(
+    config: ConfigOption,
+    set_: SetOption = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-hash an existing entry in full (a hit only checks sizes, headers and "
+            "samples); a damaged one is rebuilt.",
+        ),
+    ] = False,
+) -> None:
+    """Build the feature cache for a config: the encoder runs once per image."""
+    from polypseg.features.prepare import prepare
+
+    prepared = prepare(load_cli_config(config, set_), verify=verify)
+    typer.echo(
+        f"{prepared.features.directory} images={len(prepared.features.names)} "
+        f"encoder={prepared.encoder.name} images_encoded={prepared.encoder.images_encoded}"
+        + (" verified" if verify else "")
+    )
+
+
+@app.command("train")
+def train(
+    config: ConfigOption,
+    set_: SetOption = None,
+    log_model: Annotated[
+        bool, typer.Option(help="Log the full pyfunc model (encoder included) as `model`.")
+    ] = True,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Train the decoder once on cached features: one MLflow run; prints run_id and test_dice."""
+    from polypseg.features.prepare import prepare
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import runs_url, setup
+    from polypseg.training.run import train_and_log
+
+    cfg = load_cli_config(config, set_)
+    experiment_id = setup(cfg.tracking.experiment, tracking_uri)  # a bad store fails before work
+    prepared = prepare(cfg)
+    with tracked_run(run_name=config.stem):
+        outcome = train_and_log(prepared, cfg, on_epoch=_print_epoch, log_model=log_model)
+    typer.echo(f"runs: {runs_url(experiment_id)}", err=True)
+    typer.echo(f"run_id={outcome.run_id} test_dice={outcome.metrics['test_dice']:.4f}")
+
+
+@app.command("tune")
+def tune(
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, metavar="N", help="Trials to add in this run.")
+    ] = 30,
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", metavar="FILE", help="Base experiment TOML; the study overrides its keys."
+        ),
+    ] = Path("experiments/sam_vit_b.toml"),
+    study: Annotated[
+        Path,
+        typer.Option(
+            "--study", metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."
+        ),
+    ] = Path("studies/decoder_search.toml"),
+    study_name: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Study name (default: the spec's); same name = resume."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Optuna storage URL (default sqlite:///studies/optuna.db; postgresql://... "
+            "for many machines; journal:PATH for many processes on one machine).",
+        ),
+    ] = None,
+    n_jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="K", help="Trials at once in this process; one per GPU with several."
+        ),
+    ] = 1,
+    timeout: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Stop starting trials after SECONDS.")
+    ] = None,
+    max_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--max-trials",
+            min=1,
+            metavar="N",
+            help="Study-wide budget shared by every worker: stop taking trials once the study "
+            "holds this many finished, running or queued ones, so any number of workers end with "
+            "exactly this many. --trials still caps this process.",
+        ),
+    ] = None,
+    set_: SetOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Run or resume an Optuna study: each trial trains the decoder on the cached features,
+    is one nested MLflow run, and the best model is registered (alias `champion`)."""
+    from polypseg.tuning.spec import load_spec
+    from polypseg.tuning.study import tune as run_tune
+
+    cfg = load_cli_config(config, set_)
+    spec = load_spec(study, cfg)
+    result = run_tune(
+        cfg,
+        spec,
+        trials,
+        max_trials=max_trials,
+        n_jobs=n_jobs,
+        timeout=timeout,
+        study_name=study_name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+    )
+    import mlflow
+
+    from polypseg.tracking.views import ui_instructions
+
+    for line in result.best_trials_table():
+        typer.echo(line)
+    for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
+        typer.echo(line, err=True)
+    for line in result.summary():
+        typer.echo(line)
+    if result.best is None:
+        raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
+
+
+def _print_epoch(metrics: dict[str, float]) -> None:
+    typer.echo(
+        f"epoch {int(metrics['epoch']):3d}  train_loss {metrics['train_loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_dice {metrics['val_dice']:.4f}",
+        err=True,
+    )
