@@ -23,6 +23,7 @@ from polypseg.features import builds, encode, entry, npy
 from polypseg.features.cache import FeatureCache
 from polypseg.features.npy import NpyWriter
 from polypseg.models.encoders import encoder_architecture
+from polypseg.processes import Worker
 
 
 @pytest.fixture
@@ -174,12 +175,13 @@ def test_stale_build_folders_are_removed_at_the_next_build(data, encoder, tmp_pa
     directory = tmp_path / "fc"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    here = builds.socket.gethostname()
-    dead = _leftover(directory, ".e1.dead", {"host": here, "pid": gone.pid, "started": 1.0})
+    me = Worker.current()
+    dead_owner = Worker(me.host, gone.pid, 1.0, me.machine).tags()
+    dead = _leftover(directory, ".e1.dead", dead_owner)
     old = _leftover(directory, ".e2.old", None, age_s=builds.STALE_AFTER_S + 60)
-    alive = {"host": here, "pid": os.getpid(), "started": builds._start_time(os.getpid())}
-    live = _leftover(directory, ".e3.live", alive)
-    remote = _leftover(directory, ".e4.remote", {"host": "elsewhere", "pid": 1}, age_s=60)
+    live = _leftover(directory, ".e3.live", me.tags())
+    remote_owner = Worker("elsewhere", 1, 0.0, "another-machine").tags()
+    remote = _leftover(directory, ".e4.remote", remote_owner, age_s=60)
     _get(FeatureCache(directory), encoder, data)
     assert not dead.exists() and not old.exists()
     assert live.exists() and remote.exists()  # a live builder, a young one on another host
