@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import unavailable
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -94,9 +95,7 @@ def services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Services:
         reason = (
             "needs POLYPSEG_TEST_PG_URL and POLYPSEG_TEST_MLFLOW_URI: run under .ci/services.sh"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
