@@ -151,7 +151,8 @@ def test_a_tune_killed_at_any_of_ten_moments_leaves_nothing_running(
     tiny_config: Path, mlflow_store: str, study_spec: Callable[..., Path], tmp_path: Path
 ) -> None:
     """One worker killed at 10 moments spread over its run (starting, training, between trials,
-    registering), each kill followed by the next invocation, which must clean up after it."""
+    registering) and once in a trial, each kill followed by the next invocation, which must clean
+    up after it."""
     prepare(load_config(tiny_config), progress=False)
     args = [
         "tune",
@@ -168,15 +169,33 @@ def test_a_tune_killed_at_any_of_ten_moments_leaves_nothing_running(
     duration = time.monotonic() - start
     client = MlflowClient(mlflow_store)
     storage = make_storage(f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}")
-    left_runs, left_trials = set(), set()
-    for moment in range(10):
+    left_runs: set[str] = set()
+    left_trials: set[int] = set()
+
+    def running() -> tuple[set[str], set[int]]:
+        study = optuna.load_study(study_name="s", storage=storage)
+        trials = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+        return {r.info.run_id for r in _running_runs(client)}, trials
+
+    # Ten kills at moments spread over a run, and one the moment a trial is seen training: how
+    # long start-up takes depends on the machine's load, and that kill must leave work behind.
+    for moment in range(11):
+        before_runs, before_trials = running()
         victim = _start_cli(args, tmp_path / f"victim{moment}.log")
-        time.sleep(duration * (moment + 0.5) / 10)
+        if moment < 10:
+            time.sleep(duration * (moment + 0.5) / 10)
+        else:
+            deadline = time.monotonic() + 120
+            while victim.poll() is None and time.monotonic() < deadline:
+                runs, trials = running()
+                if runs - before_runs and trials - before_trials:
+                    break
+                time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        left_runs |= {r.info.run_id for r in _running_runs(client)}
-        study = optuna.load_study(study_name="s", storage=storage)
-        left_trials |= {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+        runs, trials = running()
+        left_runs |= runs
+        left_trials |= trials
     last = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True)
     assert last.returncode == 0, last.stderr[-3000:]
 
