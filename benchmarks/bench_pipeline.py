@@ -3,13 +3,15 @@
 One run, one device, one JSON line:
 - `encoder_ms_per_image`: the frozen encoder's forward alone (`FrozenEncoder.__call__`, same
   batch size, images already decoded and in memory, after one warm-up batch);
-- `feature_pass_ms_per_image`: the project's cold cache build (`FeatureCache.get` on a miss:
-  hashing the files, JPEG decode and resize in DataLoader workers, encoding, writing), per
-  image, with the encoder built beforehand as `prepare` builds it;
-- `cache_hit_s`: `prepare` of the same data again: listing, split, encoder build (most of it:
-  a random ViT-B's initialisation and weights digest), key, the entry's check and mapping;
+- `feature_pass_ms_per_image`: the project's cold cache build as `prepare` runs it on a miss
+  (every file decoded once to check it, then `FeatureCache.get`: hashing the files, JPEG decode
+  and resize in DataLoader workers, encoding, writing), per image, with the encoder built
+  beforehand as `prepare` builds it;
+- `cache_hit_s`: `prepare` of the same data again: listing (headers only), split, encoder build
+  (most of it: a random ViT-B's initialisation and weights digest), key, the entry's check and
+  mapping;
   `cache_hit_first_s` is the first such `prepare` in the process, which also pays one-time
-  imports (scikit-learn for the split, kagglehub...), the same whatever the data; and
+  imports (segment-anything with torchvision, kagglehub...), the same whatever the data; and
   `cache_lookup_s` is the feature cache's own share (key and check), which does not grow with
   the features' size;
 - `train_ms_per_image`, `val_ms_per_image`: a decoder's epochs over the cached features (the
@@ -49,7 +51,7 @@ from polypseg.config import (
     TrainConfig,
 )
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.kvasir import check_decoding, list_pairs
 from polypseg.data.synthetic import make_synthetic
 from polypseg.features.cache import FeatureCache
 from polypseg.features.prepare import Prepared, prepare, resolve_device
@@ -115,8 +117,9 @@ def encoder_forward_ms(config: Config, root: Path, device: torch.device) -> floa
 def feature_pass_ms(config: Config, root: Path, device: torch.device) -> float:
     """ms per image of the cold cache build, as `prepare` runs it."""
     encoder, _ = build_encoder(config.encoder)
-    pairs = list_pairs(root)
+    pairs = list_pairs(root, decode=False)
     start = time.perf_counter()
+    check_decoding(root, pairs)
     FeatureCache().get(
         encoder,
         pairs,

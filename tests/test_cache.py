@@ -132,3 +132,34 @@ def test_another_compute_precision_is_a_miss(data: Path, tmp_path: Path) -> None
     encoder.precision = "bf16"  # the same weights, features of another precision
     bf16 = _get(cache, encoder, data)
     assert bf16.directory != fp32.directory and encoder.images_encoded == 24
+
+
+def test_a_prepare_hit_reads_headers_only_and_a_changed_file_is_decoded_again(
+    tiny_config: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full decoding costs ~1 s per 1000 pairs: a hit skips it, as its key proves the bytes are
+    those its build decoded; a changed file changes the key, so it is decoded (and refused)."""
+    from polypseg.config import load_config
+    from polypseg.errors import DataError
+    from polypseg.features.prepare import prepare
+
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "set"))
+    config = load_config(tiny_config, {"data.root": str(root)})
+    decoded: list[str] = []
+    load = Image.Image.load
+
+    def counting_load(image: Image.Image):
+        decoded.append(getattr(image, "filename", ""))
+        return load(image)
+
+    monkeypatch.setattr(Image.Image, "load", counting_load)
+    prepare(config, progress=False)
+    assert decoded  # the build's check and the encoding decode every file
+    decoded.clear()
+    prepare(config, progress=False)
+    assert decoded == []
+
+    image = sorted((root / "images").iterdir())[1]
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"cannot be decoded: images/{image.name}"):
+        prepare(config, progress=False)

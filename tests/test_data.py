@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import random
 import shutil
 from pathlib import Path
@@ -34,6 +35,30 @@ def test_split_is_independent_of_listing_order() -> None:
     shuffled = names[:]
     random.Random(3).shuffle(shuffled)
     assert split_names(shuffled, seed=42) == split_names(names, seed=42)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 10, 99, 100, 1000, 1001])
+@pytest.mark.parametrize("seed", [0, 42, 2**32 - 1])
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.7, 0.2, 0.1), (0.5, 0.0, 0.5)])
+def test_split_is_scikit_learns_train_test_split_twice(
+    n: int, seed: int, ratios: tuple[float, float, float]
+) -> None:
+    """The seed notebook's protocol, reproduced without importing scikit-learn at run time."""
+    from sklearn.model_selection import train_test_split
+
+    names = sorted(f"img{i:04d}.jpg" for i in range(n))
+    held = ratios[1] + ratios[2]
+    if math.ceil(held * n) >= n:
+        pytest.skip("scikit-learn refuses a split that leaves train empty")
+    train, rest = train_test_split(names, test_size=held, random_state=seed)
+    if len(rest) < 2:
+        val, test = rest, []  # one name left is not split (train_test_split would refuse)
+    elif not ratios[1]:
+        val, test = [], rest
+    else:
+        val, test = train_test_split(rest, test_size=ratios[2] / held, random_state=seed)
+    split = split_names(names, seed, ratios)
+    assert (split.train, split.val, split.test) == (tuple(train), tuple(val), tuple(test))
 
 
 def test_split_changes_with_the_seed() -> None:

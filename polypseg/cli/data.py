@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from polypseg.cli.app import data_app
+from polypseg.config import SEED_MAX
 from polypseg.errors import PolypsegError
 
 
@@ -44,7 +45,10 @@ def data_synth(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")],
     n: Annotated[int, typer.Option(min=1, metavar="N", help="Number of image/mask pairs.")] = 100,
     seed: Annotated[
-        int, typer.Option(metavar="N", help="Random seed; the same seed gives the same set.")
+        int,
+        typer.Option(
+            min=0, max=SEED_MAX, metavar="N", help="Random seed; the same seed gives the same set."
+        ),
     ] = 0,
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
@@ -60,7 +64,10 @@ def data_synth(
 @data_app.command("split")
 def data_split(
     root: Annotated[Path, typer.Option(metavar="DIR", help="Folder with images/ and masks/.")],
-    seed: Annotated[int, typer.Option(metavar="N", help="Split seed (the protocol's is 42).")] = 42,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, max=SEED_MAX, metavar="N", help="Split seed (the protocol's is 42)."),
+    ] = 42,
     ratios: Annotated[
         str, typer.Option(metavar="TRAIN,VAL,TEST", help="train,val,test fractions.")
     ] = "0.8,0.1,0.1",

@@ -6,7 +6,9 @@ target) is named instead of skipped; an image over the pixel limit (`data.max_me
 deliberate limit instead of Pillow's decompression-bomb guard) is named with its size; a mask
 must have its image's size; and every file is decoded to its end, so a truncated JPEG is found
 by `split` as well as by `train`. JPEGs decode in Pillow's draft mode (1/8 scale): the whole
-compressed stream is still read, at a fraction of a full decode's cost.
+compressed stream is still read, at a fraction of a full decode's cost. The one exception is a
+feature-cache hit (`features/prepare.py`): its key holds the SHA-256 of every file, so the bytes
+are the ones a build already decoded, and only headers are read again.
 """
 
 from __future__ import annotations
@@ -68,13 +70,18 @@ def pixel_guard(path: Path) -> Iterator[None]:
             ) from None
 
 
-def _inspect(path: Path, max_pixels: float) -> tuple[str, Any]:
-    """("ok", (w, h)), ("large", (w, h) or None) or ("undecodable", None) for one file."""
+def _inspect(path: Path, max_pixels: float, decode: bool = True) -> tuple[str, Any]:
+    """("ok", (w, h)), ("large", (w, h) or None) or ("undecodable", None) for one file.
+
+    Without `decode` only the header is read: the size and the pixel limit, not the data.
+    """
     try:
         with pixel_guard(path), Image.open(path) as image:
             size = image.size
             if size[0] * size[1] > max_pixels:
                 return "large", size
+            if not decode:
+                return "ok", size
             if isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO files are JPEGs too
                 image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             image.load()
@@ -114,14 +121,20 @@ def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> Non
 
 
 def pair_problems(
-    pairs: Iterable[Any], root: Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    pairs: Iterable[Any],
+    root: Path,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    decode: bool = True,
 ) -> list[str]:
-    """What is wrong with `pairs` (each with `.image` and `.mask` paths), one phrase per kind."""
+    """What is wrong with `pairs` (each with `.image` and `.mask` paths), one phrase per kind.
+
+    `decode=False` checks headers only (sizes, the pixel limit): for files known to decode.
+    """
     found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": []}
     for pair in pairs:
         sizes = []
         for path in (pair.image, pair.mask):
-            state, size = _inspect(path, max_megapixels * 1e6)
+            state, size = _inspect(path, max_megapixels * 1e6, decode)
             _note(found, str(path.relative_to(root)), state, size)
             sizes.append(size)
         if None not in sizes and sizes[0] != sizes[1]:

@@ -8,7 +8,7 @@ so masks are converted to grey and thresholded at 128, never compared with 255.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,12 +98,15 @@ def files_by_stem(folder: Path, broken: list[Path] | None = None) -> dict[str, P
     return files
 
 
-def list_pairs(root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> list[Pair]:
+def list_pairs(
+    root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, decode: bool = True
+) -> list[Pair]:
     """Every image of `root/images` with its mask in `root/masks`, sorted by name.
 
     Raises `DataError` listing images without masks, masks without images, symlinks that lead
     nowhere, images over `max_megapixels`, masks not the size of their images and files that do
     not decode (`polypseg.data.checks`: the same verdict for split, train and evaluate).
+    `decode=False` leaves the last one to `check_decoding`, for a caller that may know better.
     """
     root = Path(root)
     if not root.is_dir():
@@ -131,10 +134,18 @@ def list_pairs(root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
     pairs = [
         Pair(images[s].name, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())
     ]
-    problems += pair_problems(pairs, root, max_megapixels)
+    problems += pair_problems(pairs, root, max_megapixels, decode)
     if problems:
         raise DataError(f"{root}: " + "; ".join(problems))
     return pairs
+
+
+def check_decoding(
+    root: str | Path, pairs: Sequence[Pair], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> None:
+    """The check `list_pairs(..., decode=False)` left out: every file decodes to its end."""
+    if problems := pair_problems(pairs, Path(root), max_megapixels):
+        raise DataError(f"{root}: " + "; ".join(problems))
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

@@ -132,12 +132,12 @@ class FeatureCache:
 
         `verify` re-hashes an existing entry in full instead of the cheap check.
         """
+        cached = self.lookup(encoder, pairs, image_size, device, verify=verify)
+        if cached is not None:
+            return cached
         device = torch.device(device)
         key = self.key(encoder, pairs, image_size, device)
         folder = self.entry_dir(encoder, image_size, key)
-        cached = self.load(folder, key, verify=verify)
-        if cached is not None:
-            return cached
         self.build(
             folder,
             key=key,
@@ -152,6 +152,18 @@ class FeatureCache:
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
             raise RuntimeError(f"feature cache {folder} failed verification right after its build")
         return cached
+
+    def lookup(
+        self,
+        encoder: FrozenEncoder,
+        pairs: Sequence[Pair],
+        image_size: int,
+        device: str | torch.device = "cpu",
+        verify: bool = False,
+    ) -> CachedFeatures | None:
+        """The sound entry for these images, or None (nothing is built)."""
+        key = self.key(encoder, pairs, image_size, device)
+        return self.load(self.entry_dir(encoder, image_size, key), key, verify=verify)
 
     def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
         """The entry in `folder`, or None when absent; a damaged entry is deleted (None)."""

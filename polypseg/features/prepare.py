@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from polypseg.config import Config
-from polypseg.data.kvasir import Pair, list_pairs
+from polypseg.data.kvasir import Pair, check_decoding, list_pairs
 from polypseg.data.source import resolve_root
 from polypseg.data.split import Split, split_names
 from polypseg.errors import ConfigError
@@ -61,17 +61,23 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
     `verify` re-hashes an existing cache entry in full (a damaged one is rebuilt).
     """
     root = resolve_root(config.data)
-    pairs = tuple(list_pairs(root, config.data.max_megapixels))
+    limit = config.data.max_megapixels
+    pairs = tuple(list_pairs(root, limit, decode=False))
     split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)
-    features = FeatureCache().get(
-        encoder,
-        pairs,
-        config.data.image_size,
-        device=device,
-        batch_size=config.encoder.batch_size,
-        progress=progress,
-        verify=verify,
-    )
+    cache, size = FeatureCache(), config.data.image_size
+    features = cache.lookup(encoder, pairs, size, device, verify=verify)
+    if features is None:
+        # A hit's key proves these bytes decoded when its entry was built; before a build, every
+        # file is decoded to its end, so a damaged one is named before any encoding starts.
+        check_decoding(root, pairs, limit)
+        features = cache.get(
+            encoder,
+            pairs,
+            size,
+            device=device,
+            batch_size=config.encoder.batch_size,
+            progress=progress,
+        )
     return Prepared(root, pairs, split, encoder.cpu(), reason, features, device)
