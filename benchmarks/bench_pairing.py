@@ -3,9 +3,9 @@
 `list_pairs` decodes every image and mask (JPEGs in Pillow's draft mode, 1/8 scale) so that
 `split` refuses the truncated files and mismatched masks `train` would refuse. This writes
 synthetic pairs at one size (default 1000 at 720×576, the most common Kvasir-SEG frame) as JPEGs
-of Kvasir-like quality and times three ways of checking them, each the best of `--repeats`:
-headers only (what `list_pairs` did before), the full check as shipped, and a full-scale decode.
-Prints one JSON line.
+of Kvasir-like quality and times four ways of checking them, each the best of `--repeats`:
+headers only (a bare loop), the full check as shipped (decoding in threads), `list_pairs` with
+`decode=False` (what a feature-cache hit runs), and a full-scale decode. Prints one JSON line.
 
     python benchmarks/bench_pairing.py [--images 1000] [--width 720] [--height 576]
 """
@@ -84,6 +84,7 @@ def main() -> None:
             "size": f"{args.width}x{args.height}",
             "headers_only_s": best_of(args.repeats, lambda: headers_only(root)),
             "list_pairs_full_check_s": best_of(args.repeats, lambda: list_pairs(root)),
+            "list_pairs_headers_s": best_of(args.repeats, lambda: list_pairs(root, decode=False)),
             "full_scale_decode_s": best_of(args.repeats, lambda: full_scale(root)),
         }
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}

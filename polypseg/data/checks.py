@@ -13,8 +13,10 @@ are the ones a build already decoded, and only headers are read again.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from polypseg.errors import DataError
 DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 _SHOWN = 5  # names listed in an error before "... and N more"
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+_THREADS = 8  # decoding threads for the check, at most one per core
 
 
 def listing(names: Iterable[str]) -> str:
@@ -74,9 +77,10 @@ def _inspect(path: Path, max_pixels: float, decode: bool = True) -> tuple[str, A
     """("ok", (w, h)), ("large", (w, h) or None) or ("undecodable", None) for one file.
 
     Without `decode` only the header is read: the size and the pixel limit, not the data.
+    Pillow's decompression-bomb warning is the caller's to silence (`_inspect_all`).
     """
     try:
-        with pixel_guard(path), Image.open(path) as image:
+        with Image.open(path) as image:
             size = image.size
             if size[0] * size[1] > max_pixels:
                 return "large", size
@@ -86,10 +90,25 @@ def _inspect(path: Path, max_pixels: float, decode: bool = True) -> tuple[str, A
                 image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             image.load()
             return "ok", size
-    except DataError:
+    except Image.DecompressionBombError:
         return "large", None
     except _DECODE_ERRORS:
         return _other_decoder(path)
+
+
+def _inspect_all(paths: Sequence[Path], max_pixels: float, decode: bool) -> list[tuple[str, Any]]:
+    """`_inspect` of every path; decoding runs in threads (Pillow decodes without the GIL).
+
+    The warning filter is set here, once around all threads: it is process-wide, and
+    `catch_warnings` entered and left in several threads at once can restore a stale list.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if not decode:  # a header is read faster than a thread is handed the work
+            return [_inspect(path, max_pixels, decode) for path in paths]
+        with ThreadPoolExecutor(max_workers=min(_THREADS, cores or 1)) as pool:
+            return list(pool.map(lambda path: _inspect(path, max_pixels, decode), paths))
 
 
 def _other_decoder(path: Path) -> tuple[str, Any]:
@@ -131,10 +150,12 @@ def pair_problems(
     `decode=False` checks headers only (sizes, the pixel limit): for files known to decode.
     """
     found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": []}
-    for pair in pairs:
+    pairs = list(pairs)
+    paths = [path for pair in pairs for path in (pair.image, pair.mask)]
+    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode)
+    for pair, image, mask in zip(pairs, verdicts[0::2], verdicts[1::2], strict=True):
         sizes = []
-        for path in (pair.image, pair.mask):
-            state, size = _inspect(path, max_megapixels * 1e6, decode)
+        for path, (state, size) in ((pair.image, image), (pair.mask, mask)):
             _note(found, str(path.relative_to(root)), state, size)
             sizes.append(size)
         if None not in sizes and sizes[0] != sizes[1]:
@@ -148,7 +169,8 @@ def refuse_bad_images(
     """Single images (predict's inputs) checked like pairs: links, the pixel limit, decoding."""
     refuse_broken_links(paths)
     found: dict[str, list[str]] = {"large": [], "undecodable": []}
-    for path in paths:
-        _note(found, str(path), *_inspect(path, max_megapixels * 1e6))
+    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode=True)
+    for path, verdict in zip(paths, verdicts, strict=True):
+        _note(found, str(path), *verdict)
     if problems := _phrases(found, max_megapixels):
         raise DataError("; ".join(problems) + "; pass image files that decode")
