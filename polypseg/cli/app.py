@@ -108,19 +108,18 @@ TrackingOption = Annotated[
 ]
 
 
-def _sigterm_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # so a terminated run ends KILLED and a study stays resumable
-
-
 def main() -> None:  # pragma: no cover - the console script
     import logging
     import os
     import signal
+
+    from polypseg.interrupts import raise_interrupt
 
     # Artifacts here are local files: MLflow's per-file progress bars are only noise.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow logs each database error with its traceback, then raises it: what it raises is
     # reported (a full or read-only store as one line), so the log would only repeat it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # SIGTERM as Ctrl-C: a terminated run ends KILLED and a study stays resumable.
+    signal.signal(signal.SIGTERM, raise_interrupt)
     app()

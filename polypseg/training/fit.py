@@ -23,6 +23,7 @@ import torch
 from polypseg.config import TrainConfig
 from polypseg.errors import TrainingError
 from polypseg.features.cache import FeatureSet
+from polypseg.interrupts import deferred, interrupt_point
 from polypseg.metrics import dice_iou, mean_scores, scores
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.segmenter import upsample_logits
@@ -132,32 +133,34 @@ def fit(
     train, val = train.to(device), val.to(device)
     result = FitResult(decoder)
     best_state = copy.deepcopy(decoder.state_dict())
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        decoder.train()
-        losses = [
-            train_step(decoder, optimiser, x, y, config.dice_weight)
-            for x, y in train.batches(config.batch_size, device, generator)
-        ]
-        train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
-        trained = time.perf_counter()
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"the training loss became {train_loss} in epoch {epoch} (train.lr = {config.lr}); "
-                "lower train.lr"
-            )
-        metrics = {"epoch": epoch, "train_loss": train_loss}
-        metrics.update(validate(decoder, val, config.batch_size, config.dice_weight, device))
-        metrics["epoch_train_s"] = trained - started
-        metrics["epoch_val_s"] = time.perf_counter() - trained
-        result.history.append(metrics)
-        if metrics["val_dice"] > result.best_val_dice:
-            result.best_epoch, result.best_val_dice = epoch, metrics["val_dice"]
-            best_state = copy.deepcopy(decoder.state_dict())
-        if callback is not None:
-            callback(metrics)  # may raise, e.g. optuna.TrialPruned
-        if config.patience and epoch - result.best_epoch >= config.patience:
-            break
+    with deferred():  # Ctrl-C stops the loop between steps, never inside the callback's writes
+        for epoch in range(1, config.epochs + 1):
+            started = time.perf_counter()
+            decoder.train()
+            losses = []
+            for x, y in train.batches(config.batch_size, device, generator):
+                losses.append(train_step(decoder, optimiser, x, y, config.dice_weight))
+                interrupt_point()
+            train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
+            trained = time.perf_counter()
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"the training loss became {train_loss} in epoch {epoch} "
+                    f"(train.lr = {config.lr}); lower train.lr"
+                )
+            metrics = {"epoch": epoch, "train_loss": train_loss}
+            metrics.update(validate(decoder, val, config.batch_size, config.dice_weight, device))
+            metrics["epoch_train_s"] = trained - started
+            metrics["epoch_val_s"] = time.perf_counter() - trained
+            result.history.append(metrics)
+            if metrics["val_dice"] > result.best_val_dice:
+                result.best_epoch, result.best_val_dice = epoch, metrics["val_dice"]
+                best_state = copy.deepcopy(decoder.state_dict())
+            if callback is not None:
+                callback(metrics)  # may raise, e.g. optuna.TrialPruned
+            interrupt_point()
+            if config.patience and epoch - result.best_epoch >= config.patience:
+                break
     decoder.load_state_dict(best_state)
     decoder.eval()
     return result
