@@ -36,6 +36,14 @@ DEFAULT_HEARTBEAT = (20, 60)
 SAME_START = 1.0
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS keeps one (a
+    container's CPU set is smaller than the machine), else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace period) in seconds: `POLYPSEG_HEARTBEAT=interval,grace`, else 20,60."""
     text = os.environ.get(HEARTBEAT_ENV)

@@ -13,7 +13,6 @@ are the ones a build already decoded, and only headers are read again.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from polypseg.config import DataConfig
 from polypseg.errors import DataError
+from polypseg.processes import usable_cores
 
 DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 _SHOWN = 5  # names listed in an error before "... and N more"
@@ -102,12 +102,11 @@ def _inspect_all(paths: Sequence[Path], max_pixels: float, decode: bool) -> list
     The warning filter is set here, once around all threads: it is process-wide, and
     `catch_warnings` entered and left in several threads at once can restore a stale list.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if not decode:  # a header is read faster than a thread is handed the work
             return [_inspect(path, max_pixels, decode) for path in paths]
-        with ThreadPoolExecutor(max_workers=min(_THREADS, cores or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(_THREADS, usable_cores())) as pool:
             return list(pool.map(lambda path: _inspect(path, max_pixels, decode), paths))
 
 

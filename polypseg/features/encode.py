@@ -15,7 +15,6 @@ worker's whole traceback as its message.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from polypseg.data.kvasir import Pair
 from polypseg.errors import CacheError, DataError, PolypsegError
 from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
 from polypseg.models.encoders import FrozenEncoder
+from polypseg.processes import usable_cores
 
 FEATURES, MASKS = "features.npy", "masks.npy"
 SPACE_MARGIN = 64 << 20  # bytes kept free beyond the arrays (the index, the file system's own)
@@ -62,8 +62,7 @@ def loader_workers(device: torch.device, batches: int) -> int:
     """Decoding processes: enough to keep a GPU fed; one on a CPU, whose cores encode."""
     if batches < 2:
         return 0  # nothing to overlap: a worker would only cost its start-up
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(8 if device.type == "cuda" else 1, max(1, (cores or 1) - 1))
+    return min(8 if device.type == "cuda" else 1, max(1, usable_cores() - 1))
 
 
 def ensure_free_space(folder: Path, needed: int) -> None:

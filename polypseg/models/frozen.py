@@ -11,7 +11,6 @@ checkpoints, the logged model); on CUDA the features come from a bf16 copy of it
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polypseg.models.precision import compute_copy, compute_dtype
+from polypseg.processes import usable_cores
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def state_digest(module: nn.Module) -> str:
     SHA-256): the same weights, the same digest. The tensors are hashed in threads (hashlib
     releases the GIL), since every start of a cache hit pays for it: ViT-B is 360 MB."""
     state = sorted(module.state_dict().items())
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, usable_cores())) as pool:
         hashes = list(pool.map(_tensor_sha256, (tensor for _, tensor in state)))
     digest = hashlib.sha256()
     for (key, tensor), tensor_hash in zip(state, hashes, strict=True):
