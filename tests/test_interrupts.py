@@ -102,3 +102,26 @@ def test_a_signal_whose_handler_does_not_raise_is_left_alone() -> None:
         assert calls == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_signal_outside_training_stops_the_worker_once_its_trial_is_told(tmp_path) -> None:
+    """A signal while a trial writes its figures (here: inside the objective, after training)
+    is raised once the trial is told: it is recorded as it ended, and no next trial starts."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sampler, pruner = optuna.samplers.RandomSampler, optuna.pruners.NopPruner()
+    study = open_shared_study("s", url, "minimize", sampler, pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        value = trial.suggest_float("x", 0, 1)
+        os.kill(os.getpid(), signal.SIGINT)
+        return value  # the rest of the trial's writes still happen
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, objective, WorkerOptions(n_trials=3))
+    assert [t.state for t in study.study.get_trials()] == [TrialState.COMPLETE]

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from polypseg.errors import StoreError
 from polypseg.files import file_lock
+from polypseg.interrupts import deferred, interrupt_point
 from polypseg.processes import Worker
 from polypseg.tracking.runs import end_runs_of_finished_trials
 from polypseg.tracking.store import mask_password
@@ -150,6 +151,7 @@ class SharedStudy:
             if not running or interval is None:
                 raise BudgetReached(f"the study holds its {self.max_trials} trials")
             time.sleep(min(interval, 5))
+            interrupt_point()  # Ctrl-C while waiting here stops the worker at once
             fail_stale_trials(self.study)
 
     @contextmanager
@@ -260,21 +262,31 @@ def run_worker(
             claimed += 1
             return True
 
-    def loop() -> None:
+    def one() -> bool:
+        """Take, train and tell one trial; False once the study's budget is used up."""
         nonlocal claimed
+        fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs ended, retried
+        try:
+            trial = shared.take_trial()
+        except BudgetReached as reached:
+            log.info("stopping: %s", reached)
+            with guard:
+                claimed -= 1
+            done.set()
+            return False
+        frozen = _run_one(shared, objective, trial)
+        for callback in callbacks:
+            callback(shared.study, frozen)
+        return True
+
+    def loop() -> None:
         while claim():
-            fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs ended, retried
-            try:
-                trial = shared.take_trial()
-            except BudgetReached as reached:
-                log.info("stopping: %s", reached)
-                with guard:
-                    claimed -= 1
-                done.set()
-                return
-            frozen = _run_one(shared, objective, trial)
-            for callback in callbacks:
-                callback(shared.study, frozen)
+            # Ctrl-C and SIGTERM wait for a safe point: a training step, or the trial told. One
+            # raised inside a storage write can leave the study's database locked (see
+            # `polypseg.interrupts`), and then failing the trial and ending its runs hang.
+            with deferred():
+                if not one():
+                    return
 
     if options.n_jobs == 1:
         loop()
