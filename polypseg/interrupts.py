@@ -4,9 +4,10 @@ Python raises `KeyboardInterrupt` wherever the main thread happens to be. Inside
 (Optuna's or MLflow's SQLite store, written every epoch) that can leave a transaction open and
 the file locked, and the clean-up that follows (the trial told FAIL, the run ended KILLED) then
 waits on that lock: `tune` stopped by SIGTERM hung for minutes. While `deferred()` is active —
-around the training loop, where a run spends its time — a signal only takes note, and
-`interrupt_point()`, called between steps and after each epoch's logging, raises there. A second
-signal raises at once: someone who presses Ctrl-C twice means it.
+around the training loop, where a run spends its time, and around each trial of a study's
+worker — a signal only takes note, and `interrupt_point()`, called between steps and after each
+epoch's logging, raises there (else the block's end does). A second signal raises at once:
+someone who presses Ctrl-C twice means it.
 
 Only signals that already raise `KeyboardInterrupt` are deferred: SIGINT with Python's default
 handler, SIGTERM once `raise_interrupt` is installed for it (the CLI does). Signals reach only the
@@ -31,9 +32,7 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
-    if _pending:
-        _pending.clear()
-        raise KeyboardInterrupt
+    interrupt_point()  # a second signal raises at once
     _pending.append(signum)
 
 

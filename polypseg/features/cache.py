@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,17 +127,22 @@ class FeatureCache:
         batch_size: int = 8,
         progress: bool = True,
         verify: bool = False,
+        before_build: Callable[[], None] | None = None,
     ) -> CachedFeatures:
         """The entry for these images, built first when missing or damaged.
 
-        `verify` re-hashes an existing entry in full instead of the cheap check.
+        `verify` re-hashes an existing entry in full instead of the cheap check. `before_build`
+        runs only on a miss, before anything is encoded (`prepare` checks that every file
+        decodes there: a hit's key already proves it).
         """
-        cached = self.lookup(encoder, pairs, image_size, device, verify=verify)
-        if cached is not None:
-            return cached
         device = torch.device(device)
         key = self.key(encoder, pairs, image_size, device)
         folder = self.entry_dir(encoder, image_size, key)
+        cached = self.load(folder, key, verify=verify)
+        if cached is not None:
+            return cached
+        if before_build is not None:
+            before_build()
         self.build(
             folder,
             key=key,
@@ -152,18 +157,6 @@ class FeatureCache:
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
             raise RuntimeError(f"feature cache {folder} failed verification right after its build")
         return cached
-
-    def lookup(
-        self,
-        encoder: FrozenEncoder,
-        pairs: Sequence[Pair],
-        image_size: int,
-        device: str | torch.device = "cpu",
-        verify: bool = False,
-    ) -> CachedFeatures | None:
-        """The sound entry for these images, or None (nothing is built)."""
-        key = self.key(encoder, pairs, image_size, device)
-        return self.load(self.entry_dir(encoder, image_size, key), key, verify=verify)
 
     def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
         """The entry in `folder`, or None when absent; a damaged entry is deleted (None)."""

@@ -66,18 +66,16 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
     split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)
-    cache, size = FeatureCache(), config.data.image_size
-    features = cache.lookup(encoder, pairs, size, device, verify=verify)
-    if features is None:
+    features = FeatureCache().get(
+        encoder,
+        pairs,
+        config.data.image_size,
+        device=device,
+        batch_size=config.encoder.batch_size,
+        progress=progress,
+        verify=verify,
         # A hit's key proves these bytes decoded when its entry was built; before a build, every
         # file is decoded to its end, so a damaged one is named before any encoding starts.
-        check_decoding(root, pairs, limit)
-        features = cache.get(
-            encoder,
-            pairs,
-            size,
-            device=device,
-            batch_size=config.encoder.batch_size,
-            progress=progress,
-        )
+        before_build=lambda: check_decoding(root, pairs, limit),
+    )
     return Prepared(root, pairs, split, encoder.cpu(), reason, features, device)
