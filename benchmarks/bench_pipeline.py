@@ -16,10 +16,15 @@ One run, one device, one JSON line:
   the features' size;
 - `train_ms_per_image`, `val_ms_per_image`: a decoder's epochs over the cached features (the
   median of the logged `epoch_train_s` / `epoch_val_s`, per image, first epoch left out);
+  `train_ms_per_image_by_decoder`: the same for each registered decoder (`simple`, `hires`);
+- `cache_bytes_per_image_by_augment`: the feature cache's bytes per training image (features
+  and masks of every entry it reads) and encoder passes per training image, for `data.augment`
+  none, ["hflip"], ["hflip", "vflip", "rot90"] (the union `studies/recipe_search.toml` builds);
 - `trials_per_hour`: a small Optuna study through `tune` (MLflow logging included), from the
   trials' own durations; `study_wall_s` is the whole call, registration included;
-- `gpu_busy`: the mean GPU utilisation sampled during the feature pass and the study (CUDA
-  only, else null); `device`.
+- `gpu_busy`: the mean utilisation of the benchmark's own GPU (`--device`), sampled through
+  NVML during the feature pass and the study; null off CUDA, and on CUDA without NVML the
+  reason as a string (`pip install -e .[gpu]` installs `nvidia-ml-py`); `device`.
 
 Its defaults (16 synthetic images, SAM ViT-B's architecture at 256 px, random weights) finish
 in under 3 minutes on 2 idle CPU cores. The GPU form is `--images 1000 --encoder sam_vit_b`.
@@ -64,20 +69,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class GpuSampler:
-    """Samples the GPU's utilisation every 0.1 s in a thread while active (CUDA with NVML)."""
+    """Samples `device`'s utilisation every 0.1 s in a thread while active (CUDA with NVML)."""
 
     def __init__(self, device: torch.device) -> None:
         self.samples: list[float] = []
+        self.device = device
         self.enabled = device.type == "cuda"
+        self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                self.samples.append(torch.cuda.utilization() / 100)
-            except Exception:  # no NVML (nvidia-ml-py) on this machine: report null
-                self.enabled = False
+                self.samples.append(torch.cuda.utilization(self.device) / 100)
+            except Exception as err:  # no NVML (nvidia-ml-py), or it cannot see the device
+                self.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 return
 
     def __enter__(self) -> GpuSampler:
@@ -88,8 +95,13 @@ class GpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
 
-    def busy(self) -> float | None:
-        return round(statistics.fmean(self.samples), 3) if self.enabled and self.samples else None
+    def busy(self) -> float | str | None:
+        """The mean utilisation (0-1); why there is none, on CUDA; None off CUDA."""
+        if not self.enabled:
+            return None
+        if self.error is not None:
+            return f"unavailable ({self.error}); pip install -e .[gpu]"
+        return round(statistics.fmean(self.samples), 3) if self.samples else None
 
 
 def _sync(device: torch.device) -> None:
@@ -140,9 +152,13 @@ def cache_lookup_s(prepared: Prepared, config: Config) -> float:
     return time.perf_counter() - start
 
 
-def epoch_ms(prepared: Prepared, config: Config, epochs: int) -> tuple[float, float]:
+def epoch_ms(
+    prepared: Prepared, config: Config, epochs: int, decoder: str = "simple"
+) -> tuple[float, float]:
     """(train, val) ms per image: medians of the per-epoch timings `fit` reports."""
-    train, val = prepared.feature_set("train"), prepared.feature_set("val")
+    pixels = decoder == "hires"
+    train = prepared.feature_set("train", images=pixels)
+    val = prepared.feature_set("val", images=pixels)
     train_config = dataclasses.replace(config.train, epochs=epochs + 1, patience=0)
     result = fit(
         train,
@@ -151,11 +167,33 @@ def epoch_ms(prepared: Prepared, config: Config, epochs: int) -> tuple[float, fl
         config.decoder.width,
         train_config,
         prepared.device,
+        decoder_config=dataclasses.replace(config.decoder, name=decoder),
     )
     history = result.history[1:]  # the first epoch pays one-time costs
     train_s = statistics.median(h["epoch_train_s"] for h in history)
     val_s = statistics.median(h["epoch_val_s"] for h in history)
     return train_s / len(train) * 1000, val_s / len(val) * 1000
+
+
+AUGMENTS = ((), ("hflip",), ("hflip", "vflip", "rot90"))
+
+
+def cache_costs(config: Config) -> dict[str, dict[str, float]]:
+    """Per `data.augment` setting: the cache's bytes and the encoder's passes per training
+    image (the identity entry holds every image once; the augmentation entry each training
+    image once per variant)."""
+    costs = {}
+    for augment in AUGMENTS:
+        prepared = prepare(
+            dataclasses.replace(config, data=dataclasses.replace(config.data, augment=augment)),
+            progress=False,
+        )
+        per_image = prepared.features.features[0].nbytes + prepared.features.masks[0].nbytes
+        costs[",".join(augment) or "none"] = {
+            "bytes": per_image * (1 + len(augment)),
+            "encoder_passes": 1 + len(augment),
+        }
+    return costs
 
 
 def study(config: Config, trials: int, epochs: int) -> tuple[float, float]:
@@ -232,6 +270,11 @@ def main() -> None:
                 figures["cache_lookup_s"] = cache_lookup_s(prepared, config)
                 train_ms, val_ms = epoch_ms(prepared, config, args.epochs)
                 figures["train_ms_per_image"], figures["val_ms_per_image"] = train_ms, val_ms
+                figures["train_ms_per_image_by_decoder"] = {
+                    name: round(epoch_ms(prepared, config, args.epochs, name)[0], 3)
+                    for name in ("simple", "hires")
+                }
+                figures["cache_bytes_per_image_by_augment"] = cache_costs(config)
                 figures["trials_per_hour"], figures["study_wall_s"] = study(
                     config, args.trials, args.epochs
                 )

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from polypseg.dihedral import check_variants
 from polypseg.errors import ConfigError
+from polypseg.toml_checks import Bounds, check_range, parse_value, read_toml, typed
 
 DATA_SOURCES = ("kaggle", "local", "synthetic")
+DATA_PROTOCOLS = ("seed", "pranet")
+# The names of data/sets.py's table (a test holds them equal): data.roots's keys.
+POLYP_SETS = ("kvasir", "clinicdb", "colondb", "etis", "cvc300")
 ENCODER_PRECISIONS = ("auto", "fp32", "bf16")
+DECODERS = ("simple", "hires")  # models/decoder.py's registry holds these names
+LOSSES = ("bce_dice", "structure")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class DataConfig:
     # Larger images are refused, naming the file: a deliberate limit instead of Pillow's
     # decompression-bomb guard. Kvasir-SEG's largest frame is 2 MP, an 8K frame 33 MP.
     max_megapixels: float = 64.0
+    # Dihedral variants of the training images (polypseg.dihedral: hflip, vflip, rot90, ...),
+    # each encoded once into the cache; every epoch each image is seen under one of them.
+    augment: tuple[str, ...] = ()
+    # seed: data.root's own split (data.ratios); pranet: the literature's (docs/literature.md),
+    # training on data.roots' kvasir + clinicdb minus PraNet's test images.
+    protocol: str = "seed"
+    roots: dict[str, str] = field(default_factory=dict)  # set name → folder (POLYP_SETS)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,10 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    name: str = "simple"  # simple | hires (a trainable CNN over the pixels, fused to full size)
     width: int = 256
+    branch_width: int = 16  # hires: channels of its full-resolution image branch
+    deep_supervision: bool = False  # hires: a loss on every upsampling stage's logits too
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,8 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    dice_weight: float = 0.5
+    dice_weight: float = 0.5  # bce_dice only
+    loss: str = "bce_dice"  # bce_dice | structure (PraNet's weighted BCE + weighted IoU)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     patience: int = 8  # epochs without a better val_dice before stopping; 0 disables
@@ -93,7 +105,7 @@ class Config:
                 raise ConfigError(
                     f"{origin}: unknown key '{dotted}'; [{section}] has: {', '.join(hints)}"
                 )
-            coerced = _coerce(value, hints[key], f"{origin}: {dotted}")
+            coerced = typed(value, hints[key], f"{origin}: {dotted}")
             sections[section] = replace(current, **{key: coerced})
         config = Config(**sections)
         _validate(config, origin)
@@ -112,36 +124,12 @@ def _split_key(dotted: str, origin: str) -> tuple[str, str]:
     return section, key
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a TOML value against a dataclass field's type; ints are accepted for floats."""
-    text = "list of numbers" if str(hint).startswith("tuple") else hint.__name__
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif text == "list of numbers":
-        ok = isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        )
-        value = tuple(float(v) for v in value) if ok else value
-    else:  # pragma: no cover - every field type is handled above
-        raise TypeError(f"unsupported config type {hint}")
-    if not ok:
-        raise ConfigError(f"{where} = {value!r} is not a valid {text}")
-    return value
-
-
-SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds in [0, 2**32 - 1]
+SEED_MAX = 2**32 - 1  # numpy, scikit-learn and Optuna's samplers take seeds in [0, 2**32 - 1]
 PATCH = 16  # the ViT encoders cut images into 16×16 patches
 # Pillow's own hard limit (2 × its 89.5 MP warning): ours stays under it, so Pillow never decides.
 MAX_MEGAPIXELS_CEILING = 178.0
 # Every numeric key's range: (low, high, low excluded). Values must also be finite.
-RANGES: dict[str, tuple[float, float, bool]] = {
+RANGES: dict[str, Bounds] = {
     "data.image_size": (64, math.inf, False),
     "data.split_seed": (0, SEED_MAX, False),
     "data.synthetic_n": (1, math.inf, False),
@@ -149,6 +137,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.max_megapixels": (0, MAX_MEGAPIXELS_CEILING, True),
     "encoder.batch_size": (1, math.inf, False),
     "decoder.width": (1, math.inf, False),
+    "decoder.branch_width": (1, math.inf, False),
     "train.epochs": (1, math.inf, False),
     "train.batch_size": (1, math.inf, False),
     "train.lr": (0, math.inf, True),
@@ -160,14 +149,6 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 NAMES = ("encoder.name", "train.device", "tracking.experiment", "tracking.registered_model")
 
 
-def _range_text(low: float, high: float, open_low: bool) -> str:
-    if math.isinf(high):
-        if (low, open_low) in ((0, True), (1, False)):
-            return "positive"
-        return f"> {low:g}" if open_low else f">= {low:g}"
-    return f"in ({low:g}, {high:g}]" if open_low else f"in [{low:g}, {high:g}]"
-
-
 def _check_numbers(flat: dict[str, Any], origin: str) -> None:
     size = flat["data.image_size"]
     if size % PATCH or size < RANGES["data.image_size"][0]:
@@ -175,14 +156,8 @@ def _check_numbers(flat: dict[str, Any], origin: str) -> None:
             f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
             "patch size) and >= 64, like 256 or 512"
         )
-    for key, (low, high, open_low) in RANGES.items():
-        value = flat[key]
-        below = value <= low if open_low else value < low
-        if not math.isfinite(value) or below or value > high:
-            finite = "" if math.isfinite(value) else "a finite number, "
-            raise ConfigError(
-                f"{origin}: {key} = {value} must be {finite}{_range_text(low, high, open_low)}"
-            )
+    for key, bounds in RANGES.items():
+        check_range(flat[key], bounds, f"{origin}: {key}")
     ratios = flat["data.ratios"]
     if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
         raise ConfigError(
@@ -192,6 +167,25 @@ def _check_numbers(flat: dict[str, Any], origin: str) -> None:
     if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
         raise ConfigError(
             f"{origin}: data.ratios = {list(ratios)} must sum to 1 with a train part > 0"
+        )
+
+
+def _check_protocol(data: DataConfig, origin: str) -> None:
+    if data.protocol not in DATA_PROTOCOLS:
+        raise ConfigError(
+            f"{origin}: data.protocol = {data.protocol!r}; use one of {', '.join(DATA_PROTOCOLS)}"
+        )
+    if unknown := [name for name in data.roots if name not in POLYP_SETS]:
+        raise ConfigError(
+            f"{origin}: data.roots names {', '.join(unknown)}; the sets are {', '.join(POLYP_SETS)}"
+        )
+    if data.protocol == "pranet" and data.source == "synthetic":
+        raise ConfigError(f"{origin}: data.protocol = 'pranet' needs real sets, not synthetic")
+    lacking = [n for n in ("kvasir", "clinicdb") if n not in data.roots]
+    if data.protocol == "pranet" and data.source == "local" and lacking:
+        raise ConfigError(
+            f"{origin}: data.protocol = 'pranet' with data.source = 'local' needs data.roots for "
+            f"{' and '.join(lacking)} (or data.source = 'kaggle' to download them)"
         )
 
 
@@ -206,7 +200,15 @@ def _validate(config: Config, origin: str) -> None:
             f"{origin}: encoder.precision = {config.encoder.precision!r}; use one of "
             f"{', '.join(ENCODER_PRECISIONS)}"
         )
-    if config.data.source == "local" and not config.data.root:
+    for key, choices in (("decoder.name", DECODERS), ("train.loss", LOSSES)):
+        if flat[key] not in choices:
+            raise ConfigError(f"{origin}: {key} = {flat[key]!r}; use one of {', '.join(choices)}")
+    try:
+        check_variants(config.data.augment, f"{origin}: data.augment")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _check_protocol(config.data, origin)
+    if config.data.source == "local" and not config.data.root and config.data.protocol == "seed":
         raise ConfigError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")
     for key in NAMES:
         if not flat[key].strip():
@@ -221,11 +223,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        overrides[key.strip()] = value
+        overrides[key.strip()] = parse_value(raw.strip())
     return overrides
 
 
@@ -234,18 +232,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     config = Config()
     if path is not None:
         path = Path(path)
-        try:
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; see experiments/*.toml") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config {path} is a folder; pass a TOML file") from None
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
         flat: dict[str, Any] = {}
-        for section, values in table.items():
+        for section, values in read_toml(path, "config file", "experiments/*.toml").items():
             if section not in SECTIONS or not isinstance(values, dict):
                 raise ConfigError(
                     f"{path}: unknown section [{section}]; sections are: {', '.join(SECTIONS)}"

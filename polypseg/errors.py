@@ -47,3 +47,7 @@ class OutputError(PolypsegError):
 
 class StoreError(PolypsegError):
     """A tracking store or study storage is damaged, unreachable, unsuitable or refuses writes."""
+
+
+class ExportError(PolypsegError):
+    """A model cannot be exported, or its export does not compute what the model computes."""

@@ -55,8 +55,10 @@ def mask_panel(
     masks: list[np.ndarray],
     preds: list[np.ndarray],
     titles: list[str] | None = None,
+    title: str | None = None,
 ) -> Figure:
-    """One row per image: the image | its ground truth | the prediction over the image.
+    """One row per image: the image | its ground truth | the prediction over the image, under
+    `title` (what the rows are: "kvasir: the 4 lowest dice of 100 images") when given.
 
     Args:
         images: H×W×3 uint8 images.
@@ -74,10 +76,15 @@ def mask_panel(
         )
     if titles is not None and len(titles) != n:
         raise ValueError(f"got {len(titles)} titles for {n} images")
-    # Rows as tall as the tallest image's aspect needs (Kvasir images vary), plus a title line.
-    aspect = max(image.shape[0] / image.shape[1] for image in images)
-    figure = _agg_figure(3 * PANEL_INCHES, n * (PANEL_INCHES * aspect + 0.25), "compressed")
-    axes = figure.subplots(n, 3, squeeze=False)
+    # Each row as tall as its own image's aspect needs (Kvasir images vary from portrait to
+    # landscape), plus a line for the panel titles: a height sized for the tallest image left
+    # bands of blank paper above and below a panel of wider images.
+    aspects = [image.shape[0] / image.shape[1] for image in images]
+    height = sum(PANEL_INCHES * aspect + 0.3 for aspect in aspects) + 0.35 + (0.35 if title else 0)
+    figure = _agg_figure(3 * PANEL_INCHES, height, "compressed")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(n, 3, squeeze=False, height_ratios=aspects)
     for row, (image, mask, pred) in enumerate(zip(images, masks, preds, strict=True)):
         if not (image.shape[:2] == mask.shape == pred.shape):
             raise ValueError(
@@ -123,6 +130,8 @@ def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
     `val_iou` (as `train.fit` reports them); a missing key leaves that point out. The epoch of
     the best `val_dice` is marked on both plots.
     """
+    from matplotlib.ticker import MaxNLocator
+
     figure = _agg_figure(9.0, 3.4 if title else 3.2, "tight")
     if title:
         figure.suptitle(title, fontsize=10)
@@ -142,6 +151,7 @@ def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
     score_ax.set_ylim(0.0, 1.0)
     for ax in (loss_ax, score_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch run has no epoch 1.5
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -14,18 +14,26 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from polypseg.errors import OutputError
+from polypseg.errors import OutputError, PolypsegError
 
 SQLITE_PREFIX = "sqlite:///"
+# Characters of a target's name kept in its temporary's (at most 4 bytes each in UTF-8).
+TMP_NAME_KEPT = 40
+# The longest file name (in bytes) Linux file systems take.
+NAME_MAX = 255
 
 
 def cache_home() -> Path:
-    """`$POLYPSEG_CACHE` (default `~/.cache/polypseg`): features, checkpoints, synthetic data."""
-    return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")).expanduser()
+    """`$POLYPSEG_CACHE` (default `~/.cache/polypseg`): features, checkpoints, synthetic data.
+
+    Set but empty counts as unset: `Path("")` is the working directory, which would fill it."""
+    return Path(
+        os.environ.get("POLYPSEG_CACHE") or Path.home() / ".cache" / "polypseg"
+    ).expanduser()
 
 
 def umask() -> int:
@@ -43,21 +51,43 @@ def umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, directory: bool = False, option: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
 
     A file replaces what was there. A folder is only ever created: when `path` already exists
     on success, another process finished the same deterministic work first, and ours is
     dropped, so concurrent builders never delete a folder someone is reading. What appears gets
     the permissions a plain `open` or `mkdir` would give (0644 and 0755 under umask 022), not
-    the temporary's private 0600/0700.
+    the temporary's private 0600/0700. With `option` (the CLI option that named the place), a
+    write the place refuses (a full disk, a read-only folder) is an `OutputError` naming `path`.
     """
     path = Path(path)
+    try:
+        with _atomic(path, directory) as tmp:
+            yield tmp
+    except PolypsegError:
+        raise
+    except Exception as err:
+        cause = refused_write(err) if option is not None else None
+        if cause is None:
+            raise
+        raise OutputError(
+            f"cannot write {option} {path}: {cause}; {remedy(cause)}, or choose another {option}"
+        ) from None
+
+
+@contextmanager
+def _atomic(path: Path, directory: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary's name keeps only the start of the target's: a target name near the 255-byte
+    # limit plus a random part and a suffix would be too long for the file system.
+    prefix = f".{path.name[:TMP_NAME_KEPT]}."
     if directory:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix))
     else:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         os.close(fd)
         tmp = Path(name)
     try:
@@ -75,9 +105,9 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_json(path: str | Path, payload: object) -> Path:
-    """Write `payload` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
+def write_json(path: str | Path, payload: object, option: str | None = None) -> Path:
+    """Write `payload` as indented JSON, atomically (`option` as for `atomic_path`)."""
+    with atomic_path(path, option=option) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return Path(path)
 
@@ -158,6 +188,50 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
         raise OutputError(f"{option} {path} is a file, not a folder; give a folder")
     _writable_folder(path, option, path)
     return path
+
+
+def check_outputs(
+    outputs: Sequence[tuple[Path, str]],
+    target: Path,
+    fix: str,
+    *,
+    folders: dict[Path, str] | None = None,
+    trees: dict[Path, str] | None = None,
+    option: str = "--out",
+) -> None:
+    """Refuse, before any work, outputs that would land among the inputs or on each other.
+
+    `outputs` pairs every path a command will write with what writes it (`in/a.png`, `the
+    per-image CSV of Kvasir`). No output may be written in one of `folders` (where inputs are
+    listed: a mask beside its image), nor anywhere under one of `trees` (a data set's `images/`
+    and `masks/`, the maps scored: a figure among the ground truth breaks the data set); both
+    map a folder to what it holds. Two outputs with one path are refused naming both (`fix`
+    says what to change), and so is a name too long for the file system. `target` is what the
+    user gave as `option`.
+    """
+    # realpath, not Path.resolve: it never raises, even on a symlink loop
+    places: dict[Path, tuple[Path, str, bool]] = {}
+    for held_in, whole in ((folders or {}, False), (trees or {}, True)):
+        for folder, held in held_in.items():
+            real = Path(os.path.realpath(folder))
+            if whole or real not in places:
+                places[real] = (folder, held, whole)
+    seen: dict[Path, str] = {}
+    for path, what in outputs:
+        where = Path(os.path.realpath(path))
+        for real, (shown, held, whole) in places.items():
+            if where.parent == real or (whole and where.parent.is_relative_to(real)):
+                raise OutputError(
+                    f"{option} {target} would write in {shown}, which holds {held}; polypseg "
+                    "never writes where its inputs live: choose another folder"
+                )
+        if where in seen:
+            raise OutputError(f"{seen[where]} and {what} would both write {path}; {fix}")
+        if len(os.fsencode(where.name)) > NAME_MAX:
+            raise OutputError(
+                f"{what} would write {path}, a name over {NAME_MAX} bytes; choose a shorter name"
+            )
+        seen[where] = what
 
 
 # Below this not even a run's params and metrics, with SQLite's journal for them, surely fit.

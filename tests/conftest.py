@@ -5,7 +5,8 @@ experiment config and study spec, a fresh MLflow store, a registered model to ev
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -39,6 +40,15 @@ def isolated_cache(
     cache = tmp_path_factory.mktemp("polypseg-cache")
     monkeypatch.setenv("POLYPSEG_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(autouse=True)
+def tracking_uri_of_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test's `mlflow.set_tracking_uri` (polypseg's `setup` calls it) ends with the test: it
+    sets a process-wide URI and MLFLOW_TRACKING_URI, which would beat the next test's store."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

@@ -163,3 +163,39 @@ def test_a_prepare_hit_reads_headers_only_and_a_changed_file_is_decoded_again(
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     with pytest.raises(DataError, match=f"cannot be decoded: images/{image.name}"):
         prepare(config, progress=False)
+
+
+def test_loader_workers_fit_in_the_free_dev_shm(monkeypatch, caplog) -> None:
+    import torch
+
+    from polypseg.features import encode
+
+    monkeypatch.setattr(encode, "usable_cores", lambda: 16)
+    batch_bytes = 8 * 4 * 1024**2  # 8 images and masks at 1024 px: 32 MiB
+    room = {"free": 100 * batch_bytes}
+    monkeypatch.setattr(encode.shutil, "disk_usage", lambda path: type("U", (), room)())
+    cuda = torch.device("cuda")
+    assert encode.loader_workers(cuda, 10, batch_bytes) == 8 and not caplog.records
+    room["free"] = 5 * batch_bytes  # 2 batches per worker: room for 2 workers
+    with caplog.at_level("WARNING"):
+        assert encode.loader_workers(cuda, 10, batch_bytes) == 2
+    assert "instead of 8" in caplog.text and "shm-size" in caplog.text
+    room["free"] = batch_bytes
+    assert encode.loader_workers(cuda, 10, batch_bytes) == 0  # decode in the main process
+
+
+def test_a_compiled_encoder_sees_full_batches_only(data: Path, tmp_path: Path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(
+        torch, "compile", lambda module, **kw: torch._dynamo.optimize("eager")(module)
+    )
+    plain = _get(FeatureCache(tmp_path / "plain"), encoder_architecture("resnet_tiny"), data)
+    encoder = encoder_architecture("resnet_tiny")
+    encoder.compiled = True
+    sizes = []
+    encoder.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    compiled = _get(FeatureCache(tmp_path / "compiled"), encoder, data)
+    assert sizes == [5, 5, 5]  # 12 images in batches of 5: the last one padded
+    assert encoder.images_encoded == 12
+    np.testing.assert_allclose(compiled.features, plain.features, atol=1e-3)

@@ -24,7 +24,8 @@ def test_unknown_config_key_is_one_line(runner: CliRunner, tiny_config: Path) ->
     result = runner.invoke(app, ["cache", "--config", str(tiny_config), "--set", "decoder.depth=3"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: --set: unknown key 'decoder.depth'; [decoder] has: width"
+        "error: --set: unknown key 'decoder.depth'; [decoder] has: name, width, branch_width, "
+        "deep_supervision"
     )
 
 

@@ -94,3 +94,8 @@ def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
     path.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def test_a_seed_out_of_range_names_the_exact_bounds() -> None:
+    with pytest.raises(ConfigError, match=r"data\.split_seed = -1 must be in \[0, 4294967295\]$"):
+        load_config(None, {"data.split_seed": -1})

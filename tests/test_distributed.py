@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from polypseg.config import load_config
 from polypseg.errors import ConfigError
 from polypseg.features.prepare import prepare
+from polypseg.tracking.ending import kill_orphaned_runs
 from polypseg.tracking.store import setup
 from polypseg.tuning.storage import (
     _with_installed_driver,
@@ -35,12 +36,7 @@ from polypseg.tuning.storage import (
     heartbeat_settings,
     make_storage,
 )
-from polypseg.tuning.workers import (
-    WorkerOptions,
-    end_orphaned_runs,
-    open_shared_study,
-    run_worker,
-)
+from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
 
 # One `polypseg tune` worker, through the library.
 TUNE_WORKER = """
@@ -426,7 +422,7 @@ def test_runs_left_running_by_a_dead_worker_are_ended(mlflow_store: str) -> None
             "mlflow.parentRunId": parent,
         }
         runs[trial.number] = client.create_run(experiment_id, tags=tags).info.run_id
-    assert end_orphaned_runs(study, experiment_id) == 1
+    assert kill_orphaned_runs(study, experiment_id) == 1
     ended = client.get_run(runs[dead.number])
     assert ended.info.status == "KILLED" and ended.data.tags["optuna.trial_state"] == "FAIL"
     assert client.get_run(parent).info.status == "KILLED"

@@ -3,8 +3,9 @@ tracking URIs, a journal path that cannot be created. Each is one line, exit 2, 
 and nothing already stored is lost.
 
 Read-only folders and full disks are real: the command runs in its own mount namespace
-(`unshare -m`, we run as root) where the store folder is bind-mounted read-only, or is a small
-tmpfs filled to the brim. The mounts vanish with the command.
+(`unshare -m`, which needs root) where the store folder is bind-mounted read-only, or is a small
+tmpfs filled to the brim. The mounts vanish with the command. Without root those tests are
+skipped, and fail in CI (which runs as root).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 from typer.testing import CliRunner
 
 from polypseg.cli import app
@@ -83,8 +85,23 @@ def _tune_args() -> list[str]:
     return ["tune", "--trials", "1", "--config", "tiny.toml", "--study", "spec.toml"]
 
 
+@pytest.fixture(scope="module")
+def mounts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A mount namespace where this process may mount: skipped without one, failed in CI."""
+    folder = tmp_path_factory.mktemp("mount-probe")
+    probe = ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs"]
+    try:
+        done = subprocess.run([*probe, str(folder)], capture_output=True, text=True, timeout=30)
+        said = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        reason = said[-1] if done.returncode else ""
+    except FileNotFoundError:
+        reason = "unshare is not installed (util-linux)"
+    if reason:
+        unavailable(f"needs root to mount in its own namespace (unshare -m): {reason}")
+
+
 @pytest.fixture
-def workdir(store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(mounts: None, store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The store's folder, to run in with the default stores under it. Tests change nothing
     there: their writes fail, or go to a tmpfs mounted over it in their own namespace (a copy
     elsewhere would not do: the experiment's artifact location is an absolute path)."""

@@ -112,22 +112,79 @@ def test_curves_title_names_the_run():
     assert curves(history, title="trial-3 of study s").get_suptitle() == "trial-3 of study s"
 
 
-def test_study_plots_name_the_metric_and_keep_labels_clear_of_the_colour_bar():
+def _study_figures(n_trials: int) -> dict:
+    """The study plots of a short toy study named `decoder-search` over the decoder's space."""
     import optuna
-    from matplotlib.colors import to_rgb
 
     from polypseg.tuning.plots import study_figures
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    study = optuna.create_study(
+        study_name="decoder-search", direction="maximize", sampler=optuna.samplers.RandomSampler(0)
+    )
 
-    def objective(trial: optuna.Trial) -> float:  # the decoder search's space, a toy value
+    def objective(trial: optuna.Trial) -> float:
         trial.suggest_categorical("decoder.width", [64, 128, 256, 512])
         weight = trial.suggest_float("train.dice_weight", 0.0, 1.0)
         return trial.suggest_float("train.lr", 1e-3, 1e-2, log=True) * 50 + weight / 10
 
-    study.optimize(objective, n_trials=8)
-    figures = study_figures(study, "val_dice")
+    study.optimize(objective, n_trials=n_trials)
+    return study_figures(study, "val_dice")
+
+
+def _visible_ticks(ax) -> list[float]:
+    low, high = ax.get_xlim()
+    return [tick for tick in ax.get_xticks() if low <= tick <= high]
+
+
+def test_curves_count_whole_epochs():
+    history = _history(4)[1:]  # epochs 1..3: matplotlib alone would tick 1.5, 2.5
+    for ax in curves(history).axes:
+        ticks = _visible_ticks(ax)
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+@pytest.mark.parametrize("n_trials", [3, 8])
+def test_study_history_counts_whole_trials_under_the_study_name(n_trials):
+    figures = _study_figures(n_trials)
+    history = figures["optimization_history"].axes[0]
+    ticks = _visible_ticks(history)
+    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+        titles = [figures[name].axes[0].get_title(loc) for loc in ("left", "center")]
+        assert any("decoder-search" in title for title in titles), (name, titles)
+
+
+def test_param_importances_legend_leaves_every_bar_clear():
+    figure = _study_figures(8)["param_importances"]
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "importance for val_dice"  # the metric, named once
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+    assert len(bars) == 3
+    for legend in (ax.get_legend(), *figure.legends):
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        # A bar's whole row, label included, from the axis to the frame's right edge.
+        for bar in bars:
+            assert box.y1 <= bar.y0 or box.y0 >= bar.y1 or box.x0 >= frame.x1
+
+
+def test_study_plots_leave_optunas_style_behind():
+    import matplotlib
+
+    before = matplotlib.rcParams["axes.facecolor"]
+    _study_figures(3)
+    assert matplotlib.rcParams["axes.facecolor"] == before
+
+
+def test_study_plots_name_the_metric_and_keep_labels_clear_of_the_colour_bar():
+    from matplotlib.colors import to_rgb
+
+    figures = _study_figures(8)
     history = figures["optimization_history"].axes[0]
     assert history.get_ylabel() == "val_dice"
     parallel = figures["parallel_coordinate"]
@@ -148,3 +205,37 @@ def test_study_plots_name_the_metric_and_keep_labels_clear_of_the_colour_bar():
         if label.get_text()
     )
     assert right_edge + 20 < colour_bar.ax.get_window_extent(renderer).x0
+    # No parameter's extreme tick label (512 at the top, 64 at the bottom) runs past the frame.
+    frame = parallel.axes[0].get_window_extent(renderer)
+    for axes in parallel.axes:
+        if axes is colour_bar.ax:
+            continue
+        low, high = axes.get_ylim()
+        for tick in axes.yaxis.get_major_ticks():
+            label = tick.label2 if tick.label2.get_visible() else tick.label1
+            if label.get_text() and low <= tick.get_loc() <= high:
+                box = label.get_window_extent(renderer)
+                assert frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
+
+
+def _blank_rows(path) -> tuple[int, int]:
+    """How many pure-white pixel rows the PNG has at its top and at its bottom."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    white = (pixels >= 250).all(axis=(1, 2))
+    return int(np.argmin(white)), int(np.argmin(white[::-1]))
+
+
+def test_mask_panel_of_portrait_and_landscape_images_leaves_no_blank_bands(tmp_path):
+    # Kvasir's mix: one portrait image (the tallest) among landscape ones, as in a worst-cases
+    # figure, which a height sized for the tallest row padded with ~190 and ~170 blank rows.
+    sizes = [(476, 376), (361, 518), (474, 564), (503, 603)]
+    images, masks, preds = zip(*(_sample(i, size) for i, size in enumerate(sizes)), strict=True)
+    title = "kvasir: the 4 of 100 images with the lowest dice"
+    figure = mask_panel(list(images), list(masks), list(preds), ["a", "b", "c", "d"], title)
+    assert figure.get_suptitle() == title
+    path = tmp_path / "worst.png"
+    figure.savefig(path, format="png", dpi=100)  # as `report.write_set` writes it
+    top, bottom = _blank_rows(path)
+    assert top < 30 and bottom < 30, (top, bottom)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polypseg.training.losses import BCEDiceLoss, bce_dice_loss
+from polypseg.training.losses import bce_dice_loss
 
 
 def _one_polyp_pixel() -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,20 +90,11 @@ def test_loss_under_bf16_autocast_is_float32_and_matches_full_precision():
     assert loss.item() == pytest.approx(reference.item(), rel=1e-2)
 
 
-def test_module_wraps_the_function():
-    logits, target = _one_polyp_pixel()
-    criterion = BCEDiceLoss(0.7)
-    assert torch.equal(criterion(logits, target), bce_dice_loss(logits, target, 0.7))
-    assert "dice_weight=0.7" in repr(criterion)
-
-
 @pytest.mark.parametrize("weight", [-0.1, 1.5])
 def test_dice_weight_outside_unit_interval_is_rejected(weight):
     logits, target = _one_polyp_pixel()
     with pytest.raises(ValueError, match="dice_weight"):
         bce_dice_loss(logits, target, weight)
-    with pytest.raises(ValueError, match="dice_weight"):
-        BCEDiceLoss(weight)
 
 
 def test_mismatched_shapes_are_rejected():

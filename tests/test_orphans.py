@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from polypseg.config import load_config
 from polypseg.features.prepare import prepare
 from polypseg.processes import Worker
-from polypseg.tracking.runs import end_runs_of_dead_workers, tracked_run
+from polypseg.tracking.ending import kill_dead_runs
+from polypseg.tracking.runs import tracked_run
 from polypseg.tracking.store import setup
-from polypseg.tuning.storage import fail_trials_of_dead_workers, make_storage
+from polypseg.tuning.storage import fail_dead_trials, make_storage
 
 CLI = "import sys; from polypseg.cli import main; sys.argv[0] = 'polypseg'; main()"
 
@@ -59,7 +60,7 @@ def test_runs_of_a_dead_process_on_this_machine_are_ended_at_once(
     # A process that got a dead worker's pid (here: ours) is not that worker.
     reused = dataclasses.replace(Worker.current(), started=Worker.current().started - 100.0)
 
-    assert sorted(end_runs_of_dead_workers()) == sorted([parent, trial])
+    assert sorted(kill_dead_runs()) == sorted([parent, trial])
     assert client.get_run(parent).info.status == "KILLED"
     ended = client.get_run(trial)
     assert ended.info.status == "KILLED" and ended.data.tags["optuna.trial_state"] == "FAIL"
@@ -75,7 +76,7 @@ def test_runs_of_another_machine_end_when_their_heartbeat_is_stale(mlflow_store:
     beating = _create_run(client, experiment_id, elsewhere.tags())
     silent = _create_run(client, experiment_id, elsewhere.tags())
     client.set_tag(silent, "polypseg.heartbeat", f"{time.time() - 3600:.3f}")
-    assert end_runs_of_dead_workers() == [silent]
+    assert kill_dead_runs() == [silent]
     assert client.get_run(silent).info.status == "KILLED"
     assert client.get_run(beating).info.status == "RUNNING"  # it started a moment ago
 
@@ -106,9 +107,9 @@ def test_trials_of_a_dead_worker_fail_and_are_retried_without_waiting(
     for trial, worker in ((dead, dead_worker), (alive, Worker.current())):
         for key, value in worker.tags().items():
             trial.set_user_attr(key, value)
-    assert fail_trials_of_dead_workers(study, storage) == [dead.number]
+    assert fail_dead_trials(study, storage) == [dead.number]
     # Seen under the study lock, a trial with no worker lost its taker between ask and record.
-    assert fail_trials_of_dead_workers(study, storage, unowned_are_dead=True) == [unowned.number]
+    assert fail_dead_trials(study, storage, unowned_are_dead=True) == [unowned.number]
     fail, running, waiting = TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING
     assert [t.state for t in study.get_trials()] == [fail, running, fail, waiting, waiting]
     assert study.trials[3].params == study.trials[0].params  # the retry a heartbeat would queue

@@ -7,8 +7,9 @@ import copy
 
 import pytest
 import torch
-from segment_anything.modeling.image_encoder import Attention
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
+from polypseg.models import sam_attention
 from polypseg.models.encoders import _sam_vit, encoder_architecture
 from polypseg.models.frozen import state_digest
 from polypseg.models.precision import (
@@ -18,7 +19,12 @@ from polypseg.models.precision import (
     compute_copy,
     compute_dtype,
 )
-from polypseg.models.sam_attention import SDPA_TOLERANCE, SDPAttention, use_sdpa
+from polypseg.models.sam_attention import (
+    SDPA_TOLERANCE,
+    SDPAttention,
+    relative_table,
+    use_sdpa,
+)
 
 
 def _reference(embed_dim: int, depth: int, heads: int, global_at: tuple[int, ...], size: int):
@@ -76,6 +82,62 @@ def test_sdpa_keeps_the_state_dict_so_checkpoints_still_load() -> None:
         assert (fresh(x) - reference(x)).abs().max().item() <= SDPA_TOLERANCE
 
 
+@pytest.mark.parametrize(("size", "rows"), [(5, 9), (7, 9)])  # (7, 9): resized, as SAM does
+def test_relative_table_equals_segment_anythings_get_rel_pos(size: int, rows: int) -> None:
+    table = torch.randn(rows, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(relative_table(size, table), get_rel_pos(size, size, table))
+
+
+def test_relative_terms_are_built_once_per_block_and_reused(monkeypatch) -> None:
+    built = []
+    real = sam_attention.relative_terms
+
+    def counting(*args):
+        built.append(args[2])  # the token grid
+        return real(*args)
+
+    monkeypatch.setattr(sam_attention, "relative_terms", counting)
+    encoder = _sdpa_twin(_reference(48, 2, 3, (1,), 64))  # one windowed, one global block
+    x = _inputs(2, 64)
+    with torch.inference_mode():
+        first = encoder(x)
+        assert sorted(built) == [(4, 4), (4, 4)]  # each block's own grid: windows 4×4, image 4×4
+        for _ in range(3):
+            torch.testing.assert_close(encoder(x), first, atol=0, rtol=0)
+    assert len(built) == 2  # three more forwards, no rebuild
+
+
+def test_new_weights_rebuild_the_relative_terms() -> None:
+    reference = _reference(48, 2, 3, (1,), 64)
+    sdpa = _sdpa_twin(reference)
+    x = _inputs(1, 64)
+    with torch.inference_mode():
+        sdpa(x)  # terms built from the old tables
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if "rel_pos" in name:
+                parameter.normal_(0, 0.5)
+    sdpa.load_state_dict(reference.state_dict())
+    with torch.inference_mode():
+        assert (sdpa(x) - reference(x)).abs().max().item() <= SDPA_TOLERANCE
+
+
+def test_folded_attention_passes_no_mask_and_a_padded_head_dim(monkeypatch) -> None:
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        calls.append((q.shape[-1], k.shape[-1], v.shape[-1], kwargs.get("attn_mask")))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(sam_attention.F, "scaled_dot_product_attention", recording)
+    encoder = _sdpa_twin(_reference(48, 2, 3, (1,), 96))  # head dim 16, grids 4×4 and 6×6
+    with torch.inference_mode():
+        encoder(_inputs(1, 96))
+    assert [(q, k, v) for q, k, v, _ in calls] == [(24, 24, 24), (32, 32, 32)]  # 16+8, 16+12→32
+    assert all(mask is None for *_, mask in calls)
+
+
 def test_bf16_sdpa_vit_b_stays_within_the_stated_tolerance_of_fp32_reference() -> None:
     # SAM ViT-B's real depth and width (12 blocks, 768 wide, 4 global), at 128 px to stay fast.
     reference = _reference(768, 12, 12, (2, 5, 8, 11), 128)
@@ -100,6 +162,20 @@ def test_auto_precision_is_fp32_off_cuda_and_explicit_choices_hold() -> None:
     assert compute_dtype("auto", cpu) == torch.float32
     assert compute_dtype("bf16", cpu) == torch.bfloat16
     assert compute_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"), [((7, 5), torch.float32), ((8, 0), torch.bfloat16)]
+)
+def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, dtype):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda d: asked.append(d) or capability
+    )
+    assert compute_dtype("auto", torch.device("cuda", 1)) == dtype
+    assert asked == [torch.device("cuda", 1)]  # the encoder's own GPU, not the current one
 
 
 def test_unknown_precision_is_a_config_error_naming_the_choices() -> None:

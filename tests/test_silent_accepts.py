@@ -2,7 +2,8 @@
 
 Tiny images must give in-range metrics; a study must not be resumed with another search space;
 in-memory storage, empty names, impossible sizes, symlink loops, damaged stores and bad output
-paths are one line and exit 2 before any work; `split` and `train` agree on what a valid pair is.
+paths are one line and exit 2 before any work; `split` and `train` agree on what a valid pair is
+and on which folder is the data set.
 """
 
 from __future__ import annotations
@@ -259,3 +260,37 @@ def test_split_and_train_refuse_the_same_damaged_pair(
         runner.invoke(app, ["train", "--config", str(_with_root(tiny_config, root, tmp_path))])
     )
     assert name in split and name in train
+
+
+# --- which folder is the data set ---------------------------------------------------------------
+
+
+def test_a_folder_with_two_data_sets_is_refused_the_same_way_by_every_command(
+    runner: CliRunner, synthetic_root: Path, tiny_config: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    """Once `train` took the first by name while `data split` refused: now one verdict."""
+    both = tmp_path / "both"
+    for name in ("CVC", "Kvasir"):
+        shutil.copytree(synthetic_root, both / name)
+    config = str(_with_root(tiny_config, both, tmp_path))
+    commands = [
+        ["data", "split", "--root", str(both)],
+        ["cache", "--config", config],
+        ["train", "--config", config],
+        ["evaluate", "--model", MISSING_MODEL, "--root", str(both)],
+        ["evaluate", "--predictions", str(both / "CVC" / "masks"), "--root", str(both)],
+    ]
+    lines = {final_error_line(runner.invoke(app, args)) for args in commands}
+    assert len(lines) == 1, lines
+    line = lines.pop()
+    assert f"{both} holds 2 data sets" in line and "CVC, Kvasir" in line
+    assert "pass one of them as the root" in line
+
+
+def test_one_nested_data_set_is_found_by_split_as_by_train(
+    runner: CliRunner, synthetic_root: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(synthetic_root, tmp_path / "download" / "Kvasir-SEG")
+    result = runner.invoke(app, ["data", "split", "--root", str(tmp_path / "download")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "train=9 val=1 test=2"

@@ -88,3 +88,31 @@ def test_nan_loss_stops_with_a_clear_error() -> None:
     bad.features[:] = float("nan")
     with pytest.raises(TrainingError, match="lower train.lr"):
         fit(bad, _toy(4, 1), 8, 8, TrainConfig(epochs=3, lr=1e-2), CPU)
+
+
+def test_cuda_speedups_keep_results_within_the_stated_tolerance(monkeypatch) -> None:
+    # Fused AdamW and channels-last, as fit uses them on CUDA, run here on CPU kernels.
+    from polypseg.training import fit as fit_module
+
+    config = TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=0)
+    plain = fit(_toy(32, 0), _toy(8, 1), 8, 16, config, CPU).history
+    monkeypatch.setattr(
+        fit_module, "speedups", lambda device: fit_module.Speedups(True, torch.channels_last)
+    )
+    fast = fit(_toy(32, 0), _toy(8, 1), 8, 16, config, CPU).history
+    for a, b in zip(plain, fast, strict=True):
+        for key in ("train_loss", "val_loss", "val_dice", "val_iou"):
+            assert b[key] == pytest.approx(a[key], abs=fit_module.SPEEDUP_TOLERANCE), key
+
+
+def test_split_scores_in_batches_equal_scoring_the_whole_split_at_once() -> None:
+    from polypseg.metrics import dice_over_thresholds, mean_scores, scores
+    from polypseg.training.fit import predict_probs
+
+    result = fit(_toy(16, 0), _toy(4, 1), 8, 8, TrainConfig(epochs=2, lr=1e-2), CPU)
+    test = _toy(11, 2)  # 11 images in batches of 4: a partial batch too
+    probs, masks = predict_probs(result.decoder, test, 4, CPU)
+    expected = mean_scores(scores(probs, masks))
+    expected["mdice_thr"] = float(dice_over_thresholds(probs, masks).mean())
+    actual = split_scores(result.decoder, test, 4, CPU)
+    assert actual == {f"test_{key}": value for key, value in expected.items()}

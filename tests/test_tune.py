@@ -19,7 +19,8 @@ from polypseg.cli import app
 from polypseg.config import load_config
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
-from polypseg.tracking.registry import register_trial
+from polypseg.tracking.ending import trial_run_end
+from polypseg.tracking.registry import Score, register_trial
 from polypseg.tracking.store import setup
 from polypseg.tuning.spec import load_spec
 from polypseg.tuning.study import tune
@@ -30,6 +31,24 @@ def _children(parent_id: str) -> list:
         search_all_experiments=True,
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
         output_format="list",
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "killed", "status"),
+    [
+        ("COMPLETE", False, "FINISHED"),
+        ("PRUNED", False, "FINISHED"),  # a pruned trial did what was asked
+        ("FAIL", False, "FAILED"),
+        ("FAIL", True, "KILLED"),  # Ctrl-C, SIGTERM or a dead worker
+        ("COMPLETE", True, "KILLED"),  # a run its dead worker left RUNNING, the trial over
+    ],
+)
+def test_a_trial_run_ends_as_its_trial_did(state: str, killed: bool, status: str) -> None:
+    end = trial_run_end(state, killed=killed)
+    assert end.status == status and end.tags == {"optuna.trial_state": state}
+    assert (
+        trial_run_end("FAIL", reason="ValueError: x").tags["optuna.fail_reason"] == "ValueError: x"
     )
 
 
@@ -222,12 +241,17 @@ def test_champion_moves_only_when_val_dice_improves(mlflow_store: str) -> None:
     encoder = encoder_architecture("sam_tiny")
     runs = [_run_with_decoder(8) for _ in range(3)]
     register = partial(register_trial, "m", study="s", encoder=encoder, image_size=64)
+
+    def dice(value: float) -> Score:
+        return Score("val_dice", value, "maximize", "kvasir", "split-a")
+
     with mlflow.start_run():
-        first = register(trial=0, run_id=runs[0], val_dice=0.50, test_dice=0.4)
-        worse = register(trial=1, run_id=runs[1], val_dice=0.45, test_dice=0.4)
-        again = register(trial=0, run_id=runs[0], val_dice=0.50, test_dice=0.4)
-        better = register(trial=2, run_id=runs[2], val_dice=0.60, test_dice=0.5)
+        first = register(trial=0, run_id=runs[0], score=dice(0.50), test_dice=0.4)
+        worse = register(trial=1, run_id=runs[1], score=dice(0.45), test_dice=0.4)
+        again = register(trial=0, run_id=runs[0], score=dice(0.50), test_dice=0.4)
+        better = register(trial=2, run_id=runs[2], score=dice(0.60), test_dice=0.5)
     assert first.champion and not worse.champion and better.new
+    assert worse.kept == f"version {first.version} has val_dice 0.5000, this one 0.4500"
     assert (again.version, again.new) == (first.version, False)
     assert better.champion
     champion = mlflow.MlflowClient().get_model_version_by_alias("m", "champion")
@@ -259,7 +283,7 @@ def test_tune_cli_prints_best_trials_ui_command_and_summary_without_warnings(
     # The table of the best trials, best first, before the summary lines.
     study = optuna.load_study(study_name="s", storage="sqlite:///studies/optuna.db")
     ranked = sorted(study.trials, key=lambda t: (-t.value, t.number))
-    assert lines[0] == "best 3 of 3 trials (by val_dice):"
+    assert lines[0] == "best 3 of 3 trials (by val_dice; data synthetic12, encoder sam_tiny):"
     assert lines[1].split() == ["trial", "state", "val_dice", *study.best_trial.params]
     for line, trial in zip(lines[2:5], ranked, strict=True):
         assert line.split()[:3] == [str(trial.number), "COMPLETE", f"{trial.value:.4f}"]

@@ -5,7 +5,7 @@ mlflow, optuna) happen inside the commands so that `polypseg --help` stays insta
 live beside the app by job (`data`, `training`, `evaluation`); importing them registers them.
 """
 
-from polypseg.cli import data, evaluation, training  # noqa: F401 - registers the commands
+from polypseg.cli import data, evaluation, export, training  # noqa: F401 - registers them
 from polypseg.cli.app import app, main
 
 __all__ = ["app", "main"]

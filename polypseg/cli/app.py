@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from polypseg.config import Config
 
 
-WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "predict")
+WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "predict", "export")
 
 
 class _OneLineErrors(TyperGroup):
@@ -33,7 +33,8 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except PolypsegError as err:
-            typer.echo(f"error: {err}", err=True)
+            # One line even when a quoted library message (a path, a server's answer) holds more.
+            typer.echo(f"error: {' '.join(str(err).splitlines())}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

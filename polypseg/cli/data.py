@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from polypseg.cli.app import data_app
-from polypseg.config import SEED_MAX
+from polypseg.config import SEED_MAX, DataConfig
 from polypseg.errors import PolypsegError
 
 
@@ -19,17 +19,37 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
         raise PolypsegError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
 
 
+def _check_seed(seed: int) -> None:
+    # Checked here, not by typer's min/max: click's range error is four lines without the value.
+    if not 0 <= seed <= SEED_MAX:
+        raise PolypsegError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
+
+
 @data_app.command("download")
 def data_download(
     dest: Annotated[
         Path | None,
         typer.Option(metavar="DIR", help="Copy the data set here (default: kagglehub's cache)."),
     ] = None,
+    name: Annotated[
+        str,
+        typer.Option(
+            "--set",
+            metavar="kvasir|clinicdb|colondb|etis|cvc300|all",
+            help="Which polyp data set; all: the five of the papers' table, each in DEST/<set>.",
+        ),
+    ] = "kvasir",
 ) -> None:
-    """Download Kvasir-SEG from Kaggle and print the folder holding images/ and masks/."""
+    """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
     from polypseg.data.kvasir import download_kvasir
     from polypseg.errors import DownloadError
 
+    if name != "kvasir":
+        from polypseg.data.sets import download_sets
+
+        for line in download_sets(name, dest):
+            typer.echo(line)
+        return
     try:
         typer.echo(download_kvasir(dest))
     except DownloadError as err:
@@ -46,43 +66,74 @@ def data_synth(
     n: Annotated[int, typer.Option(min=1, metavar="N", help="Number of image/mask pairs.")] = 100,
     seed: Annotated[
         int,
-        typer.Option(
-            min=0, max=SEED_MAX, metavar="N", help="Random seed; the same seed gives the same set."
-        ),
+        typer.Option(metavar="N", help="Random seed; the same seed gives the same set."),
     ] = 0,
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
     from polypseg.data.synthetic import make_synthetic
     from polypseg.files import check_output_dir
 
+    _check_seed(seed)
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
-    typer.echo(make_synthetic(out, n=n, seed=seed))
+    typer.echo(make_synthetic(out, n=n, seed=seed, option="--out"))
 
 
 @data_app.command("split")
 def data_split(
-    root: Annotated[Path, typer.Option(metavar="DIR", help="Folder with images/ and masks/.")],
+    root: Annotated[
+        list[str],
+        typer.Option(
+            metavar="DIR|SET=DIR",
+            help="Folder with images/ and masks/; under --protocol pranet SET=DIR, repeatable.",
+        ),
+    ],
+    protocol: Annotated[
+        str, typer.Option(metavar="seed|pranet", help="seed (one folder), or the papers' split.")
+    ] = "seed",
     seed: Annotated[
         int,
-        typer.Option(min=0, max=SEED_MAX, metavar="N", help="Split seed (the protocol's is 42)."),
-    ] = 42,
+        typer.Option(
+            metavar="N",
+            help=f"Split seed (the protocol's is {DataConfig.split_seed}).",
+        ),
+    ] = DataConfig.split_seed,
     ratios: Annotated[
         str, typer.Option(metavar="TRAIN,VAL,TEST", help="train,val,test fractions.")
-    ] = "0.8,0.1,0.1",
+    ] = ",".join(f"{r:g}" for r in DataConfig.ratios),
     out: Annotated[
         Path | None, typer.Option(metavar="FILE", help="Write the JSON manifest here.")
     ] = None,
 ) -> None:
-    """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON."""
+    """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON.
+    --protocol pranet: Kvasir + ClinicDB minus PraNet's test images, and the test sets given."""
     from polypseg.data.kvasir import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.files import check_output_file, write_json
+    from polypseg.files import check_output_file, check_outputs, write_json
 
+    _check_seed(seed)
+    if protocol not in ("seed", "pranet"):
+        raise PolypsegError(f"--protocol {protocol!r}: use seed or pranet")
+    if protocol == "pranet":
+        from polypseg.data.protocol import parse_set_roots, split_manifest
+
+        roots = parse_set_roots(root)
+        if out is not None:
+            check_output_file(out)
+        manifest, counts = split_manifest(roots, seed, _parse_ratios(ratios))
+        if out is not None:
+            write_json(out, manifest, option="--out")
+        typer.echo(counts)
+        return
+    if len(root) != 1:
+        raise PolypsegError("--root: one folder, or --protocol pranet with SET=DIR folders")
+    root = Path(root[0])
     if out is not None:
         check_output_file(out)
+        trees = {root / kind: f"the {kind} of data set {root}" for kind in ("images", "masks")}
+        check_outputs([(out, "the manifest")], out, "choose another --out", trees=trees)
     split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
     if out is not None:
-        write_json(out, split.manifest())
+        write_json(out, split.manifest(), option="--out")
     typer.echo(split.summary())

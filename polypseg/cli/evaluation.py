@@ -8,23 +8,37 @@ from typing import Annotated
 import typer
 
 from polypseg.cli.app import TrackingOption, app
+from polypseg.config import DataConfig
+from polypseg.errors import PolypsegError
 
 ModelOption = typer.Option(
     "--model",
     metavar="URI",
     help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
 )
+TtaOption = Annotated[
+    str,
+    typer.Option(
+        metavar="none|flip|dihedral",
+        help="Test-time augmentation: the mean map over the image and its mirror (flip) or its "
+        "8 symmetries (dihedral); each variant costs one more encoder pass per image.",
+    ),
+]
+EngineOption = Annotated[
+    str,
+    typer.Option(metavar="torch|onnx", help="torch, or onnx: --model is a `polypseg export` file."),
+]
 
 
 @app.command("evaluate")
 def evaluate(
     root: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             metavar="DIR|NAME=DIR",
             help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table.",
         ),
-    ],
+    ] = None,
     model: Annotated[str | None, ModelOption] = None,
     predictions: Annotated[
         Path | None,
@@ -40,15 +54,44 @@ def evaluate(
         Path | None,
         typer.Option(metavar="PATH", help="JSON (default evaluation.json); a folder for NAME=DIR."),
     ] = None,
-    seed: Annotated[int, typer.Option(metavar="N", help="Split seed of --split test.")] = 42,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Split seed of --split test.")
+    ] = DataConfig.split_seed,
     tracking_uri: TrackingOption = None,
+    engine: EngineOption = "torch",
+    sets: Annotated[
+        str | None,
+        typer.Option(
+            metavar="pranet|SET,...",
+            help="PraNet's test sets by name (roots: --root SET=DIR, --config's data.roots).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", metavar="FILE", help="Experiment TOML whose data.roots --sets uses."
+        ),
+    ] = None,
+    tta: TtaOption = "none",
 ) -> None:
     """Score a model, or any method's saved maps, on one or several data sets: JSON summary,
-    per-image CSV, worst cases (and table.md/csv), all logged to a new MLflow run."""
+    per-image CSV, worst cases (and table.md/csv), all logged to a new MLflow run. --sets: the
+    papers' table of a model under PraNet's protocol, also kept on its model version."""
+    _refuse_missing_roots(root or [])
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
-    options = {"predictions": predictions, "protocol": protocol, "seed": seed}
-    result = run_evaluate(model, root, split, out, tracking_uri=tracking_uri, **options)
+    if sets is not None:
+        from polypseg.evaluation.literature import evaluate_named_sets
+
+        if predictions is not None or model is None:
+            raise PolypsegError("--sets scores a --model URI (saved maps: --root NAME=DIR)")
+        result = evaluate_named_sets(
+            model, sets, root or [], config, out, tracking_uri=tracking_uri, engine=engine, tta=tta
+        )
+    else:
+        options = {"predictions": predictions, "protocol": protocol, "seed": seed, "engine": engine}
+        options["tta"] = tta
+        result = run_evaluate(model, root or [], split, out, tracking_uri=tracking_uri, **options)
     stdout, notes = result.printout()
     typer.echo("\n".join(notes), err=True)
     typer.echo(stdout)
@@ -59,10 +102,10 @@ def predict(
     model: Annotated[str, ModelOption],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the <stem>.png files.")],
     images: Annotated[
-        list[str],
+        list[str] | None,
         # Described in the docstring: typer would print the argument's type, `<list[str]>`.
         typer.Argument(metavar="IMAGE", hidden=True, help="Image files, folders or globs."),
-    ],
+    ] = None,
     overlay: Annotated[
         bool, typer.Option(help="Also write <stem>_overlay.png, the mask over the image.")
     ] = False,
@@ -70,11 +113,41 @@ def predict(
         bool, typer.Option(help="8-bit probability maps instead of 0/255 masks.")
     ] = False,
     tracking_uri: TrackingOption = None,
+    engine: EngineOption = "torch",
+    video: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="A video: <stem>_overlay.mp4 and <stem>_frames.csv."),
+    ] = None,
+    tta: TtaOption = "none",
 ) -> None:
     """Predict polyp masks (or maps) for IMAGE... (image files, folders or glob patterns), each
     at its image's original size; prints the files written."""
+    from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
+    from polypseg.files import check_output_dir
 
-    result = run_predict(model, images, out, overlay, tracking_uri, maps=maps)
+    if video is not None or not images:
+        from polypseg.cli.export import predict_video_command  # refuses no images and no video
+
+        predict_video_command(model, video, out, engine, images, maps, tracking_uri=tracking_uri)
+        return
+    # What predict refuses first, before it loads torch and mlflow (~5 s); it checks again.
+    check_output_dir(out)
+    collect_images(images)
+    options = {"maps": maps, "engine": engine, "tta": tta}
+    result = run_predict(model, images or [], out, overlay, tracking_uri, **options)
     typer.echo("\n".join(str(path) for path in result.written))
     typer.echo(f"prediction run {result.run_id}: {result.run_url}", err=True)
+
+
+def _refuse_missing_roots(roots: list[str]) -> None:
+    """A --root folder that does not exist, refused before torch and mlflow load (~5 s): in
+    `evaluate` it is found only once the store is set up. Only existence: what else is wrong with
+    a data set is told where it is read, in the order `evaluate` checks things."""
+    from polypseg.data.kvasir import find_dataset_root
+
+    for value in roots:
+        name, sep, folder = value.partition("=")
+        folder = folder if sep and "/" not in name else value  # NAME=DIR, as parse_roots reads it
+        if not Path(folder).is_dir():
+            find_dataset_root(folder)  # raises its one line naming the folder

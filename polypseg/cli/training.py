@@ -25,9 +25,10 @@ def cache(
     ] = False,
 ) -> None:
     """Build the feature cache for a config: the encoder runs once per image."""
+    cfg = load_cli_config(config, set_)  # a bad config is refused before torch loads (~5 s)
     from polypseg.features.prepare import prepare
 
-    prepared = prepare(load_cli_config(config, set_), verify=verify)
+    prepared = prepare(cfg, verify=verify)
     typer.echo(
         f"{prepared.features.directory} images={len(prepared.features.names)} "
         f"encoder={prepared.encoder.name} images_encoded={prepared.encoder.images_encoded}"
@@ -45,17 +46,23 @@ def train(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Train the decoder once on cached features: one MLflow run; prints run_id and test_dice."""
+    cfg = load_cli_config(config, set_)  # a bad config is refused before torch and mlflow load
+    import mlflow
+
     from polypseg.features.prepare import prepare
+    from polypseg.progress import EpochLines
     from polypseg.tracking.runs import tracked_run
-    from polypseg.tracking.store import runs_url, setup
+    from polypseg.tracking.store import setup
     from polypseg.training.run import train_and_log
 
-    cfg = load_cli_config(config, set_)
     experiment_id = setup(cfg.tracking.experiment, tracking_uri)  # a bad store fails before work
     prepared = prepare(cfg)
     with tracked_run(run_name=config.stem):
-        outcome = train_and_log(prepared, cfg, on_epoch=_print_epoch, log_model=log_model)
-    typer.echo(f"runs: {runs_url(experiment_id)}", err=True)
+        # One line per epoch, on a terminal or in a log: train has no bar to show progress.
+        epochs = EpochLines(interval_s=0)
+        outcome = train_and_log(prepared, cfg, on_epoch=epochs, log_model=log_model)
+    for line in _run_instructions(experiment_id, outcome.run_id, mlflow.get_tracking_uri()):
+        typer.echo(line, err=True)
     typer.echo(f"run_id={outcome.run_id} test_dice={outcome.metrics['test_dice']:.4f}")
 
 
@@ -114,10 +121,11 @@ def tune(
     """Run or resume an Optuna study: each trial trains the decoder on the cached features,
     is one nested MLflow run, and the best model is registered (alias `champion`)."""
     from polypseg.tuning.spec import load_spec
-    from polypseg.tuning.study import tune as run_tune
 
     cfg = load_cli_config(config, set_)
-    spec = load_spec(study, cfg)
+    spec = load_spec(study, cfg)  # both refused before torch, mlflow and the study load
+    from polypseg.tuning.study import tune as run_tune
+
     result = run_tune(
         cfg,
         spec,
@@ -143,9 +151,14 @@ def tune(
         raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
 
 
-def _print_epoch(metrics: dict[str, float]) -> None:
-    typer.echo(
-        f"epoch {int(metrics['epoch']):3d}  train_loss {metrics['train_loss']:.4f}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_dice {metrics['val_dice']:.4f}",
-        err=True,
-    )
+def _run_instructions(experiment_id: str, run_id: str, tracking_uri: str) -> list[str]:
+    """How to see the run, as `tune` says how to see its trials: the command that serves the
+    store (none for a tracking server), then the run's page."""
+    from polypseg.tracking.store import mask_password, runs_url
+
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"the run: {runs_url(experiment_id, tracking_uri.rstrip('/'))}/{run_id}"]
+    return [
+        f"the run: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
+        f"  then open {runs_url(experiment_id)}/{run_id}",
+    ]

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from polypseg.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-_PILLOW_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+PILLOW_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 
 def _is_tiff(path: Path) -> bool:
@@ -27,7 +27,7 @@ def _is_tiff(path: Path) -> bool:
         return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _pillow_array(image: Image.Image) -> np.ndarray:
+def pillow_array(image: Image.Image) -> np.ndarray:
     """The pixels of a Pillow image in their own depth: bool, uint8, uint16, int32 or float32."""
     if image.mode == "I":
         values = np.asarray(image)
@@ -68,8 +68,8 @@ def read_array(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return _pillow_array(image)
-    except _PILLOW_ERRORS as err:
+            return pillow_array(image)
+    except PILLOW_ERRORS as err:
         if path.is_file() and _is_tiff(path):
             return _tiff_array(path)
         raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
@@ -111,7 +111,7 @@ def open_image(path: str | Path) -> Image.Image:
         image = Image.open(path)
         image.load()
         return image
-    except _PILLOW_ERRORS as err:
+    except PILLOW_ERRORS as err:
         if path.is_file() and _is_tiff(path):
             return _pillow_compatible(_tiff_array(path))
         raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
@@ -123,7 +123,7 @@ def has_image_header(path: str | Path) -> bool:
     try:
         with Image.open(path):
             return True
-    except _PILLOW_ERRORS:
+    except PILLOW_ERRORS:
         pass
     if not (path.is_file() and _is_tiff(path)):
         return False

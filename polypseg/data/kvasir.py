@@ -2,14 +2,17 @@
 
 A data set is any folder holding `images/` and `masks/` whose files pair by stem (Kvasir-SEG,
 CVC-ClinicDB, ETIS... with JPEG, PNG, TIFF or BMP files; TIFFs Pillow cannot decode are read
-with tifffile, see `decode.py`). The real Kvasir-SEG masks are RGB JPEGs with compression noise,
-so masks are converted to grey and thresholded at 128, never compared with 255.
+with tifffile, see `decode.py`), one file per stem in each folder. Every command finds it the
+same way (`find_dataset_root`). Masks are read by one rule (`masks.py`): Kvasir-SEG's RGB JPEGs
+with compression noise, 0/1 labels, palette and alpha-only masks alike.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,13 @@ from polypseg.data.checks import (
     pixel_guard,
 )
 from polypseg.data.decode import open_image, unit_range
+from polypseg.data.masks import foreground_problem, read_mask_file
 from polypseg.errors import DataError, DownloadError
 from polypseg.files import file_digest, first_line
 
 KAGGLE_HANDLE = "debeshjha1/kvasirseg"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-MASK_THRESHOLD = 128
+_CLASHES_SHOWN = 3  # stems named in one error line
 
 
 @dataclass(frozen=True)
@@ -42,17 +46,59 @@ class Pair:
     mask: Path
 
 
+def _holds_data(folder: Path) -> bool:
+    return (folder / "images").is_dir() and (folder / "masks").is_dir()
+
+
+def _data_folders(path: Path) -> list[Path]:
+    """The folders under `path` holding `images/` and `masks/`, not looking inside them.
+
+    A folder the walk cannot read might hold a data set (or a second one): it is refused, named,
+    rather than skipped as `os.walk` would.
+    """
+    found = []
+    for folder, subfolders, _ in os.walk(path, onerror=partial(_unreadable, path)):
+        subfolders.sort()
+        if "images" in subfolders and "masks" in subfolders and _holds_data(Path(folder)):
+            found.append(Path(folder))
+            subfolders.clear()  # a data set's own subfolders are its own
+    return found
+
+
+def _unreadable(root: Path, err: OSError) -> None:
+    raise DataError(
+        f"cannot read {err.filename} ({(err.strerror or type(err).__name__).lower()}) while "
+        f"looking for images/ and masks/ under {root}; make it readable, or pass the data set's "
+        "own folder as the root"
+    )
+
+
 def find_dataset_root(path: str | Path) -> Path:
-    """The shallowest folder at or under `path` that holds both `images/` and `masks/`."""
+    """The data set at or under `path`: `path` itself when it holds `images/` and `masks/`,
+    else the one folder under it that does (a download's nesting). Every command finds its data
+    this way; a folder holding several data sets is refused, naming them, never the first taken.
+    """
     path = Path(path)
     if not path.is_dir():
         raise DataError(
             f"data folder {path} does not exist; pass the folder with images/ and masks/"
         )
-    candidates = [path, *sorted(p for p in path.rglob("*") if p.is_dir())]
-    for folder in sorted(candidates, key=lambda p: len(p.parts)):
-        if (folder / "images").is_dir() and (folder / "masks").is_dir():
-            return folder
+    if _holds_data(path):
+        return path
+    found = _data_folders(path)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = listing(str(folder.relative_to(path)) for folder in found)
+        raise DataError(
+            f"{path} holds {len(found)} data sets (folders with images/ and masks/): {names}; "
+            f"pass one of them as the root, e.g. {found[0]}"
+        )
+    lacking = [kind for kind in ("images", "masks") if not (path / kind).is_dir()]
+    if len(lacking) == 1:  # half a data set: say which half is missing
+        raise DataError(
+            f"{path} has no {lacking[0]}/ folder; expected {path}/images and {path}/masks"
+        )
     raise DataError(
         f"no images/ and masks/ folders under {path}; a Kvasir-style folder holds both "
         "(or create one with `polypseg data synth --out DIR`)"
@@ -68,7 +114,7 @@ def download_kvasir(dest: str | Path | None = None) -> Path:
             KAGGLE_HANDLE, output_dir=str(dest) if dest is not None else None
         )
     except Exception as err:  # kagglehub raises many types for network and auth failures
-        # What to do instead depends on the command: its callers add that (source.py, cli.py).
+        # What to do instead depends on the command: its callers add that (source.py, cli/data.py).
         raise DownloadError(
             f"downloading Kaggle data set {KAGGLE_HANDLE} failed ({_reason(err)})"
         ) from None
@@ -82,43 +128,62 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}" if str(err) else type(err).__name__
 
 
-def files_by_stem(folder: Path, broken: list[Path] | None = None) -> dict[str, Path]:
-    """The image files of a folder by stem (the first by name when two share a stem).
+def stem_groups(folder: Path, broken: list[Path] | None = None) -> dict[str, list[Path]]:
+    """The image files of a folder grouped by stem, each group sorted by name.
 
     Symlinks that lead nowhere go to `broken` when it is given, to be named rather than skipped.
     """
-    files: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
+    groups: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise DataError(f"cannot read {folder} ({reason}); make it readable") from None
+    for entry in entries:
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if entry.is_file():
-            files.setdefault(entry.stem, entry)
+            groups.setdefault(entry.stem, []).append(entry)
         elif broken is not None and is_broken_link(entry):
             broken.append(entry)
-    return files
+    return groups
+
+
+def one_per_stem(groups: dict[str, list[Path]], folder: Path) -> dict[str, Path]:
+    """The one file of each stem; several files for one stem in one folder (`X.jpg` beside a
+    stale `X.png`, `X.JPG` beside `X.jpg`) are refused, naming them: which one pairs is not ours
+    to guess. A layout that prefers one format filters `groups` before this."""
+    if clashes := [files for files in groups.values() if len(files) > 1]:
+        shown = "; ".join(
+            f"{' and '.join(f'{folder.name}/{f.name}' for f in files)} share the stem "
+            f"{files[0].stem}"
+            for files in clashes[:_CLASHES_SHOWN]
+        )
+        if len(clashes) > _CLASHES_SHOWN:
+            shown += f" ... and {len(clashes) - _CLASHES_SHOWN} more stems"
+        fix = "remove one" if len(clashes) == 1 and len(clashes[0]) == 2 else "keep one per stem"
+        raise DataError(f"{folder.parent}: {shown}: {fix}")
+    return {stem: files[0] for stem, files in groups.items()}
+
+
+def files_by_stem(folder: Path, broken: list[Path] | None = None) -> dict[str, Path]:
+    """The image files of a folder by stem, one file per stem (`one_per_stem`)."""
+    return one_per_stem(stem_groups(folder, broken), folder)
 
 
 def list_pairs(
     root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, decode: bool = True
 ) -> list[Pair]:
-    """Every image of `root/images` with its mask in `root/masks`, sorted by name.
+    """Every image of the data set at `root` (`find_dataset_root`) with its mask, by name.
 
-    Raises `DataError` listing images without masks, masks without images, symlinks that lead
-    nowhere, images over `max_megapixels`, masks not the size of their images and files that do
-    not decode (`polypseg.data.checks`: the same verdict for split, train and evaluate).
-    `decode=False` leaves the last one to `check_decoding`, for a caller that may know better.
+    Raises `DataError` naming several files for one stem, images without masks, masks without
+    images, symlinks that lead nowhere, images over `max_megapixels`, masks not the size of
+    their images and files that do not decode (`polypseg.data.checks`: the same verdict for
+    split, train and evaluate). `decode=False` leaves the last one to `check_decoding`, for a
+    caller that may know better.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(
-            f"data folder {root} does not exist; pass the folder with images/ and masks/"
-        )
+    root = find_dataset_root(root)
     folders = {kind: root / kind for kind in ("images", "masks")}
-    for kind, folder in folders.items():
-        if not folder.is_dir():
-            raise DataError(
-                f"{root} has no {kind}/ folder; expected {root}/images and {root}/masks"
-            )
     broken: list[Path] = []
     images, masks = (files_by_stem(folders[k], broken) for k in ("images", "masks"))
     if not images and not masks and not broken:
@@ -143,8 +208,13 @@ def list_pairs(
 def check_decoding(
     root: str | Path, pairs: Sequence[Pair], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 ) -> None:
-    """The check `list_pairs(..., decode=False)` left out: every file decodes to its end."""
-    if problems := pair_problems(pairs, Path(root), max_megapixels):
+    """The check `list_pairs(..., decode=False)` left out, before a feature-cache build: every
+    file decodes to its end, and the masks are not all empty nor nearly all polyp."""
+    fractions: dict[str, float] = {}
+    problems = pair_problems(pairs, Path(root), max_megapixels, fractions=fractions)
+    if not problems and (problem := foreground_problem(list(fractions.values()), "masks/")):
+        problems = [problem]
+    if problems:
         raise DataError(f"{root}: " + "; ".join(problems))
 
 
@@ -169,15 +239,10 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_rgb(_decoded(path))
 
 
-def binarize_mask(grey: np.ndarray) -> np.ndarray:
-    """0/1 uint8 from a grey mask (JPEG noise included) at the 128 threshold."""
-    return (grey >= MASK_THRESHOLD).astype(np.uint8)
-
-
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file (RGB or grey, JPEG noise included) as an H×W uint8 array of 0/1."""
-    grey = np.asarray(Image.fromarray(to_rgb(_decoded(path))).convert("L"))
-    return binarize_mask(grey)
+    """A mask file as an H×W uint8 array of 0/1, by the mask rule (`masks.mask_from_pixels`)."""
+    with pixel_guard(Path(path)):  # the limit was checked when listing; no word from Pillow
+        return read_mask_file(path).astype(np.uint8)
 
 
 def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:

@@ -32,5 +32,6 @@ def resolve_root(data: DataConfig) -> Path:
         raise DownloadError(
             f"{err}; to use a local copy of Kvasir-SEG add "
             "`--set data.source=local --set data.root=DIR`, or run the offline demo: "
-            "`polypseg tune --config experiments/synthetic.toml`"
+            "`polypseg tune --trials 4 --config experiments/synthetic.toml "
+            "--study studies/demo_search.toml`"
         ) from None

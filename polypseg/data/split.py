@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polypseg.config import DataConfig
 from polypseg.errors import DataError
 
-DEFAULT_RATIOS = (0.8, 0.1, 0.1)
+# The protocol's split, as a config's `[data]` defaults it.
+DEFAULT_SEED = DataConfig.split_seed
+DEFAULT_RATIOS = DataConfig.ratios
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class Split:
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    # "pranet": names are `<set>/<file>` from several folders, `sources` (set, folder) pairs.
+    protocol: str = "seed"
+    sources: tuple[tuple[str, str], ...] = ()
 
     def names(self, part: str) -> tuple[str, ...]:
         """The names of one part, or a `DataError` when that part is empty but needed."""
@@ -44,13 +50,22 @@ class Split:
         return names
 
     def manifest(self) -> dict:
-        return {
+        """The file lists; under `pranet`, also the protocol, the source folders and the test
+        part as an object from set name to its file names (a seed split's stays as it was)."""
+        manifest = {
             "seed": self.seed,
             "ratios": list(self.ratios),
             "train": list(self.train),
             "val": list(self.val),
             "test": list(self.test),
         }
+        if self.protocol != "seed":
+            test: dict[str, list[str]] = {source: [] for source, _ in self.sources}
+            for name in self.test:
+                source, _, file = name.partition("/")
+                test.setdefault(source, []).append(file)
+            manifest.update(protocol=self.protocol, sources=dict(self.sources), test=test)
+        return manifest
 
     def summary(self) -> str:
         return f"train={len(self.train)} val={len(self.val)} test={len(self.test)}"
@@ -87,8 +102,14 @@ def _cut(names: list[str], test_size: float, seed: int) -> tuple[list[str], list
     return [names[i] for i in order[n_test:]], [names[i] for i in order[:n_test]]
 
 
+def hold_out(names: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """The sorted `names` cut into (kept, held out): the held-out part is `ceil(fraction·n)`
+    names drawn by the seed, as `split_names` draws its val and test parts."""
+    return _cut(sorted(set(names)), fraction, seed)
+
+
 def split_names(
-    names: Iterable[str], seed: int = 42, ratios: Sequence[float] = DEFAULT_RATIOS
+    names: Iterable[str], seed: int = DEFAULT_SEED, ratios: Sequence[float] = DEFAULT_RATIOS
 ) -> Split:
     """Split file names into train/val/test; depends only on the set of names, seed and ratios."""
     ratios = check_ratios(ratios)

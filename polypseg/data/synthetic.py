@@ -82,11 +82,14 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
 
 
-def make_synthetic(out: str | Path, n: int = 100, seed: int = 0) -> Path:
-    """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), atomically; returns `out`."""
+def make_synthetic(out: str | Path, n: int = 100, seed: int = 0, option: str | None = None) -> Path:
+    """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), atomically; returns `out`.
+
+    With `option` (the CLI option that named `out`), a full disk or a read-only place is one
+    `OutputError` line, and nothing of the set is left behind."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    with atomic_path(out, directory=True) as tmp:
+    with atomic_path(out, directory=True, option=option) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         for index in range(n):

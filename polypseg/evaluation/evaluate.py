@@ -5,6 +5,8 @@ original size, through the pyfunc's own segmenter) or a folder of saved predicti
 method's, paired with `DATA/masks/` by stem), under polypseg's default protocol or PraNet's
 (`scoring.py`). Each data set gets a JSON summary, a per-image CSV and a worst-cases figure;
 named data sets (`NAME=DIR`) also get the papers' table; everything is logged to one MLflow run.
+Every report path is checked before any work: none in a data set's `images/` or `masks/` or in
+the maps scored, no two with one name.
 """
 
 from __future__ import annotations
@@ -14,22 +16,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypseg.data.kvasir import listing
-from polypseg.data.split import DEFAULT_RATIOS
+from polypseg.config import SEED_MAX
+from polypseg.data.kvasir import find_dataset_root, listing
+from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
 from polypseg.errors import DataError
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
     SetReport,
     log_evaluation,
+    table_paths,
     write_set,
     write_tables,
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
-from polypseg.files import check_output_file
+from polypseg.files import check_output_file, check_outputs
 from polypseg.progress import track
 
 WORST_SHOWN = 4
+KINDS = ("images", "masks")  # a data set's folders, which reports must never land in
 Source = ModelSource | MapSource
 
 
@@ -70,7 +75,7 @@ class Evaluation:
         return self.tables[0].read_text().rstrip("\n"), notes
 
 
-def _worst_figure(source: Source, pairs: list, scorer: SetScorer):  # noqa: ANN202 - a Figure
+def _worst_figure(source: Source, pairs: list, scorer: SetScorer, name: str):  # noqa: ANN202
     from polypseg.figures import mask_panel
 
     by_name, key = {p.name: p for p in pairs}, scorer.rank_key
@@ -81,7 +86,9 @@ def _worst_figure(source: Source, pairs: list, scorer: SetScorer):  # noqa: ANN2
         masks.append(scorer.read_mask(pair.mask))
         images.append(source.image(pair, masks[-1].shape))
         maps.append(source.prob_map(pair, masks[-1].shape, scorer))
-    return mask_panel(images, masks, maps, [f"{r['name']}  {key} {r[key]:.3f}" for r in worst])
+    titles = [f"{r['name']}  {key} {r[key]:.3f}" for r in worst]
+    title = f"{name}: the {len(worst)} of {len(scorer.rows)} images with the lowest {key}"
+    return mask_panel(images, masks, maps, titles, title)
 
 
 def _score_set(
@@ -102,7 +109,7 @@ def _score_set(
         "data_digest": source.digest(pairs),
         **({"missing_predictions": missing} if missing else {}),
     }
-    figure = _worst_figure(source, pairs, scorer)
+    figure = _worst_figure(source, pairs, scorer, data.name)
     columns, keys = scorer.columns, scorer.summary_keys
     return SetReport(data.name, summary, scorer.rows, columns, keys, *paths, figure=figure)
 
@@ -122,38 +129,86 @@ def _paths(data: DataSet, out: Path | None) -> tuple[Path, Path, Path]:
     )
 
 
+def _data_roots(root: Path) -> set[Path]:
+    """`root` and the data set folder found at or under it, when there is one."""
+    try:
+        return {root, find_dataset_root(root)}
+    except DataError:  # named later, where the data set is read
+        return {root}
+
+
+def _check_outputs(
+    sets: list[DataSet],
+    paths: list[tuple[Path, Path, Path]],
+    predictions: str | Path | None,
+    out: Path | None,
+) -> None:
+    """Every report file writable, none among the inputs (a data set's `images/` and `masks/`,
+    the maps scored), no two with one name (`--out x.csv`, a data set named `table`)."""
+    outputs = []
+    for data, (json_path, csv_path, figure_path) in zip(sets, paths, strict=True):
+        outputs += [
+            (json_path, f"the summary of {data.name}"),
+            (csv_path, f"the per-image CSV of {data.name}"),
+            (figure_path, f"the worst cases of {data.name}"),
+        ]
+    if sets[0].named:
+        markdown, table_csv = table_paths(paths[0][0].parent)
+        outputs += [(markdown, "the table"), (table_csv, "the table's CSV")]
+    trees = {
+        root / kind: f"the {kind} of data set {root}"
+        for data in sets
+        for root in _data_roots(data.root)
+        for kind in KINDS
+    }
+    if predictions is not None:
+        trees[Path(predictions)] = "the maps scored (--predictions)"
+    fix = "rename that data set (NAME=DIR)" if sets[0].named else "give --out a .json name"
+    check_outputs(outputs, out or paths[0][0], fix, trees=trees)
+    for path, _ in outputs:
+        check_output_file(path)
+
+
 def evaluate(
     model_uri: str | None,
-    roots: Sequence[str | Path] | str | Path,
+    roots: Sequence[str | Path | DataSet] | str | Path,
     split: str | None = None,
     out: str | Path | None = None,
     *,
     predictions: str | Path | None = None,
     protocol: str = "default",
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     progress: bool = True,
     tracking_uri: str | None = None,
+    engine: str = "torch",
+    tta: str = "none",
 ) -> Evaluation:
     """Score a model (`model_uri`) or saved maps (`predictions`) on each data set; write and
-    log the reports. `roots` is one folder or `NAME=DIR` values (see `parse_roots`)."""
+    log the reports. `roots` is one folder or `NAME=DIR` values (see `parse_roots`). `tta`
+    (none, flip, dihedral) averages a model's maps over variants of each image."""
     from polypseg.tracking.store import setup
 
-    sets = parse_roots([roots] if isinstance(roots, (str, Path)) else roots)
+    if isinstance(roots, (str, Path)):
+        roots = [roots]
+    # DataSets come listed already (`literature.evaluate_sets`); strings are --root values.
+    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
+    sets = list(roots) if listed else parse_roots(roots)
     check_protocol(protocol)
     if (model_uri is None) == (predictions is None):
         raise DataError("pass either --model URI or --predictions DIR (one of them)")
     if predictions is not None and split not in (None, "all"):
         raise DataError(f"--split {split}: --predictions scores every map it holds; drop --split")
+    if not 0 <= seed <= SEED_MAX:  # numpy would refuse it with a traceback, mid-evaluation
+        raise DataError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
     out = Path(out) if out is not None else None
     paths = [_paths(data, out) for data in sets]
-    for json_path, _, _ in paths:
-        check_output_file(json_path)  # before any work, not after it
+    maps = None if predictions is None else MapSource(Path(predictions), several=len(sets) > 1)
+    for data in sets if maps is not None else ():
+        maps.folder(data)  # a missing input is named before any output is judged
+    _check_outputs(sets, paths, predictions, out)  # before any work, not after it
     setup(EVALUATION_EXPERIMENT, tracking_uri)
-    if model_uri is not None:
-        source = ModelSource(model_uri, split or "test", seed, ratios)
-    else:
-        source = MapSource(Path(predictions), several=len(sets) > 1)
+    source = maps or ModelSource(model_uri, split or "test", seed, ratios, engine, tta)
     reports = [
         _score_set(source, data, protocol, progress, where)
         for data, where in zip(sets, paths, strict=True)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from polypseg.data.decode import read_array, unit_range
 from polypseg.data.kvasir import IMAGE_SUFFIXES, files_by_stem, listing
+from polypseg.data.masks import read_mask_file
 from polypseg.errors import DataError
 
 # MATLAB's rgb2gray weights: the first row of the inverse of the NTSC (YIQ) matrix.
@@ -47,25 +48,31 @@ def resize_map(prob_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
 
 
-def read_pranet_mask(path: str | Path) -> np.ndarray:
-    """A ground-truth mask as `main.m` reads it: `rgb2gray` when it has colour, then `> 128`.
+def _matlab_above_128(values: np.ndarray) -> np.ndarray:
+    """`main.m`'s reading of plain grey or colour values: `rgb2gray` when colour, then `> 128`.
 
-    The threshold applies to the stored values (uint8 0–255, uint16 0–65535); a 1-bit mask is
-    used as it is, and a float mask is scaled from [0, 1] to 0–255 first (MATLAB would compare
-    its raw values with 128 and find nothing).
+    The threshold applies to the stored values (uint8 0–255, uint16 0–65535); a float mask is
+    scaled from [0, 1] to 0–255 first (MATLAB would compare its raw values with 128 and find
+    nothing).
     """
-    array = read_array(path)
-    if array.dtype == bool:
-        return array[..., 0] if array.ndim == 3 else array
-    if np.issubdtype(array.dtype, np.floating):
-        array = unit_range(array) * 255.0
-    if array.ndim == 3 and array.shape[2] >= 3:
-        grey = array[..., :3].astype(np.float64) @ _RGB2GRAY
-        if np.issubdtype(array.dtype, np.integer):
+    if np.issubdtype(values.dtype, np.floating):
+        values = unit_range(values) * 255.0
+    if values.ndim == 3:
+        grey = values[..., :3].astype(np.float64) @ _RGB2GRAY
+        if np.issubdtype(values.dtype, np.integer):
             grey = np.floor(grey + 0.5)  # MATLAB rounds integer images half away from zero
         return grey > PRANET_MASK_THRESHOLD
-    grey = array[..., 0] if array.ndim == 3 else array
-    return grey > PRANET_MASK_THRESHOLD
+    return values > PRANET_MASK_THRESHOLD
+
+
+def read_pranet_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth mask as PraNet's `main.m` reads it, wherever `main.m` reads it right.
+
+    The format is read by polypseg's mask rule (`data.masks.mask_from_pixels`: palette, 1-bit,
+    alpha-only and 0/1 label masks, which `main.m` would read as empty); plain grey or colour
+    values keep MATLAB's own threshold (`_matlab_above_128`), so published figures compare.
+    """
+    return read_mask_file(path, plain=_matlab_above_128)
 
 
 def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair], list[str]]:

@@ -5,10 +5,13 @@ original size, thresholded as the model does) and which model it is (`describe`)
 scores with it too. `predict` takes files, folders or glob patterns and writes 0/255 masks, or
 8-bit probability maps (`maps`, what other methods publish and PraNet's protocol scores),
 atomically, optionally overlays, and logs one run to the `polypseg-prediction` experiment.
+Every output name is known before the model loads: none may land in a folder of inputs (or a
+data set's `masks/`), and no two may share a name.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from PIL import Image
 from polypseg.data.checks import is_broken_link, refuse_bad_images
 from polypseg.data.kvasir import IMAGE_SUFFIXES, read_image
 from polypseg.errors import DataError
-from polypseg.files import atomic_path, check_output_dir
+from polypseg.files import atomic_path, check_output_dir, check_outputs
 from polypseg.progress import track
 
 PREDICTION_EXPERIMENT = "polypseg-prediction"
@@ -42,6 +45,9 @@ class Predictor:
     def mask(self, image: np.ndarray) -> np.ndarray:
         return self.segmenter.predict_mask(image, self.threshold)
 
+    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self.segmenter.predict_proba_batch(images)
+
     def describe(self) -> dict[str, str | None]:
         """The model behind the URI: registered name, resolved version, the run that logged it.
 
@@ -59,6 +65,10 @@ class Predictor:
         if self.uri.startswith("models:/"):
             name, _, alias = self.uri[len("models:/") :].partition("@")
             client = mlflow.MlflowClient()
+            if not alias and "/" not in name:  # MLflow 3's `models:/m-<id>`: logged, unregistered
+                logged = client.get_logged_model(name)
+                described["model_run_id"] = logged.source_run_id or described["model_run_id"]
+                return described
             if alias:
                 version = client.get_model_version_by_alias(name, alias)
             else:
@@ -73,7 +83,7 @@ class Predictor:
 
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns → image paths; unique stems required."""
+    """Files, folders (their images) and glob patterns → image paths, each once."""
     import glob
 
     found: list[Path] = []
@@ -93,12 +103,41 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
             found.append(path)
         else:
             raise DataError(f"{path} does not exist")
-    stems: dict[str, Path] = {}
-    for path in found:
-        if path.stem in stems and stems[path.stem] != path:
-            raise DataError(f"{stems[path.stem]} and {path} would both write {path.stem}.png")
-        stems[path.stem] = path
-    return list(stems.values())
+    return list(dict.fromkeys(found))
+
+
+def input_folders(images: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Where `predict` must not write: each image's own folder (as given and behind a link),
+    and anywhere in a data set's `images/` and `masks/` (the ground truth there has the stems
+    of our masks), as `check_outputs`' `folders` and `trees`."""
+    folders: dict[Path, str] = {}
+    trees: dict[Path, str] = {}
+    for image in images:
+        for folder in (image.parent, Path(os.path.realpath(image)).parent):
+            folders.setdefault(folder, "input images")
+            root = folder.parent
+            if folder.name == "images" and (root / "masks").is_dir():
+                trees.setdefault(folder, f"the images of data set {root}")
+                trees.setdefault(root / "masks", f"the ground-truth masks of data set {root}")
+    return folders, trees
+
+
+def plan_outputs(
+    images: Sequence[Path], out_dir: Path, overlay: bool
+) -> list[tuple[Path, Path, Path | None]]:
+    """Each image with the mask (and overlay) it will write; refused before any work when one
+    would land among the inputs, or two would have one name (`a.png` and `a.jpg`, or `a.png`'s
+    overlay and `a_overlay.png`)."""
+    plan = [
+        (image, out_dir / f"{image.stem}.png", out_dir / f"{image.stem}_overlay.png")
+        for image in images
+    ]
+    outputs = [(mask, str(image)) for image, mask, _ in plan]
+    if overlay:
+        outputs += [(tinted, f"{image} (--overlay)") for image, _, tinted in plan]
+    folders, trees = input_folders(images)
+    check_outputs(outputs, out_dir, "rename one of them", folders=folders, trees=trees)
+    return [(image, mask, tinted if overlay else None) for image, mask, tinted in plan]
 
 
 def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -128,7 +167,7 @@ class Prediction:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, option="--out") as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
@@ -139,37 +178,40 @@ def predict(
     overlay: bool = False,
     tracking_uri: str | None = None,
     maps: bool = False,
+    engine: str = "torch",
+    tta: str = "none",
 ) -> Prediction:
     """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
-    probability map (what PraNet-protocol evaluation scores); log one MLflow run."""
+    probability map (what PraNet-protocol evaluation scores); log one MLflow run. `tta`
+    (none, flip, dihedral) averages the maps over variants of each image (`tta.py`)."""
+    from polypseg.evaluation.engines import load_predictor
     from polypseg.evaluation.scoring import quantize_map
     from polypseg.tracking.store import setup
 
     out_dir = check_output_dir(out_dir)
     images = collect_images(inputs)
+    plan = plan_outputs(images, out_dir, overlay)
     refuse_bad_images(images)
     setup(PREDICTION_EXPERIMENT, tracking_uri)
-    predictor = Predictor(model_uri)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = load_predictor(model_uri, engine, tta)  # torch or ONNX (evaluation/engines)
     outputs, overlays, rows = [], [], []
-    for path in track(images, f"predicting {len(images)} images"):
+    for path, target, tinted in track(plan, f"predicting {len(images)} images"):
         image = read_image(path)
         proba = predictor.proba(image)
         mask = (proba >= predictor.threshold).astype(np.uint8)
-        target = out_dir / f"{path.stem}.png"
         _save_png(quantize_map(proba) if maps else mask * 255, target)
         outputs.append(target)
         row = {"input": str(path), "output": str(target), "foreground": float(mask.mean())}
-        if overlay:
-            overlays.append(out_dir / f"{path.stem}_overlay.png")
-            _save_png(tint(image, mask), overlays[-1])
-            row["overlay"] = str(overlays[-1])
+        if tinted is not None:
+            _save_png(tint(image, mask), tinted)
+            overlays.append(tinted)
+            row["overlay"] = str(tinted)
         rows.append(row)
-    run_id, run_url = _log_prediction(predictor, out_dir, rows, maps)
+    run_id, run_url = _log_prediction(predictor, out_dir, rows, maps, tta)
     return Prediction(outputs + overlays, run_id, run_url)
 
 
-def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps: bool):
+def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps: bool, tta: str):
     import mlflow
 
     from polypseg.tracking.runs import tracked_run
@@ -178,6 +220,7 @@ def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps:
     described = predictor.describe()
     tags = model_tags(described)
     with tracked_run(run_name=f"predict-{out_dir.resolve().name}", tags=tags) as run:
-        mlflow.log_params({"n_images": len(rows), "out_dir": str(out_dir.resolve()), "maps": maps})
+        out = str(out_dir.resolve())
+        mlflow.log_params({"n_images": len(rows), "out_dir": out, "maps": maps, "tta": tta})
         mlflow.log_dict({"model": described, "outputs": rows}, "predictions.json")
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

@@ -8,12 +8,14 @@ logged to one run of the `polypseg-evaluation` experiment, whose id and URL the 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polypseg.files import atomic_path, write_json
+from polypseg.files import atomic_path
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
 LABELS = {
@@ -51,16 +53,30 @@ class SetReport:
 
 
 def write_set(report: SetReport) -> None:
-    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary."""
-    with atomic_path(report.csv_path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["name", "height", "width", *report.columns])
-        writer.writeheader()
-        for row in report.rows:
-            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    if report.figure is not None:
-        with atomic_path(report.figure_path) as tmp:
-            report.figure.savefig(tmp, format="png", dpi=100)
-    write_json(report.json_path, report.summary)
+    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary. All three are
+    written whole before any replaces its earlier version, so a failed write (a full disk)
+    leaves an earlier report as it was, never half new."""
+    with ExitStack() as stack:
+
+        def temporary(path: Path) -> Path:
+            return stack.enter_context(atomic_path(path, option="--out"))
+
+        with temporary(report.csv_path).open("w", newline="") as handle:
+            fields = ["name", "height", "width", *report.columns]
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            for row in report.rows:
+                writer.writerow(
+                    {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+                )
+        if report.figure is not None:
+            report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
+        temporary(report.json_path).write_text(json.dumps(report.summary, indent=2) + "\n")
+
+
+def table_paths(folder: Path) -> tuple[Path, Path]:
+    """Where `write_tables` puts `table.md` and `table.csv`."""
+    return folder / "table.md", folder / "table.csv"
 
 
 def table_markdown(reports: Sequence[SetReport]) -> str:
@@ -82,10 +98,10 @@ def table_markdown(reports: Sequence[SetReport]) -> str:
 def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
     """`table.md` and `table.csv` (machine keys as the CSV header) in `folder`."""
     keys = reports[0].summary_keys
-    markdown, table_csv = folder / "table.md", folder / "table.csv"
-    with atomic_path(markdown) as tmp:
+    markdown, table_csv = table_paths(folder)
+    with atomic_path(markdown, option="--out") as tmp:
         tmp.write_text(table_markdown(reports))
-    with atomic_path(table_csv) as tmp, tmp.open("w", newline="") as handle:
+    with atomic_path(table_csv, option="--out") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["dataset", "n_images", *keys])
         for report in reports:

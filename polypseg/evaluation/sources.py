@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from polypseg.data.kvasir import Pair, files_by_stem, hash_pairs, list_pairs, read_image
+from polypseg.data.checks import refuse_implausible_masks
+from polypseg.data.kvasir import (
+    Pair,
+    files_by_stem,
+    find_dataset_root,
+    hash_pairs,
+    list_pairs,
+    read_image,
+)
 from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps
@@ -35,6 +43,8 @@ class DataSet:
     name: str
     root: Path
     named: bool = False
+    # Listed already (a protocol's test images, `literature.py`): scored as they are.
+    listed: tuple[Pair, ...] | None = None
 
 
 def parse_roots(roots: Sequence[str | Path]) -> list[DataSet]:
@@ -78,25 +88,40 @@ def data_digest(pairs: Sequence[Pair]) -> str:
 class ModelSource:
     """A model's maps: its probability map of each image, at the image's own size."""
 
-    def __init__(self, model_uri: str, split: str, seed: int, ratios: Sequence[float]) -> None:
-        self.model_uri = model_uri
+    def __init__(
+        self,
+        model_uri: str,
+        split: str,
+        seed: int,
+        ratios: Sequence[float],
+        engine: str = "torch",
+        tta: str = "none",
+    ) -> None:
+        self.model_uri, self.engine = model_uri, engine  # engine: torch, or onnx (a file)
+        self.tta = tta  # none | flip | dihedral: test-time augmentation
         self.split, self.seed, self.ratios = split, seed, ratios
 
     @cached_property
     def predictor(self) -> Any:  # a Predictor, loaded on first use: the data is checked first
-        from polypseg.evaluation.predict import Predictor
+        from polypseg.evaluation.engines import load_predictor
 
-        return Predictor(self.model_uri)
+        return load_predictor(self.model_uri, self.engine, self.tta)
 
     @property
     def threshold(self) -> float:
         return self.predictor.threshold
 
     def describe(self) -> dict:
-        return {**self.predictor.describe(), "split": self.split}
+        return {**self.predictor.describe(), "split": self.split, "tta": self.tta}
 
     def pairs(self, data: DataSet) -> tuple[list[Pair], list[str]]:
-        return select_pairs(data.root, self.split, self.seed, self.ratios), []
+        if data.listed is not None:
+            pairs, where = list(data.listed), f"the {data.name} test set at {data.root}"
+        else:
+            pairs = select_pairs(data.root, self.split, self.seed, self.ratios)
+            where = f"{data.root}/masks" + (" (the test split)" if self.split == "test" else "")
+        refuse_implausible_masks([pair.mask for pair in pairs], where)
+        return pairs, []
 
     def digest(self, pairs: list[Pair]) -> str:
         return data_digest(pairs)
@@ -135,17 +160,25 @@ class MapSource:
         return self.predictions
 
     def pairs(self, data: DataSet) -> tuple[list[MapPair], list[str]]:
-        return pair_maps(self.folder(data), data.root)
+        """The maps with their masks, checked before scoring: one file per stem in each folder
+        (`images/` too, shown in the figure), masks not all empty."""
+        root = data.root if (data.root / "masks").is_dir() else find_dataset_root(data.root)
+        pairs, missing = pair_maps(self.folder(data), root)
+        self._figure_images(root / "images")
+        refuse_implausible_masks([pair.mask for pair in pairs], f"{root}/masks")
+        return pairs, missing
+
+    def _figure_images(self, folder: Path) -> dict[str, Path]:
+        if folder not in self._images:
+            self._images[folder] = files_by_stem(folder) if folder.is_dir() else {}
+        return self._images[folder]
 
     def digest(self, pairs: list[MapPair]) -> str:
         return data_digest([Pair(p.name, p.prediction, p.mask) for p in pairs])
 
     def image(self, pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
         """The data set's image when `images/` has it (for the figure), else plain grey."""
-        folder = pair.mask.parent.parent / "images"
-        if folder not in self._images:
-            self._images[folder] = files_by_stem(folder) if folder.is_dir() else {}
-        found = self._images[folder].get(pair.mask.stem)
+        found = self._figure_images(pair.mask.parent.parent / "images").get(pair.mask.stem)
         image = read_image(found) if found is not None else None
         if image is None or image.shape[:2] != shape:
             return np.full((*shape, 3), 128, dtype=np.uint8)

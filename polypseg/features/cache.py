@@ -5,6 +5,8 @@ float16, memory-mapped on load), `masks.npy` (N×1×S×S uint8) and `index.json`
 Its key digests the encoder's name, weights and compute dtype, the input size and every image's
 and mask's bytes, so a changed file, another checkpoint or another precision never reuses stale
 features; hashing the images is cheap next to the rest (1000 synthetic pairs: 0.07 s).
+An augmentation entry (`variants`, from `data.augment`) holds the training images' features
+under each named dihedral variant, one row per `<variant>/<name>`; its key covers the variants.
 
 A hit checks the entry cheaply, at a cost independent of its size (the index's own digest, the
 arrays' sizes, headers and first and last MiB) and maps the arrays; `verify=True`
@@ -20,7 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,44 +34,12 @@ from polypseg.errors import CacheError, DataError
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into
 from polypseg.features.entry import FORMAT, open_entry, verify_entry, write_index
+from polypseg.features.sets import FeatureSet
 from polypseg.files import atomic_path, cache_home, first_line
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureSet:
-    """Cached features (N×C×h×w, float16) and masks (N×1×S×S, uint8 0/1) of one split."""
-
-    features: torch.Tensor
-    masks: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def to(self, device: torch.device) -> FeatureSet:
-        """On the device once, when it fits, so epochs make no host-to-device copy per batch."""
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            needed = self.features.nbytes + self.masks.nbytes
-            if needed > 0.5 * free:
-                return self  # stays on the host; batches are copied as they are used
-        return FeatureSet(self.features.to(device), self.masks.to(device))
-
-    def batches(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(float32 features, float32 masks) batches on `device`, shuffled with `generator`."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        order = order.to(self.features.device)  # once per epoch, not once per batch
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            x = self.features[rows].to(device, non_blocking=True).float()
-            y = self.masks[rows].to(device, non_blocking=True).float()
-            yield x, y
 
 
 @dataclass(frozen=True)
@@ -89,10 +59,21 @@ class CachedFeatures:
             raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
         return np.array([index[name] for name in names], dtype=np.int64)
 
-    def feature_set(self, names: Sequence[str]) -> FeatureSet:
-        """The features (float16 N×C×h×w) and masks (uint8 N×1×S×S) of `names`, in that order."""
+    def feature_set(self, names: Sequence[str], pinned: bool = False) -> FeatureSet:
+        """The features (float16 N×C×h×w) and masks (uint8 N×1×S×S) of `names`, in that order,
+        read from the memory map into RAM (page-locked with `pinned`, for CUDA copies)."""
         rows = self.rows(names)
-        return FeatureSet(torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows]))
+        if not pinned:
+            return FeatureSet(
+                torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows])
+            )
+        arrays = []
+        for array in (self.features, self.masks):
+            shape, dtype = (len(rows), *array.shape[1:]), torch.from_numpy(array[:0]).dtype
+            tensor = torch.empty(shape, dtype=dtype, pin_memory=True)
+            np.take(array, rows, axis=0, out=tensor.numpy())  # straight into the pinned pages
+            arrays.append(tensor)
+        return FeatureSet(*arrays)
 
 
 class FeatureCache:
@@ -107,16 +88,22 @@ class FeatureCache:
         pairs: Sequence[Pair],
         image_size: int,
         device: str | torch.device = "cpu",
+        variants: Sequence[str] = (),
     ) -> str:
         digest = hashlib.sha256()
         dtype = str(encoder.compute_dtype(torch.device(device))).removeprefix("torch.")
         header = [FORMAT, encoder.name, encoder.weights_digest, image_size, dtype]
+        if variants:  # the identity's key stays what it was before augmentation existed
+            header.append(list(variants))
         digest.update(json.dumps(header).encode())
         hash_pairs(digest, sorted(pairs, key=lambda p: p.name))
         return digest.hexdigest()
 
-    def entry_dir(self, encoder: FrozenEncoder, image_size: int, key: str) -> Path:
-        return self.directory / f"{encoder.name}-{image_size}px-{key[:16]}"
+    def entry_dir(
+        self, encoder: FrozenEncoder, image_size: int, key: str, variants: Sequence[str] = ()
+    ) -> Path:
+        augment = "".join(f"{variant}+" for variant in variants)
+        return self.directory / f"{encoder.name}-{image_size}px-{augment}{key[:16]}"
 
     def get(
         self,
@@ -128,16 +115,19 @@ class FeatureCache:
         progress: bool = True,
         verify: bool = False,
         before_build: Callable[[], None] | None = None,
+        variants: Sequence[str] = (),
     ) -> CachedFeatures:
         """The entry for these images, built first when missing or damaged.
 
         `verify` re-hashes an existing entry in full instead of the cheap check. `before_build`
         runs only on a miss, before anything is encoded (`prepare` checks that every file
-        decodes there: a hit's key already proves it).
+        decodes there: a hit's key already proves it). With `variants`, the augmentation entry:
+        the images under each variant, rows named `<variant>/<name>`.
         """
         device = torch.device(device)
-        key = self.key(encoder, pairs, image_size, device)
-        folder = self.entry_dir(encoder, image_size, key)
+        variants = tuple(variants)
+        key = self.key(encoder, pairs, image_size, device, variants)
+        folder = self.entry_dir(encoder, image_size, key, variants)
         cached = self.load(folder, key, verify=verify)
         if cached is not None:
             return cached
@@ -152,6 +142,7 @@ class FeatureCache:
             device=device,
             batch_size=batch_size,
             progress=progress,
+            variants=variants,
         )
         cached = self.load(folder, key)
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
@@ -183,16 +174,22 @@ class FeatureCache:
         device: torch.device,
         batch_size: int,
         progress: bool,
+        variants: tuple[str, ...] = (),
     ) -> None:
-        """Encode every image once into a new entry, renamed into place when whole."""
+        """Encode every image once (per variant) into a new entry, renamed into place when whole."""
         ordered = sorted(pairs, key=lambda p: p.name)
+        names = [pair.name for pair in ordered]
+        if variants:
+            names = [f"{variant}/{name}" for variant in variants for name in names]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             clean_stale_builds(self.directory)
             with atomic_path(folder, directory=True) as tmp, progress_bar(enabled=progress) as bar:
                 claim(tmp)
                 description = f"encoding {len(ordered)} images with {encoder.name}"
-                task = bar.add_task(description, total=len(ordered))
+                if variants:
+                    description += f" × {len(variants)} variants ({', '.join(variants)})"
+                task = bar.add_task(description, total=len(names))
                 sizes, arrays = encode_into(
                     tmp,
                     encoder,
@@ -201,6 +198,7 @@ class FeatureCache:
                     device,
                     batch_size,
                     lambda n: bar.advance(task, n),
+                    variants,
                 )
                 release(tmp)
                 body = {
@@ -208,7 +206,7 @@ class FeatureCache:
                     "encoder": encoder.name,
                     "weights_digest": encoder.weights_digest,
                     "image_size": image_size,
-                    "names": [pair.name for pair in ordered],
+                    "names": names,
                     "sizes": sizes,
                     "arrays": {name: record.to_json() for name, record in arrays.items()},
                 }

@@ -4,9 +4,18 @@ JPEG decoding and resizing run in DataLoader worker processes, into pinned memor
 the next batch is ready (and copied with `non_blocking`) while the encoder runs. Features come
 back to the host through a pinned buffer, also without blocking, and are written one batch
 late: the disk write of batch i − 1 overlaps the encoder's work on batch i, and the GPU never
-waits for the disk. The arrays are written by `NpyWriter` (plain writes, blocks reserved up
-front); the free space they need is checked once the feature shape is known, at the first
-batch, before anything is written.
+waits for the disk. Each batch runs under `torch.cuda.device(device)` and its event is recorded
+on that device's stream, the one its copies ran on (with `train.device = cuda:1`, an event on
+the current device's stream would complete at once and the pinned buffer be read too early).
+The workers hand batches over through /dev/shm; where it is too small (containers often give
+64 MiB) fewer workers are started, with a notice. A `torch.compile`d encoder gets every batch
+at full size (the last one padded), so it never recompiles for the remainder. The arrays are
+written by `NpyWriter` (plain writes, blocks reserved up front); the free space they need is
+checked once the feature shape is known, at the first batch, before anything is written.
+
+With `variants` (`data.augment`) the pass encodes each image once per dihedral variant of it
+(`polypseg.dihedral`, applied to the image resized to the training size, and to its mask), in
+variant-major order: the free-space check and the progress bar count every (variant, image).
 
 An image that cannot be read fails the pass with its own one-line `DataError`: inside a worker
 the error travels back as data, since the DataLoader would otherwise re-raise it with the
@@ -15,6 +24,7 @@ worker's whole traceback as its message.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,27 +36,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from polypseg.data.dataset import KvasirDataset
 from polypseg.data.kvasir import Pair
+from polypseg.dihedral import IDENTITY, transform
 from polypseg.errors import CacheError, DataError, PolypsegError
 from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.processes import usable_cores
+
+log = logging.getLogger(__name__)
 
 FEATURES, MASKS = "features.npy", "masks.npy"
 SPACE_MARGIN = 64 << 20  # bytes kept free beyond the arrays (the index, the file system's own)
 
 
 class _Items(Dataset):
-    """KvasirDataset items with an `error` field: "" or the one-line message of a bad file."""
+    """KvasirDataset items with an `error` field: "" or the one-line message of a bad file;
+    item i is image i mod N under variant i div N of `variants` (the identity alone by default)."""
 
-    def __init__(self, dataset: KvasirDataset) -> None:
+    def __init__(self, dataset: KvasirDataset, variants: Sequence[str] = ()) -> None:
         self.dataset = dataset
+        self.variants = tuple(variants) or (IDENTITY,)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) * len(self.variants)
 
     def __getitem__(self, index: int) -> dict:
+        variant = self.variants[index // len(self.dataset)]
         try:
-            return {**self.dataset[index], "error": ""}
+            item = {**self.dataset[index % len(self.dataset)], "error": ""}
         except PolypsegError as err:
             size = self.dataset.image_size
             return {
@@ -56,13 +72,40 @@ class _Items(Dataset):
                 "size": torch.zeros(2, dtype=torch.int64),
                 "error": str(err),
             }
+        if variant != IDENTITY:
+            for key in ("image", "mask"):
+                item[key] = transform(item[key], variant).contiguous()
+        return item
 
 
-def loader_workers(device: torch.device, batches: int) -> int:
-    """Decoding processes: enough to keep a GPU fed; one on a CPU, whose cores encode."""
+PREFETCH = 2  # batches each worker keeps ready: DataLoader's default prefetch_factor
+SHM = Path("/dev/shm")
+
+
+def loader_workers(device: torch.device, batches: int, batch_bytes: int = 0) -> int:
+    """Decoding processes: enough to keep a GPU fed; one on a CPU, whose cores encode.
+
+    Each worker holds up to `PREFETCH` batches of `batch_bytes` in /dev/shm: fewer workers are
+    started when it has no room for them all (0: decoding in this process, no shared memory).
+    """
     if batches < 2:
         return 0  # nothing to overlap: a worker would only cost its start-up
-    return min(8 if device.type == "cuda" else 1, max(1, usable_cores() - 1))
+    wanted = min(8 if device.type == "cuda" else 1, max(1, usable_cores() - 1))
+    try:
+        free = shutil.disk_usage(SHM).free
+    except OSError:  # no /dev/shm (macOS): workers share memory by other means
+        return wanted
+    fitting = free // max(1, PREFETCH * batch_bytes)
+    if fitting < wanted:
+        log.warning(
+            "only %d MiB free in %s: %d image loader workers instead of %d "
+            "(give the container more, e.g. docker run --shm-size=1g)",
+            free >> 20,
+            SHM,
+            fitting,
+            wanted,
+        )
+    return min(wanted, fitting)
 
 
 def ensure_free_space(folder: Path, needed: int) -> None:
@@ -83,18 +126,31 @@ class _Batch:
     done: torch.cuda.Event | None
 
 
-def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device) -> _Batch:
+def _encode(
+    encoder: FrozenEncoder, images: torch.Tensor, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """float16 features of `images`; a compiled encoder sees only full batches (one shape)."""
+    n = len(images)
+    if encoder.compiled and n < batch_size:
+        images = torch.cat([images, images.new_zeros(batch_size - n, *images.shape[1:])])
+        encoder.images_encoded -= batch_size - n  # the padding is not an image
+    return encoder(images.to(device, non_blocking=True))[:n].to(torch.float16)
+
+
+def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_size: int) -> _Batch:
     """Start encoding a batch; on CUDA nothing here waits for the GPU."""
     errors = [message for message in batch["error"] if message]
     if errors:
         raise DataError(errors[0])
-    features = encoder(batch["image"].to(device, non_blocking=True)).to(torch.float16)
     if device.type != "cuda":
+        features = _encode(encoder, batch["image"], device, batch_size)
         return _Batch(features.cpu(), batch["mask"], batch["size"], None)
-    host = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
-    host.copy_(features, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
+    with torch.cuda.device(device):
+        features = _encode(encoder, batch["image"], device, batch_size)
+        host = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
+        host.copy_(features, non_blocking=True)  # on `device`'s current stream
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(device))
     return _Batch(host, batch["mask"], batch["size"], done)
 
 
@@ -141,13 +197,16 @@ def encode_into(
     device: torch.device,
     batch_size: int,
     advance: Callable[[int], None],
+    variants: Sequence[str] = (),
 ) -> tuple[list[list[int]], dict[str, ArrayRecord]]:
-    """Encode `pairs` (in order) into `folder`; returns the original sizes and array records.
+    """Encode `pairs` (in order; under each of `variants` in turn, when given) into `folder`;
+    returns the original sizes and array records, one row per (variant, image).
 
     `advance(k)` is called as each batch of k images is stored (a progress bar's step).
     """
-    items = _Items(KvasirDataset(pairs, image_size))
-    workers = loader_workers(device, -(-len(items) // batch_size))
+    items = _Items(KvasirDataset(pairs, image_size), variants)
+    batch_bytes = batch_size * 4 * image_size**2  # uint8 RGB images and masks
+    workers = loader_workers(device, -(-len(items) // batch_size), batch_bytes)
     loader = DataLoader(
         items, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
     )
@@ -156,7 +215,7 @@ def encode_into(
     pending: _Batch | None = None
     try:
         for batch in loader:
-            launched = _launch(encoder, batch, device)
+            launched = _launch(encoder, batch, device, batch_size)
             if pending is not None:  # stored one batch late: the disk overlaps the encoder
                 sink.write(pending)
                 advance(len(pending.sizes))

@@ -24,7 +24,7 @@ import numpy as np
 from polypseg.features.npy import ArrayRecord, open_checked
 from polypseg.files import file_digest
 
-FORMAT = 2  # bump when the layout changes: old entries then simply miss
+FORMAT = 3  # bump when the layout or the mask rule (data/masks.py) changes: old entries miss
 INDEX = "index.json"
 ARRAYS = ("features.npy", "masks.npy")
 

@@ -10,7 +10,7 @@ dtype, size, full digest, sample digest) that the entry's index keeps.
 Opening an entry (`open_checked`) costs the same whatever its size: the file size, the header's
 shape and dtype, and the digest of the first and last MiB (`sample_digest`), which catch a
 truncated, extended or end-damaged file. Damage in the middle of an array is found by the full
-digest, which `FeatureCache.verify` (`polypseg cache --verify`) re-reads.
+digest, which `verify_entry` (`polypseg cache --verify`) re-reads.
 """
 
 from __future__ import annotations

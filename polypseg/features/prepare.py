@@ -2,18 +2,32 @@
 
 `prepare` is the one place that resolves a config's data source, splits it, builds the encoder
 (with its fallback) and gets the feature cache, so `polypseg cache`, `train` and `tune` share it;
-a study calls it once and every trial reads the same cached features.
+a study calls it once and every trial reads the same cached features. `Prepared.feature_set`
+reads each part of the split from the cache once and keeps it (on the device when it fits)
+in `SharedSets`, which every `dataclasses.replace` copy of a `Prepared` shares: a study's trials
+and `--n-jobs` threads all train on one read-only copy, instead of one read per trial.
+
+With `data.augment`, `prepare` also gets the augmentation entry: the training images' features
+under each named variant (one more encoder pass per image and variant, once); `feature_set`
+attaches any subset of those variants to the training set, so a study prepared with the union
+of its trials' variants serves each trial the ones it drew. A decoder that reads pixels gets
+the images too, decoded and resized once per part (`images=True`), kept as uint8.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from polypseg.config import Config
+from polypseg.data.dataset import KvasirDataset
 from polypseg.data.kvasir import Pair, check_decoding, list_pairs
+from polypseg.data.masks import check_split_masks
+from polypseg.data.protocol import training_data
 from polypseg.data.source import resolve_root
 from polypseg.data.split import Split, split_names
 from polypseg.errors import ConfigError
@@ -40,6 +54,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class SharedSets:
+    """Feature sets loaded once per key and shared read-only: by threads too (one lock; a set
+    is loaded by the first thread that asks, the others wait for it rather than load it too)."""
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[str, str], FeatureSet] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], load: Callable[[], FeatureSet]) -> FeatureSet:
+        with self._lock:
+            if key not in self._sets:
+                self._sets[key] = load()
+            return self._sets[key]
+
+
 @dataclass(frozen=True)
 class Prepared:
     root: Path
@@ -49,10 +78,58 @@ class Prepared:
     fallback_reason: str | None
     features: CachedFeatures
     device: torch.device
+    augmented: CachedFeatures | None = None  # the training images under `data.augment`
+    # Kept by `dataclasses.replace` (a trial's copy on another device): one memo per study.
+    shared: SharedSets = field(default_factory=SharedSets, compare=False, repr=False)
 
-    def feature_set(self, part: str) -> FeatureSet:
-        """The cached features and masks of one part of the split (train, val or test)."""
-        return self.features.feature_set(self.split.names(part))
+    def feature_set(
+        self, part: str, augment: tuple[str, ...] = (), images: bool = False
+    ) -> FeatureSet:
+        """The cached features and masks of one part of the split (train, val or test), with
+        the features of `augment`'s variants (train only) and the images when asked.
+
+        Read from the cache once (into pinned memory for a CUDA device), moved to `device` once
+        when they fit (`FeatureSet.to`); the same tensors for every caller: never modify them.
+        """
+        pinned = self.device.type == "cuda"
+        where = "pinned" if pinned else "host"
+        names = self.split.names(part)
+        host = self.shared.get(
+            (part, where), lambda: self.features.feature_set(names, pinned=pinned)
+        )
+        extra = {}
+        if images:
+            extra["images"] = self.shared.get((part, "images"), lambda: self._images(names))
+        if augment:
+            extra["variants"] = augment
+            extra["augmented"] = self.shared.get(
+                (part, where, *augment), lambda: self._augmented(part, augment, pinned)
+            )
+        if extra:
+            host = FeatureSet(host.features, host.masks, **extra)
+        if self.device.type == "cpu":
+            return host
+        key = (part, str(self.device), *augment, "images" if images else "")
+        return self.shared.get(key, lambda: host.to(self.device))
+
+    def _images(self, names: tuple[str, ...]) -> torch.Tensor:
+        by_name = {pair.name: pair for pair in self.pairs}
+        items = KvasirDataset([by_name[name] for name in names], self.features.masks.shape[-1])
+        return torch.stack([items[i]["image"] for i in range(len(items))])
+
+    def _augmented(self, part: str, augment: tuple[str, ...], pinned: bool) -> torch.Tensor:
+        """V×N×C×h×w float16: the part's features under each variant, from the augmentation
+        entry (which holds the training images only)."""
+        held = self.augmented.names if self.augmented is not None else ()
+        wanted = [f"{variant}/{name}" for variant in augment for name in self.split.names(part)]
+        if part != "train" or not set(wanted) <= set(held):
+            raise ConfigError(
+                f"data.augment = {list(augment)} for the {part} images, but the feature cache "
+                "holds variants of the training images only, for the data.augment prepared; "
+                "prepare with these variants (a study: list them in its choices)"
+            )
+        features = self.augmented.feature_set(wanted, pinned=pinned).features
+        return features.view(len(augment), -1, *features.shape[1:])
 
 
 def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prepared:
@@ -60,10 +137,13 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
 
     `verify` re-hashes an existing cache entry in full (a damaged one is rebuilt).
     """
-    root = resolve_root(config.data)
     limit = config.data.max_megapixels
-    pairs = tuple(list_pairs(root, limit, decode=False))
-    split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
+    if config.data.protocol == "pranet":  # several folders: names `<set>/<file>`, see its split
+        root, pairs, split = training_data(config.data)
+    else:
+        root = resolve_root(config.data)
+        pairs = tuple(list_pairs(root, limit, decode=False))
+        split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)
     features = FeatureCache().get(
@@ -78,4 +158,24 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
         # file is decoded to its end, so a damaged one is named before any encoding starts.
         before_build=lambda: check_decoding(root, pairs, limit),
     )
-    return Prepared(root, pairs, split, encoder.cpu(), reason, features, device)
+    augmented = None
+    if config.data.augment:  # the training images only: validation and test never augment
+        train_names = set(split.names("train"))
+        augmented = FeatureCache().get(
+            encoder,
+            [pair for pair in pairs if pair.name in train_names],
+            config.data.image_size,
+            device=device,
+            batch_size=config.encoder.batch_size,
+            progress=progress,
+            verify=verify,
+            variants=config.data.augment,
+        )
+    # Hit or build: a part of the split whose masks (as training reads them) are all empty.
+    check_split_masks(split, features.names, features.masks, str(root))
+    encoder.cpu()
+    # Concrete from now on (what the cache was built at): the logged model records it.
+    encoder.precision = "bf16" if encoder.compute_dtype(device) == torch.bfloat16 else "fp32"
+    if device.type == "cuda":  # the feature pass's blocks, held by the caching allocator
+        torch.cuda.empty_cache()
+    return Prepared(root, pairs, split, encoder, reason, features, device, augmented)

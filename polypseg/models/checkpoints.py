@@ -5,7 +5,7 @@ against the official MD5 before every use. A file the user names is checked the 
 size is that of an official file (a renamed official download), and loaded either way; anything
 that torch cannot read is a `CheckpointError` naming the file, never a crash inside torch.
 
-Reading 375 MB (ViT-B) to 2.6 GB (ViT-H) for the MD5 would cost every start 0.7-5 s, so a file's
+Reading 375 MB (ViT-B) to 2.6 GB (ViT-H) for the MD5 would slow every start, so a file's
 MD5 is remembered with its identity (`checkpoints/digests.json`: size, inode, mtime and ctime in
 ns) and read again only when that changes, as git and make judge files: any write to the file
 changes its mtime and ctime, and ctime cannot be set back.
@@ -14,18 +14,19 @@ changes its mtime and ctime, and ctime cannot be set back.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
+import socket
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.hub
 
 from polypseg.errors import CheckpointError, WeightsUnavailable
-from polypseg.files import atomic_path, cache_home, file_digest, first_line, write_json
+from polypseg.files import cache_home, file_digest, first_line, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ SAM_CHECKPOINTS = {
 
 
 RACY_NS = 2_000_000_000
+DOWNLOAD_TIMEOUT_S = 30.0
 
 
 def _identity(path: Path) -> list[int]:
@@ -102,25 +104,23 @@ def verify(path: Path, official: OfficialCheckpoint) -> None:
 
 
 def download(url: str, dest: Path) -> Path:
-    """Fetch `url` to `dest` with a progress bar; an interrupted download leaves no file."""
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    from polypseg.progress import progress_bar
-
+    """Fetch `url` to `dest` with torch hub's progress bar; an interrupted download leaves no file
+    (torch writes beside `dest` under a temporary name and renames it once complete)."""
+    # torch hub opens the URL without a timeout: a server that stops answering would hang the
+    # command for good, so the sockets opened meanwhile give up after DOWNLOAD_TIMEOUT_S of silence.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
-            with progress_bar(*columns) as bar, tmp.open("wb") as out:
-                task = bar.add_task(f"downloading {dest.name}", total=total)
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.advance(task, len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except (OSError, http.client.HTTPException) as err:  # URLError and timeouts are OSErrors
+        reason = getattr(err, "reason", None) or first_line(err, 100)
         raise WeightsUnavailable(
-            f"cannot download {url} ({getattr(err, 'reason', err)}); put the file at {dest} "
+            f"cannot download {url} ({reason}); put the file at {dest} "
             "or set encoder.checkpoint to its path"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     return dest
 
 

@@ -188,7 +188,7 @@ def _pretrained(name: str, checkpoint: str) -> FrozenEncoder:
     if entry.load_pretrained is None:
         raise WeightsUnavailable(f"{name} is a test variant without pretrained weights")
     # Built without storage ("meta") and given the checkpoint's tensors (`assign=True`): a random
-    # initialisation that the checkpoint overwrites would cost ViT-B 0.4 s of every start.
+    # initialisation that the checkpoint overwrites would slow every start for nothing.
     with torch.device("meta"):
         backbone = entry.build()
     entry.load_pretrained(backbone, checkpoint)

@@ -6,7 +6,8 @@ layer norms, softmax and the additions in fp32 (measured on an H200 for SAM ViT-
 ms/img, bf16 autocast 17.3, bf16 weights 13.3). The fp32 weights stay the master copy (the
 checkpoint, the `weights_digest`, the logged pyfunc model); `compute_copy` makes the bf16 one.
 
-`encoder.precision` chooses: "auto" is bf16 on a CUDA GPU that supports it and fp32 elsewhere,
+`encoder.precision` chooses: "auto" is bf16 on a CUDA GPU with native bf16 (compute capability
+8.0 and later; torch emulates it on older cards, more slowly than fp32) and fp32 elsewhere,
 "fp32" and "bf16" force one (bf16 also runs on CPUs; with AVX512-BF16 or AMX it is several times
 faster there). bf16 features must stay within `BF16_MIN_COSINE` and `BF16_MAX_ERROR` of the fp32
 ones; the tests check it on random weights, SAM ViT-B's depth included. The cache key includes
@@ -31,6 +32,17 @@ BF16_MIN_COSINE = 0.999
 BF16_MAX_ERROR = 0.05  # largest |bf16 − fp32|, relative to the largest |fp32| feature
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` is a GPU with native bf16 (compute capability 8.0+, or ROCm).
+
+    `torch.cuda.is_bf16_supported(including_emulation=False)` by its own rule, but asked of
+    `device` itself: that function asks the current device, not the one the encoder runs on.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype the encoder's weights and inputs take on `device` under `encoder.precision`."""
     if precision == "fp32":
@@ -38,8 +50,7 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16":
         return torch.bfloat16
     if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     raise ConfigError(
         f"encoder.precision = {precision!r} is not a precision; use {', '.join(ENCODER_PRECISIONS)}"
     )

@@ -1,21 +1,30 @@
-"""SAM's ViT attention through torch's fused `scaled_dot_product_attention` (SDPA).
+"""SAM's ViT attention through torch's fused `scaled_dot_product_attention` (SDPA), bias folded.
 
 segment_anything's `Attention` writes the attention out by hand: `softmax(q·kᵀ·scale + rel) @ v`,
 with the full attention matrix materialised in the input's dtype and the softmax as a separate
-kernel. `SDPAttention` computes the same function with `F.scaled_dot_product_attention`, which
-runs a fused kernel (flash or memory-efficient on CUDA, a fused one on CPU): the decomposed
-relative-position term of MViTv2 (`rel`, which depends on the query) becomes SDPA's additive
-`attn_mask`. It holds the very same parameter objects under the same names (`qkv`, `proj`,
-`rel_pos_h`, `rel_pos_w`), so a swapped encoder's `state_dict`, its checkpoints and its
-`weights_digest` are unchanged. `use_sdpa` swaps every block of an `ImageEncoderViT` in place;
-the tests check the swapped encoder against the reference one within `SDPA_TOLERANCE`.
+kernel. `SDPAttention` computes the same function with `F.scaled_dot_product_attention` and no
+mask: the decomposed relative-position term of MViTv2, `rel[ij, kl] = q_ij·Rh[i−k] + q_ij·Rw[j−l]`,
+is folded into the dot product (`fold_rel_pos`). Each query gets its h + w bias values appended
+and each key the one-hot indicators of its row and column, so `q'·k' = scale·q·k + rel` exactly:
+no B×heads×HW×HW bias is ever built (384 MiB per image per global block of ViT-B in bf16), and
+the flash kernels, which take no float mask, stay eligible. The relative-position tables depend
+only on the frozen weights and the token grid: they are built once per (grid, dtype, device),
+with their indices on the table's device (segment_anything's `get_rel_pos` indexes with a CPU
+`arange`, a blocking copy and stream sync on CUDA twice per block), and reused.
+
+It holds the very same parameter objects under the same names (`qkv`, `proj`, `rel_pos_h`,
+`rel_pos_w`), so a swapped encoder's `state_dict`, its checkpoints and its `weights_digest` are
+unchanged. `use_sdpa` swaps every block of an `ImageEncoderViT` in place; the tests check the
+swapped encoder against the reference one within `SDPA_TOLERANCE`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT
 from torch import nn
 
 # Largest absolute difference allowed between the SDPA encoder's features and the reference
@@ -24,23 +33,76 @@ from torch import nn
 SDPA_TOLERANCE = 1e-4
 
 
-def rel_pos_bias(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """The decomposed relative-position term as an additive mask: B×heads×HW×HW.
+def relative_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """segment_anything's `get_rel_pos(size, size, rel_pos)`, indices on the table's device.
 
-    `q` is B×heads×HW×C (unscaled, as the reference uses it). The term for query (i, j) and key
-    (k, l) is `q_ij·Rh[i−k] + q_ij·Rw[j−l]`: the two einsums of segment_anything's
-    `add_decomposed_rel_pos`, broadcast into the full matrix SDPA takes.
+    `rel_pos` is L×C (resized linearly to 2·size − 1 rows when L differs, as the reference
+    does); returns size×size×C, entry [i, k] being the embedding of the offset i − k.
+    """
+    rows = 2 * size - 1
+    if rel_pos.shape[0] != rows:
+        resized = F.interpolate(rel_pos.T[None], size=rows, mode="linear")
+        rel_pos = resized[0].T
+    coords = torch.arange(size, device=rel_pos.device)
+    return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
+
+
+@dataclass(frozen=True)
+class RelativeTerms:
+    """What the folded relative-position term needs for one token grid, dtype and device."""
+
+    rh: torch.Tensor  # h×h×C, `relative_table(h, rel_pos_h)`
+    rw: torch.Tensor  # w×w×C
+    key_indicators: torch.Tensor  # HW×(h + w + pad): one-hot row, one-hot column, zero padding
+
+
+def relative_terms(
+    rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int], dtype: torch.dtype
+) -> RelativeTerms:
+    """The tables and the keys' row/column indicators of an h×w grid, padded so that the folded
+    head dim (C + h + w + pad) is a multiple of 8, as the fused kernels prefer."""
+    h, w = size
+    device = rel_pos_h.device
+    pad = -(rel_pos_h.shape[1] + h + w) % 8
+    rows = torch.eye(h, dtype=dtype, device=device).repeat_interleave(w, dim=0)  # token t: t // w
+    cols = torch.eye(w, dtype=dtype, device=device).repeat(h, 1)  # token t: t % w
+    padding = torch.zeros(h * w, pad, dtype=dtype, device=device)
+    return RelativeTerms(
+        relative_table(h, rel_pos_h).to(dtype),
+        relative_table(w, rel_pos_w).to(dtype),
+        torch.cat([rows, cols, padding], dim=1),
+    )
+
+
+def fold_rel_pos(
+    q: torch.Tensor, k: torch.Tensor, terms: RelativeTerms, size: tuple[int, int], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q', k') with `q'·k' = scale·q·k + q·Rh[i−k] + q·Rw[j−l]`: the biased logits, no mask.
+
+    `q`, `k` are B×heads×HW×C; q' = [scale·q, rel_h, rel_w, 0], k' = [k, row, column, 0], each
+    B×heads×HW×(C + h + w + pad). rel_h and rel_w are segment_anything's two einsums (with the
+    unscaled q, as the reference uses it); the one-hot indicators pick, for key (k, l), the
+    entries k of rel_h and l of rel_w.
     """
     h, w = size
-    batch, heads, _, channels = q.shape
-    r_q = q.reshape(batch, heads, h, w, channels)
-    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)
-    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(batch, heads, h * w, h * w)
+    batch, heads, tokens, _ = q.shape
+    r_q = q.reshape(batch, heads, h, w, -1)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, terms.rh).reshape(batch, heads, tokens, h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, terms.rw).reshape(batch, heads, tokens, w)
+    pad = terms.key_indicators.shape[1] - h - w
+    q_folded = torch.cat([q * scale, rel_h, rel_w, q.new_zeros(batch, heads, tokens, pad)], -1)
+    indicators = terms.key_indicators.expand(batch, heads, tokens, -1)
+    return q_folded, torch.cat([k, indicators], dim=-1)
+
+
+def _stamp(tensor: torch.Tensor) -> tuple[int, int]:
+    """Which storage and which in-place version a table was built from (inference tensors, as
+    a compute copy made under inference mode holds, have no version counter)."""
+    return tensor.data_ptr(), 0 if tensor.is_inference() else tensor._version
+
+
+def _forget_terms(module: SDPAttention, *args: object) -> None:
+    module._terms = {}
 
 
 class SDPAttention(nn.Module):
@@ -56,14 +118,41 @@ class SDPAttention(nn.Module):
         if self.use_rel_pos:
             self.rel_pos_h = attention.rel_pos_h
             self.rel_pos_w = attention.rel_pos_w
+        # The frozen weights' relative terms, by grid, dtype, device and the tables' storage and
+        # version; not state, so not in state_dict. Loading or moving the weights drops them.
+        self._terms: dict[tuple, RelativeTerms] = {}
+        self.register_load_state_dict_pre_hook(_forget_terms)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        self._terms = {}
+        return super()._apply(fn, recurse)
+
+    def relative_terms(self, size: tuple[int, int], dtype: torch.dtype) -> RelativeTerms:
+        """This block's `RelativeTerms`, built once and reused while the weights stay frozen."""
+        tables = (self.rel_pos_h, self.rel_pos_w)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
+            return relative_terms(*tables, size, dtype)  # trained: must stay differentiable
+        if torch.compiler.is_compiling():  # torch.export / ONNX: traced tensors have no storage
+            return relative_terms(*tables, size, dtype)
+        key = (size, dtype, self.rel_pos_h.device, *map(_stamp, tables))
+        if key not in self._terms:
+            # One entry: a block always sees one grid (its window, or the image's tokens).
+            self._terms = {key: relative_terms(*tables, size, dtype)}
+        return self._terms[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(batch, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B×heads×HW×C
-        mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        out = out.view(batch, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4)
+        scale = self.scale
+        if self.use_rel_pos:
+            q, k = fold_rel_pos(q, k, self.relative_terms((h, w), q.dtype), (h, w), scale)
+            scale = 1.0
+        channels = v.shape[-1]
+        if q.shape[-1] != channels:  # flash kernels (CUDA, CPU) need equal head dims: zero columns
+            v = F.pad(v, (0, q.shape[-1] - channels))
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :channels]
+        out = out.reshape(batch, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4)
         return self.proj(out.reshape(batch, h, w, -1))
 
 

@@ -1,18 +1,21 @@
 """The segmenter: a frozen encoder and a trainable decoder, with pre- and post-processing.
 
 Training runs the decoder on cached features and calls `upsample_logits` itself; prediction runs
-the whole chain on images of any size: resize to the training size, encode, decode, upsample the
-probability map back to the image's own size and threshold it.
+the whole chain on images of any size: resize to the training size, encode, decode (a decoder
+that reads pixels gets the resized image too), upsample the probability map back to the image's
+own size and threshold it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polypseg.models.decoder import SimpleDecoder
+from polypseg.models.decoder import Decoder
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.transforms import resize_image
 
@@ -27,14 +30,15 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 class Segmenter(nn.Module):
     """uint8 images B×3×S×S → logits B×1×S×S, S being `image_size`."""
 
-    def __init__(self, encoder: FrozenEncoder, decoder: SimpleDecoder, image_size: int) -> None:
+    def __init__(self, encoder: FrozenEncoder, decoder: Decoder, image_size: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.image_size = image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return upsample_logits(self.decoder(self.encoder(images)), tuple(images.shape[-2:]))
+        logits = self.decoder(self.encoder(images), images)
+        return upsample_logits(logits, tuple(images.shape[-2:]))
 
     @torch.inference_mode()
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
@@ -44,9 +48,20 @@ class Segmenter(nn.Module):
         # The same resize as the training data's, so the decoder sees what it was trained on.
         x = resize_image(image, self.image_size)[None].to(device)
         self.eval()
-        logits = self.decoder(self.encoder(x)).float()
+        logits = self.decoder(self.encoder(x), x).float()
         probs = torch.sigmoid(upsample_logits(logits, (h, w)))
         return probs[0, 0].cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """N H×W×3 uint8 images of one size (a video's frames) → N×H×W float32 probabilities,
+        the encoder running on all N at once; each map is `predict_proba`'s."""
+        device = next(self.decoder.parameters()).device
+        h, w = images[0].shape[:2]
+        x = torch.stack([resize_image(image, self.image_size) for image in images]).to(device)
+        self.eval()
+        logits = self.decoder(self.encoder(x), x).float()
+        return torch.sigmoid(upsample_logits(logits, (h, w)))[:, 0].cpu().numpy()
 
     def predict_mask(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """H×W×3 uint8 image → H×W uint8 mask of 0/1 at the image's own size."""

@@ -1,10 +1,10 @@
 """The registered model: an MLflow pyfunc that segments H×W×3 uint8 images of any size.
 
-The model carries one artifact, `segmenter.pt` (encoder name and weights, decoder weights,
-input size, threshold), loaded with `torch.load(weights_only=True)` and rebuilt from the encoder
-registry with no download, so it loads in a fresh process with only polypseg installed and no
-network. We use a `PythonModel` rather than `mlflow.pytorch`, whose default `torch.export`
-graph has a fixed input shape.
+The model carries one artifact, `segmenter.pt` (encoder name and weights, the decoder's name,
+arguments and weights, input size, threshold), loaded with `torch.load(weights_only=True)` and
+rebuilt from the encoder and decoder registries with no download, so it loads in a fresh
+process with only polypseg installed and no network. We use a `PythonModel` rather than
+`mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
 """
 
 from __future__ import annotations
@@ -20,24 +20,31 @@ import torch
 
 from polypseg.errors import ModelError
 from polypseg.files import first_line
-from polypseg.models.decoder import SimpleDecoder
+from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
 from polypseg.models.encoders import FrozenEncoder, encoder_architecture
 from polypseg.models.segmenter import Segmenter
+from polypseg.tracking.model_input import read_images
 from polypseg.tracking.runs import quiet_model_logging
 
 FORMAT = 1
 ARTIFACT = "segmenter.pt"
 
 
-def segmenter_state(encoder: FrozenEncoder, decoder: SimpleDecoder, image_size: int) -> dict:
+def segmenter_state(encoder: FrozenEncoder, decoder: Decoder, image_size: int) -> dict:
     """Everything needed to rebuild the segmenter, as plain tensors and numbers."""
+    record = decoder_record(decoder)
     return {
         "format": FORMAT,
         "encoder": encoder.name,
+        # The precision its features were computed at for training and evaluation ("fp32" or
+        # "bf16" once `prepare` ran): served the same way, whatever the serving GPU would pick.
+        "precision": encoder.precision,
         "encoder_state": encoder.backbone.state_dict(),
+        "decoder": record["name"],  # simple | hires; absent from models logged before it
+        "decoder_arguments": record["arguments"],
         "in_channels": decoder.in_channels,
         "width": decoder.width,
-        "decoder_state": decoder.state_dict(),
+        "decoder_state": record["state"],
         "image_size": image_size,
         "threshold": 0.5,
     }
@@ -49,30 +56,34 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[Segmenter, fl
     encoder = encoder_architecture(state["encoder"])
     encoder.backbone.load_state_dict(state["encoder_state"])
     encoder.weights_digest = ""  # not needed for prediction; skip rehashing the weights
-    decoder = SimpleDecoder(state["in_channels"], state["width"])
-    decoder.load_state_dict(state["decoder_state"])
+    encoder.precision = state.get("precision", "auto")  # models logged before it was recorded
+    decoder = decoder_from_record(
+        {
+            "name": state.get("decoder", "simple"),
+            "arguments": state.get("decoder_arguments"),
+            "in_channels": state["in_channels"],
+            "width": state["width"],
+            "state": state["decoder_state"],
+        }
+    )
     segmenter = Segmenter(encoder, decoder, state["image_size"]).to(device).eval()
     return segmenter, float(state["threshold"])
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: an H×W×3 uint8 image (or a list of them) → an H×W uint8 mask of 0/1 each."""
+    """pyfunc: an H×W×3 uint8 image → an H×W uint8 mask of 0/1; a batch of images of any sizes
+    (a list, a DataFrame column, base64 PNG/JPEG bytes: `model_input.py`) → a list of masks."""
 
     def load_context(self, context: Any) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter, self.threshold = load_segmenter(context.artifacts["segmenter"], device)
 
-    # The `np.ndarray` hint is one MLflow 3 infers no schema from: our schema is the explicit
-    # signature given at logging time (images of any size), and without a hint MLflow warns.
+    # The `np.ndarray` hint is one MLflow 3 infers no schema from (the input takes more forms
+    # than a hint can say, see `log_segmenter_model`), and without a hint MLflow warns.
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
-        if isinstance(model_input, list):
-            return [self.predict(context, image, params) for image in model_input]
-        image = np.asarray(model_input)
-        if image.ndim == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an H×W×3 uint8 image, got shape {image.shape}")
-        return self.segmenter.predict_mask(image.astype(np.uint8), self.threshold)
+        images, batch = read_images(model_input)
+        masks = [self.segmenter.predict_mask(image, self.threshold) for image in images]
+        return masks if batch else masks[0]
 
 
 def _requirements() -> list[str]:
@@ -87,16 +98,17 @@ def _requirements() -> list[str]:
 
 
 def log_segmenter_model(
-    encoder: FrozenEncoder, decoder: SimpleDecoder, image_size: int, name: str = "model"
+    encoder: FrozenEncoder, decoder: Decoder, image_size: int, name: str = "model"
 ) -> mlflow.models.model.ModelInfo:
     """Log the whole segmenter as a pyfunc model into the active run."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
-    )
+    # Outputs only. An input schema cannot admit both forms the model takes: a TensorSpec makes
+    # the scoring server build one array of the whole request, which a batch of images of
+    # different sizes cannot be (HTTP 400 before the model runs), and a ColSpec turns an
+    # in-process H×W×3 array into a DataFrame and refuses it. `read_images` checks instead.
+    signature = ModelSignature(outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
     example = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ARTIFACT

@@ -1,19 +1,24 @@
 """The MLflow Model Registry: a study's best trial becomes a version; the champion alias moves.
 
 No retraining: the best trial's `decoder/decoder.pt` is put together with the shared encoder
-into one pyfunc model, logged into the study's parent run and registered. The `champion` alias
-moves to the new version only when its validation Dice beats the current champion's.
+into one pyfunc model, logged into the study's parent run and registered. Each version is tagged
+with what it was scored by (`Score`: the study's metric and direction, the value under the
+metric's own name, the data set and its split's digest) and its encoder. The `champion` alias
+moves to the new version only when it beats the current champion by the same metric on the same
+data and split; a champion scored otherwise is never compared with it, and stays, with the
+reason (`Registration.kept`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import torch
 
-from polypseg.models.decoder import SimpleDecoder
+from polypseg.models.decoder import Decoder, decoder_from_record
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.tracking.pyfunc import log_segmenter_model
 
@@ -26,15 +31,35 @@ class Registration:
     version: str
     champion: bool
     new: bool  # False when this trial was registered by an earlier invocation
+    kept: str = ""  # why the champion alias stayed where it was (empty when it moved here)
 
 
-def load_decoder(run_id: str) -> SimpleDecoder:
-    """A trial's decoder, from the `decoder/decoder.pt` artifact of its run."""
+@dataclass(frozen=True)
+class Score:
+    """What a version is compared by: `value` of `metric` (better when higher under
+    `maximize`), measured on the data set `data` with the split whose digest is `split`."""
+
+    metric: str
+    value: float
+    direction: str = "maximize"
+    data: str = ""
+    split: str = ""
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "polypseg.metric": self.metric,
+            "polypseg.direction": self.direction,
+            self.metric: f"{self.value:.6f}",
+            "polypseg.data": self.data,
+            "polypseg.split": self.split,
+        }
+
+
+def load_decoder(run_id: str) -> Decoder:
+    """A trial's decoder (whichever `decoder.name` it trained), from the `decoder/decoder.pt`
+    artifact of its run."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="decoder/decoder.pt")
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-    decoder = SimpleDecoder(saved["in_channels"], saved["width"])
-    decoder.load_state_dict(saved["state"])
-    return decoder.eval()
+    return decoder_from_record(torch.load(Path(path), map_location="cpu", weights_only=True))
 
 
 def _existing(
@@ -48,14 +73,32 @@ def _existing(
     return found[0] if found else None
 
 
-def _champion_score(name: str) -> float | None:
+def _champion(name: str) -> mlflow.entities.model_registry.ModelVersion | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        current = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        return mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    return float(current.tags.get("val_dice", "nan"))
+
+
+def _why_kept(champion: mlflow.entities.model_registry.ModelVersion, score: Score) -> str:
+    """Why `score` does not take the champion's place; empty when it beats it."""
+    tags = champion.tags
+    metric = tags.get("polypseg.metric", "val_dice")  # versions tagged before the metric was
+    was = f"version {champion.version}"
+    if metric != score.metric:
+        return f"{was} was scored by {metric}, this one by {score.metric}, so they do not compare"
+    split = tags.get("polypseg.split", score.split)  # unknown on older versions: compared
+    if split != score.split:
+        data = tags.get("polypseg.data", "")
+        was_on, now_on = (data, score.data) if data != score.data else (split, score.split)
+        return f"{was} was scored on {was_on}, this one on {now_on}, so they do not compare"
+    current = float(tags.get(metric, "nan"))
+    higher = score.direction == "maximize"
+    if not math.isfinite(current) or (score.value > current if higher else score.value < current):
+        return ""
+    return f"{was} has {metric} {current:.4f}, this one {score.value:.4f}"
 
 
 def register_trial(
@@ -66,10 +109,11 @@ def register_trial(
     run_id: str,
     encoder: FrozenEncoder,
     image_size: int,
-    val_dice: float,
+    score: Score,
     test_dice: float | None,
 ) -> Registration:
-    """Register a trial's model (once) and move `champion` to it if it is the best so far."""
+    """Register a trial's model (once) and move `champion` to it if it beats the current one
+    (same metric, same data and split); otherwise say why the champion stays."""
     client = mlflow.MlflowClient()
     version = _existing(name, study, trial)
     new = version is None
@@ -80,16 +124,16 @@ def register_trial(
             "polypseg.trial": str(trial),
             "polypseg.trial_run_id": run_id,
             "polypseg.encoder": encoder.name,
-            "val_dice": f"{val_dice:.6f}",
+            "polypseg.image_size": str(image_size),
+            **score.tags(),
         }
         if test_dice is not None:
             tags["test_dice"] = f"{test_dice:.6f}"
         version = mlflow.register_model(info.model_uri, name, tags=tags)
-    current = _champion_score(name)
-    champion = current is None or val_dice > current
-    if champion:
+    champion = _champion(name)
+    if champion is not None and str(champion.version) == str(version.version):
+        return Registration(name, str(version.version), True, new)
+    kept = "" if champion is None else _why_kept(champion, score)
+    if not kept:
         client.set_registered_model_alias(name, CHAMPION, version.version)
-    else:
-        aliases = client.get_model_version(name, version.version).aliases
-        champion = CHAMPION in aliases
-    return Registration(name, str(version.version), champion, new)
+    return Registration(name, str(version.version), not kept, new, kept)

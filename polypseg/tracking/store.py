@@ -4,7 +4,9 @@ Importing this module starts no run and sets no URI. The embedded default is SQL
 (`sqlite:///<cwd>/mlruns/mlflow.db`, artifacts under `mlruns/`): MLflow 3's file store is in
 maintenance mode. `MLFLOW_TRACKING_URI` or `--tracking-uri` override it. A URI is checked
 before any work: MLflow itself retries an unreachable server for minutes and reports an unknown
-scheme, a read-only folder or a full disk as a traceback.
+scheme, a read-only folder or a full disk as a traceback. So are the store itself (`faults`: made
+by another MLflow version, locked, damaged, not MLflow's), the experiment (deleted under that
+name) and its artifact folder (a file in the way), when `setup` first opens them.
 """
 
 from __future__ import annotations
@@ -17,26 +19,31 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
 
 import mlflow
 
 from polypseg.errors import StoreError
 from polypseg.files import (
     file_lock,
-    first_line,
     refused_write,
     remedy,
     sqlite_file,
     sqlite_uri,
     unwritable,
 )
+from polypseg.tracking.faults import store_fault
 
 STORE_DIR = "mlruns"
 # The schemes MLflow 3 keeps runs at. `file:` is left out on purpose: that store is in
 # maintenance mode and refuses new runs.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-# A tracking server gets a few short tries (about 7 s in all), not MLflow's minutes of retries.
+# A tracking server gets a few short tries (SERVER_TIMEOUT_S each, SERVER_PAUSES_S between),
+# not MLflow's minutes of retries.
 SERVER_TIMEOUT_S = 2.0
+# MLflow 3's UI opens an experiment by this tag: without it, on the GenAI overview (traces,
+# tokens); "custom_model_development" (the UI's "Model training") opens the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SERVER_PAUSES_S = (0.5, 1.0)
 
 
@@ -121,9 +128,15 @@ def _check_server(uri: str) -> None:
     )
 
 
-def check_tracking_uri(uri: str) -> None:
+def check_tracking_uri(uri: str, touch: bool = True) -> None:
     """Refuse, before any work, a tracking URI that cannot take runs: an unknown scheme, a
-    server that does not answer, a SQLite store whose folder is read-only or full."""
+    server that does not answer, a SQLite store whose folder is read-only or full, or that is
+    no file (a folder, an empty path, in memory)."""
+    if not uri.strip():
+        raise StoreError(
+            "the tracking URI is empty; pass --tracking-uri sqlite:///PATH/mlflow.db (or leave "
+            "the option and MLFLOW_TRACKING_URI out for ./mlruns/mlflow.db)"
+        )
     scheme = urlsplit(uri).scheme.split("+")[0] or uri  # `databricks` alone is a URI too
     if scheme not in TRACKING_SCHEMES:
         raise StoreError(
@@ -132,34 +145,66 @@ def check_tracking_uri(uri: str) -> None:
         )
     if scheme in ("http", "https"):
         _check_server(uri)
+    if scheme == "sqlite":
+        _check_sqlite_file(uri, touch)
+
+
+def _check_sqlite_file(uri: str, touch: bool = True) -> None:
+    path = uri.partition("://")[2].partition("?")[0]
+    if path in ("", "/") or ":memory:" in uri or "mode=memory" in uri:
+        what = "no file" if path == "/" else "an in-memory database: its runs would vanish at exit"
+        raise StoreError(
+            f"tracking URI {uri} names {what}; name the database file, like "
+            "sqlite:///mlruns/mlflow.db"
+        )
     database = sqlite_file(uri)
-    if database is not None and (cause := unwritable(database.parent)) is not None:
+    if database is None:  # a driver's URI (`sqlite+pysqlite:///...`): SQLAlchemy reads it
+        return
+    if database.is_dir() or (database.exists() and not database.is_file()):
+        kind = "a folder" if database.is_dir() else "not a regular file"
+        raise StoreError(
+            f"tracking URI {uri}: {database} is {kind}; name the database file, like "
+            f"sqlite:///{database / 'mlflow.db' if database.is_dir() else 'mlruns/mlflow.db'}"
+        )
+    if touch and (cause := unwritable(database.parent)) is not None:  # creates the folder
         raise _refused(uri, cause)
 
 
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
     """Point MLflow at the store (checked, created) and the experiment; returns its id."""
-    uri = tracking_uri or default_tracking_uri()
+    from polypseg.tracking.names import check_experiment
+
+    check_experiment(experiment)
+    uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        return _set_experiment(uri, experiment)
+        with _store_faults_are_one_line(uri):
+            experiment_id = _set_experiment(uri, experiment)
+    except StoreError:
+        raise
     except Exception as err:
         refused = store_error(err)
         if refused is None:
             raise
         raise refused from None
+    _check_artifact_folder(experiment_id)
+    return experiment_id
 
 
 def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    with _first_use_lock(uri), _damaged_store_is_one_line(uri):
+    with _first_use_lock(uri):
         found = mlflow.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise _deleted(uri, found.experiment_id, experiment)
         if found is None:
             try:
                 experiment_id = mlflow.create_experiment(
-                    experiment, artifact_location=_artifact_location(uri, experiment)
+                    experiment,
+                    artifact_location=_artifact_location(uri, experiment),
+                    tags=EXPERIMENT_KIND,
                 )
             except MlflowException:  # another worker created it a moment ago
                 experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
@@ -169,26 +214,57 @@ def _set_experiment(uri: str, experiment: str) -> str:
     return experiment_id
 
 
-@contextmanager
-def _damaged_store_is_one_line(uri: str) -> Iterator[None]:
-    """A SQLite store that is not a whole MLflow database (truncated, overwritten) is one line.
+def _deleted(uri: str, experiment_id: str, experiment: str) -> StoreError:
+    # MLflow's own commands, in forms without long options (polypseg has no such options).
+    shown = mask_password(uri)
+    return StoreError(
+        f"MLflow experiment {experiment!r} (id {experiment_id}) in {_store_place(uri)} is deleted "
+        f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
+        f"mlflow experiments restore -x {experiment_id}), delete the store's deleted "
+        f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
+        "experiment name"
+    )
 
-    The file is left as it is: it may hold runs worth rescuing.
-    """
+
+def _check_artifact_folder(experiment_id: str) -> None:
+    """A local artifact folder must be a folder that takes writes: a file at `mlruns/artifacts`
+    was met only when the first artifact was logged, after training."""
+    location = mlflow.get_experiment(experiment_id).artifact_location or ""
+    parts = urlsplit(location)
+    if parts.scheme not in ("", "file"):
+        return  # a server's or a bucket's: it answers for itself
+    folder = Path(url2pathname(parts.path))
+    existing = folder
+    while not existing.is_dir() and existing != existing.parent:
+        if existing.exists() or existing.is_symlink():  # a file (or a dangling link) in the way
+            raise StoreError(
+                f"MLflow artifact folder {folder}: {existing} is a file, not a folder; move it "
+                "aside, or pass --tracking-uri"
+            )
+        existing = existing.parent
+    if (cause := unwritable(folder)) is not None:
+        raise StoreError(
+            f"cannot write MLflow artifacts to {folder}: {cause}; {remedy(cause)}, or pass "
+            "--tracking-uri"
+        )
+
+
+@contextmanager
+def _store_faults_are_one_line(uri: str) -> Iterator[None]:
+    """What MLflow raises for a store it cannot use, as one line: a SQLite file that is not a
+    whole MLflow database (left as it is: it may hold runs worth rescuing), a schema made by
+    another MLflow version, a database another process holds locked, a server that is not
+    MLflow's."""
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except (MlflowException, sqlalchemy.exc.DatabaseError) as err:
-        damaged = ("malformed", "not a database", "no such table", "no such column")
-        database = sqlite_file(uri)
-        if database is None or not any(word in str(err) for word in damaged):
+        fault = store_fault(err, sqlite_file(uri), _store_place(uri), mask_password(uri))
+        if fault is None:
             raise
-        raise StoreError(
-            f"MLflow store {database} is damaged or not an MLflow database "
-            f"({first_line(err, 100)}); move it aside or restore a copy, then run again"
-        ) from None
+        raise fault from None
 
 
 def runs_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:

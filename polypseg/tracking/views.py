@@ -73,8 +73,11 @@ def _charts(metric: str, params: list[str]) -> tuple[list[dict], list[dict]]:
     return [curves, parallel], sections
 
 
-def study_view_state(study_name: str, params: list[str], metric: str = "val_dice") -> dict:
-    """The runs page's state (search facets and UI state) that compares the study's trials."""
+def study_view_state(
+    study_name: str, params: list[str], metric: str = "val_dice", direction: str = "maximize"
+) -> dict:
+    """The runs page's state (search facets and UI state) that compares the study's trials,
+    best first: by `best_<metric>`, ascending for a metric the study minimizes."""
     best = f"best_{metric}"
     charts, sections = _charts(metric, params)
     return {
@@ -83,7 +86,7 @@ def study_view_state(study_name: str, params: list[str], metric: str = "val_dice
             "AND attributes.run_name LIKE 'trial-%'"
         ),
         "orderByKey": f"metrics.`{best}`",
-        "orderByAsc": False,
+        "orderByAsc": direction == "minimize",
         "startTime": "ALL",
         "lifecycleFilter": "Active",
         "datasetsFilter": [],
@@ -102,7 +105,11 @@ def study_view_state(study_name: str, params: list[str], metric: str = "val_dice
 
 
 def save_study_view(
-    experiment_id: str, study_name: str, params: list[str], metric: str = "val_dice"
+    experiment_id: str,
+    study_name: str,
+    params: list[str],
+    metric: str = "val_dice",
+    direction: str = "maximize",
 ) -> str:
     """Write (or keep) the study's saved view in the experiment; returns its id.
 
@@ -110,7 +117,7 @@ def save_study_view(
     workers starting together do not rewrite the tag each.
     """
     key = view_key(study_name)
-    state = json.dumps(study_view_state(study_name, params, metric), sort_keys=True)
+    state = json.dumps(study_view_state(study_name, params, metric, direction), sort_keys=True)
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     saved: dict[str, Any] = {}

@@ -6,35 +6,85 @@ callback; it takes feature tensors, never images, so the encoder is not in the l
 
 The device is never waited for within an epoch: losses stay on it until the epoch's mean is
 read, and validation (`validate`) scores every image in batches on the device and hands the host
-three numbers. Each epoch's metrics include how long its training and its validation took
-(`epoch_train_s`, `epoch_val_s`, wall-clock seconds up to those reads).
+three numbers; so do the test scores (`split_scores`), batch by batch, the per-image counts in
+float64 as `metrics` defines them. Each epoch's metrics include how long its training and its
+validation took (`epoch_train_s`, `epoch_val_s`, wall-clock seconds up to those reads).
+
+The decoder is built by name (`decoder.name`: `simple`, or `hires`, which also reads the
+images); the loss is `train.loss`, on the last stage's logits or, with
+`decoder.deep_supervision`, summed over every stage's (each upsampled to the mask's size).
+
+A fit owns its randomness: the decoder's initial weights (`new_decoder`), the batch order and
+the augmentation variant each image is seen under (when the training set has some) come from
+generators seeded with `train.seed`, never from the global RNG, so trials running in
+threads (`tune --n-jobs`) get the weights a lone run gets. On CUDA the step launches fewer,
+faster kernels (`speedups`: fused AdamW, channels-last convolutions, cuDNN's autotuner): the
+same training up to floating-point summation order (`SPEEDUP_TOLERANCE`), no longer bitwise;
+CPU runs take none of them and stay bit-reproducible. CUDA graphs (`torch.compile(mode=
+"reduce-overhead")`) would need a training-side compile flag, which the config does not have.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
-from polypseg.config import TrainConfig
+from polypseg.config import DecoderConfig, TrainConfig
 from polypseg.errors import TrainingError
 from polypseg.features.cache import FeatureSet
 from polypseg.interrupts import deferred, interrupt_point
-from polypseg.metrics import dice_iou, mean_scores, scores
-from polypseg.models.decoder import SimpleDecoder
+from polypseg.metrics import dice_iou, dice_over_thresholds, mean_scores, scores
+from polypseg.models.decoder import Decoder, SimpleDecoder, decoder_arguments, seeded_decoder
 from polypseg.models.segmenter import upsample_logits
-from polypseg.training.losses import bce_dice_loss
+from polypseg.training.losses import bce_dice_loss, training_loss
 
 EpochCallback = Callable[[dict[str, float]], None]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# How far a run with `speedups` on may drift from one without (val_dice, losses), measured on
+# CPU kernels over 6 epochs of the toy set: ~1e-6; the bound leaves room for CUDA's own order.
+SPEEDUP_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Launch-bound training's usual remedies: fused AdamW (one kernel per step for all
+    parameters) and channels-last activations and weights (cuDNN's NHWC kernels, no transposes)."""
+
+    fused_adamw: bool
+    memory_format: torch.memory_format
+
+
+def speedups(device: torch.device) -> Speedups:
+    """On CUDA, all of them; elsewhere none (CPU results stay bitwise those of earlier runs)."""
+    cuda = device.type == "cuda"
+    return Speedups(cuda, torch.channels_last if cuda else torch.contiguous_format)
+
+
+def new_decoder(in_channels: int, width: int, seed: int) -> SimpleDecoder:
+    """A `SimpleDecoder` with the weights of `torch.manual_seed(seed); SimpleDecoder(...)`,
+    drawn from its own generator (`models.decoder.seeded_decoder`)."""
+    return seeded_decoder("simple", {"in_channels": in_channels, "width": width}, seed)
+
+
+def _decoder_for(train: FeatureSet, in_channels: int, spec: DecoderConfig, seed: int) -> Decoder:
+    """The configured decoder for these features (the hires one's steps: from h to S)."""
+    sizes = (train.features.shape[-1], train.masks.shape[-1])
+    arguments = decoder_arguments(spec.name, in_channels, spec.width, spec.branch_width, *sizes)
+    return seeded_decoder(spec.name, arguments, seed)
 
 
 @dataclass
 class FitResult:
-    decoder: SimpleDecoder  # holding the best epoch's weights
+    decoder: Decoder  # holding the best epoch's weights
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_dice: float = -math.inf
@@ -45,62 +95,85 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 def train_step(
-    decoder: SimpleDecoder,
+    decoder: Decoder,
     optimiser: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     dice_weight: float,
+    *,
+    images: torch.Tensor | None = None,
+    loss_fn: Loss | None = None,
+    deep_supervision: bool = False,
 ) -> torch.Tensor:
     """One optimisation step of the decoder on a batch of features; returns the loss, detached
-    and on the device (reading it would make the host wait for the GPU at every step)."""
+    and on the device (reading it would make the host wait for the GPU at every step).
+
+    `loss_fn` defaults to BCE + Dice at `dice_weight`; with `deep_supervision` it is summed
+    over every stage's logits, as PraNet sums its side outputs' losses."""
+    loss_fn = loss_fn or partial(bce_dice_loss, dice_weight=dice_weight)
+    size = tuple(y.shape[-2:])
     with _autocast(x.device):
-        logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
-    loss = bce_dice_loss(logits, y, dice_weight)
+        stages = decoder.stages(x, images) if deep_supervision else [decoder(x, images)]
+    loss = sum(loss_fn(upsample_logits(logits, size), y) for logits in stages)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
     return loss.detach()
 
 
+def _scoring_device(device: torch.device) -> torch.device:
+    """MPS has no float64, which the exact per-image counts use: score there on the CPU."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 @torch.no_grad()
+def _probabilities(
+    decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 probabilities B×1×S×S, masks B×1×S×S) batches on `device`, in the set's order."""
+    decoder.eval()
+    fmt = speedups(device).memory_format
+    for x, y, images in data.batches(batch_size, device, memory_format=fmt):
+        with _autocast(device):
+            logits = upsample_logits(decoder(x, images), tuple(y.shape[-2:]))
+        yield torch.sigmoid(logits.float()), y
+
+
 def predict_probs(
-    decoder: SimpleDecoder, data: FeatureSet, batch_size: int, device: torch.device
+    decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities N×1×S×S, masks N×1×S×S) on the CPU, in the set's order."""
-    decoder.eval()
-    probs, masks = [], []
-    for x, y in data.batches(batch_size, device):
-        with _autocast(device):
-            logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
-        probs.append(torch.sigmoid(logits.float()).cpu())
-        masks.append(y.cpu())
-    return torch.cat(probs), torch.cat(masks)
+    pairs = [(p.cpu(), y.cpu()) for p, y in _probabilities(decoder, data, batch_size, device)]
+    return torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
 @torch.no_grad()
 def validate(
-    decoder: SimpleDecoder,
+    decoder: Decoder,
     data: FeatureSet,
     batch_size: int,
     dice_weight: float,
     device: torch.device,
+    loss_fn: Loss | None = None,
 ) -> dict[str, float]:
     """`val_loss`, `val_dice`, `val_iou` over the whole set, computed in batches on the device.
 
-    The loss is `bce_dice_loss` of the whole set (BCE over every pixel, soft Dice averaged over
-    images): each batch's loss weighted by its size, which is exact since images share a size.
+    The loss is `loss_fn`'s (default `bce_dice_loss` at `dice_weight`) of the whole set (BCE
+    over every pixel, soft Dice or the structure loss's terms averaged over images): each
+    batch's loss weighted by its size, which is exact since images share a size.
     Dice and IoU are per image, as `metrics.scores` defines them at the 0.5 threshold. The host
     reads the three numbers once.
     """
     decoder.eval()
-    # MPS has no float64, which the exact per-image counts use: score there on the CPU.
-    scoring = torch.device("cpu") if device.type == "mps" else device
+    loss_fn = loss_fn or partial(bce_dice_loss, dice_weight=dice_weight)
+    scoring = _scoring_device(device)
     loss = torch.zeros((), device=device)
     dice, iou = [], []
-    for x, y in data.batches(batch_size, device):
+    fmt = speedups(device).memory_format
+    for x, y, images in data.batches(batch_size, device, memory_format=fmt):
         with _autocast(device):
-            logits = upsample_logits(decoder(x), tuple(y.shape[-2:]))
-        loss += bce_dice_loss(logits, y, dice_weight) * len(x)
+            logits = upsample_logits(decoder(x, images), tuple(y.shape[-2:]))
+        loss += loss_fn(logits, y) * len(x)
         predicted = torch.sigmoid(logits.float()) >= 0.5
         image_dice, image_iou = dice_iou(predicted.to(scoring), y.to(scoring))
         dice.append(image_dice)
@@ -122,24 +195,40 @@ def fit(
     config: TrainConfig,
     device: torch.device,
     callback: EpochCallback | None = None,
+    decoder_config: DecoderConfig | None = None,
 ) -> FitResult:
-    """Train a fresh `SimpleDecoder(in_channels, width)`; early-stop on `val_dice`."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    decoder = SimpleDecoder(in_channels, width).to(device)
+    """Train a fresh decoder (`decoder_config`'s, default `SimpleDecoder(in_channels, width)`;
+    `width` wins over the config's); early-stop on `val_dice`.
+
+    `train` and `val` are only read (a study's threads share them).
+    """
+    spec = dataclasses.replace(decoder_config or DecoderConfig(), width=width)
+    fast = speedups(device)
+    generator = torch.Generator().manual_seed(config.seed)  # the batch order, the variants
+    decoder = _decoder_for(train, in_channels, spec, config.seed)
+    loss_fn = training_loss(config.loss, config.dice_weight)
+    step = partial(train_step, loss_fn=loss_fn, deep_supervision=spec.deep_supervision)
+    decoder = decoder.to(device, memory_format=fast.memory_format)
     optimiser = torch.optim.AdamW(
-        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fast.fused_adamw
     )
+    if device.type == "cuda":  # fixed shapes (the batch size): autotuning pays off from epoch 1
+        torch.backends.cudnn.benchmark = True
     train, val = train.to(device), val.to(device)
     result = FitResult(decoder)
     best_state = copy.deepcopy(decoder.state_dict())
-    with deferred():  # Ctrl-C stops the loop between steps, never inside the callback's writes
+    # On `device` (not the thread's current GPU): streams, cuDNN handles and the fused kernels
+    # of a trial on cuda:1 all belong to cuda:1. Ctrl-C stops the loop between steps, never
+    # inside the callback's writes.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+    with on_device, deferred():
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
             decoder.train()
             losses = []
-            for x, y in train.batches(config.batch_size, device, generator):
-                losses.append(train_step(decoder, optimiser, x, y, config.dice_weight))
+            batches = train.batches(config.batch_size, device, generator, fast.memory_format)
+            for x, y, images in batches:
+                losses.append(step(decoder, optimiser, x, y, config.dice_weight, images=images))
                 interrupt_point()
             train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
             trained = time.perf_counter()
@@ -149,7 +238,8 @@ def fit(
                     f"(train.lr = {config.lr}); lower train.lr"
                 )
             metrics = {"epoch": epoch, "train_loss": train_loss}
-            metrics.update(validate(decoder, val, config.batch_size, config.dice_weight, device))
+            scored = validate(decoder, val, config.batch_size, config.dice_weight, device, loss_fn)
+            metrics.update(scored)
             metrics["epoch_train_s"] = trained - started
             metrics["epoch_val_s"] = time.perf_counter() - trained
             result.history.append(metrics)
@@ -167,12 +257,20 @@ def fit(
 
 
 def split_scores(
-    decoder: SimpleDecoder, data: FeatureSet, batch_size: int, device: torch.device
+    decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Mean per-image scores (`test_dice`, `test_iou`, ...) and `test_mdice_thr` of a split."""
-    from polypseg.metrics import dice_over_thresholds
+    """Mean per-image scores (`test_dice`, `test_iou`, ...) and `test_mdice_thr` of a split.
 
-    probs, masks = predict_probs(decoder, data, batch_size, device)
-    means = mean_scores(scores(probs, masks))
-    means["mdice_thr"] = float(dice_over_thresholds(probs, masks).mean())
+    Scored batch by batch where the probabilities are (the device), each image's counts in
+    float64 as `metrics` defines them: no N×S×S map travels to the host, and the values are
+    those of scoring the whole split at once (per image, then averaged).
+    """
+    scoring = _scoring_device(device)
+    per_image: dict[str, list[torch.Tensor]] = {}
+    for probs, masks in _probabilities(decoder, data, batch_size, device):
+        probs, masks = probs.to(scoring), masks.to(scoring)
+        batch = {**scores(probs, masks), "mdice_thr": dice_over_thresholds(probs, masks)}
+        for key, values in batch.items():
+            per_image.setdefault(key, []).append(values)
+    means = mean_scores({key: torch.cat(values) for key, values in per_image.items()})
     return {f"test_{key}": value for key, value in means.items()}

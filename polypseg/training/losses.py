@@ -1,16 +1,19 @@
-"""The training loss: a weighted sum of binary cross-entropy and soft Dice, from logits.
+"""The training losses, from logits: BCE + soft Dice (the default), or PraNet's structure loss.
 
 BCE gives every pixel a gradient from the first step; Dice rewards overlap directly and is
 insensitive to how small the polyp is relative to the image. `train.dice_weight` in the config
-sets the mix. There is one implementation, `bce_dice_loss`; `BCEDiceLoss` is the `nn.Module`
-wrapper for code that wants a loss object.
+sets the mix. `train.loss = "structure"` takes the polyp literature's loss instead (PraNet,
+Polyp-PVT, SAM2-UNet): BCE and IoU, both weighted towards the pixels near a boundary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 SMOOTH = 1.0
 
@@ -44,17 +47,42 @@ def bce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float) -> Tensor:
         return (1.0 - dice_weight) * bce + dice_weight * (1.0 - dice.mean())
 
 
-class BCEDiceLoss(nn.Module):
-    """`bce_dice_loss` as a module: `BCEDiceLoss(dice_weight)(logits, target)` → scalar."""
+STRUCTURE_KERNEL = 31  # PraNet's window: the weight rises within ~15 px of a boundary
+STRUCTURE_GAIN = 5.0
 
-    def __init__(self, dice_weight: float) -> None:
-        super().__init__()
-        if not 0.0 <= dice_weight <= 1.0:
-            raise ValueError(f"dice_weight must be in [0, 1], got {dice_weight}")
-        self.dice_weight = float(dice_weight)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return bce_dice_loss(logits, target, self.dice_weight)
+def structure_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """PraNet's structure loss, a scalar: weighted BCE + weighted IoU, averaged over images.
 
-    def extra_repr(self) -> str:
-        return f"dice_weight={self.dice_weight}"
+    Each pixel weighs `w = 1 + 5·|avg_pool(mask, 31, stride 1, pad 15) − mask|` (more near a
+    boundary, where the local mean differs from the pixel); per image, `Σ w·bce / Σ w` plus
+    `1 − (Σ w·p·t + 1) / (Σ w·(p + t) − Σ w·p·t + 1)` with sigmoid probabilities `p`.
+
+    This is the formula of PraNet's paper (Fan et al., MICCAI 2020, eq. 4–5), weighting both
+    terms. PraNet's code (`MyTrain.py`) passes `reduce='none'` to BCE, PyTorch's legacy flag: a
+    non-empty string is truthy, so it returns the plain mean BCE, and its weighting then acts on
+    the IoU term only. Polyp-PVT and SAM2-UNet copy that line.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+    with torch.autocast(device_type=logits.device.type, enabled=False):  # as bce_dice_loss
+        logits, target = logits.float(), target.float()
+        pad = STRUCTURE_KERNEL // 2
+        local = F.avg_pool2d(target, STRUCTURE_KERNEL, stride=1, padding=pad)
+        weight = 1 + STRUCTURE_GAIN * torch.abs(local - target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+        probs = torch.sigmoid(logits)
+        inter = (probs * target * weight).sum(dim=(2, 3))
+        union = ((probs + target) * weight).sum(dim=(2, 3))
+        wiou = 1 - (inter + 1) / (union - inter + 1)
+        return (wbce + wiou).mean()
+
+
+def training_loss(name: str, dice_weight: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """`train.loss` as a function of (logits, target): "bce_dice" or "structure"."""
+    if name == "structure":
+        return structure_loss
+    if name == "bce_dice":
+        return partial(bce_dice_loss, dice_weight=dice_weight)
+    raise ValueError(f"unknown loss {name!r}; use bce_dice or structure")

@@ -10,6 +10,12 @@ Per-epoch metrics, `epoch_train_s` and `epoch_val_s` included (where an epoch's 
 sent in batches (`EpochLog`): at most every `FLUSH_S` seconds and when training ends, however it
 ends, so a trial's epochs never wait for the tracking store. Figures and the decoder are written
 once, at the end of the run.
+
+MLflow's own asynchronous logging (`log_metrics(..., synchronous=False)`) is not used instead: it
+measured no faster (`benchmarks/bench_epoch_log.py`: every epoch still pays for a write, in a
+thread that competes with training), and any run's end shuts down the one queue all of a
+process's runs share, so in a study with `--n-jobs` threads one trial's end makes another
+trial's `log_metrics` raise ("cannot schedule new futures after shutdown") and lose its epochs.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import torch
 from polypseg.config import Config, flatten
 from polypseg.data.dataset import KvasirDataset
 from polypseg.features.prepare import Prepared
+from polypseg.features.sets import FeatureSet
 from polypseg.figures import curves, mask_panel
 from polypseg.metrics import scores
+from polypseg.models.decoder import decoder_record
 from polypseg.tracking.runs import log_dataset, log_figure, truncate_tag
 from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
@@ -69,11 +77,13 @@ class TrainOutcome:
 
 def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
     names = list(prepared.split.names("val"))[:PANEL_IMAGES]
-    data = prepared.features.feature_set(names)
-    probs, masks = predict_probs(fitted.decoder, data, len(names), prepared.device)
     by_name = {pair.name: pair for pair in prepared.pairs}
     items = KvasirDataset([by_name[name] for name in names], image_size)
-    images = [items[i]["image"].permute(1, 2, 0).numpy() for i in range(len(names))]
+    pixels = torch.stack([items[i]["image"] for i in range(len(names))])
+    cached = prepared.features.feature_set(names)
+    data = FeatureSet(cached.features, cached.masks, images=pixels)  # for a hires decoder
+    probs, masks = predict_probs(fitted.decoder, data, len(names), prepared.device)
+    images = [image.permute(1, 2, 0).numpy() for image in pixels]
     dice = scores(probs, masks)["dice"].tolist()
     figure = mask_panel(
         images,
@@ -92,13 +102,9 @@ def _curves_title(run: mlflow.ActiveRun) -> str:
 
 
 def _log_decoder(fitted: FitResult) -> None:
-    decoder = fitted.decoder
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decoder.pt"
-        state = {k: v.cpu() for k, v in decoder.state_dict().items()}
-        torch.save(
-            {"in_channels": decoder.in_channels, "width": decoder.width, "state": state}, path
-        )
+        torch.save(decoder_record(fitted.decoder), path)  # its name, arguments and weights
         mlflow.log_artifact(str(path), "decoder")
 
 
@@ -131,7 +137,9 @@ def train_and_log(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    train, val = prepared.feature_set("train"), prepared.feature_set("val")
+    pixels = config.decoder.name == "hires"  # the one decoder that reads the images
+    train = prepared.feature_set("train", config.data.augment, images=pixels)
+    val = prepared.feature_set("val", images=pixels)
     try:
         fitted = fit(
             train,
@@ -141,11 +149,12 @@ def train_and_log(
             config.train,
             prepared.device,
             callback=log_epoch,
+            decoder_config=config.decoder,
         )
     finally:  # a pruned or failed run keeps the epochs it had
         epochs.flush()
     metrics = {"best_val_dice": fitted.best_val_dice, "best_epoch": float(fitted.best_epoch)}
-    test = prepared.feature_set("test")
+    test = prepared.feature_set("test", images=pixels)
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)

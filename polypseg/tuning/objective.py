@@ -2,7 +2,11 @@
 
 It reads top to bottom, as optuna-examples' objectives do: suggest config values from the study
 spec, start the trial's nested MLflow run, train on the cached features (the encoder never runs
-here), report the study's metric every epoch and stop when the pruner says so.
+here), report the study's metric every epoch and stop when the pruner says so. The run ends as
+the trial is about to be told (`tracking.ending.trial_run_end`), before the study records it.
+A trial's value is its metric at the epoch whose weights it keeps (training keeps the best
+`val_dice` epoch's), so the value the registry tags a version with describes that model. Off a
+terminal each trial's epochs are written as plain lines (`progress.epoch_lines`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
+from polypseg.progress import epoch_lines
+from polypseg.tracking.ending import RunEnd, fail_reason, trial_run_end, trial_run_tags
 from polypseg.tracking.runs import tracked_run
 from polypseg.training.run import train_and_log
 from polypseg.tuning.spec import StudySpec
@@ -28,8 +34,31 @@ def _trial_device(prepared: Prepared, trial: optuna.Trial) -> torch.device:
     return prepared.device
 
 
+def _trial_run_end(err: BaseException | None) -> RunEnd:
+    """The trial's run ends with the state its worker then tells the study (`Study.optimize`'s
+    rule): COMPLETE when the objective returns, PRUNED when pruned, else FAIL (Ctrl-C or SIGTERM:
+    FAIL, and the run KILLED)."""
+    if err is None:
+        return trial_run_end("COMPLETE")
+    if isinstance(err, optuna.TrialPruned):
+        return trial_run_end("PRUNED")
+    if isinstance(err, KeyboardInterrupt):
+        return trial_run_end("FAIL", killed=True)
+    return trial_run_end("FAIL", reason=fail_reason(err))
+
+
+def _kept_value(history: list[dict[str, float]], best_epoch: int, metric: str) -> float:
+    """`metric` at the epoch whose weights training kept (its last, if none was better)."""
+    kept = [h for h in history if int(h["epoch"]) == best_epoch] or history[-1:]
+    return kept[0][metric]
+
+
 def make_objective(
-    prepared: Prepared, config: Config, spec: StudySpec, parent_run_id: str
+    prepared: Prepared,
+    config: Config,
+    spec: StudySpec,
+    parent_run_id: str,
+    progress: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: suggest, train on the cache, report every epoch, prune when told."""
 
@@ -37,39 +66,27 @@ def make_objective(
         values = spec.suggest(trial)
         trial_config = config.with_overrides({**values, "train.epochs": spec.epochs})
         trial_prepared = dataclasses.replace(prepared, device=_trial_device(prepared, trial))
-        tags = {
-            "optuna.study_name": trial.study.study_name,
-            "optuna.trial_number": str(trial.number),
-            "optuna.trial_state": "RUNNING",
-        }
+
+        def report(metrics: dict[str, float]) -> None:
+            trial.report(metrics[spec.metric], int(metrics["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {int(metrics['epoch'])}")
+
         with tracked_run(
-            finished_on=(optuna.TrialPruned,),
+            ending=_trial_run_end,
             run_name=f"trial-{trial.number}",
             parent_run_id=parent_run_id,
             nested=True,  # needed when the parent is active in this thread; other threads
             # (n_jobs > 1) have no active run and rely on parent_run_id alone
-            tags=tags,
+            tags=trial_run_tags(trial.study.study_name, trial.number),
         ) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-
-            def report(metrics: dict[str, float]) -> None:
-                trial.report(metrics[spec.metric], int(metrics["epoch"]))
-                if trial.should_prune():
-                    mlflow.set_tag("optuna.trial_state", "PRUNED")
-                    raise optuna.TrialPruned(f"pruned at epoch {int(metrics['epoch'])}")
-
-            try:
-                outcome = train_and_log(trial_prepared, trial_config, on_epoch=report)
-            except Exception as err:
-                if not isinstance(err, optuna.TrialPruned):
-                    mlflow.set_tags(
-                        {"optuna.trial_state": "FAIL", "optuna.fail_reason": str(err)[:500]}
-                    )
-                    trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:500])
-                raise
-            mlflow.set_tag("optuna.trial_state", "COMPLETE")
+            on_epoch = epoch_lines(report, f"trial {trial.number}", enabled=progress)
+            outcome = train_and_log(trial_prepared, trial_config, on_epoch=on_epoch)
+            value = _kept_value(outcome.fit.history, outcome.fit.best_epoch, spec.metric)
+            if spec.metric != "val_dice":  # the UI's view sorts the trials by best_<metric>
+                mlflow.log_metric(f"best_{spec.metric}", value)
         trial.set_user_attr("test_dice", outcome.metrics["test_dice"])
-        history = [h[spec.metric] for h in outcome.fit.history]
-        return max(history) if spec.direction == "maximize" else min(history)
+        return value
 
     return objective

@@ -1,8 +1,10 @@
 """What `polypseg tune` tells the user when it ends: the best trials, the study, the champion.
 
 `TuneResult` holds a finished invocation's outcome; `best_trials_table` lays the best trials out
-as plain text (one row per trial: number, state, the study's metric, each searched parameter),
-so a user can choose without opening the UI; `summary` is the few lines scripts read.
+as plain text (one row per trial: number, state, the study's metric, each searched parameter;
+its title names the data set and encoder every trial was measured on), so a user can choose
+without opening the UI; `summary` is the few lines scripts read, with why the champion stayed
+when it did.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from polypseg.tracking.registry import Registration
 TABLE_ROWS = 10
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TuneResult:
+    """What one `tune` invocation ended with (built by keyword: its fields are many)."""
+
     study: optuna.Study
     best: FrozenTrial | None
     registration: Registration | None
@@ -28,6 +32,7 @@ class TuneResult:
     storage: str  # the storage URL, password masked
     experiment_id: str
     metric: str = "val_dice"  # the study's objective, as the spec names it
+    measured_on: str = ""  # the data set and encoder: `data Kvasir-SEG, encoder sam_vit_b`
     view_key: str = ""  # the MLflow UI's saved view of the study's trials
     ran: dict[str, int] = field(default_factory=dict)  # trials this invocation ran, by state
 
@@ -47,19 +52,23 @@ class TuneResult:
         if self.registration is not None:
             reg = self.registration
             champion = f" (champion: models:/{reg.name}@champion)" if reg.champion else ""
+            if reg.kept:
+                champion = f" (champion not moved: {reg.kept})"
             lines.append(f"registered model {reg.name} version {reg.version}{champion}")
         return lines
 
     def best_trials_table(self, rows: int = TABLE_ROWS) -> list[str]:
         """The study's best trials (those with a value), best first, as aligned text lines."""
-        return best_trials_table(self.study, self.metric, rows)
+        return best_trials_table(self.study, self.metric, rows, self.measured_on)
 
 
 def _value(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def best_trials_table(study: optuna.Study, metric: str, rows: int = TABLE_ROWS) -> list[str]:
+def best_trials_table(
+    study: optuna.Study, metric: str, rows: int = TABLE_ROWS, measured_on: str = ""
+) -> list[str]:
     """Up to `rows` trials with a value, best first (a pruned trial's value is its last report).
 
     An empty list when no trial has a value yet.
@@ -93,5 +102,6 @@ def best_trials_table(study: optuna.Study, metric: str, rows: int = TABLE_ROWS) 
         )
         for row in (header, *body)
     ]
-    title = f"best {len(best)} of {len(study.trials)} trials (by {metric}):"
+    on = f"; {measured_on}" if measured_on else ""
+    title = f"best {len(best)} of {len(study.trials)} trials (by {metric}{on}):"
     return [title, *lines]

@@ -1,57 +1,67 @@
 """Study specs (`studies/*.toml`): objective, sampler, pruner and a search space over config keys.
 
 The space maps parameter names straight onto config keys (`decoder.width`, `train.lr`,
-`train.dice_weight`), so any config key can be searched by adding a `[space."section.key"]`
-table; the objective applies a trial's suggestions with `Config.with_overrides`.
+`train.dice_weight`), so a config key is searched by adding a `[space."section.key"]` table,
+unless a trial cannot change it (the data, the encoder, the epochs: `tuning.identity`, refused
+with the reason); the objective applies a trial's suggestions with `Config.with_overrides`. The
+metric decides the direction (`METRICS`): a loss maximized is refused. A sampler's
+options are read from its class's signature, so `[sampler]` takes what Optuna's sampler takes.
 """
 
 from __future__ import annotations
 
-import sys
+import functools
+import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from polypseg.config import Config
+from polypseg.config import SEED_MAX, Config
 from polypseg.errors import ConfigError
+from polypseg.toml_checks import Bounds, check_range, read_toml, typed
+from polypseg.tuning.identity import fixed_key_reason
 
 PARAM_TYPES = ("categorical", "float", "int")
-# The options each sampler takes from `[sampler]` (besides `name`), with their TOML types.
-SAMPLER_OPTIONS: dict[str, dict[str, type]] = {
-    "tpe": {
-        "seed": int,
-        "n_startup_trials": int,
-        "n_ei_candidates": int,
-        "multivariate": bool,
-        "group": bool,
-        "constant_liar": bool,
-        "consider_prior": bool,
-        "prior_weight": float,
-        "consider_magic_clip": bool,
-        "consider_endpoints": bool,
-        "warn_independent_sampling": bool,
-    },
-    "random": {"seed": int},
+# Each metric a trial reports, and the direction that improves it (the default `direction`).
+METRICS = {"val_dice": "maximize", "val_iou": "maximize", "val_loss": "minimize"}
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}  # name → optuna.samplers class
+DEFAULT_SAMPLER = {"name": "tpe", "seed": 42}
+# name → (optuna.pruners class, the options it takes from `[pruner]`). `[pruner]` may hold the
+# options of every pruner, so one file switches by `name` alone.
+PRUNERS = {
+    "median": ("MedianPruner", ("n_startup_trials", "n_warmup_steps")),
+    "hyperband": ("HyperbandPruner", ("min_resource", "reduction_factor")),
+    "none": ("NopPruner", ()),
 }
-# `[pruner]` may hold the options of every pruner, so one file switches by `name` alone.
-PRUNER_OPTIONS = dict.fromkeys(
-    ("n_startup_trials", "n_warmup_steps", "min_resource", "reduction_factor"), int
-)
+PRUNER_OPTIONS = dict.fromkeys((key for _, keys in PRUNERS.values() for key in keys), int)
+# Values Optuna accepts when the sampler or pruner is made, then fails on (every trial, or
+# every resume): prior_weight = nan, n_ei_candidates = 0, reduction_factor = 1 (log 1 = 0), ...
+OPTION_RANGES: dict[str, Bounds] = {
+    "seed": (0, SEED_MAX, False),
+    "n_startup_trials": (0, math.inf, False),
+    "n_ei_candidates": (1, math.inf, False),
+    "prior_weight": (0, math.inf, True),
+    "n_warmup_steps": (0, math.inf, False),
+    "min_resource": (1, math.inf, False),
+    "reduction_factor": (2, math.inf, False),
+}
+TOML_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
-def _typed(value: Any, kind: type, where: str) -> Any:
-    """`value` if it is a TOML value of `kind` (ints pass for floats), else a ConfigError."""
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
-    if not ok:
-        raise ConfigError(f"{where} = {value!r} is not a valid {kind.__name__}")
-    return value
+@functools.cache
+def sampler_options(name: str) -> dict[str, type]:
+    """The options `[sampler]` may give sampler `name`, with their TOML types: the keyword
+    arguments of its Optuna class whose annotation is a TOML type (callables are left out)."""
+    import optuna
+
+    options = {}
+    sampler = getattr(optuna.samplers, SAMPLERS[name])
+    for key, param in inspect.signature(sampler).parameters.items():
+        annotation = getattr(param.annotation, "__name__", param.annotation)
+        if kind := TOML_TYPES.get(str(annotation).removesuffix(" | None")):
+            options[key] = kind
+    return options
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ class StudySpec:
     metric: str = "val_dice"
     direction: str = "maximize"
     epochs: int = 15
-    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 42})
+    sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     space: tuple[Param, ...] = ()
 
@@ -101,28 +111,19 @@ class StudySpec:
         options = dict(self.sampler)
         name = options.pop("name", "tpe")
         seed = options.pop("seed", None)
-        seed = None if seed is None else int(seed) + seed_offset
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, **options)
-        return optuna.samplers.RandomSampler(seed=seed)
+        # Each invocation of a study adds its worker number: wrap, or a seed near the top of
+        # the range would work once and fail on every resume.
+        seed = None if seed is None else (int(seed) + seed_offset) % (SEED_MAX + 1)
+        return getattr(optuna.samplers, SAMPLERS[name])(seed=seed, **options)
 
     def make_pruner(self) -> Any:
         import optuna
 
-        options = dict(self.pruner)
-        name = options.pop("name", "median")
-        if name == "median":
-            return optuna.pruners.MedianPruner(
-                n_startup_trials=options.get("n_startup_trials", 5),
-                n_warmup_steps=options.get("n_warmup_steps", 0),
-            )
-        if name == "hyperband":
-            return optuna.pruners.HyperbandPruner(
-                min_resource=options.get("min_resource", 1),
-                max_resource=self.epochs,
-                reduction_factor=options.get("reduction_factor", 3),
-            )
-        return optuna.pruners.NopPruner()
+        name, keys = PRUNERS[self.pruner.get("name", "median")]
+        options = {key: value for key, value in self.pruner.items() if key in keys}
+        if name == "HyperbandPruner":  # a trial's budget is the study's epochs
+            options["max_resource"] = self.epochs
+        return getattr(optuna.pruners, name)(**options)  # Optuna's defaults for the rest
 
     def check_resumable(self, study: Any) -> None:
         """Refuse a stored study whose finished trials drew a parameter from another space.
@@ -177,6 +178,12 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
         choices = table.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: space.{key} (categorical) needs a non-empty choices list")
+        for choice in choices:  # Optuna stores numbers, strings and booleans, nothing else
+            if not isinstance(choice, (bool, int, float, str)):
+                raise ConfigError(
+                    f"{where}: space.{key}.choices holds {choice!r}; each choice must be a "
+                    "number, a string or a boolean, like choices = [64, 128]"
+                )
         param = Param(key, kind, choices=tuple(choices))
         probes = param.choices
     else:
@@ -184,15 +191,17 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
             raise ConfigError(f"{where}: space.{key} ({kind}) needs low and high")
         number = int if kind == "int" else float
         low, high = (
-            _typed(table[end], number, f"{where}: space.{key}.{end}") for end in ("low", "high")
+            typed(table[end], number, f"{where}: space.{key}.{end}") for end in ("low", "high")
         )
-        log = _typed(table.get("log", False), bool, f"{where}: space.{key}.log")
+        log = typed(table.get("log", False), bool, f"{where}: space.{key}.log")
         if low >= high:
             raise ConfigError(f"{where}: space.{key} ({kind}) needs low < high")
         if log and low <= 0:
             raise ConfigError(f"{where}: space.{key} is log-scaled, so low must be > 0")
         param = Param(key, kind, low, high, log)
         probes = (low, high)
+    if reason := fixed_key_reason(key):  # a value that would not act is refused, not shown
+        raise ConfigError(f"{where}: space.{key} cannot be searched: {reason}")
     for value in probes:  # every value the space can produce must be a valid config value
         config.with_overrides({key: value}, origin=f"{where}: space")
     return param
@@ -214,81 +223,73 @@ def _check_options(section: str, options: dict[str, Any], allowed: dict, path: P
                 f"{path}: [{section}] {key} is not an option of {options.get('name', section)}; "
                 f"use {', '.join(allowed)}"
             )
-        _typed(value, allowed[key], f"{path}: [{section}] {key}")
+        value = typed(value, allowed[key], f"{path}: [{section}] {key}")
+        if key in OPTION_RANGES:
+            check_range(value, OPTION_RANGES[key], f"{path}: [{section}] {key}")
 
 
 def _check_sampler(options: dict[str, Any], path: Path) -> None:
     name = options.get("name", "tpe")
-    if name not in SAMPLER_OPTIONS:
-        raise ConfigError(f"{path}: [sampler] name = {name!r}; use tpe or random")
-    _check_options("sampler", options, SAMPLER_OPTIONS[name], path)
+    if name not in SAMPLERS:
+        raise ConfigError(f"{path}: [sampler] name = {name!r}; use {' or '.join(SAMPLERS)}")
+    _check_options("sampler", options, sampler_options(name), path)
 
 
 def _check_pruner(options: dict[str, Any], path: Path) -> None:
-    if options.get("name", "median") not in ("median", "hyperband", "none"):
+    if options.get("name", "median") not in PRUNERS:
         raise ConfigError(
             f"{path}: [pruner] name = {options['name']!r}; use median, hyperband or none"
         )
-    _check_options("pruner", options, PRUNER_OPTIONS, path)  # ranges: Optuna's own checks
+    _check_options("pruner", options, PRUNER_OPTIONS, path)
 
 
-def _check_study(study: dict[str, Any], path: Path, config: Config) -> None:
+def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str, Any]:
+    """`[study]` over the defaults (the name: the file's), checked."""
     if unknown := set(study) - {"name", "metric", "direction", "epochs"}:
         raise ConfigError(f"{path}: [study] has unknown keys {sorted(unknown)}")
-    if (
-        not isinstance(study.get("name", path.stem), str)
-        or not study.get("name", path.stem).strip()
-    ):
+    defaults = {key: getattr(StudySpec, key) for key in ("metric", "epochs")}
+    values = {"name": path.stem, **defaults, **study}
+    if not isinstance(values["name"], str) or not values["name"].strip():
         raise ConfigError(f"{path}: [study] name must be a non-empty string")
-    if study.get("direction", "maximize") not in ("maximize", "minimize"):
-        raise ConfigError(f"{path}: [study] direction must be maximize or minimize")
-    if study.get("metric", "val_dice") not in ("val_dice", "val_iou", "val_loss"):
+    if (metric := values["metric"]) not in tuple(METRICS):
         raise ConfigError(f"{path}: [study] metric must be val_dice, val_iou or val_loss")
-    epochs = _typed(study.get("epochs", 15), int, f"{path}: [study] epochs")
+    if values.setdefault("direction", METRICS[metric]) not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: [study] direction must be maximize or minimize")
+    if values["direction"] != METRICS[metric]:  # the study would pick its worst trial as best
+        raise ConfigError(
+            f"{path}: [study] metric = {metric!r} with direction = {values['direction']!r} "
+            f"would pick the worst trial; set direction = {METRICS[metric]!r} or leave it out"
+        )
+    epochs = typed(values["epochs"], int, f"{path}: [study] epochs")
     if epochs < 1:
         raise ConfigError(f"{path}: [study] epochs = {epochs} must be at least 1")
     config.with_overrides({"train.epochs": epochs}, origin=f"{path}: [study] epochs")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"study spec {path} not found; see studies/*.toml") from None
-    except IsADirectoryError:
-        raise ConfigError(f"study spec {path} is a folder; pass a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"study spec {path} is not valid TOML: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read study spec {path}: {err.strerror}") from None
+    return values
 
 
 def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
     """Load and check a study spec against the config it will override."""
     path = Path(path)
     config = config or Config()
-    table = _read(path)
+    table = read_toml(path, "study spec", "studies/*.toml")
     if unknown := set(table) - {"study", "sampler", "pruner", "space"}:
         raise ConfigError(
             f"{path}: unknown sections {sorted(unknown)}; use study, sampler, pruner, space"
         )
     study, sampler, pruner = (_table(table, name, path) for name in ("study", "sampler", "pruner"))
-    _check_study(study, path, config)
+    values = _check_study(study, path, config)
     _check_sampler(sampler, path)
     _check_pruner(pruner, path)
     space = tuple(_param(k, v, str(path), config) for k, v in _table(table, "space", path).items())
     if not space:
         raise ConfigError(f'{path}: the search space is empty; add [space."train.lr"] etc.')
     spec = StudySpec(
-        name=study.get("name", path.stem),
-        metric=study.get("metric", "val_dice"),
-        direction=study.get("direction", "maximize"),
-        epochs=study.get("epochs", 15),
-        sampler={"name": "tpe", "seed": 42, **sampler},
+        **values,
+        sampler={**DEFAULT_SAMPLER, **sampler},
         pruner={"name": "median", **pruner},
         space=space,
     )
-    try:  # Optuna's own range checks (n_ei_candidates = 0, ...)
+    try:  # Optuna's own checks, should a new version add some
         spec.make_sampler(), spec.make_pruner()
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -7,18 +7,22 @@ processes on one machine). RDB storages get heartbeats (`POLYPSEG_HEARTBEAT`), s
 whose worker died (SIGKILL, a lost machine) becomes FAIL, its MLflow runs are ended and it is
 retried; several processes may open a fresh database at once (the table-creation race is retried).
 On one machine a dead worker's trial is failed and retried sooner, with any storage: trials record
-their worker, and the next worker to take a trial sees that its process is gone.
+their worker, and the next worker to take a trial sees that its process is gone
+(`fail_dead_trials`). The study lock that its workers take trials under depends on the storage
+too (`study_lock`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import random
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,17 @@ import optuna
 from optuna.trial import TrialState
 
 from polypseg.errors import ConfigError, StoreError
-from polypseg.files import first_line, refused_write, remedy, sqlite_file, sqlite_uri, unwritable
+from polypseg.files import (
+    file_lock,
+    first_line,
+    refused_write,
+    remedy,
+    sqlite_file,
+    sqlite_uri,
+    unwritable,
+)
 from polypseg.processes import Worker, heartbeat_settings
-from polypseg.tracking.runs import end_dead_worker_runs
+from polypseg.tracking.ending import kill_trial_run
 from polypseg.tracking.store import mask_password
 
 log = logging.getLogger(__name__)
@@ -36,6 +48,11 @@ log = logging.getLogger(__name__)
 STUDIES_DIR = "studies"
 JOURNAL_PREFIX = "journal:"
 MAX_RETRY = 3
+# How long a worker waits for another's SQLite write lock; a lock held longer is refused, not
+# retried as the table-creation race of a fresh database is.
+SQLITE_LOCK_WAIT_S = 60.0
+
+StudyLock = Callable[[], AbstractContextManager[Any]]
 
 
 def default_storage() -> str:
@@ -79,22 +96,37 @@ def _is_creation_race(err: Exception) -> bool:
 
 def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     for attempt in range(5):
+        started = time.monotonic()
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as err:
             if not _is_creation_race(err):
                 raise
+            if time.monotonic() - started >= SQLITE_LOCK_WAIT_S:  # held all along: no race
+                raise StoreError(
+                    f"study storage {mask_password(url)} is locked by another process (database "
+                    "is locked); let it finish or stop it, then run again, or choose another "
+                    "--storage"
+                ) from None
             time.sleep(0.25 * 2**attempt * random.uniform(0.5, 1.5))
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
-def refuse_in_memory(url: str) -> None:
-    """An in-memory study vanishes at exit and no other worker can see it: never what tune wants."""
+def check_storage_url(url: str, touch: bool = True) -> None:
+    """What a storage URL can get wrong before anything is opened: empty; in memory (the study
+    would vanish at exit, no other worker could share it); a file storage naming no usable file."""
+    if not url.strip():
+        raise ConfigError(
+            "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
+            "leave the option out for that default"
+        )
     if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
         raise ConfigError(
             f"--storage {url} is an in-memory database: the study would vanish at exit and no "
             "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
         )
+    if (path := storage_file(url)) is not None:
+        _check_file(url, path, touch)
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -102,13 +134,11 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
     `journal:PATH` selects `JournalStorage` on a file. Optuna 5's journal has no heartbeats: a
     killed worker's trial is failed only by a worker on the same machine
-    (`fail_trials_of_dead_workers`), so use PostgreSQL where workers on many machines may die.
+    (`fail_dead_trials`), so use PostgreSQL where workers on many machines may die.
     The folder of a file storage must take writes: a read-only or full one is one line here.
     """
-    refuse_in_memory(url)
+    check_storage_url(url)
     path = storage_file(url)
-    if path is not None and (cause := unwritable(path.parent)) is not None:
-        raise _refused(url, path.parent, cause)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
@@ -118,7 +148,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing
+        kwargs["connect_args"] = {"timeout": SQLITE_LOCK_WAIT_S}  # wait for a lock, not fail
     interval, grace = heartbeat_settings()
     try:
         with quiet_experimental():
@@ -129,11 +159,37 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY),
             )
+    except StoreError:
+        raise
     except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
         raise ConfigError(
             f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
             f"{first_line(err)}); check --storage"
         ) from None
+
+
+def _check_file(url: str, path: Path, touch: bool = True) -> None:
+    """The file of a SQLite or journal storage: named, a regular file (or none yet: it is
+    created), in a folder that takes writes. A device (`journal:/dev/null`) takes the study's
+    first write and fails at the `fsync` of the next, in the middle of a trial."""
+    named = (
+        url[len(JOURNAL_PREFIX) :] if url.startswith(JOURNAL_PREFIX) else url[len("sqlite:///") :]
+    )
+    if not named.strip():
+        kind = "no file"
+    elif path.is_dir():
+        kind = f"{path}, a folder"
+    elif path.exists() and not path.is_file():
+        kind = f"{path}, a device or special file"
+    else:  # the write test creates the folder: `touch=False` before anything may be written
+        if touch and (cause := unwritable(path.parent)) is not None:
+            raise _refused(url, path.parent, cause)
+        return
+    example = "journal:studies/optuna.journal" if url.startswith(JOURNAL_PREFIX) else None
+    raise StoreError(
+        f"study storage {mask_password(url)} names {kind}; name a file to keep the study in, "
+        f"like {example or 'sqlite:///studies/optuna.db'}"
+    )
 
 
 def _refused(url: str, place: Path | None, cause: str) -> StoreError:
@@ -142,6 +198,36 @@ def _refused(url: str, place: Path | None, cause: str) -> StoreError:
         f"cannot write the study storage {mask_password(url)}{where}: {cause}; "
         f"{remedy(cause)}, or choose another --storage"
     )
+
+
+@contextmanager
+def _advisory_lock(engine: Any, key: int) -> Iterator[None]:
+    import sqlalchemy
+
+    with engine.begin() as conn:  # released when this transaction ends, or when the worker dies
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
+
+
+def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> StudyLock:
+    """The lock that serialises taking trials (and registering) among the workers of a study.
+
+    PostgreSQL: an advisory lock keyed by the study name, held by a transaction, so a worker
+    that dies releases it. SQLite or journal file: `flock` on `<file>.lock` beside it (one
+    machine; `<journal>.polypseg.lock`, as Optuna's journal uses `<journal>.lock` itself).
+    Other databases get no lock: a budget may then overshoot by up to one trial per worker.
+    """
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.name == "postgresql":
+        digest = hashlib.sha256(f"polypseg-study:{name}".encode()).digest()
+        return partial(
+            _advisory_lock, storage.engine, int.from_bytes(digest[:8], "big", signed=True)
+        )
+    path = storage_file(url)
+    if path is not None:
+        suffix = ".polypseg.lock" if url.startswith(JOURNAL_PREFIX) else ".lock"
+        return partial(file_lock, path.with_name(path.name + suffix))
+    log.warning("no study lock for %s: a trial budget may overshoot", mask_password(url))
+    return nullcontext
 
 
 def storage_error(err: BaseException, url: str) -> StoreError | None:
@@ -170,7 +256,7 @@ class RetryStaleTrial:
         log.warning("trial %d of study %s: its worker died", trial.number, study.study_name)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            end_dead_worker_runs(run_id)
+            kill_trial_run(run_id)
         self._retry(study, trial)
 
 
@@ -180,11 +266,11 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def fail_trials_of_dead_workers(
+def fail_dead_trials(
     study: optuna.Study, storage: optuna.storages.BaseStorage, unowned_are_dead: bool = False
 ) -> list[int]:
-    """RUNNING trials whose worker's process is gone from this machine: FAIL, their runs ended
-    KILLED and a retry queued, as for a trial whose heartbeat went stale. Call it under the
+    """RUNNING trials whose worker's process is gone from this machine: FAIL, their runs killed
+    and a retry queued, as for a trial whose heartbeat went stale. Call it under the
     study lock (a retry is queued once). Returns the numbers of the trials failed.
 
     A worker takes a trial and records itself on it under the study lock, so a holder of the

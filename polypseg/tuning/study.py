@@ -1,43 +1,67 @@
 """A study from start to end: `tune` is what `polypseg tune` runs, one worker of a study.
 
-It prepares the data and feature cache once, opens (or resumes) the named study in its storage,
-saves the MLflow UI view that compares the study's trials (`tracking.views`), starts a parent
-MLflow run named after the study and this invocation (`decoder_search #2`) and runs trials
-(`tuning.objective`) in the worker loop (`tuning.workers`). At the end the parent gets the best
-params, the trial counts (`invocation.trials_*`: this invocation's; `study.trials_*`: the whole
-study's) and the study plots, and the best trial is registered (`champion` moves when it beats
-the current one).
+`tune` reads as its steps, in the order they happen: check the arguments, prepare the data,
+the encoder and the feature cache once (first: a data set or encoder that is not there leaves
+no study, experiment or worker number behind), open (or resume) the named study in its storage,
+refusing one made for another objective, data set or encoder (`tuning.identity`), point MLflow
+at the experiment, recover what dead workers left behind, save the MLflow UI view that compares
+the study's trials (`tracking.views`); then, under a parent MLflow run named after the study
+and this invocation (`decoder_search #2`), run trials (`tuning.objective`) in the worker loop
+(`tuning.workers`) and finish (`tuning.finish`: the best trial and study plots on the parent,
+the best model registered, and under `data.protocol = "pranet"` the champion's literature
+table). The parent run also gets the trial counts (`invocation.trials_*`: this invocation's;
+`study.trials_*`: the whole study's).
 
 Any number of such workers may share one study: they take trials under a study lock, up to an
 optional study-wide budget (`max_trials`), and the trial of a worker that died is failed, its
-runs ended KILLED and the trial retried by whichever worker notices.
+runs killed (ended KILLED, `tracking.ending`) and the trial retried by whichever worker notices.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 import optuna
 
 from polypseg.config import Config
 from polypseg.errors import ConfigError
-from polypseg.features.prepare import Prepared, prepare
-from polypseg.tracking.registry import Registration, register_trial
+from polypseg.features.prepare import prepare
+from polypseg.progress import trial_lines
+from polypseg.tracking.ending import kill_orphaned_runs
+from polypseg.tracking.names import check_names
 from polypseg.tracking.runs import tracked_run
-from polypseg.tracking.store import mask_password, setup
+from polypseg.tracking.store import (
+    check_tracking_uri,
+    default_tracking_uri,
+    mask_password,
+    setup,
+)
 from polypseg.tracking.views import save_study_view
+from polypseg.tuning.finish import (
+    check_literature_sets,
+    finish,
+    score_on_literature_sets,
+    trial_counts,
+)
+from polypseg.tuning.identity import StudyBase, check_base
 from polypseg.tuning.objective import make_objective
-from polypseg.tuning.plots import log_study_plots
 from polypseg.tuning.report import TuneResult
 from polypseg.tuning.spec import StudySpec
-from polypseg.tuning.storage import default_storage, fail_stale_trials, refuse_in_memory
+from polypseg.tuning.storage import (
+    check_storage_url,
+    default_storage,
+    fail_stale_trials,
+    make_storage,
+    storage_file,
+)
 from polypseg.tuning.workers import (
+    Objective,
     SharedStudy,
     WorkerOptions,
-    end_orphaned_runs,
     open_shared_study,
     run_worker,
 )
@@ -45,15 +69,9 @@ from polypseg.tuning.workers import (
 log = logging.getLogger(__name__)
 
 
-def _counts(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in optuna.trial.TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] += 1
-    return counts
-
-
 class _Progress:
-    """A rich progress bar over the trials of this invocation: n/N, best so far, pruned, failed."""
+    """A rich progress bar over the trials of this invocation: n/N, best so far, pruned, failed;
+    off a terminal, where the bar draws only when it ends, a plain line as each trial ends."""
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -64,10 +82,12 @@ class _Progress:
         self.bar = progress_bar(*columns, enabled=enabled)
         self.task = self.bar.add_task("trials", total=total)
         self.ran: Counter[str] = Counter()  # this invocation's trials, by state
+        self.lines = trial_lines(enabled)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran[trial.state.name] += 1
-        counts = _counts(study)
+        self.lines(study, trial)
+        counts = trial_counts(study)
         try:
             best = f"{study.best_value:.4f}"
         except ValueError:
@@ -79,7 +99,9 @@ class _Progress:
         )
 
 
-def _check_arguments(name: str, timeout: float | None, storage_url: str) -> None:
+def _check_arguments(
+    name: str, timeout: float | None, storage_url: str, tracking_uri: str | None
+) -> None:
     """What the command line can get wrong, refused before a store, study or cache is touched."""
     if not name.strip():
         raise ConfigError(
@@ -88,7 +110,9 @@ def _check_arguments(name: str, timeout: float | None, storage_url: str) -> None
         )
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout {timeout:g} must be a positive number of seconds")
-    refuse_in_memory(storage_url)
+    # Nothing created yet: the folders' write tests come when the stores open, after the data.
+    check_storage_url(storage_url, touch=False)
+    check_tracking_uri(default_tracking_uri() if tracking_uri is None else tracking_uri, False)
 
 
 def tune(
@@ -111,130 +135,152 @@ def tune(
     `max_trials` finished, running or queued ones, so several workers (or a re-run after a crash)
     end with exactly `max_trials` COMPLETE + PRUNED trials.
     """
-    workers = WorkerOptions(n_trials, max_trials, n_jobs, timeout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = spec.name if study_name is None else study_name
-    storage_url = storage or default_storage()
-    _check_arguments(name, timeout, storage_url)
-    shared = open_shared_study(
-        name, storage_url, spec.direction, spec.make_sampler, spec.make_pruner(), max_trials
-    )
-    spec.check_resumable(shared.study)  # before any work: a changed space fails every trial
-    experiment_id = setup(config.tracking.experiment, tracking_uri)
-    prepared = prepare(config, progress=progress)
+    storage_url = default_storage() if storage is None else storage
+    workers = WorkerOptions(n_trials, max_trials, n_jobs, timeout)
+    _check_arguments(name, timeout, storage_url, tracking_uri)
+    check_names(config.tracking.experiment, config.tracking.registered_model, name)
+    _check_stored_space(name, storage_url, spec)
+    check_literature_sets(config)
+    prepared = prepare(_cache_config(config, spec), progress=progress)  # before any store
     images_encoded = prepared.encoder.images_encoded
-    # A dead worker's trial: FAIL, its runs KILLED, a retry queued (at once on this machine).
+    base = StudyBase.of(spec.metric, spec.direction, config, prepared)
+    shared = _open_study(name, storage_url, spec, max_trials, base)
+    experiment_id = setup(config.tracking.experiment, tracking_uri)
+    _recover_dead_workers(shared, experiment_id)
+    view = _save_view(shared, experiment_id, spec)
+    with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
+        objective = make_objective(prepared, config, spec, parent_run_id, progress)
+        ran = _run_trials(shared, objective, workers, experiment_id, progress)
+        best, registration = finish(shared, prepared, config, base)
+    score_on_literature_sets(config, registration, tracking_uri, progress)
+    return TuneResult(
+        study=shared.study,
+        best=best,
+        registration=registration,
+        parent_run_id=parent_run_id,
+        images_encoded=images_encoded,
+        counts=trial_counts(shared.study),
+        storage=mask_password(storage_url),
+        experiment_id=experiment_id,
+        metric=spec.metric,
+        measured_on=f"data {base.data}, encoder {base.encoder}",
+        view_key=view,
+        ran=dict(ran),
+    )
+
+
+def _check_stored_space(name: str, storage_url: str, spec: StudySpec) -> None:
+    """A changed search space refused before the cache is built, when the study's file is
+    already here: read only, nothing created (a server's study is checked when it opens)."""
+    path = storage_file(storage_url)
+    if path is None or not path.is_file():
+        return
+    try:
+        stored = optuna.load_study(study_name=name, storage=make_storage(storage_url))
+    except KeyError:  # no such study yet
+        return
+    spec.check_resumable(stored)
+
+
+def _open_study(
+    name: str, storage_url: str, spec: StudySpec, max_trials: int | None, base: StudyBase
+) -> SharedStudy:
+    """Open (or create) the study and take a worker number. Refused before it takes one: a
+    study whose search space changed (every trial would fail), or one made for another metric,
+    data set or encoder (its trials would be pooled with these); a new study records `base`."""
+
+    def check(study: optuna.Study) -> None:
+        spec.check_resumable(study)
+        check_base(study, base)
+
+    return open_shared_study(
+        name,
+        storage_url,
+        spec.direction,
+        spec.make_sampler,
+        spec.make_pruner(),
+        max_trials,
+        on_open=check,
+    )
+
+
+def _recover_dead_workers(shared: SharedStudy, experiment_id: str) -> None:
+    """What workers that died left behind: their trials FAIL (a retry queued, at once for this
+    machine's), their runs KILLED. Done before this worker's trials, so a resumed study
+    recovers first."""
     fail_stale_trials(shared.study)
     with shared.lock():
-        shared.fail_dead_workers_trials()
-        # Under the lock: workers starting together would each insert the view's tag, and a
-        # tracking server refuses the second insert (a duplicate key on experiment_tag_pk).
-        view = save_study_view(experiment_id, name, [p.key for p in spec.space], spec.metric)
-    end_orphaned_runs(shared.study, experiment_id)
-    parent_tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
-    # One parent run per invocation, numbered: a resumed study's runs are told apart.
-    with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=parent_tags) as parent:
+        shared.fail_dead_trials()
+    kill_orphaned_runs(shared.study, experiment_id)
+
+
+def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
+    """The MLflow UI's saved view of the study's trials; returns its key."""
+    # Under the lock: workers starting together would each insert the view's tag, and a
+    # tracking server refuses the second insert (a duplicate key on experiment_tag_pk).
+    with shared.lock():
+        keys = [p.key for p in spec.space]
+        return save_study_view(
+            experiment_id, shared.study.study_name, keys, spec.metric, spec.direction
+        )
+
+
+@contextmanager
+def _parent_run(
+    shared: SharedStudy, storage_url: str, spec: StudySpec, workers: WorkerOptions
+) -> Iterator[str]:
+    """This invocation's parent run, numbered (a resumed study's runs are told apart: `s #2`),
+    with what it was asked; yields its id, which trial runs nest under."""
+    name = shared.study.study_name
+    tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
+    with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=tags) as parent:
         shared.study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         mlflow.log_params(
             {
-                "invocation.trials": n_trials,  # asked of this invocation (--trials)
-                "invocation.n_jobs": n_jobs,
+                "invocation.trials": workers.n_trials,  # asked of this invocation (--trials)
+                "invocation.n_jobs": workers.n_jobs,
                 "invocation.worker": shared.worker,
-                "study.max_trials": max_trials,  # the whole study's budget
+                "study.max_trials": workers.max_trials,  # the whole study's budget
                 "study.epochs": spec.epochs,
                 "study.sampler": spec.sampler.get("name", "tpe"),
                 "study.pruner": spec.pruner.get("name", "median"),
                 "study.metric": spec.metric,
             }
         )
-        objective = make_objective(prepared, config, spec, parent.info.run_id)
-        try:
-            ran = _run_trials(shared, objective, workers, progress)
-        except KeyboardInterrupt:
-            _tag_interrupted_trials(shared.study, experiment_id)
-            raise
-        end_orphaned_runs(shared.study, experiment_id)
-        mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
-        best, registration = _finish(shared, prepared, config, spec.metric)
-    return TuneResult(
-        shared.study,
-        best,
-        registration,
-        parent.info.run_id,
-        images_encoded,
-        _counts(shared.study),
-        mask_password(storage_url),
-        experiment_id,
-        metric=spec.metric,
-        view_key=view,
-        ran=dict(ran),
-    )
-
-
-def _tag_interrupted_trials(study: optuna.Study, experiment_id: str) -> None:
-    """After Ctrl-C or SIGTERM, give the trial runs ended KILLED the state Optuna recorded.
-
-    The objective tags a run when its trial ends on its own; an interrupted one leaves the
-    objective before Optuna is told (the worker loop tells it FAIL), so its tag still says
-    RUNNING. Runs still RUNNING belong to other threads or workers and are left alone.
-    """
-    states = {
-        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-    }
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`optuna.study_name` = '{study.study_name}' "
-        "AND tags.`optuna.trial_state` = 'RUNNING'",
-        output_format="list",
-    )
-    client = mlflow.MlflowClient()
-    for run in runs:
-        number = int(run.data.tags.get("optuna.trial_number", -1))
-        if run.info.status != "RUNNING" and number in states:
-            client.set_tag(run.info.run_id, "optuna.trial_state", states[number])
+        yield parent.info.run_id
 
 
 def _run_trials(
-    shared: SharedStudy, objective: Any, workers: WorkerOptions, progress: bool
+    shared: SharedStudy,
+    objective: Objective,
+    workers: WorkerOptions,
+    experiment_id: str,
+    progress: bool,
 ) -> Counter[str]:
-    """This worker's trials, with a progress bar sized to what it may still take; returns how
-    many it ran, by state."""
+    """This worker's trials, with a progress bar sized to what it may still take; logs and
+    returns how many it ran, by state. Then it kills the runs that workers dying meanwhile left
+    RUNNING."""
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
     with tracker.bar:
         run_worker(shared, objective, workers, callbacks=[tracker])
+    kill_orphaned_runs(shared.study, experiment_id)
+    mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
     return tracker.ran
 
 
-def _finish(
-    shared: SharedStudy, prepared: Prepared, config: Config, metric: str
-) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
-    """Log the best trial and study plots to the parent run; register the best model.
-
-    Registration runs under the study lock: workers that end together register the best trial
-    once, and the champion alias moves in order.
-    """
-    study = shared.study
-    counts = _counts(study)
-    # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
-    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
-    log_study_plots(study, metric)
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
-        return None, None
-    best = study.best_trial
-    mlflow.log_params({f"best.{key}": value for key, value in best.params.items()})
-    mlflow.log_metrics({"best_value": best.value, "best_trial": best.number})
-    with shared.lock():
-        registration = register_trial(
-            config.tracking.registered_model,
-            study=study.study_name,
-            trial=best.number,
-            run_id=best.user_attrs["mlflow_run_id"],
-            encoder=prepared.encoder,
-            image_size=config.data.image_size,
-            val_dice=best.value,
-            test_dice=best.user_attrs.get("test_dice"),
-        )
-    return best, registration
+def _cache_config(config: Config, spec: StudySpec) -> Config:
+    """The config whose cache serves every trial: `data.augment` the union of the spec's
+    choices (and the config's own), so the augmentation entry is built once, before any trial;
+    a trial reads the variants it drew."""
+    choices = [p.choices for p in spec.space if p.key == "data.augment"]
+    if not choices:
+        return config
+    drawn = (config.with_overrides({"data.augment": c}).data.augment for c in choices[0])
+    union = dict.fromkeys(config.data.augment)
+    for variants in drawn:
+        union.update(dict.fromkeys(variants))
+    return config.with_overrides({"data.augment": list(union)})

@@ -2,10 +2,11 @@
 
 Each worker runs one loop: under the study lock it checks the study-wide budget and takes a
 trial (`study.ask()`, which pops a queued retry first), then trains it with a heartbeat beating,
-then reports it (`study.tell()`). The lock (a PostgreSQL advisory lock, or `flock` on a file
-beside a SQLite or journal file) makes `max_trials` an exact budget however many workers race
-for the last trials, and a queued retry is never taken by two workers. Each invocation takes the
-next worker number of the study (a study user attribute) to seed its sampler apart.
+then reports it (`study.tell()`). The lock (`storage.study_lock`: a PostgreSQL advisory lock, or
+`flock` on a file beside a SQLite or journal file) makes `max_trials` an exact budget however
+many workers race for the last trials, and a queued retry is never taken by two workers. Each
+invocation takes the next worker number of the study (a study user attribute) to seed its
+sampler apart.
 
 Each trial records its worker (`polypseg.processes.Worker`) when it is taken, so the next worker
 to take a trial fails (and retries) one left RUNNING by a worker killed on this machine at once,
@@ -14,33 +15,28 @@ with no heartbeat (the journal has none); other machines' trials are left to hea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from polypseg.errors import StoreError
-from polypseg.files import file_lock
 from polypseg.interrupts import deferred, interrupt_point
 from polypseg.processes import Worker
-from polypseg.tracking.runs import end_runs_of_finished_trials
-from polypseg.tracking.store import mask_password
+from polypseg.tracking.ending import fail_reason
 from polypseg.tuning.storage import (
-    JOURNAL_PREFIX,
+    StudyLock,
+    fail_dead_trials,
     fail_stale_trials,
-    fail_trials_of_dead_workers,
     make_storage,
     storage_error,
-    storage_file,
+    study_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +46,6 @@ log = logging.getLogger(__name__)
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 WORKERS_ATTR = "polypseg.workers"
 
-StudyLock = Callable[[], AbstractContextManager[Any]]
 Objective = Callable[[optuna.Trial], float]
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -67,36 +62,6 @@ class WorkerOptions:
 
 class BudgetReached(Exception):
     """The study's budget is used up: the worker stops taking trials."""
-
-
-@contextmanager
-def _advisory_lock(engine: Any, key: int) -> Iterator[None]:
-    import sqlalchemy
-
-    with engine.begin() as conn:  # released when this transaction ends, or when the worker dies
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        yield
-
-
-def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> StudyLock:
-    """The lock that serialises taking trials (and registering) among the workers of a study.
-
-    PostgreSQL: an advisory lock keyed by the study name, held by a transaction, so a worker
-    that dies releases it. SQLite or journal file: `flock` on `<file>.lock` beside it (one
-    machine; `<journal>.polypseg.lock`, as Optuna's journal uses `<journal>.lock` itself).
-    Other databases get no lock: a budget may then overshoot by up to one trial per worker.
-    """
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.name == "postgresql":
-        digest = hashlib.sha256(f"polypseg-study:{name}".encode()).digest()
-        return partial(
-            _advisory_lock, storage.engine, int.from_bytes(digest[:8], "big", signed=True)
-        )
-    path = storage_file(url)
-    if path is not None:
-        suffix = ".polypseg.lock" if url.startswith(JOURNAL_PREFIX) else ".lock"
-        return partial(file_lock, path.with_name(path.name + suffix))
-    log.warning("no study lock for %s: a trial budget may overshoot", mask_password(url))
-    return nullcontext
 
 
 @dataclass
@@ -121,10 +86,10 @@ class SharedStudy:
         """Seconds between heartbeats; None where the storage has none (Optuna 5's journal)."""
         return getattr(self.storage, "get_heartbeat_interval", lambda: None)()
 
-    def fail_dead_workers_trials(self) -> list[int]:
+    def fail_dead_trials(self) -> list[int]:
         """Under the lock: fail (and queue for a retry) the trials of workers that died here."""
         locked = self.lock is not nullcontext
-        return fail_trials_of_dead_workers(self.study, self.storage, unowned_are_dead=locked)
+        return fail_dead_trials(self.study, self.storage, unowned_are_dead=locked)
 
     def take_trial(self) -> optuna.Trial:
         """The next trial, under the lock: a queued retry first, else a new one within budget.
@@ -136,7 +101,7 @@ class SharedStudy:
         interval = self.heartbeat_interval()
         while True:
             with self.lock():
-                self.fail_dead_workers_trials()
+                self.fail_dead_trials()
                 left = self.budget_left()
                 if left is None or left > 0 or self._any(TrialState.WAITING):
                     with warnings.catch_warnings():
@@ -187,11 +152,13 @@ def open_shared_study(
     make_sampler: Callable[[int], optuna.samplers.BaseSampler],
     pruner: optuna.pruners.BasePruner,
     max_trials: int | None = None,
+    on_open: Callable[[optuna.Study], None] | None = None,
 ) -> SharedStudy:
     """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
 
     Workers with the same sampler seed would suggest the same trials, so each invocation gets
-    the next worker number of the study (taken under the lock) as its seed offset.
+    the next worker number of the study (taken under the lock) as its seed offset. `on_open`
+    runs under the lock first: a study it refuses costs no worker number.
     """
     storage = make_storage(storage_url)
     lock = study_lock(storage, storage_url, name)
@@ -200,6 +167,8 @@ def open_shared_study(
             study_name=name, storage=storage, direction=direction, load_if_exists=True
         )
         with lock():
+            if on_open is not None:
+                on_open(created)
             worker = int(created.user_attrs.get(WORKERS_ATTR, 0))
             created.set_user_attr(WORKERS_ATTR, worker + 1)
     except Exception as err:  # Optuna words a full or read-only disk as an internal error
@@ -214,18 +183,20 @@ def open_shared_study(
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
-    """Train one trial and tell the study how it ended, as `Study.optimize` would."""
+    """Train one trial and tell the study how it ended, as `Study.optimize` would. The objective
+    has ended the trial's MLflow run by then, with the state told here (`tuning.objective`)."""
     study = shared.study
     with shared.heartbeat(trial):
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             return study.tell(trial, state=TrialState.PRUNED)
-        except StoreError:  # the store is full or read-only: every further trial would fail
-            _tell_failed(study, trial)
+        except StoreError as err:  # the store is full or read-only: every further trial would fail
+            _tell_failed(study, trial, err)
             raise
         except Exception as err:
-            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            log.warning("trial %d failed: %s", trial.number, fail_reason(err))
+            trial.set_user_attr("fail_reason", fail_reason(err))
             return study.tell(trial, state=TrialState.FAIL)
         except KeyboardInterrupt:
             study.tell(trial, state=TrialState.FAIL)
@@ -233,11 +204,12 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
     return study.tell(trial, value)
 
 
-def _tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
+def _tell_failed(study: optuna.Study, trial: optuna.Trial, err: StoreError) -> None:
     try:
+        trial.set_user_attr("fail_reason", fail_reason(err))
         study.tell(trial, state=TrialState.FAIL)
-    except Exception as err:  # the storage is full too: the next invocation fails the trial
-        log.warning("could not fail trial %d: %s", trial.number, err)
+    except Exception as told:  # the storage is full too: the next invocation fails the trial
+        log.warning("could not fail trial %d: %s", trial.number, told)
 
 
 def run_worker(
@@ -265,7 +237,7 @@ def run_worker(
     def one() -> bool:
         """Take, train and tell one trial; False once the study's budget is used up."""
         nonlocal claimed
-        fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs ended, retried
+        fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs killed, retried
         try:
             trial = shared.take_trial()
         except BudgetReached as reached:
@@ -302,11 +274,3 @@ def run_worker(
     for thread in threads:
         thread.join()
     return claimed
-
-
-def end_orphaned_runs(study: optuna.Study, experiment_id: str) -> int:
-    """Trial runs of `study` left RUNNING although their trial is over: end them KILLED."""
-    finished = {
-        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-    }
-    return end_runs_of_finished_trials(experiment_id, study.study_name, finished)

@@ -1,0 +1,151 @@
+"""Masks: the one rule that reads any mask file as polyp or background, and the sets it refuses.
+
+Polyp data sets store masks in many ways: Kvasir-SEG's RGB JPEGs (0/255 with compression
+noise), 0/1 label PNGs (8 or 16 bit), VOC-style palette PNGs, masks drawn only in an alpha
+channel. Every reader of masks goes through `mask_from_pixels` (its docstring is the rule): the
+training data, `evaluate`'s ground truth under both protocols (PraNet's keeps MATLAB's threshold
+for plain grey masks: `maps.read_pranet_mask`) and the data checks. A format the rule cannot read
+shows up as empty masks, and a Dice on empty masks is 1.0 for a model that finds nothing; so a
+set (or a split part) whose masks are all empty, or nearly all polyp, is refused by
+`foreground_problem` before anything is trained or scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from polypseg.data.decode import PILLOW_ERRORS, pillow_array, read_array, unit_range
+from polypseg.data.split import Split
+from polypseg.errors import DataError
+
+MOSTLY_POLYP = 0.9  # a set's mean foreground fraction above this reads as inverted masks
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, Pillow's "L"
+
+PlainRule = Callable[[np.ndarray], np.ndarray]  # H×W grey or H×W×3 colour values → H×W bool
+
+
+def _luma(colour: np.ndarray) -> np.ndarray:
+    """Grey of H×W×3 values: exactly Pillow's `convert("L")` for 8-bit, its weights otherwise."""
+    if colour.dtype == np.uint8:
+        r, g, b = (colour[..., i].astype(np.uint32) for i in range(3))
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+    grey = colour.astype(np.float64) @ _LUMA
+    return np.round(grey).astype(colour.dtype) if colour.dtype.kind in "iu" else grey
+
+
+def at_half_range(values: np.ndarray) -> np.ndarray:
+    """Polyp where the grey value (colour: its luma) is at least half its type's range."""
+    grey = _luma(values[..., :3]) if values.ndim == 3 else values
+    return unit_range(grey) >= 0.5
+
+
+def _without_alpha(pixels: np.ndarray) -> np.ndarray:
+    """H×W grey or H×W×3 colour: alpha dropped, or alone when the mask is drawn only in it."""
+    if pixels.ndim == 2:
+        return pixels
+    channels = pixels.shape[2]
+    if channels in (2, 4):
+        colour, alpha = pixels[..., :-1], pixels[..., -1]
+        if colour.min() == colour.max() and alpha.min() != alpha.max():
+            return alpha
+        pixels = colour
+    return pixels[..., 0] if pixels.shape[2] < 3 else pixels[..., :3]
+
+
+def mask_from_pixels(pixels: np.ndarray, plain: PlainRule = at_half_range) -> np.ndarray:
+    """An H×W bool mask (True: polyp) from a mask file's pixels, by this rule, in order:
+
+    1. a palette image (VOC-style label PNG) whose index 0 is black: index ≠ 0 is polyp
+       (`mask_from_image` applies this one; other palettes are read by their colours);
+    2. a 1-bit image: set pixels are polyp;
+    3. an image with an alpha channel whose colour is one flat value while alpha varies (a mask
+       drawn only in alpha): the alpha channel is the mask's values; otherwise alpha is ignored;
+    4. 0/1 labels (integer values, 8 or 16 bit, all 0 or 1): 1 is polyp (colour: in any channel);
+    5. anything else, by `plain`: by default the grey value (colour: luma 0.299 R + 0.587 G +
+       0.114 B) at least half its type's range is polyp: ≥ 128 of 255, ≥ 32768 of 65535, ≥ 0.5
+       for floats in [0, 1] (floats above 1 are 0–255 values). Half the range keeps JPEG
+       compression noise of 0/255 masks on the right side.
+    """
+    if pixels.dtype == bool:
+        return pixels.any(axis=-1) if pixels.ndim == 3 else pixels
+    values = _without_alpha(pixels)
+    if values.dtype.kind in "iu" and values.size and values.min() >= 0 and values.max() <= 1:
+        return (values == 1).any(axis=-1) if values.ndim == 3 else values == 1
+    return plain(values)
+
+
+def _black_background(image: Image.Image) -> bool:
+    palette = image.getpalette()
+    return palette is None or palette[:3] == [0, 0, 0]
+
+
+def mask_from_image(image: Image.Image, plain: PlainRule = at_half_range) -> np.ndarray:
+    """`mask_from_pixels` of a decoded Pillow image, palette indices included (rule 1)."""
+    if image.mode in ("P", "PA") and _black_background(image):
+        indices = np.asarray(image)
+        return (indices[..., 0] if indices.ndim == 3 else indices) != 0
+    return mask_from_pixels(pillow_array(image), plain)
+
+
+def read_mask_file(path: str | Path, plain: PlainRule = at_half_range) -> np.ndarray:
+    """A mask file as an H×W bool array by the mask rule; DataError naming a file that fails."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return mask_from_image(image, plain)
+    except PILLOW_ERRORS:
+        pass
+    return mask_from_pixels(read_array(path), plain)  # TIFFs Pillow refuses, or the error
+
+
+_FILE_CAUSES = (
+    "are they 0/1 label images saved as JPEG (lossy: the 1s turn into noise), or polyps drawn "
+    "darker than mid-grey? Masks are read by one rule (README, Troubleshooting): save them as "
+    "PNG with 0/255 or 0/1 values"
+)
+
+
+def foreground_problem(fractions: Sequence[float], where: str, cause: str = _FILE_CAUSES) -> str:
+    """Why these masks' foreground fractions cannot be polyp annotations, or "" when they can.
+
+    All empty is refused at any count; a mean above `MOSTLY_POLYP` from two masks on (one
+    close-up may fill its frame; several cannot), as inverted masks.
+    """
+    n = len(fractions)
+    if n and max(fractions) == 0:
+        return f"all {n} masks in {where} are empty: {cause}"
+    if n >= 2 and (mean := float(np.mean(fractions))) > MOSTLY_POLYP:
+        return (
+            f"the {n} masks in {where} are {mean:.0%} polyp on average: are they inverted "
+            "(polyp black on white)? Polyp must be the bright or non-zero value"
+        )
+    return ""
+
+
+def check_split_masks(split: Split, names: Sequence[str], masks: np.ndarray, where: str) -> None:
+    """Refuse a split part (train, val, test) whose masks are all empty or nearly all polyp.
+
+    `masks` holds one 0/1 mask per name (N×…, the feature cache's rows): the masks training
+    and its test score actually use. Counted row by row: `count_nonzero` of a whole row is
+    several times faster than any reduction along an axis (1000 masks of 512²: about 0.1 s).
+    """
+    flat = np.asarray(masks).reshape(len(names), -1)
+    counts = np.fromiter((np.count_nonzero(mask) for mask in flat), np.int64, len(names))
+    fractions = counts / max(1, flat.shape[1])
+    if problem := foreground_problem(fractions.tolist(), "the set"):
+        raise DataError(f"{where}: {problem}")
+    row = {name: index for index, name in enumerate(names)}
+    cause = (
+        f"{np.count_nonzero(counts)} of the set's {len(names)} masks have a polyp, and a score "
+        "on masks without one means nothing: change data.split_seed or data.ratios, or leave "
+        "images without polyps out"
+    )
+    for part in ("train", "val", "test"):
+        rows = [row[name] for name in getattr(split, part)]
+        if problem := foreground_problem(fractions[rows].tolist(), f"the {part} part", cause):
+            raise DataError(f"{where}: {problem}")

@@ -1,0 +1,136 @@
+"""PraNet's protocol (Fan et al., MICCAI 2020), the one polyp papers report, as polypseg's split.
+
+Training: Kvasir-SEG and CVC-ClinicDB minus PraNet's test images (1450 images when both sets
+are whole), named `<set>/<file>`. Validation, for pruning and model selection: a seeded
+`data.ratios[1]` share of those training images, never a test set. Test: PraNet's 100 Kvasir and
+62 ClinicDB images (`pranet_test_names.json`, with its provenance) and the whole of CVC-ColonDB,
+ETIS-LaribPolypDB and CVC-300. Test membership is by stem: a copy may store an image as `.jpg`
+or `.tif` where PraNet's lists name a `.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+from polypseg.config import DataConfig
+from polypseg.data.kvasir import Pair
+from polypseg.data.sets import SETS, check_set_name, download_set, set_pairs
+from polypseg.data.split import Split, check_ratios, hold_out
+from polypseg.errors import DataError
+
+TRAINING_SETS = ("kvasir", "clinicdb")
+NAMES_FILE = Path(__file__).with_name("pranet_test_names.json")
+
+
+@cache
+def test_stems() -> dict[str, frozenset[str]]:
+    """PraNet's test images of the two training sets, as file stems."""
+    lists = json.loads(NAMES_FILE.read_text())
+    return {name: frozenset(Path(file).stem for file in lists[name]) for name in TRAINING_SETS}
+
+
+def _stem(pair: Pair) -> str:
+    return Path(pair.name.partition("/")[2]).stem
+
+
+def missing_roots(names: Sequence[str], roots: Mapping[str, object]) -> None:
+    """One line naming the sets the protocol needs that `roots` lacks."""
+    if lacking := [name for name in names if name not in roots]:
+        shown = " ".join(f"--root {name}=DIR" for name in lacking)
+        raise DataError(
+            f"no folder for {', '.join(lacking)}: pass {shown}, or download with "
+            f"`polypseg data download --set {lacking[0]}`"
+        )
+
+
+def pranet_split(
+    pools: Mapping[str, Sequence[Pair]],
+    seed: int,
+    ratios: Sequence[float],
+    sources: Mapping[str, str | Path] | None = None,
+) -> Split:
+    """The training split of Kvasir + ClinicDB pairs (`set_pairs`): PraNet's test images are the
+    test part, a seeded `ratios[1]` share of the rest is val. A set holding none of PraNet's test
+    images is refused: it is not that set, or not whole."""
+    ratios = check_ratios(ratios)
+    missing_roots(TRAINING_SETS, pools)
+    rest, test = [], []
+    for name in TRAINING_SETS:
+        tests = test_stems()[name]
+        held = [p.name for p in pools[name] if _stem(p) in tests]
+        if not held:
+            example = sorted(tests)[0]
+            raise DataError(
+                f"the {name} folder holds none of PraNet's {len(tests)} test images (e.g. "
+                f"{example}): is it {SETS[name].title}, with its original file names?"
+            )
+        test += held
+        rest += [p.name for p in pools[name] if _stem(p) not in tests]
+    train, val = hold_out(rest, ratios[1], seed)
+    shown = tuple((k, str(Path(v).resolve())) for k, v in (sources or {}).items())
+    return Split(seed, ratios, tuple(train), tuple(val), tuple(sorted(test)), "pranet", shown)
+
+
+def test_pairs(name: str, pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs of set `name` that PraNet tests on: its lists for Kvasir and ClinicDB, the
+    whole set for the others."""
+    if name not in TRAINING_SETS:
+        return list(pairs)
+    return [p for p in pairs if _stem(p) in test_stems()[name]]
+
+
+def set_root(data: DataConfig, name: str) -> Path:
+    """The folder of set `name`: `data.roots`, else the Kaggle copy when `data.source` is
+    kaggle, else a one-line error saying how to point at one."""
+    check_set_name(name, "data.roots:")
+    if name in data.roots:
+        return Path(data.roots[name])
+    if data.source == "kaggle":
+        return download_set(name)  # offline: one line saying how to point at a local copy
+    missing_roots([name], {})
+    raise AssertionError  # pragma: no cover - missing_roots raised
+
+
+def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
+    """What `prepare` trains on under `data.protocol = "pranet"`: the folder above every
+    source (for messages), the pairs of both training sets, and their split."""
+    roots = {name: set_root(data, name) for name in TRAINING_SETS}
+    pools = {name: set_pairs(name, root, data.max_megapixels) for name, root in roots.items()}
+    split = pranet_split(pools, data.split_seed, data.ratios, roots)
+    pairs = tuple(p for name in TRAINING_SETS for p in pools[name])
+    folders = [str(path.parent.resolve()) for p in pairs for path in (p.image, p.mask)]
+    return Path(os.path.commonpath(folders)), pairs, split
+
+
+def parse_set_roots(values: Sequence[str]) -> dict[str, Path]:
+    """`--root SET=DIR` values as {set: folder}; a plain DIR or an unknown set is refused."""
+    roots: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = str(value).partition("=")
+        if not sep or not folder:
+            raise DataError(
+                f"--root {value}: name the set of each folder, SET=DIR, e.g. kvasir=/data/kvasir"
+            )
+        check_set_name(name, "--root")
+        roots[name] = Path(folder)
+    return roots
+
+
+def split_manifest(
+    roots: Mapping[str, Path], seed: int, ratios: Sequence[float]
+) -> tuple[dict, str]:
+    """`data split --protocol pranet`: the manifest (`train`, `val`: `<set>/<file>`; `test`:
+    set → file names, every set given) and its counts line."""
+    missing_roots(TRAINING_SETS, roots)
+    pools = {name: set_pairs(name, roots[name]) for name in TRAINING_SETS}
+    split = pranet_split(pools, seed, ratios, {name: roots[name] for name in TRAINING_SETS})
+    manifest = split.manifest()
+    for name in (n for n in SETS if n in roots and n not in TRAINING_SETS):
+        manifest["test"][name] = [p.name.partition("/")[2] for p in set_pairs(name, roots[name])]
+        manifest["sources"][name] = str(Path(roots[name]).resolve())
+    counts = " ".join(f"test.{name}={len(files)}" for name, files in manifest["test"].items())
+    return manifest, f"train={len(split.train)} val={len(split.val)} {counts}"

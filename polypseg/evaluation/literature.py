@@ -1,0 +1,150 @@
+"""One table per model: PraNet's five test sets, scored under its protocol, kept on the model.
+
+`evaluate_sets` scores a model on the named test sets (`pranet`: all five) exactly as
+`evaluate --protocol pranet` scores any set (`pranet.py`), with each set's test images chosen by
+the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB, the whole of the others).
+The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run; the table is
+also written on the registered model version as tags (`pranet.kvasir.mdice = 0.912`, the
+evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the version's page.
+`evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from polypseg.config import Config
+from polypseg.data.protocol import missing_roots, set_root, test_pairs
+from polypseg.data.sets import SETS, set_pairs
+from polypseg.errors import DataError
+from polypseg.evaluation.evaluate import Evaluation, evaluate
+from polypseg.evaluation.sources import DataSet
+
+ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
+RECORDED = ("n_images", "mdice", "miou", "wfm", "s_alpha", "mean_em", "max_em", "mae")
+
+
+def parse_sets(text: str) -> list[str]:
+    """`pranet` or comma-separated set names, in order, each once; unknown names refused."""
+    names = list(SETS) if text.strip() == ALL else []
+    for name in (part.strip() for part in text.split(",") if text.strip() != ALL):
+        if name not in SETS:
+            raise DataError(
+                f"--sets {text}: unknown data set {name!r}; use {ALL} (all five) or names among "
+                f"{', '.join(SETS)}"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise DataError(f"--sets {text!r}: name at least one data set, or {ALL}")
+    return names
+
+
+def test_sets(names: Sequence[str], roots: Mapping[str, str | Path]) -> list[DataSet]:
+    """Each named set's test images under PraNet's protocol, as the table's rows."""
+    missing_roots(names, roots)
+    sets = []
+    for name in names:
+        chosen = test_pairs(name, set_pairs(name, roots[name]))
+        if not chosen:
+            raise DataError(
+                f"the {name} folder {roots[name]} holds none of PraNet's test images; is it "
+                f"{SETS[name].title}, with its original file names?"
+            )
+        sets.append(DataSet(name, Path(roots[name]), named=True, listed=tuple(chosen)))
+    return sets
+
+
+def record_on_version(result: Evaluation) -> dict[str, str]:
+    """The table as tags of the registered model version scored (none for a run's model)."""
+    import mlflow
+
+    first = result.sets[0].summary
+    name, version = first.get("model_name"), first.get("model_version")
+    if not name or not version:
+        return {}
+    tags = {
+        f"pranet.{report.name}.{key}": (
+            str(report.summary[key]) if key == "n_images" else f"{report.summary[key]:.3f}"
+        )
+        for report in result.sets
+        for key in RECORDED
+    }
+    tags["pranet.evaluation_run"] = result.run_id
+    tags["pranet.tta"] = str(first.get("tta", "none"))  # a TTA table replaces a plain one
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return tags
+
+
+def evaluate_sets(
+    model_uri: str,
+    sets: str | Sequence[str],
+    roots: Mapping[str, str | Path],
+    out: str | Path | None = None,
+    *,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    engine: str = "torch",
+    tta: str = "none",
+) -> Evaluation:
+    """Score `model_uri` on each named test set under PraNet's protocol, write and log the
+    table, and record it on the model version (`record_on_version`)."""
+    names = parse_sets(sets) if isinstance(sets, str) else list(sets)
+    data = test_sets(names, roots)
+    result = evaluate(
+        model_uri,
+        data,
+        "pranet",
+        out,
+        protocol="pranet",
+        tracking_uri=tracking_uri,
+        progress=progress,
+        engine=engine,
+        tta=tta,
+    )
+    record_on_version(result)
+    return result
+
+
+def evaluate_champion(
+    config: Config,
+    name: str,
+    version: str,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """The five-set table of a registered version, with the config's `data.roots` (Kaggle
+    copies when `data.source` is kaggle): what `tune` does for the champion it registers under
+    `data.protocol = "pranet"`, into `evaluation/<name>-v<version>/`."""
+    roots = {set_name: set_root(config.data, set_name) for set_name in SETS}
+    out = Path("evaluation") / f"{name}-v{version}"
+    return evaluate_sets(
+        f"models:/{name}/{version}",
+        list(SETS),
+        roots,
+        out,
+        tracking_uri=tracking_uri,
+        progress=progress,
+    )
+
+
+def evaluate_named_sets(
+    model_uri: str,
+    sets: str,
+    root_values: Sequence[str],
+    config_path: str | Path | None = None,
+    out: str | Path | None = None,
+    **options: object,
+) -> Evaluation:
+    """`evaluate --sets`: roots from the config's `data.roots`, then `--root SET=DIR`."""
+    from polypseg.config import load_config
+    from polypseg.data.protocol import parse_set_roots
+
+    roots: dict[str, str | Path] = {}
+    if config_path is not None:
+        roots.update(load_config(config_path).data.roots)
+    roots.update(parse_set_roots(root_values))
+    return evaluate_sets(model_uri, sets, roots, out, **options)  # type: ignore[arg-type]

@@ -1,0 +1,215 @@
+"""`polypseg predict --video`: a colonoscopy video, frame by frame, as an overlay and a table.
+
+Frames are decoded as a stream (never the whole video in memory) and go to the model in batches
+of `batch_size` (the encoder runs once per batch); each frame gets its mask drawn over it in
+`<stem>_overlay.mp4` (same size and frame rate, H.264) and one row in `<stem>_frames.csv`
+(frame, time, polyp area fraction, max probability, polyp present).
+
+Video I/O is PyAV: its wheels ship FFmpeg (with libx264), so nothing else needs installing, and
+it gives frames, timestamps and the exact frame rate as Python objects, with decoding errors as
+exceptions at the frame where they happen. imageio-ffmpeg pipes raw bytes from an `ffmpeg`
+subprocess and reads metadata from its log, so a file that breaks off mid-stream looks like a
+shorter one. A file that is not a video is one `DataError`; one that breaks off mid-stream keeps
+the frames read before the break (overlay and CSV are written) and then is one `DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polypseg.errors import DataError
+from polypseg.files import atomic_path, check_output_dir, first_line
+
+BATCH_SIZE = 8
+DEFAULT_RATE = Fraction(25)  # for the rare stream that states no frame rate at all
+CSV_COLUMNS = ("frame", "time", "area", "max_probability", "polyp")
+
+
+@dataclass
+class VideoPrediction:
+    """What `predict_video` wrote, how fast it went and the MLflow run it logged."""
+
+    overlay: Path
+    table: Path
+    frames: int
+    seconds: float
+    run_id: str
+    run_url: str
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class FrameReader:
+    """A video's frames as H×W×3 uint8 RGB arrays with their times, decoded one at a time.
+
+    A decoding error, or fewer frames than the container announced, ends the stream and is
+    kept in `broken` (the frames before it were yielded)."""
+
+    def __init__(self, path: Path) -> None:
+        import av
+
+        self.path = path
+        try:
+            self.container = av.open(str(path))
+            self.stream = self.container.streams.video[0]
+        except (av.error.FFmpegError, IndexError) as err:
+            why = "it holds no video stream" if isinstance(err, IndexError) else first_line(err)
+            raise DataError(f"{path} is not a video PyAV can read ({why})") from None
+        self.stream.thread_type = "AUTO"
+        self.rate = self.stream.average_rate or self.stream.guessed_rate or DEFAULT_RATE
+        self.width, self.height = self.stream.width, self.stream.height
+        self.expected = int(self.stream.frames or 0)  # 0: the container does not say
+        self.broken: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
+        import av
+
+        count = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                when = frame.time if frame.time is not None else count / float(self.rate)
+                yield float(when), frame.to_ndarray(format="rgb24")
+                count += 1
+        except av.error.FFmpegError as err:
+            self.broken = first_line(err)
+        if self.broken is None and count < self.expected:
+            self.broken = f"{self.expected} frames announced, the file ends"
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class OverlayWriter:
+    """An H.264 MP4 of RGB frames at a given size and rate (moov first: it plays as it loads)."""
+
+    def __init__(self, path: Path, width: int, height: int, rate: Fraction) -> None:
+        import av
+
+        # mp4 named explicitly: the path is a temporary whose suffix says nothing.
+        self.container = av.open(str(path), "w", format="mp4", options={"movflags": "faststart"})
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.stream = self.container.add_stream(codec, rate=rate)
+        self.stream.width, self.stream.height = width, height
+        # 4:2:0 wants even sides; odd ones keep their size in 4:4:4 rather than lose a pixel.
+        self.stream.pix_fmt = "yuv420p" if width % 2 == height % 2 == 0 else "yuv444p"
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
+
+
+def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
+    batch: list[tuple[float, np.ndarray]] = []
+    for item in reader:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run(
+    predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, batch_size: int, bar
+) -> int:
+    """Predict, draw and tabulate every frame; returns how many."""
+    from polypseg.evaluation.predict import tint
+
+    rows = csv.writer(table)
+    rows.writerow(CSV_COLUMNS)
+    task = bar.add_task(f"predicting {reader.path.name}", total=reader.expected or None)
+    count = 0
+    for batch in _batches(reader, batch_size):
+        probabilities = predictor.proba_batch([frame for _, frame in batch])
+        for (when, frame), proba in zip(batch, probabilities, strict=True):
+            mask = (proba >= predictor.threshold).astype(np.uint8)
+            writer.write(tint(frame, mask))
+            area, peak = float(mask.mean()), float(proba.max())
+            rows.writerow([count, f"{when:.4f}", f"{area:.6f}", f"{peak:.6f}", int(area > 0)])
+            count += 1
+        bar.advance(task, len(batch))
+    return count
+
+
+def predict_video(
+    model: str,
+    video: str | Path,
+    out_dir: str | Path,
+    engine: str = "torch",
+    batch_size: int = BATCH_SIZE,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> VideoPrediction:
+    """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` for `video` into `out_dir` and log
+    one prediction run; a video that breaks off mid-stream keeps its frames read, then raises."""
+    from polypseg.evaluation.engines import check_engine, load_predictor
+    from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
+    from polypseg.progress import progress_bar
+    from polypseg.tracking.store import setup
+
+    video, out_dir = Path(video), check_output_dir(out_dir)
+    check_engine(engine)
+    if not video.is_file():
+        raise DataError(f"video {video} does not exist")
+    overlay, table = out_dir / f"{video.stem}_overlay.mp4", out_dir / f"{video.stem}_frames.csv"
+    if video.resolve() in (overlay.resolve(), table.resolve()):
+        raise DataError(f"--out {out_dir} would overwrite the video {video}; choose another")
+    reader = FrameReader(video)  # a file that is no video is refused before the model loads
+    try:
+        setup(PREDICTION_EXPERIMENT, tracking_uri)
+        predictor = load_predictor(model, engine)
+        with (
+            atomic_path(overlay, option="--out") as tmp_video,
+            atomic_path(table, option="--out") as tmp_table,
+            tmp_table.open("w", newline="") as rows,
+            progress_bar(enabled=progress, transient=True) as bar,
+        ):
+            writer = OverlayWriter(tmp_video, reader.width, reader.height, reader.rate)
+            start = time.perf_counter()
+            try:
+                frames = _run(predictor, reader, writer, rows, max(1, batch_size), bar)
+            finally:
+                writer.close()
+            seconds = time.perf_counter() - start
+    finally:
+        reader.close()
+    run_id, run_url = _log_video(predictor, video, engine, frames, seconds, table)
+    if reader.broken is not None:
+        raise DataError(
+            f"video {video} breaks off after {frames} frames ({reader.broken}); the frames read "
+            f"are in {overlay} and {table}"
+        )
+    return VideoPrediction(overlay, table, frames, seconds, run_id, run_url)
+
+
+def _log_video(
+    predictor: Any, video: Path, engine: str, frames: int, seconds: float, table: Path
+) -> tuple[str, str]:
+    import mlflow
+
+    from polypseg.evaluation.predict import model_tags
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import runs_url
+
+    tags = model_tags(predictor.describe())
+    with tracked_run(run_name=f"predict-{video.stem}", tags=tags) as run:
+        mlflow.log_params({"video": str(video.resolve()), "engine": engine, "n_frames": frames})
+        mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
+        mlflow.log_artifact(str(table))
+    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

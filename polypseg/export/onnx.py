@@ -1,0 +1,197 @@
+"""`polypseg export --format onnx`: the whole segmenter as one ONNX graph, checked and logged.
+
+The graph (`ExportGraph`) is the chain the pyfunc runs after its resize: uint8 images
+B×3×S×S at the training size S → normalisation (and SAM's resize-longest-side and pad) → the
+frozen encoder → the decoder → upsampling to S → sigmoid, in float32, with a dynamic batch
+dimension. It returns the probabilities B×1×S×S and the decoder's logits (what `OnnxPredictor`
+upsamples to each image's own size, as the pyfunc does). Resizing an image to S stays outside.
+
+Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export, then onnxscript). The TorchScript
+exporter cannot export SAM: the resize of SAM's preprocessing is antialiased
+(`aten::_upsample_bilinear2d_aa`), which it has no ONNX translation for, while the dynamo one
+maps it to `Resize(antialias=1)` of opset 18; it is also the one torch ≥ 2.9 defaults to and
+maintains. Our SDPA attention (`sam_attention.py`, relative positions folded into q·k) exports as
+plain MatMul/Softmax. The file is checked with onnxruntime against the torch graph on real
+images, at two batch sizes, before it replaces `--out`, and is logged to the model's run.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from polypseg.errors import ExportError
+from polypseg.export.runtime import (
+    INPUT,
+    LOGITS,
+    META_PREFIX,
+    PROBABILITIES,
+    batch_input,
+    open_session,
+    require,
+)
+from polypseg.files import atomic_path, check_output_file
+from polypseg.models.decoder import Decoder
+from polypseg.models.frozen import FrozenEncoder
+from polypseg.models.segmenter import upsample_logits
+
+# Largest probability difference allowed between onnxruntime and torch, both float32.
+PARITY_TOLERANCE = 1e-3
+CHECK_IMAGES = 8  # real images the parity check runs, taken from the model's data set
+ARTIFACT_DIR = "onnx"  # where the file goes in the model's run, beside `model/`
+
+
+class ExportGraph(nn.Module):
+    """uint8 images B×3×S×S → (probabilities B×1×S×S, decoder logits B×1×h×w), float32."""
+
+    def __init__(self, encoder: FrozenEncoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The backbone itself, not `FrozenEncoder.forward`: that one runs under inference mode
+        # at the device's compute dtype (bf16 on CUDA); the file is the fp32 master's graph.
+        features = self.encoder.backbone(self.encoder.preprocess(images))
+        logits = self.decoder(features, images)  # the hires decoder reads the pixels too
+        size = (images.shape[-2], images.shape[-1])
+        return torch.sigmoid(upsample_logits(logits, size)), logits
+
+
+@dataclass
+class Export:
+    """What `export_onnx` wrote, how close it is to the torch model, and where it was logged."""
+
+    path: Path
+    max_difference: float
+    n_images: int
+    batch_sizes: tuple[int, ...]
+    run_id: str | None
+    artifact_uri: str | None
+
+
+def to_onnx(graph: ExportGraph, example: torch.Tensor, metadata: dict[str, str]):  # noqa: ANN202
+    """The graph through the dynamo exporter, batch dynamic; `metadata` goes into the file."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter reports each pass with warnings and INFO logs: the result is checked below.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("torch").level
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[PROBABILITIES, LOGITS],
+                dynamic_shapes={"images": {0: batch}},
+                verbose=False,
+            )
+        finally:
+            logging.getLogger("torch").setLevel(level)
+    program.model.metadata_props.update({META_PREFIX + k: v for k, v in metadata.items()})
+    return program
+
+
+def parity(path: Path, graph: ExportGraph, batch: np.ndarray) -> float:
+    """Largest |p_onnx − p_torch| over the probabilities and sigmoid(logits), the whole batch
+    (two images or more) at once and each image alone: the dynamic batch at two sizes."""
+    session = open_session(path)
+    with torch.no_grad():
+        want = [t.numpy() for t in graph(torch.from_numpy(batch))]
+    runs = [(batch, slice(None))] + [(batch[i : i + 1], slice(i, i + 1)) for i in range(len(batch))]
+    worst = 0.0
+    for chunk, rows in runs:
+        probabilities, logits = session.run([PROBABILITIES, LOGITS], {INPUT: chunk})
+        worst = max(
+            worst,
+            float(np.abs(probabilities - want[0][rows]).max()),
+            float(np.abs(_sigmoid(logits) - _sigmoid(want[1][rows])).max()),
+        )
+    return worst
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x.astype(np.float64)))
+
+
+def check_images(images: Sequence[str] | None, data_root: str | None) -> list[Path]:
+    """The images the parity check runs: those given, else the model's own data set's."""
+    from polypseg.evaluation.predict import collect_images
+
+    if images:
+        found = collect_images(images)
+    elif data_root and (Path(data_root) / "images").is_dir():
+        found = collect_images([str(Path(data_root) / "images")])
+    else:
+        where = f"its data.root {data_root} is not here" if data_root else "it names no data.root"
+        raise ExportError(
+            f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
+        )
+    return found[:CHECK_IMAGES]
+
+
+def _run_params(run_id: str | None) -> dict[str, str]:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).data.params if run_id else {}
+
+
+def export_onnx(
+    model_uri: str,
+    out: str | Path,
+    images: Sequence[str] | None = None,
+    tracking_uri: str | None = None,
+    log: bool = True,
+) -> Export:
+    """Export the model behind `model_uri` to `out` (ONNX), check it against the torch model on
+    real images (`images`, else the model's data set), and log it to the model's run."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module)
+    import mlflow
+
+    from polypseg.data.kvasir import read_image
+    from polypseg.evaluation.predict import Predictor
+    from polypseg.tracking.store import check_tracking_uri, default_tracking_uri
+
+    out = check_output_file(out)
+    uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    predictor = Predictor(model_uri)
+    described = predictor.describe()
+    run_id = described["model_run_id"]
+    segmenter = predictor.segmenter.cpu().eval()
+    paths = check_images(images, _run_params(run_id).get("data.root"))
+    batch = batch_input([read_image(p) for p in paths], segmenter.image_size)
+    if len(batch) == 1:  # a batch of one would fix the batch dimension at export, and check none
+        batch = np.concatenate([batch, batch])
+    graph = ExportGraph(segmenter.encoder, segmenter.decoder).eval()
+    metadata = {
+        **{k: str(v) for k, v in described.items() if v is not None},
+        "encoder": segmenter.encoder.name,
+        "image_size": str(segmenter.image_size),
+        "threshold": str(predictor.threshold),
+    }
+    program = to_onnx(graph, torch.from_numpy(batch[:2]), metadata)
+    with atomic_path(out, option="--out") as tmp:
+        program.save(tmp, external_data=False)
+        worst = parity(tmp, graph, batch)
+        if worst > PARITY_TOLERANCE:
+            raise ExportError(
+                f"the ONNX export of {model_uri} differs from the torch model by {worst:.2e} in "
+                f"probability (allowed {PARITY_TOLERANCE:g}); {out} was not written"
+            )
+    artifact = None
+    if log and run_id:
+        mlflow.MlflowClient().log_artifact(run_id, str(out), ARTIFACT_DIR)
+        artifact = f"runs:/{run_id}/{ARTIFACT_DIR}/{out.name}"
+    return Export(out, worst, len(paths), (len(batch), 1), run_id, artifact)

@@ -1,0 +1,93 @@
+"""The high-resolution decoder: SAM's semantics, boundaries from a small CNN over the pixels.
+
+ASPS (Li et al., 2024) keeps SAM frozen and adds a small trainable CNN over the image; its
+detail is what a 1/16-resolution feature map cannot draw. Here the cached encoder features are
+refined, then upsampled ×2 `steps` times to the full training size S; before each step's
+convolution they are concatenated with the image branch's features at that resolution (a
+U-Net's skip connections, with the image itself as the encoder). Every stage has a 1×1 head, so
+training can put a loss on each (`decoder.deep_supervision`, as PraNet, Polyp-PVT and SAM2-UNet
+do); prediction uses the last, at S. Like `SimpleDecoder` it knows nothing of encoders.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The image branch normalises uint8 pixels itself (ImageNet statistics): it owns its input.
+PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+PIXEL_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+BRANCH_GROWTH = 4  # the branch's widest level: 4 × `branch_width` channels
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class HiresDecoder(nn.Module):
+    """B×`in_channels`×h×w features and B×3×S×S uint8 images → B×1×S×S logits, S = h·2^steps.
+
+    Args:
+        in_channels: the encoder's `out_channels`.
+        width: channels of the refined features at h×w; halved at each step, never below
+            `branch_width`.
+        branch_width: channels of the image branch at full resolution, doubled at each ×2
+            downsampling up to `BRANCH_GROWTH` times it.
+        steps: ×2 upsamplings from h to S (3 for SAM at 512 px, whose features are 64×64).
+    """
+
+    name = "hires"
+
+    def __init__(self, in_channels: int, width: int, branch_width: int, steps: int) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1 (the image is larger than the features), {steps}")
+        self.in_channels, self.width = in_channels, width
+        self.arguments = {
+            "in_channels": in_channels,
+            "width": width,
+            "branch_width": branch_width,
+            "steps": steps,
+        }
+        widest = BRANCH_GROWTH * branch_width
+        branch = [min(branch_width << level, widest) for level in range(steps)]
+        # Level 0 at S, level k at S / 2^k: the resolutions the decoder's steps arrive at.
+        self.branch = nn.ModuleList(
+            [_conv(3, branch[0])]
+            + [_conv(branch[k - 1], branch[k], stride=2) for k in range(1, steps)]
+        )
+        widths = [max(width >> step, branch_width) for step in range(steps + 1)]
+        self.refine = _conv(in_channels, widths[0])
+        self.fuse = nn.ModuleList(
+            [_conv(widths[i] + branch[steps - 1 - i], widths[i + 1]) for i in range(steps)]
+        )
+        self.heads = nn.ModuleList([nn.Conv2d(w, 1, kernel_size=1) for w in widths[1:]])
+
+    def stages(self, features: torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each step's logits, from h·2×w·2 up to S×S (the last is the prediction)."""
+        # Constants, not buffers: `new_decoder` builds decoders on "meta" and initialises
+        # parameters only; and they need no place in the state dict.
+        x = images.to(features.dtype)
+        mean, std = (x.new_tensor(v).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
+        x = (x - mean) / std
+        skips = []
+        for level in self.branch:
+            x = level(x)
+            skips.append(x)
+        y = self.refine(features)
+        logits = []
+        for fuse, head, skip in zip(self.fuse, self.heads, reversed(skips), strict=True):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = fuse(torch.cat([y, skip], dim=1))
+            logits.append(head(y))
+        return logits
+
+    def forward(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        if images is None:
+            raise ValueError("the hires decoder reads the image too: pass images B×3×S×S")
+        return self.stages(features, images)[-1]

@@ -1,0 +1,108 @@
+"""What the registered model accepts: one image or a batch, as arrays or as encoded files.
+
+In process, `predict` takes an H×W×3 uint8 array (one image, one H×W mask back), or a list of
+images of any sizes (a list of masks back). Through `mlflow models serve` the JSON request is
+parsed by MLflow before the model sees it, into a nested list, a numpy array or a pandas
+DataFrame: one image as `{"inputs": <H×W×3 nested lists>}`; a batch of any sizes as
+`{"dataframe_records": [{"image": ...}, ...]}`; and, compact, the image files' own bytes in
+base64, `{"inputs": ["<base64 PNG or JPEG>", ...]}` (a 475×336 image is 2.4 MB as nested lists,
+tens of kB as a JPEG). Every form ends here, as a list of H×W×3 uint8 arrays.
+
+A request the model cannot read raises `ModelInputError`, one line naming the image and what
+was expected. MLflow's scoring server rewrites an `MlflowException`'s message to begin with the
+whole parsed input (megabytes of pixels, for an image) and answers any other exception with a
+generic message and a traceback; this exception keeps its own message, so the HTTP 400 says what
+was wrong and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
+TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
+
+
+class ModelInputError(MlflowException, ValueError):
+    """A request the model cannot read; its message stays as written (see the module)."""
+
+    def __init__(self, message: str) -> None:
+        self._own = message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._own
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass  # the scoring server's "Failed to predict data '<the whole input>'" is dropped
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    from polypseg.data.decode import PILLOW_ERRORS
+    from polypseg.data.kvasir import to_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return to_rgb(image)
+    except (*PILLOW_ERRORS, Image.DecompressionBombError) as err:
+        raise ModelInputError(f"{where}: not a readable PNG or JPEG ({err})"[:200]) from None
+
+
+def _pixels(value: Any, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except ValueError:  # rows of different lengths
+        raise ModelInputError(f"{where}: expected {EXPECTED}; its rows differ in length") from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
+        raise ModelInputError(f"{where}: expected {EXPECTED}, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "iuf" or not (array.min() >= 0 and array.max() <= 255):
+        raise ModelInputError(f"{where}: expected {EXPECTED}, got {array.dtype} values")
+    return np.round(array).astype(np.uint8)
+
+
+def _image(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ModelInputError(f"{where}: a string must be base64 PNG/JPEG bytes") from None
+    if isinstance(value, (bytes, bytearray)):
+        return _decode(bytes(value), where)
+    return _pixels(value, where)
+
+
+def read_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
+    """The images in `model_input` as H×W×3 uint8 arrays, and whether it was a batch (a list,
+    a DataFrame column, an N×H×W×3 array) rather than one image."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if model_input.shape[1] != 1:
+            columns = list(model_input.columns)
+            raise ModelInputError(f"expected one column of images, got columns {columns}"[:200])
+        model_input = list(model_input.iloc[:, 0])
+    elif isinstance(model_input, np.ndarray) and model_input.dtype.kind in TEXT_KINDS:
+        model_input = model_input.tolist() if model_input.ndim == 1 else model_input
+    elif isinstance(model_input, np.ndarray) and model_input.ndim == 4:
+        model_input = list(model_input)  # N images of one size
+    if not isinstance(model_input, (list, tuple)):
+        return [_image(model_input, "the image")], False
+    if not model_input:
+        raise ModelInputError(f"no images in the request; send {EXPECTED} per image")
+    n = len(model_input)
+    return [_image(value, f"image {i + 1} of {n}") for i, value in enumerate(model_input)], True

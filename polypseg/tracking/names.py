@@ -1,0 +1,85 @@
+"""The names polypseg gives MLflow (experiment, registered model, study), checked before any work.
+
+MLflow refuses some names only when it first writes them: a registered model named `a/b` was
+refused after every trial of a study had run. `check_names` asks MLflow's own validators
+(`mlflow.utils.validation`) up front, and adds the rules of the places polypseg puts a name:
+MLflow's search syntax quotes a study's or model's name (`tags.optuna.study_name = '<name>'`)
+and has no escape for a quote, and a study's name goes into an experiment tag key and run names.
+"""
+
+from __future__ import annotations
+
+from polypseg.errors import ConfigError
+from polypseg.files import first_line
+
+# A study's UI view is the experiment tag `mlflow.sharedViewState.study-<name>` (MLflow caps tag
+# keys at 250 characters, MAX_EXPERIMENT_TAG_KEY_LENGTH) and its parent runs are named
+# `<name> #N` (the runs table's name column holds 250): 200 leaves room for both.
+MAX_STUDY_NAME = 200
+QUOTES = ("'", '"')
+
+
+def _unquotable(name: str) -> str | None:
+    """Why `name` cannot stand in an MLflow search filter, or None."""
+    if any(quote in name for quote in QUOTES):
+        return "it holds a quote, which MLflow's search syntax cannot escape"
+    if any(not ch.isprintable() for ch in name):
+        return "it holds a control character (a newline, a tab)"
+    return None
+
+
+def check_study_name(name: str) -> None:
+    """Refuse a study name MLflow would refuse (or misread) somewhere in a study's life."""
+    if len(name) > MAX_STUDY_NAME:
+        reason = f"it has {len(name)} characters, over {MAX_STUDY_NAME}"
+    else:
+        reason = _unquotable(name)
+    if reason is not None:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise ConfigError(
+            f"study name {shown!r} cannot be used with MLflow: {reason}; choose another with "
+            "--study-name or the spec's [study] name"
+        )
+
+
+def check_registered_model(name: str) -> None:
+    """Refuse a registered model name that MLflow refuses (`/`, `:`, `..`) or cannot search."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+        reason = _unquotable(name)
+    except MlflowException as err:
+        reason = first_line(err.message, 200).rstrip(".")
+    if reason is not None:
+        raise ConfigError(
+            f"tracking.registered_model = {name!r}: {reason}; choose another name "
+            "(--set tracking.registered_model=NAME)"
+        )
+
+
+def check_experiment(name: str) -> None:
+    """Refuse an experiment name MLflow refuses (empty, over 500 characters)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_experiment_name
+
+    try:
+        _validate_experiment_name(name)
+    except MlflowException as err:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise ConfigError(
+            f"tracking.experiment = {shown!r}: {first_line(err.message, 200).rstrip('.')}; "
+            "choose another name (tracking.experiment in the config)"
+        ) from None
+
+
+def check_names(
+    experiment: str, registered_model: str | None = None, study: str | None = None
+) -> None:
+    """Every name a command will give MLflow, checked before it touches a store or a cache."""
+    check_experiment(experiment)
+    if registered_model is not None:
+        check_registered_model(registered_model)
+    if study is not None:
+        check_study_name(study)

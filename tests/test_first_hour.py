@@ -1,0 +1,189 @@
+"""A newcomer's first hour (issue 23): the offline demo sized for a CPU and kept apart from the
+real job, progress that reaches a log file, refusals that answer at once, quiet output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from polypseg.cli import app
+from polypseg.config import load_config
+from polypseg.progress import EpochLines, epoch_lines, track, trial_lines
+from polypseg.tuning.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCH_LINE = re.compile(
+    r"epoch +(\d+)  train_loss \S+  val_loss \S+  val_dice \d\.\d{4}  elapsed \d+s"
+)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _metrics(epoch: int) -> dict[str, float]:
+    return {"epoch": epoch, "train_loss": 0.5, "val_loss": 0.4, "val_dice": 0.25 + epoch / 100}
+
+
+def test_the_demo_study_is_sized_for_a_cpu_and_apart_from_the_real_job() -> None:
+    demo = load_config(REPO / "experiments/synthetic.toml")
+    real = load_config(REPO / "experiments/sam_vit_b.toml")
+    spec = load_spec(REPO / "studies/demo_search.toml", demo)
+    main = load_spec(REPO / "studies/decoder_search.toml", real)
+    widths = next(p.choices for p in spec.space if p.key == "decoder.width")
+    assert max(widths) <= demo.decoder.width  # no width-512 trial on a CPU
+    assert spec.epochs < main.epochs
+    assert spec.name != main.name  # a demo run never resumes the real study
+    assert demo.tracking.registered_model != real.tracking.registered_model
+    assert demo.tracking.experiment != real.tracking.experiment
+
+
+def test_train_in_a_log_writes_a_line_per_epoch_and_how_to_open_the_run(
+    runner: CliRunner, tiny_config: Path, mlflow_store: str
+) -> None:
+    result = runner.invoke(app, ["train", "--config", str(tiny_config), "--no-log-model"])
+    assert result.exit_code == 0, result.output
+    run_id = re.fullmatch(r"run_id=([0-9a-f]{32}) test_dice=\S+", result.stdout.strip())[1]
+    lines = result.stderr.splitlines()
+    epochs = [int(m[1]) for line in lines if (m := EPOCH_LINE.fullmatch(line))]
+    assert epochs == [1, 2, 3]  # the tiny config's 3 epochs, none skipped in a log
+    assert f"the run: mlflow ui --backend-store-uri {mlflow_store}" in lines
+    assert any(line.endswith(f"/runs/{run_id}") for line in lines)
+    assert "" not in lines
+
+
+def test_epoch_lines_come_at_most_every_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = Clock()
+    lines = EpochLines("trial 3", interval_s=30, clock=clock)
+    for epoch, seconds in enumerate((0, 10, 25, 31, 40, 75), start=1):
+        clock.now = 1000.0 + seconds
+        lines(_metrics(epoch))
+    said = capsys.readouterr().err.splitlines()
+    assert [int(re.search(r"epoch +(\d+)", line)[1]) for line in said] == [1, 4, 6]
+    assert said[1].startswith("trial 3  epoch   4  train_loss 0.5000  val_loss 0.4000")
+    assert said[1].endswith("val_dice 0.2900  elapsed 31s")
+    assert said[2].endswith("elapsed 1m15s")
+
+
+def test_epoch_lines_write_only_off_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+
+    def report(metrics: dict[str, float]) -> None:
+        seen.append(int(metrics["epoch"]))
+        raise optuna.TrialPruned()  # the line is written before the callback may stop training
+
+    with pytest.raises(optuna.TrialPruned):
+        epoch_lines(report, "trial 0")(_metrics(1))
+    assert capsys.readouterr().err.startswith("trial 0  epoch   1  ")
+    assert epoch_lines(report, "trial 0", enabled=False) is report
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # a terminal, as rich tells one: the bars show
+    assert epoch_lines(report, "trial 0") is report
+    assert seen == [1]
+
+
+def test_trial_lines_say_how_each_trial_ended(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = Clock()
+    values = iter((0.5, 0.8, 0.1, None))
+
+    def objective(trial: optuna.Trial) -> float:
+        clock.now += 65
+        value = next(values)
+        if value is None:
+            raise ValueError("diverged")
+        trial.report(value, 4)
+        if value < 0.2:
+            raise optuna.TrialPruned()
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=4, callbacks=[trial_lines(clock=clock)], catch=(ValueError,))
+    assert capsys.readouterr().err.splitlines() == [
+        "trial 0 COMPLETE  value 0.5000  best 0.5000 (trial 0)  elapsed 1m05s",
+        "trial 1 COMPLETE  value 0.8000  best 0.8000 (trial 1)  elapsed 2m10s",
+        "trial 2 PRUNED  at epoch 4, value 0.1000  best 0.8000 (trial 1)  elapsed 3m15s",
+        "trial 3 FAIL  best 0.8000 (trial 1)  elapsed 4m20s",
+    ]
+
+
+def test_trial_lines_are_silent_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    study = optuna.create_study()
+    study.optimize(lambda trial: 1.0, n_trials=1, callbacks=[trial_lines()])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_finished_bar_leaves_no_blank_line_in_a_log(capsys: pytest.CaptureFixture[str]) -> None:
+    assert list(track([1, 2, 3], "scoring")) == [1, 2, 3]
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_starts_with_what_it_wrote_not_a_blank_line(
+    runner: CliRunner, synthetic_root: Path, mlflow_store: str
+) -> None:
+    args = ["evaluate", "--predictions", str(synthetic_root / "masks"), "--root"]
+    result = runner.invoke(app, [*args, str(synthetic_root)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "" not in lines  # the scoring bar, off a terminal, left a blank line here
+    assert "per-image: evaluation.csv  worst cases: evaluation_worst.png" in lines
+
+
+REFUSALS = {
+    "train": ["train", "--config", "missing.toml"],
+    "cache": ["cache", "--config", "missing.toml"],
+    "tune": ["tune", "--config", "missing.toml"],
+    "evaluate": ["evaluate", "--model", "x", "--root", "/nonexistent"],
+    "evaluate-named": ["evaluate", "--model", "x", "--root", "Kvasir=/nonexistent"],
+    "predict": ["predict", "--model", "x", "--out", "out", "/nonexistent.jpg"],
+}
+PROBE = """
+import sys
+from typer.testing import CliRunner
+from polypseg.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+print(result.exit_code, result.stderr.strip())
+print(*sorted(m for m in ("torch", "mlflow", "optuna") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refusal_answers_before_torch_and_mlflow_load(args: list[str], tmp_path: Path) -> None:
+    probe = [sys.executable, "-c", PROBE, *args]
+    done = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    status, loaded = done.stdout.splitlines()
+    assert re.fullmatch(r"2 error: .*(missing|nonexistent).*", status), status
+    assert "torch" not in loaded and "mlflow" not in loaded
+    assert not (tmp_path / "mlruns").exists()  # and no tracking store was made for nothing
+
+
+def test_predict_usage_names_its_images_plainly(runner: CliRunner) -> None:
+    usage = runner.invoke(app, ["predict", "--help"]).output.splitlines()[0]
+    assert usage.endswith(" predict [OPTIONS] [IMAGE]...")  # not typer's `{IMAGE}...`
+
+
+def test_polypseg_experiments_open_on_the_runs_table(mlflow_store: str) -> None:
+    import mlflow
+
+    from polypseg.tracking.store import setup
+
+    experiment_id = setup("kind", mlflow_store)
+    tags = mlflow.get_experiment(experiment_id).tags
+    # MLflow 3's UI: "custom_model_development" ("Model training") opens the runs table.
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
