@@ -210,7 +210,7 @@ def test_evaluate_needs_one_source_and_known_options(
 
 
 def test_a_model_uri_is_resolved_to_its_version_and_run(model_env: dict) -> None:
-    from polypseg.evaluation.predict import Predictor
+    from polypseg.evaluation.predictors import Predictor
 
     run_id, version = model_env["run_id"], str(model_env["version"])
     for uri in ("models:/polypseg-eval/latest", f"models:/polypseg-eval/{version}"):
