@@ -129,7 +129,7 @@ def predict(
     """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
     probability map (what PraNet-protocol evaluation scores); log one MLflow run. `tta`
     (none, flip, dihedral) averages the maps over variants of each image (`TTAPredictor`)."""
-    from polypseg.evaluation.scoring import quantize_map
+    from polypseg.metrics import quantize_map
     from polypseg.tracking.store import setup
 
     out_dir = check_output_dir(out_dir)
