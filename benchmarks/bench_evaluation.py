@@ -1,10 +1,10 @@
 """Benchmark: the cost of scoring one image under each evaluation protocol.
 
 Smooth synthetic probability maps with an elliptic polyp mask, at Kvasir-SEG's typical frame
-size (576×720 by default), scored by `--protocol default` (`scoring.default_image_scores`) and
-`--protocol pranet` (`pranet.image_scores`: 256 thresholds of Dice, IoU and E-measure, wFβ, S-α).
-The first image of each is left out of the timing (imports, scipy and OpenCV warm-up). Prints
-one JSON line.
+size (576×720 by default), scored by `--protocol default` (`metrics.default_image_scores`)
+and `--protocol pranet` (`metrics.pranet_image_scores`: 256 thresholds of Dice, IoU and
+E-measure, wFβ, S-α). The first image of each is left out of the timing (imports, scipy and
+OpenCV warm-up). Prints one JSON line.
 
     python benchmarks/bench_evaluation.py [--images 10] [--height 576] [--width 720]
 """
@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 
-from polypseg.evaluation import pranet
-from polypseg.evaluation.scoring import default_image_scores
+from polypseg.metrics import default_image_scores, pranet_image_scores
 
 
 def sample(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +48,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pairs = [sample(rng, args.height, args.width) for _ in range(args.images + 1)]
     default_ms = per_image_ms(lambda p, m: default_image_scores(p, m, 0.5), pairs)
-    pranet_ms = per_image_ms(pranet.image_scores, pairs)
+    pranet_ms = per_image_ms(pranet_image_scores, pairs)
     figures = {
         "images": args.images,
         "size": [args.height, args.width],

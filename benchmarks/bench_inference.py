@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polypseg.evaluation.predictors import OnnxPredictor, batch_input, providers
 from polypseg.export.onnx import ExportGraph, to_onnx
-from polypseg.export.runtime import OnnxPredictor, batch_input, providers
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
 from polypseg.models.segmenter import Segmenter

@@ -1,37 +1,35 @@
 """Segmentation metrics as the polyp literature reports them: pure functions, no state, no I/O.
 
-Everything is computed per image and then averaged over images (mDice, mIoU, ...), which is what
-published polyp tables mean by Dice and IoU. The path is the one smp's `metrics.functional`
-takes: per-image confusion counts first (`confusion`), then ratios (`scores`), then an explicit
-reduction (`mean_scores`). Two figures follow other conventions and are kept apart under their
-own names: `dice_over_thresholds` (PraNet's evaluation tooling, reported as `mdice_thr`) and
-`structure_and_emeasure` (S-α and mean E-measure from `py_sod_metrics`, the maintained
-implementation checked against the original MATLAB code).
-
-Convention for empty denominators: every ratio defines 0/0 as 1. An empty prediction on an empty
-mask is perfect (dice = iou = precision = recall = 1); a non-empty prediction on an empty mask
-scores dice = iou = precision = 0 but recall = 1 (nothing was there to miss).
+Three families, each under its own names. polypseg's own figures (training and `--protocol
+default`): per image, then averaged over images (mDice, mIoU, ...), the path smp's
+`metrics.functional` takes: confusion counts (`confusion`), ratios (`scores`), an explicit
+reduction (`mean_scores`); every ratio defines 0/0 as 1, so an empty prediction on an empty mask is
+perfect and a non-empty one scores dice = iou = precision = 0 but recall = 1. `mdice_thr`
+(`dice_over_thresholds`) is PraNet's Dice over 256 thresholds without PraNet's stretch.
+S-α, E-measure and the weighted F-measure come from `py_sod_metrics`, the maintained port of
+Fan's MATLAB code (`structure_and_emeasure`). PraNet's `eval/main.m` protocol (MICCAI 2020),
+what published polyp tables report, is `pranet_image_scores` and `pranet_summary` (see there).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+N_THRESHOLDS = 256
+
 SCORE_NAMES = ("dice", "iou", "precision", "recall", "specificity", "mae")
 
 
-def _per_image(x: Tensor) -> Tensor:
-    """B×H×W or B×1×H×W → B×(H·W)."""
-    return x.reshape(x.shape[0], -1)
-
-
 def _check_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    a, b = _per_image(a), _per_image(b)
+    """B×H×W or B×1×H×W maps → B×(H·W) each, refused when their images differ in size."""
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     if a.shape != b.shape:
         raise ValueError(
             f"prediction {tuple(a.shape)} and target {tuple(b.shape)} differ per image"
@@ -113,38 +111,41 @@ def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
     return means
 
 
-def dice_over_thresholds(probs: Tensor, target: Tensor, n: int = 256) -> Tensor:
-    """Per-image mean of Dice over `n` thresholds evenly spaced in [0, 1] (ends included), (B,).
-
-    PraNet's evaluation tooling (the one most polyp papers copy) binarises each map at
-    `1:-1/255:0` and averages the 256 Dice values; report it as `mdice_thr`, never as plain
-    Dice. Differences from that MATLAB code, kept on purpose: the probability map is used as is
-    (PraNet first min-max stretches each map to [0, 1]), and 0/0 is 1 as elsewhere in this module
-    (PraNet scores 0 whenever no pixel is both predicted and true).
+def _counts_over_thresholds(
+    probs: Tensor, truth: Tensor, ascending: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per image (rows of B×N `probs` and 0/1 `truth`), how many pixels reach each of the
+    ascending thresholds (`p >= t`) and how many of those are true: two B×n float64 tensors.
 
     Each pixel is counted once into the bin of how many thresholds it clears, then a reverse
-    cumulative sum gives every threshold's counts: memory O(B·H·W + B·n), not O(B·H·W·n).
+    cumulative sum gives every threshold's counts: memory O(B·N + B·n), not O(B·N·n).
+    """
+    n, batch = len(ascending), probs.shape[0]
+    cleared = torch.bucketize(probs, ascending, right=True)  # thresholds t with t <= p
+    flat = (cleared + torch.arange(batch, device=probs.device).unsqueeze(1) * (n + 1)).flatten()
+    per_bin = torch.bincount(flat, minlength=batch * (n + 1)).view(batch, n + 1).double()
+    weights = truth.flatten().double()
+    true_bin = torch.bincount(flat, weights=weights, minlength=batch * (n + 1)).view(batch, n + 1)
+    # Threshold j keeps the pixels that clear more than j thresholds.
+    return per_bin.flip(1).cumsum(1).flip(1)[:, 1:], true_bin.flip(1).cumsum(1).flip(1)[:, 1:]
+
+
+def dice_over_thresholds(probs: Tensor, target: Tensor, n: int = N_THRESHOLDS) -> Tensor:
+    """Per-image mean of Dice over `n` thresholds evenly spaced in [0, 1] (ends included), (B,).
+
+    PraNet's evaluation tooling binarises each map at `1:-1/255:0` and averages the 256 Dice
+    values; report it as `mdice_thr`, never as plain Dice. Differences from that MATLAB code,
+    kept on purpose: the probability map is used as is (PraNet first min-max stretches each map),
+    and 0/0 is 1 as elsewhere here (PraNet scores 0 whenever no pixel is both predicted and true).
     """
     if n < 2:
         raise ValueError(f"n must be at least 2 thresholds, got {n}")
     probs, target = _check_pair(probs, target)
     probs = probs.float()
-    truth = target.float()
     thresholds = torch.linspace(0.0, 1.0, n, device=probs.device)
-    # cleared[i] = number of thresholds t_k with t_k <= p_i, so p_i >= t_k exactly for k < cleared.
-    cleared = torch.bucketize(probs, thresholds, right=True)
-    batch = probs.shape[0]
-    offsets = torch.arange(batch, device=probs.device).unsqueeze(1) * (n + 1)
-    flat = (cleared + offsets).flatten()
-    per_bin = torch.bincount(flat, minlength=batch * (n + 1)).view(batch, n + 1)
-    per_bin_tp = torch.bincount(flat, weights=truth.flatten().double(), minlength=batch * (n + 1))
-    per_bin_tp = per_bin_tp.view(batch, n + 1)
-    # Predicted-foreground count at threshold k = pixels that clear more than k thresholds.
-    predicted = per_bin.double().flip(1).cumsum(1).flip(1)[:, 1:]
-    tp = per_bin_tp.flip(1).cumsum(1).flip(1)[:, 1:]
-    positives = truth.double().sum(dim=1, keepdim=True)
-    dice = _ratio(2 * tp, predicted + positives)
-    return dice.mean(dim=1)
+    predicted, tp = _counts_over_thresholds(probs, target.float(), thresholds)
+    positives = target.double().sum(dim=1, keepdim=True)
+    return _ratio(2 * tp, predicted + positives).mean(dim=1)
 
 
 def structure_measure() -> Any:
@@ -153,8 +154,7 @@ def structure_measure() -> Any:
     S-α splits the map into four quadrants at the mask's centroid. When the centroid falls in
     the last row or column (a polyp sliver along the right or bottom border), one quadrant is
     empty: its weight is 0, but the library's SSIM of an empty array is NaN and NaN·0 = NaN
-    (seen with py_sod_metrics 1.6.2). Zero is the weighted sum's intended term, so no other
-    value changes.
+    (seen with py_sod_metrics 1.6.2). Zero is the weighted sum's intended term.
     """
     from py_sod_metrics import Smeasure
 
@@ -169,9 +169,9 @@ def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
     """`py_sod_metrics` E-measure values as the mean over an image's H·W pixels.
 
     The library, like the MATLAB code, divides the enhanced-alignment sum by H·W − 1 (+ eps):
-    4.5e15 on a 1×1 image, up to 2 on 1×2, above 1 for good maps on small images. The mean stays
-    in [0, 1] for any size; at Kvasir's 720×576 frames the two differ by a factor
-    1 − 1/(H·W) (3e-6), below the decimals tables report. The clip only absorbs float rounding.
+    4.5e15 on a 1×1 image, above 1 for good maps on small images. The mean stays in [0, 1] for
+    any size; at Kvasir's 720×576 frames the two differ by a factor 1 − 1/(H·W) (3e-6), below
+    the decimals tables report. The clip only absorbs float rounding.
     """
     from py_sod_metrics.utils import EPS
 
@@ -181,23 +181,17 @@ def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
 def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) -> dict[str, float]:
     """S-α (`s_alpha`, α = 0.5) and mean E-measure (`e_measure`) of one image, via `py_sod_metrics`.
 
-    Definitions: Fan, Cheng, Liu, Li & Borji, "Structure-measure: A new way to evaluate
-    foreground maps", ICCV 2017 (S-α); Fan, Gong, Cao, Ren, Cheng & Borji, "Enhanced-alignment
-    Measure for Binary Foreground Map Evaluation", IJCAI 2018 (E-measure; the mean is over the
-    library's 256 binarisation thresholds, what polyp tables report as "meanEm").
+    Definitions: Fan et al., "Structure-measure", ICCV 2017 (S-α); Fan et al., "Enhanced-alignment
+    Measure", IJCAI 2018 (the mean over the library's 256 thresholds, tables' "meanEm").
 
     Args:
         pred_prob_uint8: H×W uint8 probability map in 0–255. The library min-max stretches it
             (MATLAB's `mapminmax`) unless it is constant, as the original code does.
         gt_uint8: H×W uint8 mask in 0–255; foreground is > 128.
 
-    Empty ground truth: we return what the library returns, which is well defined there:
-    S-α = 1 − mean(prediction) and E-measure = the mean fraction of pixels predicted background.
-    The E-measure is the mean of the enhanced-alignment matrix over the H·W pixels
-    (`emeasure_over_pixels`), in [0, 1] for any image size. The one NaN the library can produce
-    (a mask whose centroid lies on the last row or column) is removed by `structure_measure`.
+    Empty ground truth: the library's values, well defined there: S-α = 1 − mean(prediction),
+    E-measure = the mean fraction of pixels predicted background.
     """
-    # Imported here: it pulls in scipy, and only evaluation needs it.
     from py_sod_metrics import Emeasure
 
     for name, array in (("pred_prob_uint8", pred_prob_uint8), ("gt_uint8", gt_uint8)):
@@ -211,11 +205,167 @@ def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) ->
     smeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
     emeasure.step(pred=pred_prob_uint8, gt=gt_uint8)
     curve = emeasure_over_pixels(emeasure.get_results()["em"]["curve"], gt_uint8.size)
-    results = {
-        "s_alpha": float(smeasure.get_results()["sm"]),
-        "e_measure": float(np.mean(curve)),
-    }
+    results = {"s_alpha": float(smeasure.get_results()["sm"]), "e_measure": float(np.mean(curve))}
     for name, value in results.items():
         if not math.isfinite(value):
             raise RuntimeError(f"py_sod_metrics returned {name}={value}: a case we did not know")
     return results
+
+
+DEFAULT_KEYS = (*SCORE_NAMES, "mdice_thr", "s_alpha", "e_measure")
+
+
+def quantize_map(proba: np.ndarray) -> np.ndarray:
+    """A probability map as an 8-bit grey PNG stores it: `round(p * 255)` as uint8."""
+    return np.round(np.clip(proba, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def default_image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
+    """Every figure of `--protocol default` (`DEFAULT_KEYS`) for an H×W map and 0/1 mask."""
+    p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float64))[None]
+    m = torch.from_numpy(mask)[None].double()
+    row = {k: float(v[0]) for k, v in scores(p, m, threshold).items()}
+    row["mdice_thr"] = float(dice_over_thresholds(p, m)[0])
+    row.update(structure_and_emeasure(quantize_map(proba), mask.astype(np.uint8) * 255))
+    return row
+
+
+# PraNet's `eval/main.m`, per image: the map's first channel as `im2double`, min-max stretched
+# (`mapminmax`, which leaves a constant map as it is); for each threshold of `1:-1/255:0` Dice
+# and IoU of `map >= t`, 0 whenever no pixel is both predicted and true; the E-measure of
+# `map > t`; wFβ, S-α and MAE of the stretched map. Over a data set each curve is averaged over
+# images, then `mdice`/`miou`/`mean_em` are the curves' means and `max_dice`/`max_em` their
+# maxima (the best single threshold for the whole set); the scalars are plain means.
+PRANET_SUMMARY_KEYS = ("mdice", "miou", "max_dice", "wfm", "s_alpha", "mean_em", "max_em", "mae")
+PRANET_ROW_KEYS = ("mdice", "miou", "wfm", "s_alpha", "mean_em", "mae")
+
+
+def matlab_thresholds() -> np.ndarray:
+    """MATLAB's `1:-1/255:0`: 256 descending values, the first 1, the last 0.
+
+    MATLAB builds `a:d:b` symmetrically (Cleve Moler's `colonop`, MATLAB Central): the first
+    half as `a + k*d`, the second half as `b - k*d` from the end. 36 of the values then differ
+    from `j/255` by one ulp, which decides whether a pixel of an 8-bit map sitting exactly on a
+    threshold is in or out, so we build them the same way. (Not checked against MATLAB itself;
+    with exact `j/255` thresholds instead, mDice of 8-bit maps moves by about 1e-4.)
+    """
+    a, d, b = 1.0, -1.0 / 255.0, 0.0
+    n = N_THRESHOLDS - 1
+    values = np.empty(N_THRESHOLDS)
+    k = np.arange(n // 2 + 1, dtype=np.float64)
+    values[: n // 2 + 1] = a + k * d
+    values[n - np.arange(n // 2 + 1)] = b - k * d
+    return values
+
+
+PRANET_THRESHOLDS = matlab_thresholds()
+_ASCENDING = PRANET_THRESHOLDS[::-1].copy()
+
+
+def min_max_stretch(values: np.ndarray) -> np.ndarray:
+    """`mapminmax(x, 0, 1)` as MATLAB's Neural Network Toolbox computes it.
+
+    `(x - xmin) * (1 / (xmax - xmin))`, in that order (the toolbox stores the gain, then
+    multiplies). A constant map is returned unchanged: the toolbox sets the gain to 1 and the
+    offset to 0 when the range is 0, so a map of 0.3 stays 0.3, not 0 or NaN.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    return values.copy() if high == low else (values - low) * (1.0 / (high - low))
+
+
+def _pranet_emeasure(stretched: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """E-measure of `map > t` at each of PraNet's thresholds, computed by `py_sod_metrics`.
+
+    The library's histogram version scores, at its index i, the pixels whose 8-bit level is at
+    least 255 - i; it bins `>=` on a map floored to 8 bits. Giving each pixel as level the number
+    of thresholds strictly below its value makes index i hold PraNet's set `map > t` for
+    threshold i + 1; PraNet's threshold 0 (t = 1, nothing is above it) is the library's score
+    of an empty prediction.
+    """
+    from py_sod_metrics import Emeasure
+
+    below = np.searchsorted(_ASCENDING, stretched, side="left")  # thresholds t with t < value
+    emeasure = Emeasure()
+    # The attributes `Emeasure.step` sets before it calls the two methods used here.
+    emeasure.gt_fg_numel = int(np.count_nonzero(truth))
+    emeasure.gt_size = truth.size
+    empty = emeasure.cal_em_with_threshold(stretched, truth, threshold=np.inf)
+    # (level + 0.5) / 255: the library floors value * 255, so the level survives rounding.
+    curve = emeasure.cal_em_with_cumsumhistogram((below + 0.5) / 255.0, truth)
+    return emeasure_over_pixels(np.concatenate([[empty], curve[: N_THRESHOLDS - 1]]), truth.size)
+
+
+@dataclass(frozen=True)
+class PranetScores:
+    """One image under PraNet's protocol: three curves over `PRANET_THRESHOLDS`, three scalars."""
+
+    dice: np.ndarray
+    iou: np.ndarray
+    emeasure: np.ndarray
+    wfm: float
+    s_alpha: float
+    mae: float
+
+    def row(self) -> dict[str, float]:
+        """The per-image CSV row (`PRANET_ROW_KEYS`): curve means over thresholds, the scalars."""
+        return {
+            "mdice": float(self.dice.mean()),
+            "miou": float(self.iou.mean()),
+            "wfm": self.wfm,
+            "s_alpha": self.s_alpha,
+            "mean_em": float(self.emeasure.mean()),
+            "mae": self.mae,
+        }
+
+
+def pranet_image_scores(prob_map: np.ndarray, mask: np.ndarray) -> PranetScores:
+    """Score one map against its mask under PraNet's protocol.
+
+    Args:
+        prob_map: H×W float map as MATLAB's `im2double` gives it (any range of [0, 1]; the
+            protocol stretches it), already at the mask's size.
+        mask: H×W bool (or 0/1) ground truth.
+    """
+    from py_sod_metrics import WeightedFmeasure
+
+    prob_map = np.asarray(prob_map, dtype=np.float64)
+    truth = np.asarray(mask).astype(bool)
+    if prob_map.ndim != 2 or prob_map.shape != truth.shape or prob_map.size == 0:
+        raise ValueError(f"map {prob_map.shape} and mask {truth.shape} must be the same H×W")
+    if not np.isfinite(prob_map).all():
+        raise ValueError("the map holds NaN or infinite values")
+    stretched = min_max_stretch(prob_map)
+    flat = torch.from_numpy(stretched.ravel())[None]
+    counts = _counts_over_thresholds(
+        flat, torch.from_numpy(truth.ravel())[None], torch.from_numpy(_ASCENDING)
+    )
+    predicted, tp = (c[0].flip(0).numpy() for c in counts)  # PraNet's order: 1 down to 0
+    positives = float(truth.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dice = np.where(tp > 0, 2 * tp / (positives + predicted), 0.0)
+        iou = np.where(tp > 0, tp / (positives + predicted - tp), 0.0)
+    smeasure, wfmeasure = structure_measure(), WeightedFmeasure()
+    smeasure.step(stretched, truth, normalize=False)
+    wfmeasure.step(stretched, truth, normalize=False)  # an empty mask scores 0, not NaN
+    s_alpha, wfm = float(smeasure.get_results()["sm"]), float(wfmeasure.get_results()["wfm"])
+    mae = float(np.mean(np.abs(stretched - truth)))
+    return PranetScores(dice, iou, _pranet_emeasure(stretched, truth), wfm, s_alpha, mae)
+
+
+def pranet_summary(images: Sequence[PranetScores]) -> dict[str, float]:
+    """The data set's figures: curves averaged over images first, then mean or max."""
+    if not images:
+        raise ValueError("no images to summarize")
+    dice = np.mean([s.dice for s in images], axis=0)
+    emeasure = np.mean([s.emeasure for s in images], axis=0)
+    return {
+        "mdice": float(dice.mean()),
+        "miou": float(np.mean([s.iou for s in images], axis=0).mean()),
+        "max_dice": float(dice.max()),
+        "wfm": float(np.mean([s.wfm for s in images])),
+        "s_alpha": float(np.mean([s.s_alpha for s in images])),
+        "mean_em": float(emeasure.mean()),
+        "max_em": float(emeasure.max()),
+        "mae": float(np.mean([s.mae for s in images])),
+    }

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.data.kvasir import list_pairs, read_mask
 from polypseg.data.split import split_names
-from polypseg.evaluation.pranet import SUMMARY_KEYS
+from polypseg.metrics import PRANET_SUMMARY_KEYS
 
 MODEL = "models:/polypseg-eval@champion"
 THRESHOLDED = ("dice", "iou", "precision", "recall", "specificity")
@@ -62,7 +62,7 @@ def test_saved_maps_score_like_the_model_under_pranet(
     assert model["protocol"] == saved["protocol"] == "pranet"
     assert model["n_images"] == saved["n_images"] == 2
     assert len(saved["missing_predictions"]) == 14  # masks of the other images: left out
-    for key in SUMMARY_KEYS:
+    for key in PRANET_SUMMARY_KEYS:
         assert saved[key] == pytest.approx(model[key], abs=1e-12), key
     assert 0 < model["mdice"] <= model["max_dice"] <= 1
     # Grey maps, not masks: the model's map has more than two levels somewhere.
@@ -121,7 +121,7 @@ def test_several_data_sets_give_the_papers_table(
     assert all(re.fullmatch(r"\d\.\d{3}", cell.strip()) for cell in lines[2].split("|")[3:-1])
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert [r["dataset"] for r in rows] == ["Kvasir", "CVC-ClinicDB"]
-    assert list(rows[0]) == ["dataset", "n_images", *SUMMARY_KEYS]
+    assert list(rows[0]) == ["dataset", "n_images", *PRANET_SUMMARY_KEYS]
     per_set = {
         name: json.loads((out / f"{name}.json").read_text()) for name in ("Kvasir", "CVC-ClinicDB")
     }
@@ -210,7 +210,7 @@ def test_evaluate_needs_one_source_and_known_options(
 
 
 def test_a_model_uri_is_resolved_to_its_version_and_run(model_env: dict) -> None:
-    from polypseg.evaluation.predict import Predictor
+    from polypseg.evaluation.predictors import Predictor
 
     run_id, version = model_env["run_id"], str(model_env["version"])
     for uri in ("models:/polypseg-eval/latest", f"models:/polypseg-eval/{version}"):

@@ -19,9 +19,15 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.data.kvasir import list_pairs, read_image
 from polypseg.errors import ExportError
-from polypseg.evaluation.predict import Predictor
+from polypseg.evaluation.predictors import (
+    INPUT,
+    LOGITS,
+    PROBABILITIES,
+    OnnxPredictor,
+    Predictor,
+    batch_input,
+)
 from polypseg.export.onnx import PARITY_TOLERANCE, ExportGraph, export_onnx
-from polypseg.export.runtime import INPUT, LOGITS, PROBABILITIES, OnnxPredictor, batch_input
 
 MODEL = "models:/polypseg-eval@champion"  # the tiny SAM model of conftest's `registered_model`
 

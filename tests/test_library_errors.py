@@ -232,7 +232,7 @@ def test_an_unreadable_images_folder_is_one_line(
 def test_a_logged_unregistered_model_uri_is_described_by_its_run(model_env: dict) -> None:
     import mlflow
 
-    from polypseg.evaluation.predict import Predictor
+    from polypseg.evaluation.predictors import Predictor
 
     client = mlflow.MlflowClient()
     run = client.get_run(model_env["run_id"])

@@ -18,7 +18,7 @@ from polypseg.evaluation.maps import (
     read_pranet_mask,
     resize_map,
 )
-from polypseg.evaluation.pranet import image_scores
+from polypseg.metrics import pranet_image_scores
 
 
 def _pillow_fails(path: Path) -> None:
@@ -138,8 +138,8 @@ def test_a_tiff_map_scores_like_the_same_png(tmp_path: Path) -> None:
         tmp_path / "map.tif", np.dstack([levels] * 3).astype(np.float64) / 255, photometric="rgb"
     )
     _pillow_fails(tmp_path / "map.tif")
-    png = image_scores(read_map(tmp_path / "map.png"), truth)
-    tif = image_scores(read_map(tmp_path / "map.tif"), truth)
+    png = pranet_image_scores(read_map(tmp_path / "map.png"), truth)
+    tif = pranet_image_scores(read_map(tmp_path / "map.tif"), truth)
     assert png.row() == pytest.approx(tif.row(), abs=1e-12)
 
 

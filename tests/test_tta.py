@@ -7,8 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.evaluation.engines import load_predictor
-from polypseg.evaluation.tta import TTAPredictor
+from polypseg.evaluation.predictors import TTAPredictor, load_predictor
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from conftest import one_error_line
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.evaluation.predict import Predictor
+from polypseg.evaluation.predictors import Predictor
 
 MODEL = "models:/polypseg-eval@champion"  # registered by conftest's `registered_model`
 RATE, SECONDS, WIDTH, HEIGHT = 25, 2, 96, 80

@@ -1,12 +1,12 @@
 """One table per model: PraNet's five test sets, scored under its protocol, kept on the model.
 
-`evaluate_sets` scores a model on the named test sets (`pranet`: all five) exactly as
-`evaluate --protocol pranet` scores any set (`pranet.py`), with each set's test images chosen by
-the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB, the whole of the others).
-The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run; the table is
-also written on the registered model version as tags (`pranet.kvasir.mdice = 0.912`, the
-evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the version's page.
-`evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
+`evaluate_sets` scores a model on the named test sets (`pranet`: all five) exactly as `evaluate
+--protocol pranet` scores any set (`metrics.pranet_image_scores`), with each set's test images
+chosen by the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB, the whole of
+the others). The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run;
+the table is also written on the registered model version as tags (`pranet.kvasir.mdice =
+0.912`, the evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the
+version's page. `evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Prediction with a logged or registered model: `<stem>.png` masks at each image's own size.
 
-`Predictor` loads a model URI and exposes the pyfunc's own segmenter (its probability map at the
-original size, thresholded as the model does) and which model it is (`describe`); `evaluate`
-scores with it too. `predict` takes files, folders or glob patterns and writes 0/255 masks, or
-8-bit probability maps (`maps`, what other methods publish and PraNet's protocol scores),
-atomically, optionally overlays, and logs one run to the `polypseg-prediction` experiment.
-Every output name is known before the model loads: none may land in a folder of inputs (or a
-data set's `masks/`), and no two may share a name.
+`predict` takes files, folders or glob patterns, runs a predictor (`predictors.py`: torch or
+ONNX, optionally under TTA) and writes 0/255 masks, or 8-bit probability maps (`maps`, what other
+methods publish and PraNet's protocol scores), atomically, optionally overlays, and logs one run
+to the `polypseg-prediction` experiment. Every output name is known before the model loads: none
+may land in a folder of inputs (or a data set's `masks/`), and no two may share a name.
 """
 
 from __future__ import annotations
@@ -22,64 +20,11 @@ from PIL import Image
 from polypseg.data.checks import is_broken_link, refuse_bad_images
 from polypseg.data.kvasir import IMAGE_SUFFIXES, read_image
 from polypseg.errors import DataError
+from polypseg.evaluation.predictors import MapPredictor, load_predictor
 from polypseg.files import atomic_path, check_output_dir, check_outputs
 from polypseg.progress import track
 
 PREDICTION_EXPERIMENT = "polypseg-prediction"
-
-
-class Predictor:
-    """A loaded model's segmenter: probability maps and masks at an image's own size."""
-
-    def __init__(self, uri: str) -> None:
-        from polypseg.tracking.pyfunc import load_model
-
-        self.uri = uri
-        self.model = load_model(uri)
-        wrapped = self.model.unwrap_python_model()
-        self.segmenter, self.threshold = wrapped.segmenter, wrapped.threshold
-
-    def proba(self, image: np.ndarray) -> np.ndarray:
-        return self.segmenter.predict_proba(image)
-
-    def mask(self, image: np.ndarray) -> np.ndarray:
-        return self.segmenter.predict_mask(image, self.threshold)
-
-    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return self.segmenter.predict_proba_batch(images)
-
-    def describe(self) -> dict[str, str | None]:
-        """The model behind the URI: registered name, resolved version, the run that logged it.
-
-        A registry URI is resolved now (an alias or `latest` to its version number), so a report
-        says which model it scored even after the alias moves.
-        """
-        import mlflow
-
-        described: dict[str, str | None] = {
-            "model": self.uri,
-            "model_name": None,
-            "model_version": None,
-            "model_run_id": self.model.metadata.run_id,
-        }
-        if self.uri.startswith("models:/"):
-            name, _, alias = self.uri[len("models:/") :].partition("@")
-            client = mlflow.MlflowClient()
-            if not alias and "/" not in name:  # MLflow 3's `models:/m-<id>`: logged, unregistered
-                logged = client.get_logged_model(name)
-                described["model_run_id"] = logged.source_run_id or described["model_run_id"]
-                return described
-            if alias:
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = name.partition("/")
-                if number == "latest":
-                    found = client.search_model_versions(f"name = '{name}'")
-                    number = str(max(int(v.version) for v in found))
-                version = client.get_model_version(name, number)
-            described.update(model_name=name, model_version=str(version.version))
-            described["model_run_id"] = version.run_id or described["model_run_id"]
-        return described
 
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
@@ -183,9 +128,8 @@ def predict(
 ) -> Prediction:
     """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
     probability map (what PraNet-protocol evaluation scores); log one MLflow run. `tta`
-    (none, flip, dihedral) averages the maps over variants of each image (`tta.py`)."""
-    from polypseg.evaluation.engines import load_predictor
-    from polypseg.evaluation.scoring import quantize_map
+    (none, flip, dihedral) averages the maps over variants of each image (`TTAPredictor`)."""
+    from polypseg.metrics import quantize_map
     from polypseg.tracking.store import setup
 
     out_dir = check_output_dir(out_dir)
@@ -193,7 +137,7 @@ def predict(
     plan = plan_outputs(images, out_dir, overlay)
     refuse_bad_images(images)
     setup(PREDICTION_EXPERIMENT, tracking_uri)
-    predictor = load_predictor(model_uri, engine, tta)  # torch or ONNX (evaluation/engines)
+    predictor = load_predictor(model_uri, engine, tta)
     outputs, overlays, rows = [], [], []
     for path, target, tinted in track(plan, f"predicting {len(images)} images"):
         image = read_image(path)
@@ -211,7 +155,7 @@ def predict(
     return Prediction(outputs + overlays, run_id, run_url)
 
 
-def _log_prediction(predictor: Predictor, out_dir: Path, rows: list[dict], maps: bool, tta: str):
+def _log_prediction(predictor: MapPredictor, out_dir: Path, rows: list[dict], maps: bool, tta: str):
     import mlflow
 
     from polypseg.tracking.runs import tracked_run

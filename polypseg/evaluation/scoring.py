@@ -2,10 +2,10 @@
 
 Two protocols, kept apart under their own names. `default` is polypseg's own: masks read as grey
 ≥ 128, the probability map binarised at the model's threshold (0.5 for saved maps), means over
-images of `metrics.py`'s figures. `pranet` is PraNet's `eval/main.m` (`pranet.py`): masks read
-`> 128` after `rgb2gray`, maps min-max stretched, 256 thresholds. Under `pranet` a model's map is
-scored as PraNet's pipeline sees any method's map, an 8-bit grey PNG (`quantize_map`), which is
-exactly what `polypseg predict --maps` saves; so both routes give the same numbers.
+images of `metrics.py`'s figures. `pranet` is PraNet's `eval/main.m` (`metrics.pranet_*`): masks
+read `> 128` after `rgb2gray`, maps min-max stretched, 256 thresholds. Under `pranet` a model's
+map is scored as PraNet's pipeline sees any method's map, an 8-bit grey PNG (`quantize_map`),
+which is exactly what `polypseg predict --maps` saves; so both routes give the same numbers.
 """
 
 from __future__ import annotations
@@ -13,47 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from polypseg.data.kvasir import read_mask
 from polypseg.errors import DataError
-from polypseg.evaluation import pranet
 from polypseg.evaluation.maps import read_pranet_mask
-from polypseg.metrics import dice_over_thresholds, scores, structure_and_emeasure
+from polypseg.metrics import (
+    DEFAULT_KEYS,
+    PRANET_ROW_KEYS,
+    PRANET_SUMMARY_KEYS,
+    PranetScores,
+    default_image_scores,
+    pranet_image_scores,
+    pranet_summary,
+    quantize_map,
+)
 
 PROTOCOLS = ("default", "pranet")
-DEFAULT_COLUMNS = (
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "specificity",
-    "mae",
-    "mdice_thr",
-    "s_alpha",
-    "e_measure",
-)
 
 
 def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise DataError(f"--protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     return protocol
-
-
-def quantize_map(proba: np.ndarray) -> np.ndarray:
-    """A probability map as an 8-bit grey PNG stores it: `round(p * 255)` as uint8."""
-    return np.round(np.clip(proba, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def default_image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
-    """Every per-image figure of the default protocol for an H×W map and 0/1 mask."""
-    p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float64))[None]
-    m = torch.from_numpy(mask)[None].double()
-    row = {k: float(v[0]) for k, v in scores(p, m, threshold).items()}
-    row["mdice_thr"] = float(dice_over_thresholds(p, m)[0])
-    row.update(structure_and_emeasure(quantize_map(proba), mask.astype(np.uint8) * 255))
-    return row
 
 
 class SetScorer:
@@ -63,16 +44,16 @@ class SetScorer:
         self.protocol = check_protocol(protocol)
         self.threshold = threshold
         self.rows: list[dict] = []
-        self._curves: list[pranet.ImageScores] = []
+        self._curves: list[PranetScores] = []
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Per-image CSV columns after name, height and width."""
-        return DEFAULT_COLUMNS if self.protocol == "default" else pranet.ROW_KEYS
+        return DEFAULT_KEYS if self.protocol == "default" else PRANET_ROW_KEYS
 
     @property
     def summary_keys(self) -> tuple[str, ...]:
-        return DEFAULT_COLUMNS if self.protocol == "default" else pranet.SUMMARY_KEYS
+        return DEFAULT_KEYS if self.protocol == "default" else PRANET_SUMMARY_KEYS
 
     @property
     def rank_key(self) -> str:
@@ -94,7 +75,7 @@ class SetScorer:
         if self.protocol == "default":
             figures = default_image_scores(prob_map, mask, self.threshold)
         else:
-            curves = pranet.image_scores(prob_map, mask)
+            curves = pranet_image_scores(prob_map, mask)
             self._curves.append(curves)
             figures = curves.row()
         row = {"name": name, "height": mask.shape[0], "width": mask.shape[1], **figures}
@@ -106,7 +87,7 @@ class SetScorer:
         if not self.rows:
             raise DataError("no images were scored")
         if self.protocol == "default":
-            figures = {k: float(np.mean([r[k] for r in self.rows])) for k in DEFAULT_COLUMNS}
+            figures = {k: float(np.mean([r[k] for r in self.rows])) for k in DEFAULT_KEYS}
         else:
-            figures = pranet.summarize(self._curves)
+            figures = pranet_summary(self._curves)
         return {"n_images": len(self.rows), **figures}

@@ -103,7 +103,7 @@ class ModelSource:
 
     @cached_property
     def predictor(self) -> Any:  # a Predictor, loaded on first use: the data is checked first
-        from polypseg.evaluation.engines import load_predictor
+        from polypseg.evaluation.predictors import load_predictor
 
         return load_predictor(self.model_uri, self.engine, self.tta)
 

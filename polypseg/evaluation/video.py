@@ -158,13 +158,13 @@ def predict_video(
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` for `video` into `out_dir` and log
     one prediction run; a video that breaks off mid-stream keeps its frames read, then raises."""
-    from polypseg.evaluation.engines import check_engine, load_predictor
     from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
+    from polypseg.evaluation.predictors import ENGINES, check_choice, load_predictor
     from polypseg.progress import progress_bar
     from polypseg.tracking.store import setup
 
     video, out_dir = Path(video), check_output_dir(out_dir)
-    check_engine(engine)
+    check_choice("--engine", engine, ENGINES)
     if not video.is_file():
         raise DataError(f"video {video} does not exist")
     overlay, table = out_dir / f"{video.stem}_overlay.mp4", out_dir / f"{video.stem}_frames.csv"

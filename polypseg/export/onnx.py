@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from polypseg.errors import ExportError
-from polypseg.export.runtime import (
+from polypseg.evaluation.predictors import (
     INPUT,
     LOGITS,
     META_PREFIX,
     PROBABILITIES,
+    Predictor,
     batch_input,
     open_session,
     require,
@@ -159,7 +160,6 @@ def export_onnx(
     import mlflow
 
     from polypseg.data.kvasir import read_image
-    from polypseg.evaluation.predict import Predictor
     from polypseg.tracking.store import check_tracking_uri, default_tracking_uri
 
     out = check_output_file(out)

@@ -1,0 +1,223 @@
+"""What `predict` and `evaluate` run a model with: torch, onnxruntime, or either under TTA.
+
+Every predictor answers the same questions: `proba_batch` (N images of one size → N maps at that
+size), `proba`, `mask` (at the predictor's `threshold`) and `describe` (which model it is).
+`Predictor` loads a logged or registered model (an MLflow URI) and runs the pyfunc's own
+segmenter. `OnnxPredictor` runs a file written by `polypseg export` with onnxruntime (the `onnx`
+extra): the graph takes uint8 images B×3×S×S at the training size S, resized here with the
+training data's own resize, and returns the probabilities at S and the decoder's logits; the
+map at an image's own size comes from the logits through the pyfunc's own upsampling, so its
+masks are the torch path's, not a second interpolation of an already resized map.
+`TTAPredictor` averages any predictor's maps over dihedral variants of the image (nnU-Net's
+mirroring): each variant goes through the whole chain and its map is transformed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from polypseg.dihedral import TTA_VARIANTS, invert, transform
+from polypseg.errors import DataError, ExportError, ModelError
+from polypseg.files import first_line
+
+ENGINES = ("torch", "onnx")
+ONNX_EXTRA = "pip install -e '.[onnx]'"
+INPUT, PROBABILITIES, LOGITS = "images", "probabilities", "logits"  # the exported graph's names
+META_PREFIX = "polypseg."  # the export's ONNX `metadata_props`: what `describe` reports
+
+
+def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
+    """`value` when it is one of `choices`, else a one-line `DataError` listing them."""
+    if value not in choices:
+        raise DataError(f"{option} {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+class MapPredictor:
+    """The shared half of every predictor: one image's map and mask from `proba_batch`."""
+
+    threshold = 0.5
+
+    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """N H×W×3 uint8 images of one size → N×H×W float32 probabilities at that size."""
+        raise NotImplementedError
+
+    def proba(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
+        return self.proba_batch([image])[0]
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        return (self.proba(image) >= self.threshold).astype(np.uint8)
+
+
+class Predictor(MapPredictor):
+    """A logged or registered model's segmenter, loaded from its MLflow URI."""
+
+    def __init__(self, uri: str) -> None:
+        from polypseg.tracking.pyfunc import load_model
+
+        self.uri = uri
+        self.model = load_model(uri)
+        wrapped = self.model.unwrap_python_model()
+        self.segmenter, self.threshold = wrapped.segmenter, wrapped.threshold
+
+    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self.segmenter.predict_proba_batch(images)
+
+    def describe(self) -> dict[str, str | None]:
+        """The model behind the URI: registered name, resolved version, the run that logged it.
+
+        A registry URI is resolved now (an alias or `latest` to its version number), so a report
+        says which model it scored even after the alias moves.
+        """
+        import mlflow
+
+        described: dict[str, str | None] = {
+            "model": self.uri,
+            "model_name": None,
+            "model_version": None,
+            "model_run_id": self.model.metadata.run_id,
+        }
+        if self.uri.startswith("models:/"):
+            name, _, alias = self.uri[len("models:/") :].partition("@")
+            client = mlflow.MlflowClient()
+            if not alias and "/" not in name:  # MLflow 3's `models:/m-<id>`: logged, unregistered
+                logged = client.get_logged_model(name)
+                described["model_run_id"] = logged.source_run_id or described["model_run_id"]
+                return described
+            if alias:
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = name.partition("/")
+                if number == "latest":
+                    found = client.search_model_versions(f"name = '{name}'")
+                    number = str(max(int(v.version) for v in found))
+                version = client.get_model_version(name, number)
+            described.update(model_name=name, model_version=str(version.version))
+            described["model_run_id"] = version.run_id or described["model_run_id"]
+        return described
+
+
+def require(module: str) -> ModuleType:
+    """Import one of the `onnx` extra's modules, or say in one line how to install them."""
+    try:
+        return import_module(module)
+    except ImportError:
+        raise ExportError(
+            f"{module} is not installed: `polypseg export` and `polypseg predict --engine onnx` "
+            f"(or evaluate's) need the onnx extra ({ONNX_EXTRA})"
+        ) from None
+
+
+def providers() -> list[str]:
+    """onnxruntime's CUDA provider when this install has it, then the CPU provider."""
+    available = require("onnxruntime").get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def open_session(path: str | Path) -> Any:
+    """An `onnxruntime.InferenceSession` over `path`; an unreadable file is a `ModelError`."""
+    ort = require("onnxruntime")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX model {path} does not exist; write one with `polypseg export`")
+    try:
+        return ort.InferenceSession(str(path), providers=providers())
+    except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:WHY": the why
+        why = first_line(err, 1000).rpartition("failed:")[2].strip() or type(err).__name__
+        raise ModelError(
+            f"{path} is not an ONNX model onnxruntime can run ({why[:160]}); "
+            "write one with `polypseg export`"
+        ) from None
+
+
+def batch_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """H×W×3 uint8 images of any sizes → B×3×`size`×`size` uint8, the training data's resize."""
+    from polypseg.transforms import resize_image
+
+    return np.stack([resize_image(image, size).numpy() for image in images])
+
+
+class OnnxPredictor(MapPredictor):
+    """A file written by `polypseg export`, run by onnxruntime."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.uri = str(path)
+        self.session = open_session(path)
+        names = {o.name for o in self.session.get_outputs()}
+        shape = self.session.get_inputs()[0].shape
+        if {PROBABILITIES, LOGITS} - names or not isinstance(shape[-1], int):
+            raise ModelError(
+                f"{path} is not a polypseg export (outputs {sorted(names)}); write one with "
+                "`polypseg export`"
+            )
+        self.image_size = int(shape[-1])
+        self.metadata = {
+            key[len(META_PREFIX) :]: value
+            for key, value in self.session.get_modelmeta().custom_metadata_map.items()
+            if key.startswith(META_PREFIX)
+        }
+        self.threshold = float(self.metadata.get("threshold", 0.5))
+
+    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from polypseg.models.segmenter import upsample_logits
+
+        h, w = images[0].shape[:2]
+        batch = batch_input(images, self.image_size)
+        (logits,) = self.session.run([LOGITS], {INPUT: batch})
+        return torch.sigmoid(upsample_logits(torch.from_numpy(logits), (h, w)))[:, 0].numpy()
+
+    def describe(self) -> dict[str, str | None]:
+        """The file, and the model it was exported from (as `Predictor.describe` names one)."""
+        meta = self.metadata.get
+        return {
+            "model": str(Path(self.uri).resolve()),
+            **{key: meta(key) for key in ("model_name", "model_version", "model_run_id")},
+            "engine": "onnx",
+            "exported_from": meta("model"),
+        }
+
+
+class TTAPredictor(MapPredictor):
+    """A predictor whose maps are the mean over `tta`'s variants of the image: `flip` adds the
+    horizontal mirror (2 encoder passes per image), `dihedral` all eight symmetries (8)."""
+
+    def __init__(self, predictor: MapPredictor, tta: str) -> None:
+        self.predictor = predictor
+        self.variants = TTA_VARIANTS[check_choice("--tta", tta, tuple(TTA_VARIANTS))]
+        self.threshold = predictor.threshold  # applied to the mean map
+
+    def __getattr__(self, name: str) -> Any:  # describe, segmenter, uri, ...: the model's own
+        return getattr(self.predictor, name)
+
+    def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        total = None
+        for variant in self.variants:
+            seen = [np.ascontiguousarray(transform(im, variant, axes=(0, 1))) for im in images]
+            back = invert(self.predictor.proba_batch(seen), variant, axes=(1, 2))
+            total = back.copy() if total is None else total + back
+        return total / len(self.variants)
+
+
+def load_predictor(model: str, engine: str = "torch", tta: str = "none") -> MapPredictor:
+    """A `Predictor` (torch, `model` an MLflow URI) or an `OnnxPredictor` (`model` a file),
+    averaging over `tta`'s variants of each image unless it is "none"."""
+    if check_choice("--tta", tta, tuple(TTA_VARIANTS)) != "none":
+        return TTAPredictor(load_predictor(model, engine), tta)
+    if check_choice("--engine", engine, ENGINES) == "torch":
+        return Predictor(model)
+    if ":/" in model:
+        raise DataError(
+            f"--engine onnx runs an .onnx file, not {model}; write one with "
+            "`polypseg export --model URI --out FILE.onnx`"
+        )
+    return OnnxPredictor(model)
