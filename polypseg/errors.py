@@ -51,3 +51,9 @@ class StoreError(PolypsegError):
 
 class ExportError(PolypsegError):
     """A model cannot be exported, or its export does not compute what the model computes."""
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line, cut to `limit` characters, or its type when it says nothing."""
+    text = str(err)
+    return text.splitlines()[0][:limit] if text.strip() else type(err).__name__

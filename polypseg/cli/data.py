@@ -71,7 +71,7 @@ def data_synth(
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
     from polypseg.data.synthetic import make_synthetic
-    from polypseg.files import check_output_dir
+    from polypseg.outputs import check_output_dir
 
     _check_seed(seed)
     check_output_dir(out)
@@ -108,9 +108,10 @@ def data_split(
 ) -> None:
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON.
     --protocol pranet: Kvasir + ClinicDB minus PraNet's test images, and the test sets given."""
+    from polypseg.atomic import write_json
     from polypseg.data.kvasir import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.files import check_output_file, check_outputs, write_json
+    from polypseg.outputs import check_output_file, check_outputs
 
     _check_seed(seed)
     if protocol not in ("seed", "pranet"):

@@ -124,7 +124,7 @@ def predict(
     at its image's original size; prints the files written."""
     from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
-    from polypseg.files import check_output_dir
+    from polypseg.outputs import check_output_dir
 
     if video is not None or not images:
         from polypseg.cli.export import predict_video_command  # refuses no images and no video

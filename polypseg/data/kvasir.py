@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from polypseg.caches import file_digest
 from polypseg.data.checks import (
     DEFAULT_MAX_MEGAPIXELS,
     broken_links_problem,
@@ -29,8 +30,7 @@ from polypseg.data.checks import (
 )
 from polypseg.data.decode import open_image, unit_range
 from polypseg.data.masks import foreground_problem, read_mask_file
-from polypseg.errors import DataError, DownloadError
-from polypseg.files import file_digest, first_line
+from polypseg.errors import DataError, DownloadError, first_line
 
 KAGGLE_HANDLE = "debeshjha1/kvasirseg"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from polypseg.caches import cache_home
 from polypseg.config import DataConfig
 from polypseg.data.kvasir import download_kvasir, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DownloadError
-from polypseg.files import cache_home
 
 
 def synthetic_root(data: DataConfig) -> Path:

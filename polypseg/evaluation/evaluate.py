@@ -30,7 +30,7 @@ from polypseg.evaluation.report import (
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
-from polypseg.files import check_output_file, check_outputs
+from polypseg.outputs import check_output_file, check_outputs
 from polypseg.progress import track
 
 WORST_SHOWN = 4

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polypseg.atomic import atomic_path
 from polypseg.errors import ExportError
 from polypseg.export.runtime import (
     INPUT,
@@ -37,10 +38,10 @@ from polypseg.export.runtime import (
     open_session,
     require,
 )
-from polypseg.files import atomic_path, check_output_file
 from polypseg.models.decoder import Decoder
 from polypseg.models.frozen import FrozenEncoder
 from polypseg.models.segmenter import upsample_logits
+from polypseg.outputs import check_output_file
 
 # Largest probability difference allowed between onnxruntime and torch, both float32.
 PARITY_TOLERANCE = 1e-3

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from polypseg.errors import ExportError, ModelError
-from polypseg.files import first_line
+from polypseg.errors import ExportError, ModelError, first_line
 
 ONNX_EXTRA = "pip install -e '.[onnx]'"
 INPUT, PROBABILITIES, LOGITS = "images", "probabilities", "logits"

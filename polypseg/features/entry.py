@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from polypseg.caches import file_digest
 from polypseg.features.npy import ArrayRecord, open_checked
-from polypseg.files import file_digest
 
 FORMAT = 3  # bump when the layout or the mask rule (data/masks.py) changes: old entries miss
 INDEX = "index.json"
