@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import find_dataset_root, list_pairs, read_image, read_mask
+from polypseg.data.images import read_image
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import list_pairs
+from polypseg.data.sets import find_dataset_root
 from polypseg.data.split import split_names
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DataError

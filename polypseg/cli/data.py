@@ -41,7 +41,7 @@ def data_download(
     ] = "kvasir",
 ) -> None:
     """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
-    from polypseg.data.kvasir import download_kvasir
+    from polypseg.data.sets import download
     from polypseg.errors import DownloadError
 
     if name != "kvasir":
@@ -51,7 +51,7 @@ def data_download(
             typer.echo(line)
         return
     try:
-        typer.echo(download_kvasir(dest))
+        typer.echo(download("kvasir", dest))
     except DownloadError as err:
         raise DownloadError(
             f"{err}; with a copy made by hand, run "
@@ -109,7 +109,7 @@ def data_split(
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON.
     --protocol pranet: Kvasir + ClinicDB minus PraNet's test images, and the test sets given."""
     from polypseg.atomic import write_json
-    from polypseg.data.kvasir import list_pairs
+    from polypseg.data.pairs import list_pairs
     from polypseg.data.split import split_names
     from polypseg.outputs import check_output_file, check_outputs
 

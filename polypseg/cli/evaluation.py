@@ -144,7 +144,7 @@ def _refuse_missing_roots(roots: list[str]) -> None:
     """A --root folder that does not exist, refused before torch and mlflow load (~5 s): in
     `evaluate` it is found only once the store is set up. Only existence: what else is wrong with
     a data set is told where it is read, in the order `evaluate` checks things."""
-    from polypseg.data.kvasir import find_dataset_root
+    from polypseg.data.sets import find_dataset_root
 
     for value in roots:
         name, sep, folder = value.partition("=")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polypseg.config import SEED_MAX
-from polypseg.data.kvasir import find_dataset_root, listing
+from polypseg.data.sets import find_dataset_root
 from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
-from polypseg.errors import DataError
+from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
     SetReport,

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.decode import read_array, unit_range
-from polypseg.data.kvasir import IMAGE_SUFFIXES, files_by_stem, listing
-from polypseg.data.masks import read_mask_file
-from polypseg.errors import DataError
+from polypseg.data.images import IMAGE_SUFFIXES, unit_range
+from polypseg.data.images import read_pixels as read_array
+from polypseg.data.masks import read_mask as read_mask_file
+from polypseg.data.pairs import files_by_stem
+from polypseg.errors import DataError, listing
 
 # MATLAB's rgb2gray weights: the first row of the inverse of the NTSC (YIQ) matrix.
 _RGB2GRAY = np.linalg.inv([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polypseg.data.kvasir import read_mask
+from polypseg.data.masks import read_mask
 from polypseg.errors import DataError
 from polypseg.evaluation import pranet
 from polypseg.evaluation.maps import read_pranet_mask

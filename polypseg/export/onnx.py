@@ -159,7 +159,7 @@ def export_onnx(
         require(module)
     import mlflow
 
-    from polypseg.data.kvasir import read_image
+    from polypseg.data.images import read_image
     from polypseg.evaluation.predict import Predictor
     from polypseg.tracking.store import check_tracking_uri, default_tracking_uri
 

@@ -31,7 +31,7 @@ import torch
 
 from polypseg.atomic import atomic_path
 from polypseg.caches import cache_home
-from polypseg.data.kvasir import Pair, hash_pairs
+from polypseg.data.pairs import Pair, hash_pairs
 from polypseg.errors import CacheError, DataError, first_line
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import Pair
+from polypseg.data.pairs import Pair
 from polypseg.dihedral import IDENTITY, transform
 from polypseg.errors import CacheError, DataError, PolypsegError
 from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes

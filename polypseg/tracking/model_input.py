@@ -49,8 +49,8 @@ class ModelInputError(MlflowException, ValueError):
 def _decode(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
-    from polypseg.data.decode import PILLOW_ERRORS
-    from polypseg.data.kvasir import to_rgb
+    from polypseg.data.images import DECODE_ERRORS as PILLOW_ERRORS
+    from polypseg.data.images import to_rgb
 
     try:
         with Image.open(io.BytesIO(data)) as image:
