@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from polypseg.errors import DataError
 
@@ -74,17 +74,25 @@ def _tiff_array(path: Path) -> np.ndarray:
 
 
 def decode(path: str | Path) -> Decoded:
-    """A file decoded to its end: Pillow's image, or for a TIFF Pillow refuses tifffile's array;
+    """A file decoded to its end and turned upright by its EXIF orientation (images and masks
+    alike, each by its own tag): Pillow's image, or for a TIFF Pillow refuses tifffile's array;
     a DataError naming the file when neither can."""
     path = Path(path)
     try:
         with pixel_guard(path), Image.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # a camera's sideways pixels, upright
             return image
     except DECODE_ERRORS as err:
         if path.is_file() and _is_tiff(path):
             return _tiff_array(path)
         raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown: its EXIF orientation applied (header only)."""
+    turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (image.size[1], image.size[0]) if turned else image.size
 
 
 def pixels(decoded: Decoded) -> np.ndarray:

@@ -29,7 +29,7 @@ from PIL import Image, JpegImagePlugin
 
 from polypseg.caches import file_digest
 from polypseg.config import DataConfig
-from polypseg.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, TIFF_SUFFIXES, pixels
+from polypseg.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, TIFF_SUFFIXES, pixels, shown_size
 from polypseg.data.images import decode as decode_file
 from polypseg.data.masks import foreground_problem, mask_from_image, read_mask
 from polypseg.data.sets import find_dataset, set_folders
@@ -182,14 +182,14 @@ def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool =
     """
     try:
         with Image.open(path) as image:
-            size = image.size
+            size = shown_size(image)  # a mask pairs with its image as both are shown
             if size[0] * size[1] > max_pixels:
                 return "large", size, None
             if not decode:
                 return "ok", size, None
             drafted = isinstance(image, JpegImagePlugin.JpegImageFile)  # MPO files are JPEGs too
             if drafted:
-                image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
             fraction = float(mask_from_image(image).mean()) if measure else None
     except Image.DecompressionBombError:
