@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from polypseg.config import TrainConfig
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.pairs import list_pairs
 from polypseg.data.split import split_names
 from polypseg.data.synthetic import make_synthetic
 from polypseg.features.cache import FeatureCache

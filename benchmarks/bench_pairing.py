@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.pairs import list_pairs
 from polypseg.data.synthetic import JPEG_QUALITY, make_sample
 
 DISTINCT = 20  # distinct samples, cycled: decoding cost depends on size and content, not names

@@ -56,7 +56,7 @@ from polypseg.config import (
     TrainConfig,
 )
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import check_decoding, list_pairs
+from polypseg.data.pairs import check_decoding, list_pairs
 from polypseg.data.synthetic import make_synthetic
 from polypseg.features.cache import FeatureCache
 from polypseg.features.prepare import Prepared, prepare, resolve_device

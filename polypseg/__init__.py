@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Config": "polypseg.config",
     "load_config": "polypseg.config",
-    "list_pairs": "polypseg.data.kvasir",
+    "list_pairs": "polypseg.data.pairs",
     "split_names": "polypseg.data.split",
     "make_synthetic": "polypseg.data.synthetic",
     "ENCODERS": "polypseg.models.encoders",

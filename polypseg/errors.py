@@ -4,6 +4,10 @@ The CLI prints a `PolypsegError` as one line on stderr and exits 2; anything els
 allowed to crash with a traceback.
 """
 
+from collections.abc import Iterable
+
+_SHOWN = 5  # names listed in an error before "... and N more"
+
 
 class PolypsegError(Exception):
     """An error the user caused and can fix; its message is one line."""
@@ -51,3 +55,16 @@ class StoreError(PolypsegError):
 
 class ExportError(PolypsegError):
     """A model cannot be exported, or its export does not compute what the model computes."""
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line, cut to `limit` characters, or its type when it says nothing."""
+    text = str(err)
+    return text.splitlines()[0][:limit] if text.strip() else type(err).__name__
+
+
+def listing(names: Iterable[str]) -> str:
+    """`a, b, c, d, e ... and 3 more`: what one error line can show of a list."""
+    names = sorted(names)
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import Config, load_config
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.pairs import list_pairs
 from polypseg.errors import ConfigError
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypseg.data.kvasir import list_pairs, read_mask
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import list_pairs
 from polypseg.features.cache import FeatureCache
 from polypseg.models.encoders import encoder_architecture
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.pairs import list_pairs
 from polypseg.errors import CacheError, DataError
 from polypseg.features import builds, encode, entry, npy
 from polypseg.features.cache import FeatureCache
@@ -189,7 +189,7 @@ def test_stale_build_folders_are_removed_at_the_next_build(data, encoder, tmp_pa
 
 KILLED_BUILD = """
 import sys, time
-from polypseg.data.kvasir import list_pairs
+from polypseg.data.pairs import list_pairs
 from polypseg.features.cache import FeatureCache
 from polypseg.models.encoders import encoder_architecture
 encoder = encoder_architecture("resnet_tiny")

@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import find_dataset_root, list_pairs, read_image, read_mask
+from polypseg.data.images import read_image
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import list_pairs
+from polypseg.data.sets import find_dataset_root
 from polypseg.data.split import split_names
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DataError
@@ -192,3 +195,21 @@ def test_an_image_file_that_is_not_decodable_fails_with_its_name(tmp_path: Path)
     bad.write_bytes(io.BytesIO(b"\xff\xd8\xff garbage").getvalue())
     with pytest.raises(DataError, match="bad.jpg"):
         read_image(bad)
+
+
+def test_a_sideways_camera_jpeg_is_read_upright_and_pairs_with_its_upright_mask(
+    tmp_path: Path,
+) -> None:
+    upright = np.zeros((48, 64), np.uint8)  # H×W as shown: the polyp in the top-left corner
+    upright[:20, :24] = 255
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+    stored = Image.fromarray(np.rot90(upright)).convert("RGB")  # pixels as a camera keeps them
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to show
+    stored.save(tmp_path / "images" / "a.jpg", exif=exif, quality=95)
+    Image.fromarray(upright).save(tmp_path / "masks" / "a.png")
+    (pair,) = list_pairs(tmp_path)  # the checks compare sizes as shown: 64×48 both
+    image, mask = read_image(pair.image), read_mask(pair.mask)
+    assert image.shape == (48, 64, 3) and mask.shape == (48, 64)
+    assert np.mean((image.mean(axis=2) > 128) == mask.astype(bool)) > 0.98

@@ -15,7 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.data.kvasir import list_pairs, read_image, read_mask
+from polypseg.data.images import read_image
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import list_pairs
 from polypseg.data.split import split_names
 from polypseg.metrics import mean_scores, scores
 

@@ -17,7 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.data.kvasir import list_pairs, read_image
+from polypseg.data.images import read_image
+from polypseg.data.pairs import list_pairs
 from polypseg.errors import ExportError
 from polypseg.evaluation.predictors import (
     INPUT,

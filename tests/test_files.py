@@ -1,4 +1,4 @@
-"""`polypseg.files`: atomic writes appear whole, with the permissions the umask gives, also
+"""`polypseg.atomic`: atomic writes appear whole, with the permissions the umask gives, also
 where a user sees them: `evaluate`'s reports and `predict`'s masks."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from polypseg.atomic import atomic_path, umask, write_json
 from polypseg.cli import app
-from polypseg.files import atomic_path, umask, write_json
 
 
 @pytest.fixture

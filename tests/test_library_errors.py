@@ -22,7 +22,8 @@ from conftest import one_error_line
 from typer.testing import CliRunner, Result
 
 from polypseg.cli import app
-from polypseg.data.kvasir import find_dataset_root, list_pairs
+from polypseg.data.pairs import list_pairs
+from polypseg.data.sets import find_dataset_root
 from polypseg.errors import DataError, StoreError
 from polypseg.tracking.store import setup
 from polypseg.tuning import storage

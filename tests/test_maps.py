@@ -9,7 +9,8 @@ import pytest
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from polypseg.data.decode import has_image_header, open_image, read_array, unit_range
+from polypseg.data.images import has_image_header, read_image, unit_range
+from polypseg.data.images import read_pixels as read_array
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import (
     map_for_mask,
@@ -33,8 +34,7 @@ def test_a_float_rgb_tiff_pillow_refuses_is_read_with_tifffile(tmp_path: Path) -
     _pillow_fails(path)
     assert has_image_header(path)
     np.testing.assert_allclose(read_array(path), rgb / 255, atol=1e-7)
-    image = open_image(path)
-    assert image.mode == "RGB" and np.array_equal(np.asarray(image), rgb)
+    assert np.array_equal(read_image(path), rgb)
 
 
 def test_planar_signed_rgb_tiff_is_read_channels_last(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_planar_signed_rgb_tiff_is_read_channels_last(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
     _pillow_fails(path)
     assert np.array_equal(read_array(path), rgb)
-    assert np.asarray(open_image(path)).shape == (7, 5, 3)
+    assert read_image(path).shape == (7, 5, 3)
 
 
 def test_a_file_neither_library_reads_is_named(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_a_file_neither_library_reads_is_named(tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(DataError, match="notes.png"):
-        open_image(text)
+        read_image(text)
 
 
 def test_unit_range_is_im2double() -> None:
@@ -144,7 +144,8 @@ def test_a_tiff_map_scores_like_the_same_png(tmp_path: Path) -> None:
 
 
 def test_float_masks_in_0_1_are_not_black(tmp_path: Path) -> None:
-    from polypseg.data.kvasir import read_image, read_mask
+    from polypseg.data.images import read_image
+    from polypseg.data.masks import read_mask
 
     mask = np.zeros((6, 5), np.float32)
     mask[2:4, 1:3] = 1.0

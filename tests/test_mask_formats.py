@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import load_config
-from polypseg.data.kvasir import check_decoding, list_pairs, read_mask
-from polypseg.data.masks import check_split_masks
+from polypseg.data.masks import check_split_masks, read_mask
+from polypseg.data.pairs import check_decoding, list_pairs
 from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import read_pranet_mask

@@ -21,8 +21,9 @@ from conftest import one_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
+from polypseg.atomic import atomic_path
+from polypseg.caches import cache_home
 from polypseg.cli import app
-from polypseg.files import atomic_path, cache_home
 
 NO_MODEL = "models:/no-such-model@champion"  # every refusal here comes before the model loads
 MODEL = "models:/polypseg-eval@champion"  # conftest's `registered_model`

@@ -17,7 +17,8 @@ import pytest
 from mlflow.pyfunc import scoring_server
 from PIL import Image
 
-from polypseg.data.kvasir import list_pairs, read_image
+from polypseg.data.images import read_image
+from polypseg.data.pairs import list_pairs
 
 MODEL = "models:/polypseg-eval@champion"  # registered by conftest's `registered_model`
 

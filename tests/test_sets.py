@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import POLYP_SETS
-from polypseg.data.sets import SETS, set_pairs
+from polypseg.data.pairs import set_pairs
+from polypseg.data.sets import SETS
 
 
 def write_pair(image: Path, mask: Path, seed: int = 0) -> None:

@@ -41,7 +41,7 @@ def data_download(
     ] = "kvasir",
 ) -> None:
     """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
-    from polypseg.data.kvasir import download_kvasir
+    from polypseg.data.sets import download
     from polypseg.errors import DownloadError
 
     if name != "kvasir":
@@ -51,7 +51,7 @@ def data_download(
             typer.echo(line)
         return
     try:
-        typer.echo(download_kvasir(dest))
+        typer.echo(download("kvasir", dest))
     except DownloadError as err:
         raise DownloadError(
             f"{err}; with a copy made by hand, run "
@@ -71,7 +71,7 @@ def data_synth(
 ) -> None:
     """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
     from polypseg.data.synthetic import make_synthetic
-    from polypseg.files import check_output_dir
+    from polypseg.outputs import check_output_dir
 
     _check_seed(seed)
     check_output_dir(out)
@@ -108,9 +108,10 @@ def data_split(
 ) -> None:
     """Print `train=N val=N test=N` for a folder; --out writes the file lists as JSON.
     --protocol pranet: Kvasir + ClinicDB minus PraNet's test images, and the test sets given."""
-    from polypseg.data.kvasir import list_pairs
+    from polypseg.atomic import write_json
+    from polypseg.data.pairs import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.files import check_output_file, check_outputs, write_json
+    from polypseg.outputs import check_output_file, check_outputs
 
     _check_seed(seed)
     if protocol not in ("seed", "pranet"):

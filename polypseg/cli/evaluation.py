@@ -124,7 +124,7 @@ def predict(
     at its image's original size; prints the files written."""
     from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
-    from polypseg.files import check_output_dir
+    from polypseg.outputs import check_output_dir
 
     if video is not None or not images:
         from polypseg.cli.export import predict_video_command  # refuses no images and no video
@@ -144,7 +144,7 @@ def _refuse_missing_roots(roots: list[str]) -> None:
     """A --root folder that does not exist, refused before torch and mlflow load (~5 s): in
     `evaluate` it is found only once the store is set up. Only existence: what else is wrong with
     a data set is told where it is read, in the order `evaluate` checks things."""
-    from polypseg.data.kvasir import find_dataset_root
+    from polypseg.data.sets import find_dataset_root
 
     for value in roots:
         name, sep, folder = value.partition("=")

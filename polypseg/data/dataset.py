@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from polypseg.data.kvasir import Pair, read_image, read_mask
+from polypseg.data.images import read_image
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import Pair
 from polypseg.errors import DataError
 from polypseg.transforms import resize_image, resize_mask
 

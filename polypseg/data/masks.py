@@ -3,11 +3,11 @@
 Polyp data sets store masks in many ways: Kvasir-SEG's RGB JPEGs (0/255 with compression
 noise), 0/1 label PNGs (8 or 16 bit), VOC-style palette PNGs, masks drawn only in an alpha
 channel. Every reader of masks goes through `mask_from_pixels` (its docstring is the rule): the
-training data, `evaluate`'s ground truth under both protocols (PraNet's keeps MATLAB's threshold
-for plain grey masks: `maps.read_pranet_mask`) and the data checks. A format the rule cannot read
-shows up as empty masks, and a Dice on empty masks is 1.0 for a model that finds nothing; so a
-set (or a split part) whose masks are all empty, or nearly all polyp, is refused by
-`foreground_problem` before anything is trained or scored.
+training data (`read_mask`), `evaluate`'s ground truth under both protocols (PraNet's keeps
+MATLAB's threshold for plain grey masks: `maps.read_pranet_mask`) and the data checks. A format
+the rule cannot read shows up as empty masks, and a Dice on empty masks is 1.0 for a model that
+finds nothing; so a set (or a split part) whose masks are all empty, or nearly all polyp, is
+refused by `foreground_problem` before anything is trained or scored.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.decode import PILLOW_ERRORS, pillow_array, read_array, unit_range
+from polypseg.data.images import Decoded, decode, pixels, unit_range
 from polypseg.data.split import Split
 from polypseg.errors import DataError
 
@@ -83,24 +83,18 @@ def _black_background(image: Image.Image) -> bool:
     return palette is None or palette[:3] == [0, 0, 0]
 
 
-def mask_from_image(image: Image.Image, plain: PlainRule = at_half_range) -> np.ndarray:
-    """`mask_from_pixels` of a decoded Pillow image, palette indices included (rule 1)."""
-    if image.mode in ("P", "PA") and _black_background(image):
+def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
+    """`mask_from_pixels` of a decoded image (`images.decode`), palette indices too (rule 1)."""
+    if isinstance(image, Image.Image) and image.mode in ("P", "PA") and _black_background(image):
         indices = np.asarray(image)
         return (indices[..., 0] if indices.ndim == 3 else indices) != 0
-    return mask_from_pixels(pillow_array(image), plain)
+    return mask_from_pixels(pixels(image), plain)
 
 
-def read_mask_file(path: str | Path, plain: PlainRule = at_half_range) -> np.ndarray:
-    """A mask file as an H×W bool array by the mask rule; DataError naming a file that fails."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return mask_from_image(image, plain)
-    except PILLOW_ERRORS:
-        pass
-    return mask_from_pixels(read_array(path), plain)  # TIFFs Pillow refuses, or the error
+def read_mask(path: str | Path, plain: PlainRule = at_half_range) -> np.ndarray:
+    """A mask file as an H×W uint8 array of 0/1 by the mask rule; DataError naming a file that
+    fails to decode."""
+    return mask_from_image(decode(path), plain).astype(np.uint8)
 
 
 _FILE_CAUSES = (

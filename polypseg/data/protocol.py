@@ -17,10 +17,10 @@ from functools import cache
 from pathlib import Path
 
 from polypseg.config import DataConfig
-from polypseg.data.kvasir import Pair
-from polypseg.data.sets import SETS, check_set_name, download_set, set_pairs
+from polypseg.data.pairs import Pair, set_pairs
+from polypseg.data.sets import SETS, check_set_name, download, local_copy_hint
 from polypseg.data.split import Split, check_ratios, hold_out
-from polypseg.errors import DataError
+from polypseg.errors import DataError, DownloadError
 
 TRAINING_SETS = ("kvasir", "clinicdb")
 NAMES_FILE = Path(__file__).with_name("pranet_test_names.json")
@@ -90,7 +90,10 @@ def set_root(data: DataConfig, name: str) -> Path:
     if name in data.roots:
         return Path(data.roots[name])
     if data.source == "kaggle":
-        return download_set(name)  # offline: one line saying how to point at a local copy
+        try:
+            return download(name)
+        except DownloadError as err:
+            raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
     missing_roots([name], {})
     raise AssertionError  # pragma: no cover - missing_roots raised
 

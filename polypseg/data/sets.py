@@ -1,24 +1,26 @@
-"""The five polyp data sets of the literature by name: where to download them, how to read them.
+"""The polyp data sets by name: the one table of them, the folders that hold one, the download.
 
 `SETS` is the one table (data, not logic): each set's name on the command line and in
-`data.roots`, its title, its public Kaggle copy and its folder in PraNet's `TestDataset/`. Each
-copy keeps its own folder names (`images/` + `masks/`, `image/` + `mask/`, `Original/` +
-`Ground Truth/`), found here without renaming anything. Where a copy ships PNG and TIFF side by
-side (CVC-ClinicDB's `PNG/` and `TIF/` folders, or `X.png` beside `X.tif`), the PNG is read: the
-same pixels, and the format every reader opens. Masks named `p<stem>` (ETIS and CVC-ColonDB's
-original releases) pair with image `<stem>`. PraNet's own distribution (`TrainDataset/{image,
-mask}` with both training sets mixed, `TestDataset/<set>/{images,masks}`) is a root for any set.
+`data.roots`, its title, its public Kaggle copy and its folder in PraNet's `TestDataset/`.
+Kvasir-SEG, the default data set, is its first row. A data set on disk is a folder holding an
+images folder and a masks folder, found at or under the root the user gives (a download's
+nesting) by one walk, `pair_folders`. Each copy keeps its own folder names (`images/` +
+`masks/`, `image/` + `mask/`, `Original/` + `Ground Truth/`), found here without renaming
+anything. Where a copy ships PNG and TIFF folders side by side (CVC-ClinicDB's `PNG/` and
+`TIF/`), the PNGs are read: the same pixels, and the format every reader opens. PraNet's own
+distribution (`TrainDataset/{image,mask}` with both training sets mixed,
+`TestDataset/<set>/{images,masks}`) is a root for any set.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from polypseg.data.checks import DEFAULT_MAX_MEGAPIXELS, listing, pair_problems
-from polypseg.data.kvasir import Pair, _reason, one_per_stem, stem_groups
-from polypseg.errors import DataError, DownloadError
+from polypseg.data.images import TIFF_SUFFIXES
+from polypseg.errors import DataError, DownloadError, first_line, listing
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,6 @@ SETS = {
 }
 IMAGE_FOLDERS = ("images", "image", "original")  # compared in lower case
 MASK_FOLDERS = ("masks", "mask", "ground truth", "groundtruth")
-TIFF = (".tif", ".tiff")
 
 
 def check_set_name(name: str, where: str = "--set") -> PolypSet:
@@ -53,36 +54,72 @@ def check_set_name(name: str, where: str = "--set") -> PolypSet:
     return SETS[name]
 
 
-def _pick(folder: Path, names: tuple[str, ...]) -> Path | None:
-    found = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in names]
-    return found[0] if found else None
+def _unreadable(root: Path, err: OSError) -> None:
+    raise DataError(
+        f"cannot read {err.filename} ({(err.strerror or type(err).__name__).lower()}) while "
+        f"looking for images/ and masks/ under {root}; make it readable, or pass the data set's "
+        "own folder as the root"
+    )
 
 
-def _pair_folders(path: Path) -> list[tuple[Path, Path]]:
-    """(images, masks) folders at or under `path`, by any of the known names."""
+def pair_folders(path: Path) -> list[tuple[Path, Path]]:
+    """The (images, masks) folders at or under `path`, by any of the known names, not looking
+    inside a data set's own folders. A folder the walk cannot read might hold a data set (or a
+    second one): it is refused, named, rather than skipped as `os.walk` would."""
     found = []
-    for folder, subfolders, _ in os.walk(path):
+    for folder, subfolders, _ in os.walk(path, onerror=partial(_unreadable, path)):
         subfolders.sort()
-        images, masks = _pick(Path(folder), IMAGE_FOLDERS), _pick(Path(folder), MASK_FOLDERS)
-        if images is not None and masks is not None:
-            found.append((images, masks))
+        picked = [
+            next((Path(folder, s) for s in subfolders if s.lower() in names), None)
+            for names in (IMAGE_FOLDERS, MASK_FOLDERS)
+        ]
+        if None not in picked:
+            found.append((picked[0], picked[1]))
             subfolders.clear()
     return found
 
 
+def find_dataset(path: str | Path) -> tuple[Path, Path]:
+    """The (images, masks) folders of the data set at or under `path` (a download's nesting
+    included). Every command finds its data this way; a folder holding several data sets is
+    refused, naming them, never the first taken."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(
+            f"data folder {path} does not exist; pass the folder with images/ and masks/"
+        )
+    found = pair_folders(path)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = listing(str(images.parent.relative_to(path)) for images, _ in found)
+        raise DataError(
+            f"{path} holds {len(found)} data sets (folders with images/ and masks/): {names}; "
+            f"pass one of them as the root, e.g. {found[0][0].parent}"
+        )
+    lacking = [kind for kind in ("images", "masks") if not (path / kind).is_dir()]
+    if len(lacking) == 1:  # half a data set: say which half is missing
+        raise DataError(
+            f"{path} has no {lacking[0]}/ folder; expected {path}/images and {path}/masks"
+        )
+    raise DataError(
+        f"no images/ and masks/ folders under {path}; a Kvasir-style folder holds both "
+        "(or create one with `polypseg data synth --out DIR`)"
+    )
+
+
+def find_dataset_root(path: str | Path) -> Path:
+    """The folder holding the images and masks folders of the data set at or under `path`."""
+    return find_dataset(path)[0].parent
+
+
 def _mostly_tiff(folder: Path) -> bool:
     suffixes = [p.suffix.lower() for p in folder.iterdir() if p.is_file()]
-    return sum(s in TIFF for s in suffixes) * 2 > len(suffixes)
+    return sum(s in TIFF_SUFFIXES for s in suffixes) * 2 > len(suffixes)
 
 
-def _is_pranet(root: Path) -> bool:
+def is_pranet(root: Path) -> bool:
     return (root / "TestDataset").is_dir() or (root / "TrainDataset").is_dir()
-
-
-def _pranet_train(name: str, stem: str) -> bool:
-    """Whose image a file of PraNet's mixed TrainDataset is: CVC-ClinicDB's are numbered
-    (`1.png`), Kvasir-SEG's are its 25-character ids."""
-    return stem.isdigit() == (name == "clinicdb")
 
 
 def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
@@ -90,15 +127,15 @@ def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
     polyp, root = check_set_name(name), Path(root)
     if not root.is_dir():
         raise DataError(f"the {name} root {root} does not exist; pass the folder of {polyp.title}")
-    if _is_pranet(root):
+    if is_pranet(root):
         test = root / "TestDataset" / polyp.pranet_folder
-        folders = [(*pair, False) for pair in _pair_folders(test)] if test.is_dir() else []
+        folders = [(*pair, False) for pair in pair_folders(test)] if test.is_dir() else []
         if name in ("kvasir", "clinicdb") and (root / "TrainDataset").is_dir():
-            folders += [(*pair, True) for pair in _pair_folders(root / "TrainDataset")]
+            folders += [(*pair, True) for pair in pair_folders(root / "TrainDataset")]
         if not folders:
             raise DataError(f"{root} (PraNet's layout) has no TestDataset/{polyp.pranet_folder}")
         return folders
-    found = _pair_folders(root)
+    found = pair_folders(root)
     if len(found) > 1:  # PNG/ and TIF/ copies of one set: read the PNGs
         found = [pair for pair in found if not _mostly_tiff(pair[0])] or found
     if len(found) != 1:
@@ -110,49 +147,6 @@ def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
     return [(*found[0], False)]
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    """One file per stem; a PNG beside a TIFF of the same stem is the one read."""
-    groups = stem_groups(folder)
-    for stem, files in groups.items():
-        if len(files) > 1 and any(f.suffix.lower() == ".png" for f in files):
-            groups[stem] = [f for f in files if f.suffix.lower() not in TIFF]
-    return one_per_stem(groups, folder)
-
-
-def folder_pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
-    """The pairs of one images/masks folder pair, by stem (a mask `p<stem>` pairs too)."""
-    images, masks = _files(images_dir), _files(masks_dir)
-    for stem in [s for s in masks if s not in images and s[:1] == "p" and s[1:] in images]:
-        masks[stem[1:]] = masks.pop(stem)
-    problems = []
-    if lonely := images.keys() - masks.keys():
-        problems.append(f"images without masks: {listing(images[s].name for s in lonely)}")
-    if lonely := masks.keys() - images.keys():
-        problems.append(f"masks without images: {listing(masks[s].name for s in lonely)}")
-    if not images:
-        problems.append(f"no image files in {images_dir.name}/")
-    if problems:
-        raise DataError(f"{images_dir.parent}: " + "; ".join(problems))
-    return [Pair(images[s].name, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
-
-
-def set_pairs(
-    name: str, root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-) -> list[Pair]:
-    """Every pair of set `name` at `root`, named `<name>/<image file name>`, headers checked."""
-    pairs = []
-    for images_dir, masks_dir, mixed in set_folders(name, root):
-        found = folder_pairs(images_dir, masks_dir)
-        if mixed:
-            found = [p for p in found if _pranet_train(name, Path(p.name).stem)]
-        if problems := pair_problems(found, images_dir.parent, max_megapixels, decode=False):
-            raise DataError(f"{images_dir.parent}: " + "; ".join(problems))
-        pairs += [Pair(f"{name}/{p.name}", p.image, p.mask) for p in found]
-    if len({p.name for p in pairs}) < len(pairs):
-        raise DataError(f"{root}: the same {name} file name in two folders; keep one copy")
-    return sorted(pairs, key=lambda p: p.name)
-
-
 def local_copy_hint(name: str) -> str:
     return (
         f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` or set "
@@ -160,8 +154,11 @@ def local_copy_hint(name: str) -> str:
     )
 
 
-def download_set(name: str, dest: str | Path | None = None) -> Path:
-    """Download set `name` with kagglehub (reused from its cache); returns the folder read."""
+def download(name: str, dest: str | Path | None = None) -> Path:
+    """Download set `name` with kagglehub (reused from its cache); returns the folder read.
+
+    A failure is one `DownloadError` line; what to do instead depends on the command, and its
+    caller adds that."""
     import kagglehub
 
     polyp = check_set_name(name)
@@ -169,27 +166,29 @@ def download_set(name: str, dest: str | Path | None = None) -> Path:
     try:
         path = Path(kagglehub.dataset_download(polyp.handle, output_dir=output))
     except Exception as err:  # kagglehub raises many types for network and auth failures
+        # A connection failure says so instead of quoting urllib3's paragraph.
+        offline = isinstance(err, OSError) or "Connection" in type(err).__name__
+        reason = f"no connection: {type(err).__name__}" if offline else first_line(err)
+        if not offline and str(err):
+            reason = f"{type(err).__name__}: {reason}"
         raise DownloadError(
-            f"downloading {name} (Kaggle {polyp.handle}) failed ({_reason(err)}); "
-            + local_copy_hint(name)
+            f"downloading {name} (Kaggle {polyp.handle}) failed ({reason})"
         ) from None
     images, _, _ = set_folders(name, path)[0]
-    return path if _is_pranet(path) else images.parent
+    return path if is_pranet(path) else images.parent
 
 
 def download_sets(name: str, dest: str | Path | None = None) -> list[str]:
     """`data download --set`: one set's folder, or `<set>=<folder>` for each of `all` (each in
     `dest/<set>`); the sets that failed are named in one line, each with how to go on."""
-    if name != "all":
-        return [str(download_set(name, dest))]
     lines, failed = [], []
-    for each in SETS:
+    for each in SETS if name == "all" else [name]:
         try:
-            folder = download_set(each, Path(dest) / each if dest is not None else None)
+            folder = download(each, Path(dest) / each if dest and name == "all" else dest)
         except DownloadError as err:
-            failed.append(str(err))
+            failed.append(f"{err}; {local_copy_hint(each)}")
         else:
-            lines.append(f"{each}={folder}")
+            lines.append(f"{each}={folder}" if name == "all" else str(folder))
     if failed:
         raise DownloadError(" | ".join(failed))
     return lines

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from polypseg.caches import cache_home
 from polypseg.config import DataConfig
-from polypseg.data.kvasir import download_kvasir, find_dataset_root
+from polypseg.data.sets import download, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DownloadError
-from polypseg.files import cache_home
 
 
 def synthetic_root(data: DataConfig) -> Path:
@@ -27,7 +27,7 @@ def resolve_root(data: DataConfig) -> Path:
     if data.source == "local":
         return find_dataset_root(data.root)
     try:
-        return download_kvasir()
+        return download("kvasir")
     except DownloadError as err:
         raise DownloadError(
             f"{err}; to use a local copy of Kvasir-SEG add "

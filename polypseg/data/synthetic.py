@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from polypseg.files import atomic_path
+from polypseg.atomic import atomic_path
 
 JPEG_QUALITY = 90
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polypseg.config import SEED_MAX
-from polypseg.data.kvasir import find_dataset_root, listing
+from polypseg.data.sets import find_dataset_root
 from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
-from polypseg.errors import DataError
+from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
     SetReport,
@@ -30,7 +30,7 @@ from polypseg.evaluation.report import (
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
-from polypseg.files import check_output_file, check_outputs
+from polypseg.outputs import check_output_file, check_outputs
 from polypseg.progress import track
 
 WORST_SHOWN = 4

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from polypseg.config import Config
+from polypseg.data.pairs import set_pairs
 from polypseg.data.protocol import missing_roots, set_root, test_pairs
-from polypseg.data.sets import SETS, set_pairs
+from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet

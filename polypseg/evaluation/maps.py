@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.decode import read_array, unit_range
-from polypseg.data.kvasir import IMAGE_SUFFIXES, files_by_stem, listing
-from polypseg.data.masks import read_mask_file
-from polypseg.errors import DataError
+from polypseg.data.images import IMAGE_SUFFIXES, read_pixels, unit_range
+from polypseg.data.masks import read_mask
+from polypseg.data.pairs import files_by_stem
+from polypseg.errors import DataError, listing
 
 # MATLAB's rgb2gray weights: the first row of the inverse of the NTSC (YIQ) matrix.
 _RGB2GRAY = np.linalg.inv([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])[0]
@@ -35,7 +35,7 @@ class MapPair:
 
 def read_map(path: str | Path) -> np.ndarray:
     """A prediction map as float64 in [0, 1]: the first channel, as MATLAB's `im2double`."""
-    array = read_array(path)
+    array = read_pixels(path)
     return unit_range(array[..., 0] if array.ndim == 3 else array)
 
 
@@ -72,7 +72,7 @@ def read_pranet_mask(path: str | Path) -> np.ndarray:
     alpha-only and 0/1 label masks, which `main.m` would read as empty); plain grey or colour
     values keep MATLAB's own threshold (`_matlab_above_128`), so published figures compare.
     """
-    return read_mask_file(path, plain=_matlab_above_128)
+    return read_mask(path, plain=_matlab_above_128)
 
 
 def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair], list[str]]:

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.checks import is_broken_link, refuse_bad_images
-from polypseg.data.kvasir import IMAGE_SUFFIXES, read_image
+from polypseg.atomic import atomic_path
+from polypseg.data.images import IMAGE_SUFFIXES, read_image
+from polypseg.data.pairs import is_broken_link, refuse_bad_images
 from polypseg.errors import DataError
 from polypseg.evaluation.predictors import MapPredictor, load_predictor
-from polypseg.files import atomic_path, check_output_dir, check_outputs
+from polypseg.outputs import check_output_dir, check_outputs
 from polypseg.progress import track
 
 PREDICTION_EXPERIMENT = "polypseg-prediction"

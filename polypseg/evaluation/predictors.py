@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from polypseg.dihedral import TTA_VARIANTS, invert, transform
-from polypseg.errors import DataError, ExportError, ModelError
-from polypseg.files import first_line
+from polypseg.errors import DataError, ExportError, ModelError, first_line
 
 ENGINES = ("torch", "onnx")
 ONNX_EXTRA = "pip install -e '.[onnx]'"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polypseg.files import atomic_path
+from polypseg.atomic import atomic_path
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
 LABELS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polypseg.data.kvasir import read_mask
+from polypseg.data.masks import read_mask
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import read_pranet_mask
 from polypseg.metrics import (

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from polypseg.data.checks import refuse_implausible_masks
-from polypseg.data.kvasir import (
+from polypseg.data.images import read_image
+from polypseg.data.pairs import (
     Pair,
     files_by_stem,
-    find_dataset_root,
     hash_pairs,
     list_pairs,
-    read_image,
+    refuse_implausible_masks,
 )
+from polypseg.data.sets import find_dataset_root
 from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps

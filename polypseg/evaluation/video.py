@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from polypseg.errors import DataError
-from polypseg.files import atomic_path, check_output_dir, first_line
+from polypseg.atomic import atomic_path
+from polypseg.errors import DataError, first_line
+from polypseg.outputs import check_output_dir
 
 BATCH_SIZE = 8
 DEFAULT_RATE = Fraction(25)  # for the rare stream that states no frame rate at all

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polypseg.atomic import atomic_path
 from polypseg.errors import ExportError
 from polypseg.evaluation.predictors import (
     INPUT,
@@ -38,10 +39,10 @@ from polypseg.evaluation.predictors import (
     open_session,
     require,
 )
-from polypseg.files import atomic_path, check_output_file
 from polypseg.models.decoder import Decoder
 from polypseg.models.frozen import FrozenEncoder
 from polypseg.models.segmenter import upsample_logits
+from polypseg.outputs import check_output_file
 
 # Largest probability difference allowed between onnxruntime and torch, both float32.
 PARITY_TOLERANCE = 1e-3
@@ -159,7 +160,7 @@ def export_onnx(
         require(module)
     import mlflow
 
-    from polypseg.data.kvasir import read_image
+    from polypseg.data.images import read_image
     from polypseg.tracking.store import check_tracking_uri, default_tracking_uri
 
     out = check_output_file(out)

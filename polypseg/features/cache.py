@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polypseg.data.kvasir import Pair, hash_pairs
-from polypseg.errors import CacheError, DataError
+from polypseg.atomic import atomic_path
+from polypseg.caches import cache_home
+from polypseg.data.pairs import Pair, hash_pairs
+from polypseg.errors import CacheError, DataError, first_line
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into
 from polypseg.features.entry import FORMAT, open_entry, verify_entry, write_index
 from polypseg.features.sets import FeatureSet
-from polypseg.files import atomic_path, cache_home, first_line
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.progress import progress_bar
 

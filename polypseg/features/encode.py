@@ -35,11 +35,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import Pair
+from polypseg.data.pairs import Pair
 from polypseg.dihedral import IDENTITY, transform
 from polypseg.errors import CacheError, DataError, PolypsegError
 from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
 from polypseg.models.encoders import FrozenEncoder
+from polypseg.outputs import short_of_space
 from polypseg.processes import usable_cores
 
 log = logging.getLogger(__name__)
@@ -108,16 +109,6 @@ def loader_workers(device: torch.device, batches: int, batch_bytes: int = 0) -> 
     return min(wanted, fitting)
 
 
-def ensure_free_space(folder: Path, needed: int) -> None:
-    """A one-line `CacheError` when the disk under `folder` cannot hold `needed` more bytes."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + SPACE_MARGIN:
-        raise CacheError(
-            f"the feature cache needs {needed / 1e9:.2f} GB in {folder.parent} but only "
-            f"{free / 1e9:.2f} GB are free; free some space or set POLYPSEG_CACHE to a larger disk"
-        )
-
-
 @dataclass
 class _Batch:
     features: torch.Tensor  # float16 on the host, valid once `done` has completed
@@ -177,7 +168,13 @@ class _Sink:
             FEATURES: ((self.n, *feature_shape), np.float16),
             MASKS: ((self.n, 1, self.image_size, self.image_size), np.uint8),
         }
-        ensure_free_space(self.folder, sum(npy_nbytes(*spec) for spec in shapes.values()))
+        needed = sum(npy_nbytes(*spec) for spec in shapes.values())
+        if (free := short_of_space(self.folder, needed + SPACE_MARGIN)) is not None:
+            raise CacheError(
+                f"the feature cache needs {needed / 1e9:.2f} GB in {self.folder.parent} but only "
+                f"{free / 1e9:.2f} GB are free; free some space or set POLYPSEG_CACHE to a larger "
+                "disk"
+            )
         for name, (shape, dtype) in shapes.items():
             self.writers[name] = NpyWriter(self.folder / name, shape, dtype)
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from polypseg.caches import file_digest
 from polypseg.features.npy import ArrayRecord, open_checked
-from polypseg.files import file_digest
 
-FORMAT = 3  # bump when the layout or the mask rule (data/masks.py) changes: old entries miss
+FORMAT = 4  # bump when the layout, the mask rule (data/masks.py) or the reader changes (4: EXIF
+# orientation applied by data/images.py): old entries miss
 INDEX = "index.json"
 ARRAYS = ("features.npy", "masks.npy")
 

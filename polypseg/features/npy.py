@@ -2,10 +2,9 @@
 
 `NpyWriter` writes an array block by block after its header, with plain `write` calls: a full
 disk is then an `OSError` at the write, where a memory-mapped write would kill the process with
-SIGBUS. It reserves the file's blocks first (`posix_fallocate`), so a disk that cannot hold the
-array fails before any work is spent on it, and it hashes the bytes as it writes them, so the
-file's full SHA-256 costs no second read. Each array is described by an `ArrayRecord` (shape,
-dtype, size, full digest, sample digest) that the entry's index keeps.
+SIGBUS (the free space is checked before the build: `outputs.short_of_space`). It hashes the
+bytes as it writes them, so the file's full SHA-256 costs no second read. Each array is described
+by an `ArrayRecord` (shape, dtype, size, full digest, sample digest) that the entry's index keeps.
 
 Opening an entry (`open_checked`) costs the same whatever its size: the file size, the header's
 shape and dtype, and the digest of the first and last MiB (`sample_digest`), which catch a
@@ -15,10 +14,8 @@ digest, which `verify_entry` (`polypseg cache --verify`) re-reads.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,17 +84,6 @@ def sample_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _reserve(handle: io.BufferedWriter, size: int) -> None:
-    """Allocate the file's blocks now, so ENOSPC comes before the work, not in the middle."""
-    try:
-        os.posix_fallocate(handle.fileno(), 0, size)
-    except AttributeError:  # macOS and Windows have no posix_fallocate: plain writes still fail
-        pass  # cleanly with OSError when the disk fills
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-
-
 class NpyWriter:
     """Writes an array of a known `shape` and `dtype` into `path`, a block of rows at a time."""
 
@@ -110,7 +96,6 @@ class NpyWriter:
         header = npy_header(self.shape, self.dtype)
         self._handle = path.open("wb")
         try:
-            _reserve(self._handle, npy_nbytes(self.shape, self.dtype))
             self._write(header)
         except BaseException:
             self._handle.close()

@@ -25,8 +25,8 @@ import torch
 
 from polypseg.config import Config
 from polypseg.data.dataset import KvasirDataset
-from polypseg.data.kvasir import Pair, check_decoding, list_pairs
 from polypseg.data.masks import check_split_masks
+from polypseg.data.pairs import Pair, check_decoding, list_pairs
 from polypseg.data.protocol import training_data
 from polypseg.data.source import resolve_root
 from polypseg.data.split import Split, split_names

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import torch.hub
 
-from polypseg.errors import CheckpointError, WeightsUnavailable
-from polypseg.files import cache_home, file_digest, first_line, write_json
+from polypseg.atomic import write_json
+from polypseg.caches import cache_home, file_digest
+from polypseg.errors import CheckpointError, WeightsUnavailable, first_line
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from polypseg.config import EncoderConfig
-from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable
-from polypseg.files import first_line
+from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable, first_line
 from polypseg.models.checkpoints import load_state_dict, resolve_sam_checkpoint
 from polypseg.models.frozen import FrozenEncoder, Preprocessing
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import mlflow
 
-from polypseg.files import first_line
+from polypseg.errors import first_line
 from polypseg.processes import WORKER_KEY, Worker, heartbeat_settings
 
 if TYPE_CHECKING:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import mlflow
 
-from polypseg.errors import StoreError
-from polypseg.files import first_line
+from polypseg.errors import StoreError, first_line
 
 DAMAGED = ("malformed", "not a database", "no such table", "no such column")
 

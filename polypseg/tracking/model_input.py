@@ -49,13 +49,12 @@ class ModelInputError(MlflowException, ValueError):
 def _decode(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
-    from polypseg.data.decode import PILLOW_ERRORS
-    from polypseg.data.kvasir import to_rgb
+    from polypseg.data.images import DECODE_ERRORS, to_rgb
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             return to_rgb(image)
-    except (*PILLOW_ERRORS, Image.DecompressionBombError) as err:
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as err:
         raise ModelInputError(f"{where}: not a readable PNG or JPEG ({err})"[:200]) from None
 
 

@@ -9,8 +9,7 @@ and has no escape for a quote, and a study's name goes into an experiment tag ke
 
 from __future__ import annotations
 
-from polypseg.errors import ConfigError
-from polypseg.files import first_line
+from polypseg.errors import ConfigError, first_line
 
 # A study's UI view is the experiment tag `mlflow.sharedViewState.study-<name>` (MLflow caps tag
 # keys at 250 characters, MAX_EXPERIMENT_TAG_KEY_LENGTH) and its parent runs are named

@@ -18,8 +18,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from polypseg.errors import ModelError
-from polypseg.files import first_line
+from polypseg.errors import ModelError, first_line
 from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
 from polypseg.models.encoders import FrozenEncoder, encoder_architecture
 from polypseg.models.segmenter import Segmenter

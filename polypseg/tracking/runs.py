@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 
 from polypseg.data.split import Split
-from polypseg.files import first_line
+from polypseg.errors import first_line
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.tracking.ending import HEARTBEAT_TAG, RunEnd, kill_dead_runs, run_end
 from polypseg.tracking.store import store_error

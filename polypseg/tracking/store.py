@@ -23,15 +23,10 @@ from urllib.request import url2pathname
 
 import mlflow
 
+from polypseg.atomic import refused_write, remedy
 from polypseg.errors import StoreError
-from polypseg.files import (
-    file_lock,
-    refused_write,
-    remedy,
-    sqlite_file,
-    sqlite_uri,
-    unwritable,
-)
+from polypseg.outputs import unwritable
+from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
 from polypseg.tracking.faults import store_fault
 
 STORE_DIR = "mlruns"

@@ -29,17 +29,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from polypseg.errors import ConfigError, StoreError
-from polypseg.files import (
-    file_lock,
-    first_line,
-    refused_write,
-    remedy,
-    sqlite_file,
-    sqlite_uri,
-    unwritable,
-)
+from polypseg.atomic import refused_write, remedy
+from polypseg.errors import ConfigError, StoreError, first_line
+from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
+from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
 from polypseg.tracking.store import mask_password
 

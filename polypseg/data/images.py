@@ -1,0 +1,179 @@
+"""The one image reader: Pillow first, `tifffile` for the TIFFs Pillow cannot decode.
+
+Every reader of images and masks goes through `decode`: the data set, `evaluate`'s maps and
+masks, `predict`'s inputs and the data checks. Real polyp sets ship as TIFF (CVC-ClinicDB's
+frames and masks), and TIFF allows sample layouts Pillow refuses (float or 32-bit RGB, signed
+samples, more than four samples per pixel): those come from `tifffile` as channels-last arrays in
+their own dtype. `read_image` turns either into RGB, `masks.read_mask` into a mask by the mask
+rule, and `read_pixels` keeps the values as stored; `unit_range` reads any of them as floats in
+[0, 1] (MATLAB's `im2double`, which PraNet's evaluation applies to maps). Pillow's own
+decompression-bomb guard is silenced: our pixel limit (`data.max_megapixels`) is checked first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from polypseg.errors import DataError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", *TIFF_SUFFIXES, ".bmp")
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+Decoded = Image.Image | np.ndarray  # Pillow's image, or tifffile's array for what Pillow refuses
+
+
+def _is_tiff(path: Path) -> bool:
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+@contextmanager
+def pixel_guard(path: Path) -> Iterator[None]:
+    """Pillow's decompression-bomb warning silenced and its error turned into one line.
+
+    Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error remains
+    for files beyond Pillow's hard limit, which is above any limit the config allows.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombError:
+            raise DataError(
+                f"image {path} is over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
+                "downscale it or leave it out"
+            ) from None
+
+
+def _tiff_array(path: Path) -> np.ndarray:
+    """A TIFF's first image, channels last, with `tifffile`; DataError when it cannot."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            array, axes = page.asarray(), page.axes
+    except Exception as err:  # tifffile raises many types for damaged or exotic files
+        raise DataError(
+            f"cannot decode image {path}: neither Pillow nor tifffile can read it ({err}); "
+            "replace or remove the file"
+        ) from None
+    if axes.startswith("S") and array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)  # planar (separate) samples
+    if array.ndim not in (2, 3):
+        raise DataError(f"cannot decode image {path}: TIFF axes {axes} are not one image")
+    return array
+
+
+def decode(path: str | Path) -> Decoded:
+    """A file decoded to its end and turned upright by its EXIF orientation (images and masks
+    alike, each by its own tag): Pillow's image, or for a TIFF Pillow refuses tifffile's array;
+    a DataError naming the file when neither can."""
+    path = Path(path)
+    try:
+        with pixel_guard(path), Image.open(path) as image:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # a camera's sideways pixels, upright
+            return image
+    except DECODE_ERRORS as err:
+        if path.is_file() and _is_tiff(path):
+            return _tiff_array(path)
+        raise DataError(f"cannot decode image {path}: {err}; replace or remove the file") from None
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown: its EXIF orientation applied (header only)."""
+    turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (image.size[1], image.size[0]) if turned else image.size
+
+
+def pixels(decoded: Decoded) -> np.ndarray:
+    """The pixels in their own depth (bool, uint8, uint16, int32, float32...), channels last."""
+    if isinstance(decoded, np.ndarray):
+        return decoded
+    if decoded.mode == "I":
+        values = np.asarray(decoded)
+        # 16-bit PNGs and TIFFs may arrive as 32-bit "I"; their values say what they are.
+        in_16_bits = values.size and values.min() >= 0 and values.max() <= 65535
+        return values.astype(np.uint16) if in_16_bits else values
+    if decoded.mode in ("1", "L", "LA", "RGB", "RGBA", "F") or decoded.mode.startswith("I;16"):
+        return np.asarray(decoded)
+    if decoded.mode in ("P", "PA"):
+        transparent = decoded.mode == "PA" or "transparency" in decoded.info
+        return np.asarray(decoded.convert("RGBA" if transparent else "RGB"))
+    return np.asarray(decoded.convert("RGB"))
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """An image file's pixels, H×W or H×W×C, in their own dtype (16-bit stays 16-bit)."""
+    return pixels(decode(path))
+
+
+def to_rgb(decoded: Decoded) -> np.ndarray:
+    """H×W×3 uint8 from any decoded image: grey, RGBA, palette, 16-bit and float included.
+
+    Grey above 8 bits is stretched to its peak (a 16-bit image holding 0–255 stays as it is);
+    float and tifffile's colour samples are read by `unit_range`."""
+    if isinstance(decoded, Image.Image):
+        if decoded.mode not in ("I", "F") and not decoded.mode.startswith("I;16"):
+            return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+        decoded = np.asarray(decoded)
+    values = decoded if decoded.ndim == 2 else decoded[..., :3]
+    if values.ndim == 3 and values.shape[2] < 3:
+        values = values[..., 0]
+    if values.ndim == 2 and values.dtype.kind in "iu" and values.dtype.itemsize > 1:
+        peak = max(float(values.max()), 255.0)
+        grey = np.clip(values / peak * 255.0, 0, 255).astype(np.uint8)
+    else:
+        grey = np.round(unit_range(values) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as H×W×3 uint8 RGB, at its original size."""
+    return to_rgb(decode(path))
+
+
+def unit_range(array: np.ndarray) -> np.ndarray:
+    """Pixels as float64 in [0, 1], like MATLAB's `im2double`.
+
+    bool is 0/1; unsigned integers are divided by their type's maximum (uint8 by 255, uint16 by
+    65535); signed ones are clipped at 0 first. Floats in [0, 1] are kept; floats beyond 1 are
+    read as 0–255 values (what float TIFFs written from 8-bit data hold) and clipped.
+    """
+    if array.dtype == bool:
+        return array.astype(np.float64)
+    if np.issubdtype(array.dtype, np.integer):
+        peak = float(np.iinfo(array.dtype).max)
+        return np.clip(array.astype(np.float64), 0.0, None) / peak
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    if values.size and values.max() > 1.0:
+        values = values / 255.0
+    return np.clip(values, 0.0, 1.0)
+
+
+def has_image_header(path: str | Path) -> bool:
+    """Whether Pillow or, for a TIFF, tifffile recognises the file (headers only: fast)."""
+    path = Path(path)
+    try:
+        with Image.open(path):
+            return True
+    except DECODE_ERRORS:
+        pass
+    if not (path.is_file() and _is_tiff(path)):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.pages) > 0
+    except Exception:  # tifffile raises many types for files that are not TIFFs
+        return False

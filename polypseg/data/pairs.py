@@ -1,0 +1,295 @@
+"""Images paired with their masks by stem, and the checks every pair passes before any work.
+
+`split`, `train`, `evaluate` and `predict` must accept and refuse the same files, so pairing and
+its checks live here and `list_pairs` runs all of them: several files for one stem, images
+without masks and masks without images, a symlink that leads nowhere (a loop, a missing target),
+an image over the pixel limit (`data.max_megapixels`, our deliberate limit instead of Pillow's
+decompression-bomb guard), a mask not its image's size, and a file that does not decode to its
+end, so a truncated JPEG is found by `split` as well as by `train`. JPEGs decode in Pillow's
+draft mode (1/8 scale): the whole compressed stream is still read, at a fraction of a full
+decode's cost. The one exception is a feature-cache hit (`features/prepare.py`): its key holds
+the SHA-256 of every file, so the bytes are the ones a build already decoded, and only headers
+are read again. Before a build the same pass measures each mask's polyp fraction by the mask
+rule (a JPEG mask empty at 1/8 scale is looked at again in full), so a set of empty masks is
+refused before it is encoded. A mask `p<stem>` (ETIS and CVC-ColonDB's original releases) pairs
+with image `<stem>`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, JpegImagePlugin
+
+from polypseg.caches import file_digest
+from polypseg.config import DataConfig
+from polypseg.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, TIFF_SUFFIXES, pixels, shown_size
+from polypseg.data.images import decode as decode_file
+from polypseg.data.masks import foreground_problem, mask_from_image, read_mask
+from polypseg.data.sets import find_dataset, set_folders
+from polypseg.errors import DataError, listing
+from polypseg.processes import usable_cores
+
+DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
+_CLASHES_SHOWN = 3  # stems named in one error line
+_THREADS = 8  # decoding threads for the check, at most one per core
+Verdict = tuple[str, Any, "float | None"]  # state, (w, h) or None, a mask's polyp fraction
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask; `name` is the image's file name (the split's unit)."""
+
+    name: str
+    image: Path
+    mask: Path
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symlink whose target cannot be reached: a loop, or a target that is gone."""
+    return path.is_symlink() and not path.exists()
+
+
+def broken_links_problem(paths: Sequence[Path], root: Path | None = None) -> str:
+    shown = (str(p.relative_to(root)) if root else str(p) for p in paths)
+    return f"symlinks that lead nowhere (a loop or a missing target): {listing(shown)}"
+
+
+def files_by_stem(
+    folder: Path, broken: list[Path] | None = None, prefer_png: bool = False
+) -> dict[str, Path]:
+    """The image files of a folder by stem. Several files for one stem (`X.jpg` beside a stale
+    `X.png`, `X.JPG` beside `X.jpg`) are refused, naming them: which one pairs is not ours to
+    guess; but with `prefer_png` a PNG beside a TIFF of its stem is the one read (the polyp
+    sets' copies). Symlinks that lead nowhere go to `broken` when given, to be named."""
+    groups: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise DataError(f"cannot read {folder} ({reason}); make it readable") from None
+    for entry in (e for e in entries if e.suffix.lower() in IMAGE_SUFFIXES):
+        if entry.is_file():
+            groups.setdefault(entry.stem, []).append(entry)
+        elif broken is not None and is_broken_link(entry):
+            broken.append(entry)
+    for stem, files in groups.items():
+        if prefer_png and len(files) > 1 and any(f.suffix.lower() == ".png" for f in files):
+            groups[stem] = [f for f in files if f.suffix.lower() not in TIFF_SUFFIXES]
+    if clashes := [files for files in groups.values() if len(files) > 1]:
+        shown = "; ".join(
+            f"{' and '.join(f'{folder.name}/{f.name}' for f in files)} share the stem "
+            f"{files[0].stem}"
+            for files in clashes[:_CLASHES_SHOWN]
+        )
+        if len(clashes) > _CLASHES_SHOWN:
+            shown += f" ... and {len(clashes) - _CLASHES_SHOWN} more stems"
+        fix = "remove one" if len(clashes) == 1 and len(clashes[0]) == 2 else "keep one per stem"
+        raise DataError(f"{folder.parent}: {shown}: {fix}")
+    return {stem: files[0] for stem, files in groups.items()}
+
+
+def folder_pairs(images_dir: Path, masks_dir: Path, prefix: str = "") -> list[Pair]:
+    """The pairs of one images and masks folder, by stem, named `prefix` + the image's file
+    name; one `DataError` line for everything unpaired."""
+    broken: list[Path] = []
+    prefer_png = bool(prefix)
+    images, masks = (files_by_stem(d, broken, prefer_png) for d in (images_dir, masks_dir))
+    for stem in [s for s in masks if s not in images and s[:1] == "p" and s[1:] in images]:
+        masks[stem[1:]] = masks.pop(stem)
+    root = images_dir.parent
+    if not images and not masks and not broken:
+        looked = ", ".join(IMAGE_SUFFIXES)
+        raise DataError(f"no image files in {images_dir} or {masks_dir} (looked for {looked})")
+    problems = [broken_links_problem(broken, root)] if broken else []
+    if lonely := images.keys() - masks.keys():
+        problems.append(f"images without masks: {listing(images[s].name for s in lonely)}")
+    if lonely := masks.keys() - images.keys():
+        problems.append(f"masks without images: {listing(masks[s].name for s in lonely)}")
+    if problems:
+        raise DataError(f"{root}: " + "; ".join(problems))
+    shared = sorted(images.keys() & masks.keys())
+    return [Pair(prefix + images[s].name, images[s], masks[s]) for s in shared]
+
+
+def _refuse(root: Path, problems: list[str]) -> None:
+    if problems:
+        raise DataError(f"{root}: " + "; ".join(problems))
+
+
+def list_pairs(
+    root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, decode: bool = True
+) -> list[Pair]:
+    """Every image of the data set at `root` (`sets.find_dataset`) with its mask, by name,
+    checked (`pair_problems`: the same verdict for split, train and evaluate). `decode=False`
+    leaves the decoding to `check_decoding`, for a caller that may know better."""
+    images_dir, masks_dir = find_dataset(root)
+    pairs = folder_pairs(images_dir, masks_dir)
+    _refuse(images_dir.parent, pair_problems(pairs, images_dir.parent, max_megapixels, decode))
+    return pairs
+
+
+def set_pairs(
+    name: str, root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> list[Pair]:
+    """Every pair of set `name` at `root`, named `<name>/<image file name>`, headers checked."""
+    pairs = []
+    for images_dir, masks_dir, mixed in set_folders(name, root):
+        found = folder_pairs(images_dir, masks_dir, f"{name}/")
+        if mixed:  # PraNet's TrainDataset: CVC-ClinicDB's files are numbered, Kvasir's are not
+            found = [p for p in found if p.image.stem.isdigit() == (name == "clinicdb")]
+        _refuse(images_dir.parent, pair_problems(found, images_dir.parent, max_megapixels, False))
+        pairs += found
+    if len({p.name for p in pairs}) < len(pairs):
+        raise DataError(f"{root}: the same {name} file name in two folders; keep one copy")
+    return sorted(pairs, key=lambda p: p.name)
+
+
+def check_decoding(
+    root: str | Path, pairs: Sequence[Pair], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> None:
+    """The check `list_pairs(..., decode=False)` left out, before a feature-cache build: every
+    file decodes to its end, and the masks are not all empty nor nearly all polyp."""
+    fractions: dict[str, float] = {}
+    problems = pair_problems(pairs, Path(root), max_megapixels, fractions=fractions)
+    if not problems and (problem := foreground_problem(list(fractions.values()), "masks/")):
+        problems = [problem]
+    _refuse(Path(root), problems)
+
+
+def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
+    """Feed every pair's name and the SHA-256 of its two files into `digest`, in order.
+
+    Both the feature cache's key and an evaluation's data digest are built this way, so a changed
+    byte in any image or mask changes both.
+    """
+    for pair in pairs:
+        digest.update(f"{pair.name}:{file_digest(pair.image)}:{file_digest(pair.mask)}".encode())
+
+
+def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool = False) -> Verdict:
+    """("ok", (w, h), fraction), ("large", (w, h) or None, None) or ("undecodable", None, None).
+
+    Without `decode` only the header is read: the size and the pixel limit, not the data. With
+    `measure` (a mask) the fraction of polyp pixels by the mask rule comes too, else None.
+    Pillow's decompression-bomb warning is the caller's to silence (`_inspect_all`).
+    """
+    try:
+        with Image.open(path) as image:
+            size = shown_size(image)  # a mask pairs with its image as both are shown
+            if size[0] * size[1] > max_pixels:
+                return "large", size, None
+            if not decode:
+                return "ok", size, None
+            drafted = isinstance(image, JpegImagePlugin.JpegImageFile)  # MPO files are JPEGs too
+            if drafted:
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+            fraction = float(mask_from_image(image).mean()) if measure else None
+    except Image.DecompressionBombError:
+        return "large", None, None
+    except DECODE_ERRORS:  # TIFF layouts Pillow refuses: the one reader's tifffile path
+        try:
+            array = pixels(decode_file(path))
+        except DataError:
+            return "undecodable", None, None
+        fraction = float(mask_from_image(array).mean()) if measure else None
+        return "ok", (array.shape[1], array.shape[0]), fraction
+    if drafted and fraction == 0.0:  # a polyp under half of each 8×8 block: look at full scale
+        fraction = float(read_mask(path).mean())
+    return "ok", size, fraction
+
+
+def _inspect_all(
+    paths: Sequence[Path], max_pixels: float, decode: bool, measure: Sequence[bool] = ()
+) -> list[Verdict]:
+    """`_inspect` of every path (`measure[i]`: path i is a mask to measure); decoding runs in
+    threads (Pillow decodes without the GIL).
+
+    The warning filter is set here, once around all threads: it is process-wide, and
+    `catch_warnings` entered and left in several threads at once can restore a stale list.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if not decode:  # a header is read faster than a thread is handed the work
+            return [_inspect(path, max_pixels, decode) for path in paths]
+        measure = list(measure) or [False] * len(paths)
+        with ThreadPoolExecutor(max_workers=min(_THREADS, usable_cores())) as pool:
+            work = pool.map(lambda p, m: _inspect(p, max_pixels, decode, m), paths, measure)
+            return list(work)
+
+
+def _phrases(found: dict[str, list[str]], max_megapixels: float) -> list[str]:
+    phrases = {
+        "large": f"images over the {max_megapixels:g}-megapixel limit (downscale them, or "
+        "raise data.max_megapixels in the config)",
+        "undecodable": "files that cannot be decoded",
+        "size": "masks not the size of their images",
+    }
+    return [f"{phrases[kind]}: {listing(names)}" for kind, names in found.items() if names]
+
+
+def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> None:
+    if state == "large":
+        found["large"].append(f"{shown} ({size[0]}×{size[1]})" if size else shown)
+    elif state == "undecodable":
+        found["undecodable"].append(shown)
+
+
+def pair_problems(
+    pairs: Iterable[Any],
+    root: Path,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    decode: bool = True,
+    fractions: dict[str, float] | None = None,
+) -> list[str]:
+    """What is wrong with `pairs` (each with `.image` and `.mask` paths), one phrase per kind.
+
+    `decode=False` checks headers only (sizes, the pixel limit): for files known to decode.
+    `fractions`, when given (with `decode`), receives each decoded mask's polyp fraction by
+    pair name: the same pass measures the masks (`masks.foreground_problem` judges them).
+    """
+    found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": []}
+    pairs = list(pairs)
+    paths = [path for pair in pairs for path in (pair.image, pair.mask)]
+    measure = [fractions is not None and index % 2 == 1 for index in range(len(paths))]
+    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode, measure)
+    for pair, image, mask in zip(pairs, verdicts[0::2], verdicts[1::2], strict=True):
+        sizes = []
+        for path, (state, size, _) in ((pair.image, image), (pair.mask, mask)):
+            _note(found, str(path.relative_to(root)), state, size)
+            sizes.append(size)
+        if fractions is not None and mask[2] is not None:
+            fractions[pair.name] = mask[2]
+        if None not in sizes and sizes[0] != sizes[1]:
+            found["size"].append(f"{pair.mask.relative_to(root)} ({sizes[1][0]}×{sizes[1][1]})")
+    return _phrases(found, max_megapixels)
+
+
+def refuse_bad_images(
+    paths: Sequence[Path], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> None:
+    """Single images (predict's inputs) checked like pairs: links, the pixel limit, decoding."""
+    if broken := [p for p in paths if is_broken_link(p)]:
+        raise DataError(broken_links_problem(broken) + "; fix or remove them")
+    found: dict[str, list[str]] = {"large": [], "undecodable": []}
+    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode=True)
+    for path, verdict in zip(paths, verdicts, strict=True):
+        _note(found, str(path), *verdict[:2])
+    if problems := _phrases(found, max_megapixels):
+        raise DataError("; ".join(problems) + "; pass image files that decode")
+
+
+def refuse_implausible_masks(masks: Sequence[Path], where: str) -> None:
+    """Masks about to be scored, refused when all empty or nearly all polyp: a Dice on empty
+    masks is 1.0 for a model that finds nothing (`masks.foreground_problem`)."""
+    verdicts = _inspect_all(masks, math.inf, decode=True, measure=[True] * len(masks))
+    fractions = [fraction for _, _, fraction in verdicts if fraction is not None]
+    if problem := foreground_problem(fractions, where):
+        raise DataError(problem)
