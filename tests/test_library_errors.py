@@ -194,7 +194,7 @@ def test_a_study_storage_on_a_device_or_folder_is_refused(tmp_path: Path, target
     path = str(tmp_path) if target == "FOLDER" else target
     kind = "a folder" if target == "FOLDER" else "a device or special file"
     with pytest.raises(StoreError, match=rf"journal:{path} names {path}, {kind}; name a file"):
-        storage.make_storage(f"journal:{path}")
+        storage.check_storage_url(f"journal:{path}")
     assert Path("/dev/null").is_char_device()
 
 

@@ -6,9 +6,10 @@ shape of optuna-integration's `MLflowCallback`: the record written in one place,
 final state), whichever way the trial ended: told, pruned, failed, interrupted, or swept after its
 worker died. A worker that dies cannot end its own runs: each run records its worker
 (`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends the runs of a
-dead worker KILLED ("kills" them): `kill_dead_runs` before any run starts (on this machine as
-soon as the process is gone, elsewhere once the heartbeat is stale), `kill_trial_run` when a
-trial is failed for its dead worker, `kill_orphaned_runs` for runs whose trial is already over.
+dead worker KILLED ("kills" them): `kill_dead_runs` when an invocation opens its experiment, over
+that experiment only (on this machine as soon as the process is gone, elsewhere once the
+heartbeat is stale), `kill_trial_run` when a trial is failed for its dead worker,
+`kill_orphaned_runs` for runs whose trial is already over.
 """
 
 from __future__ import annotations
@@ -87,21 +88,22 @@ def _last_beat(run: mlflow.entities.Run) -> float:
         return run.info.start_time / 1000
 
 
-def kill_dead_runs() -> list[str]:
-    """End KILLED every RUNNING run of the store whose worker is gone (`Worker.is_gone`), a
+def kill_dead_runs(experiment_id: str) -> list[str]:
+    """End KILLED every RUNNING run of the experiment whose worker is gone (`Worker.is_gone`), a
     trial's run tagged FAIL: its trial is failed too, by a heartbeat or `fail_dead_trials`. Runs
-    that record no worker (another tool's) are left alone. Returns the ids of the runs ended."""
+    that record no worker (another tool's) and other experiments (other people's, on a shared
+    server) are left alone. Returns the ids of the runs ended."""
     from mlflow.exceptions import MlflowException
 
     _, grace = heartbeat_settings()
     client = mlflow.MlflowClient()
     try:
         running = mlflow.search_runs(
-            search_all_experiments=True,
+            experiment_ids=[experiment_id],
             filter_string="attributes.status = 'RUNNING'",
             output_format="list",
         )
-    except MlflowException as err:  # a flaky server: the next run's start sweeps again
+    except MlflowException as err:  # a flaky server: the next invocation sweeps again
         log.warning("could not look for runs of dead workers: %s", first_line(err))
         return []
     ended = []

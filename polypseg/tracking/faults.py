@@ -15,7 +15,20 @@ import mlflow
 
 from polypseg.errors import StoreError, first_line
 
-DAMAGED = ("malformed", "not a database", "no such table", "no such column")
+# SQLite's own error names (Python's `sqlite3` keeps them on the error); a store missing MLflow's
+# tables or columns gets only the generic SQLITE_ERROR, told apart by its text.
+LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
+DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+MISSING = ("no such table", "no such column")
+
+
+def _sqlite_error(err: BaseException) -> str:
+    """The SQLite error name behind `err` (SQLAlchemy and MLflow wrap it), or ''."""
+    while err is not None:
+        if name := getattr(err, "sqlite_errorname", ""):
+            return name
+        err = getattr(err, "orig", None) or err.__cause__ or err.__context__
+    return ""
 
 
 def store_fault(
@@ -26,24 +39,28 @@ def store_fault(
     `database` is the SQLite file (None for a server or database), `place` the store's folder or
     URI for the message, `uri` the tracking URI with its password masked.
     """
-    text = str(err)
+    from mlflow.exceptions import MlflowException, RestException
+
+    text, code = str(err), _sqlite_error(err)
+    # MLflow's schema check says which revisions only in its message.
     if schema := re.search(r"found version (\w+), but expected (\w+)", text):
         return StoreError(_other_version(place, uri, schema[1], schema[2]))
-    if database is not None and "database is locked" in text:
+    if database is not None and code in LOCKED:
         return StoreError(
             f"MLflow store {database} is locked by another process (database is locked); let "
             "it finish or stop it, then run again, or pass --tracking-uri"
         )
-    if database is not None and any(word in text for word in DAMAGED):
+    if database is not None and (code in DAMAGED or any(word in text for word in MISSING)):
         return StoreError(
             f"MLflow store {database} is damaged or not an MLflow database "
             f"({first_line(err, 100)}); move it aside or restore a copy, then run again"
         )
-    if answer := re.search(r"API request to endpoint (\S+) failed with error code (40[45])", text):
+    # An answer that is not MLflow's JSON (a RestException) to an MLflow endpoint: a 404 page.
+    not_json = isinstance(err, MlflowException) and not isinstance(err, RestException)
+    if not_json and err.error_code == "ENDPOINT_NOT_FOUND":
         return StoreError(
-            f"{place} is not an MLflow tracking server (it answered {answer[2]} to "
-            f"{answer[1]}); fix --tracking-uri / MLFLOW_TRACKING_URI, or start one with "
-            "`mlflow server`"
+            f"{place} is not an MLflow tracking server (it answered 404 to its API); fix "
+            "--tracking-uri / MLFLOW_TRACKING_URI, or start one with `mlflow server`"
         )
     return None
 

@@ -1,15 +1,17 @@
 """The names polypseg gives MLflow (experiment, registered model, study), checked before any work.
 
-MLflow refuses some names only when it first writes them: a registered model named `a/b` was
-refused after every trial of a study had run. `check_names` asks MLflow's own validators
-(`mlflow.utils.validation`) up front, and adds the rules of the places polypseg puts a name:
-MLflow's search syntax quotes a study's or model's name (`tags.optuna.study_name = '<name>'`)
-and has no escape for a quote, and a study's name goes into an experiment tag key and run names.
+MLflow refuses some names only when a store first writes them: a registered model named `a/b`
+was refused after every trial of a study had run. MLflow's validators are private and its public
+API checks a name only against a store, which the door must not touch yet, so `check_names`
+writes MLflow 3's rules out here (a test holds them to what a store refuses), and adds the rules
+of the places polypseg puts a name: MLflow's search syntax quotes a study's or model's name
+(`tags.optuna.study_name = '<name>'`) and has no escape for a quote, and a study's name goes into
+an experiment tag key and run names.
 """
 
 from __future__ import annotations
 
-from polypseg.errors import ConfigError, first_line
+from polypseg.errors import ConfigError
 
 # A study's UI view is the experiment tag `mlflow.sharedViewState.study-<name>` (MLflow caps tag
 # keys at 250 characters, MAX_EXPERIMENT_TAG_KEY_LENGTH) and its parent runs are named
@@ -34,43 +36,46 @@ def check_study_name(name: str) -> None:
     else:
         reason = _unquotable(name)
     if reason is not None:
-        shown = name if len(name) <= 60 else name[:57] + "..."
         raise ConfigError(
-            f"study name {shown!r} cannot be used with MLflow: {reason}; choose another with "
-            "--study-name or the spec's [study] name"
+            f"study name {_shown(name)!r} cannot be used with MLflow: {reason}; choose another "
+            "with --study-name or the spec's [study] name"
         )
 
 
-def check_registered_model(name: str) -> None:
-    """Refuse a registered model name that MLflow refuses (`/`, `:`, `..`) or cannot search."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
+def _shown(name: str) -> str:
+    return name if len(name) <= 60 else name[:57] + "..."
 
-    try:
-        _validate_model_name(name)
+
+def check_registered_model(name: str) -> None:
+    """Refuse a registered model name that MLflow refuses (empty, `/`, `:`, a path that
+    resolves elsewhere) or cannot search."""
+    from mlflow.utils.validation import bad_path_message, path_not_unique
+
+    if not name.strip():
+        reason = "a registered model needs a name"
+    elif "/" in name or ":" in name:
+        reason = f"Invalid model name {name!r}. Names cannot contain '/' or ':'"
+    elif path_not_unique(name):
+        reason = bad_path_message(name)
+    else:
         reason = _unquotable(name)
-    except MlflowException as err:
-        reason = first_line(err.message, 200).rstrip(".")
     if reason is not None:
         raise ConfigError(
-            f"tracking.registered_model = {name!r}: {reason}; choose another name "
+            f"tracking.registered_model = {_shown(name)!r}: {reason}; choose another name "
             "(--set tracking.registered_model=NAME)"
         )
 
 
 def check_experiment(name: str) -> None:
     """Refuse an experiment name MLflow refuses (empty, over 500 characters)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_experiment_name
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH as LIMIT
 
-    try:
-        _validate_experiment_name(name)
-    except MlflowException as err:
-        shown = name if len(name) <= 60 else name[:57] + "..."
+    if not name or len(name) > LIMIT:
+        why = f"over {LIMIT} characters" if name else "an experiment needs a name"
         raise ConfigError(
-            f"tracking.experiment = {shown!r}: {first_line(err.message, 200).rstrip('.')}; "
-            "choose another name (tracking.experiment in the config)"
-        ) from None
+            f"tracking.experiment = {_shown(name)!r}: {why}; choose another name "
+            "(tracking.experiment in the config)"
+        )
 
 
 def check_names(

@@ -1,8 +1,8 @@
 """What a run does: how it starts and ends, and what it logs.
 
 `tracked_run` starts a run that records its worker and beats while it runs, and ends it as its
-block ended (`tracking.ending`: FINISHED, FAILED or KILLED, a trial's run as its trial), after
-ending the runs of workers that died. The rest logs what runs share: the data set, figures.
+block ended (`tracking.ending`: FINISHED, FAILED or KILLED, a trial's run as its trial). The
+rest logs what runs share: the data set, figures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import mlflow
 from polypseg.data.split import Split
 from polypseg.errors import first_line
 from polypseg.processes import Worker, heartbeat_settings
-from polypseg.tracking.ending import HEARTBEAT_TAG, RunEnd, kill_dead_runs, run_end
+from polypseg.tracking.ending import HEARTBEAT_TAG, RunEnd, run_end
 from polypseg.tracking.store import store_error
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,10 @@ def tracked_run(
     """`mlflow.start_run` that ends as `ending` says from what the block raised (`run_end`:
     KILLED on Ctrl-C, FAILED on errors, FINISHED otherwise); exceptions are re-raised.
 
-    The run records its worker and beats while it runs; before it starts, the runs of dead
-    workers are ended. A write the store refused (a full disk, a read-only folder) becomes one
-    `StoreError`.
+    The run records its worker and beats while it runs (the runs of dead workers were ended
+    when the experiment was opened, `store.open_experiment`). A write the store refused (a full
+    disk, a read-only folder) becomes one `StoreError`.
     """
-    kill_dead_runs()
     tags = {**Worker.current().tags(), **(start_kwargs.pop("tags", None) or {})}
     try:
         run = mlflow.start_run(tags=tags, **start_kwargs)

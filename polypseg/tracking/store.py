@@ -27,6 +27,7 @@ from polypseg.atomic import refused_write, remedy
 from polypseg.errors import StoreError
 from polypseg.outputs import unwritable
 from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
+from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
 
 STORE_DIR = "mlruns"
@@ -123,10 +124,10 @@ def _check_server(uri: str) -> None:
     )
 
 
-def check_tracking_uri(uri: str, touch: bool = True) -> None:
+def check_tracking_uri(uri: str) -> None:
     """Refuse, before any work, a tracking URI that cannot take runs: an unknown scheme, a
-    server that does not answer, a SQLite store whose folder is read-only or full, or that is
-    no file (a folder, an empty path, in memory)."""
+    server that does not answer, a SQLite store that is no file (a folder, an empty path, in
+    memory). Nothing is written: the folder's write test comes when the store opens."""
     if not uri.strip():
         raise StoreError(
             "the tracking URI is empty; pass --tracking-uri sqlite:///PATH/mlflow.db (or leave "
@@ -141,10 +142,10 @@ def check_tracking_uri(uri: str, touch: bool = True) -> None:
     if scheme in ("http", "https"):
         _check_server(uri)
     if scheme == "sqlite":
-        _check_sqlite_file(uri, touch)
+        _check_sqlite_file(uri)
 
 
-def _check_sqlite_file(uri: str, touch: bool = True) -> None:
+def _check_sqlite_file(uri: str) -> None:
     path = uri.partition("://")[2].partition("?")[0]
     if path in ("", "/") or ":memory:" in uri or "mode=memory" in uri:
         what = "no file" if path == "/" else "an in-memory database: its runs would vanish at exit"
@@ -161,17 +162,26 @@ def _check_sqlite_file(uri: str, touch: bool = True) -> None:
             f"tracking URI {uri}: {database} is {kind}; name the database file, like "
             f"sqlite:///{database / 'mlflow.db' if database.is_dir() else 'mlruns/mlflow.db'}"
         )
-    if touch and (cause := unwritable(database.parent)) is not None:  # creates the folder
-        raise _refused(uri, cause)
 
 
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
-    """Point MLflow at the store (checked, created) and the experiment; returns its id."""
+    """Check the experiment's name and the store, then `open_experiment`; returns its id."""
     from polypseg.tracking.names import check_experiment
 
     check_experiment(experiment)
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     check_tracking_uri(uri)
+    return open_experiment(experiment, uri)
+
+
+def open_experiment(experiment: str, uri: str) -> str:
+    """Point MLflow at a store and experiment already checked (`setup` checks them; `tune`
+    checks them at its door): the store's folder takes writes, the store and experiment are
+    created if need be, and the runs that dead workers left RUNNING in it are ended KILLED.
+    Returns the experiment's id."""
+    database = sqlite_file(uri)
+    if database is not None and (cause := unwritable(database.parent)) is not None:
+        raise _refused(uri, cause)  # the write test creates the folder
     mlflow.set_tracking_uri(uri)
     try:
         with _store_faults_are_one_line(uri):
@@ -184,6 +194,7 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
             raise
         raise refused from None
     _check_artifact_folder(experiment_id)
+    kill_dead_runs(experiment_id)
     return experiment_id
 
 

@@ -106,9 +106,11 @@ def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
-def check_storage_url(url: str, touch: bool = True) -> None:
-    """What a storage URL can get wrong before anything is opened: empty; in memory (the study
-    would vanish at exit, no other worker could share it); a file storage naming no usable file."""
+def check_storage_url(url: str) -> None:
+    """What a storage URL can get wrong, refused before anything is opened or written: empty; in
+    memory (the study would vanish at exit, no other worker could share it); a file storage
+    naming no usable file. A device (`journal:/dev/null`) takes the study's first write and
+    fails at the `fsync` of the next, in the middle of a trial."""
     if not url.strip():
         raise ConfigError(
             "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
@@ -119,26 +121,43 @@ def check_storage_url(url: str, touch: bool = True) -> None:
             f"--storage {url} is an in-memory database: the study would vanish at exit and no "
             "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
         )
-    if (path := storage_file(url)) is not None:
-        _check_file(url, path, touch)
+    path = storage_file(url)
+    if path is None:
+        return
+    journal = url.startswith(JOURNAL_PREFIX)
+    named = url[len(JOURNAL_PREFIX) :] if journal else url[len("sqlite:///") :]
+    if not named.strip():
+        kind = "no file"
+    elif path.is_dir():
+        kind = f"{path}, a folder"
+    elif path.exists() and not path.is_file():
+        kind = f"{path}, a device or special file"
+    else:
+        return
+    example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
+    raise StoreError(
+        f"study storage {mask_password(url)} names {kind}; name a file to keep the study in, "
+        f"like {example}"
+    )
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats: a trial whose worker died becomes FAIL and is retried.
+    """The storage of a URL that `check_storage_url` passed: RDB with heartbeats (a trial whose
+    worker died becomes FAIL and is retried), or `journal:PATH`, `JournalStorage` on a file.
 
-    `journal:PATH` selects `JournalStorage` on a file. Optuna 5's journal has no heartbeats: a
-    killed worker's trial is failed only by a worker on the same machine
-    (`fail_dead_trials`), so use PostgreSQL where workers on many machines may die.
-    The folder of a file storage must take writes: a read-only or full one is one line here.
+    Optuna 5's journal has no heartbeats: a killed worker's trial is failed only by a worker on
+    the same machine (`fail_dead_trials`), so use PostgreSQL where workers on many machines may
+    die. The folder of a file storage must take writes: a read-only or full one is one line here.
     """
-    check_storage_url(url)
     path = storage_file(url)
+    if path is not None and (cause := unwritable(path.parent)) is not None:  # creates the folder
+        raise _refused(url, path.parent, cause)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        except OSError as err:  # a folder where the file should be, a file it may not open
+        except OSError as err:  # a file it may not open
             raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -160,30 +179,6 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
             f"{first_line(err)}); check --storage"
         ) from None
-
-
-def _check_file(url: str, path: Path, touch: bool = True) -> None:
-    """The file of a SQLite or journal storage: named, a regular file (or none yet: it is
-    created), in a folder that takes writes. A device (`journal:/dev/null`) takes the study's
-    first write and fails at the `fsync` of the next, in the middle of a trial."""
-    named = (
-        url[len(JOURNAL_PREFIX) :] if url.startswith(JOURNAL_PREFIX) else url[len("sqlite:///") :]
-    )
-    if not named.strip():
-        kind = "no file"
-    elif path.is_dir():
-        kind = f"{path}, a folder"
-    elif path.exists() and not path.is_file():
-        kind = f"{path}, a device or special file"
-    else:  # the write test creates the folder: `touch=False` before anything may be written
-        if touch and (cause := unwritable(path.parent)) is not None:
-            raise _refused(url, path.parent, cause)
-        return
-    example = "journal:studies/optuna.journal" if url.startswith(JOURNAL_PREFIX) else None
-    raise StoreError(
-        f"study storage {mask_password(url)} names {kind}; name a file to keep the study in, "
-        f"like {example or 'sqlite:///studies/optuna.db'}"
-    )
 
 
 def _refused(url: str, place: Path | None, cause: str) -> StoreError:

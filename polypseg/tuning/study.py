@@ -31,14 +31,14 @@ from polypseg.config import Config
 from polypseg.errors import ConfigError
 from polypseg.features.prepare import prepare
 from polypseg.progress import trial_lines
-from polypseg.tracking.ending import kill_orphaned_runs
+from polypseg.tracking.ending import kill_dead_runs, kill_orphaned_runs
 from polypseg.tracking.names import check_names
 from polypseg.tracking.runs import tracked_run
 from polypseg.tracking.store import (
     check_tracking_uri,
     default_tracking_uri,
     mask_password,
-    setup,
+    open_experiment,
 )
 from polypseg.tracking.views import save_study_view
 from polypseg.tuning.finish import (
@@ -100,9 +100,11 @@ class _Progress:
 
 
 def _check_arguments(
-    name: str, timeout: float | None, storage_url: str, tracking_uri: str | None
+    name: str, timeout: float | None, storage_url: str, tracking_uri: str, config: Config
 ) -> None:
-    """What the command line can get wrong, refused before a store, study or cache is touched."""
+    """The door: what the command line and the config can get wrong, each checked once, in the
+    order `tune` reads them, before a store, study or cache is touched. Nothing is created
+    here: the folders' write tests come when the stores open, after the data."""
     if not name.strip():
         raise ConfigError(
             "--study-name is empty; give the study a name, or leave the option out to use the "
@@ -110,9 +112,10 @@ def _check_arguments(
         )
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout {timeout:g} must be a positive number of seconds")
-    # Nothing created yet: the folders' write tests come when the stores open, after the data.
-    check_storage_url(storage_url, touch=False)
-    check_tracking_uri(default_tracking_uri() if tracking_uri is None else tracking_uri, False)
+    check_storage_url(storage_url)
+    check_tracking_uri(tracking_uri)
+    check_names(config.tracking.experiment, config.tracking.registered_model, name)
+    check_literature_sets(config)
 
 
 def tune(
@@ -138,16 +141,15 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = spec.name if study_name is None else study_name
     storage_url = default_storage() if storage is None else storage
+    uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     workers = WorkerOptions(n_trials, max_trials, n_jobs, timeout)
-    _check_arguments(name, timeout, storage_url, tracking_uri)
-    check_names(config.tracking.experiment, config.tracking.registered_model, name)
-    _check_stored_space(name, storage_url, spec)
-    check_literature_sets(config)
+    _check_arguments(name, timeout, storage_url, uri, config)
+    opened = _check_stored_space(name, storage_url, spec)
     prepared = prepare(_cache_config(config, spec), progress=progress)  # before any store
     images_encoded = prepared.encoder.images_encoded
     base = StudyBase.of(spec.metric, spec.direction, config, prepared)
-    shared = _open_study(name, storage_url, spec, max_trials, base)
-    experiment_id = setup(config.tracking.experiment, tracking_uri)
+    shared = _open_study(name, storage_url, spec, max_trials, base, opened)
+    experiment_id = open_experiment(config.tracking.experiment, uri)
     _recover_dead_workers(shared, experiment_id)
     view = _save_view(shared, experiment_id, spec)
     with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
@@ -171,21 +173,31 @@ def tune(
     )
 
 
-def _check_stored_space(name: str, storage_url: str, spec: StudySpec) -> None:
+def _check_stored_space(
+    name: str, storage_url: str, spec: StudySpec
+) -> optuna.storages.BaseStorage | None:
     """A changed search space refused before the cache is built, when the study's file is
-    already here: read only, nothing created (a server's study is checked when it opens)."""
+    already here: read only, nothing created (a server's study is checked when it opens).
+    Returns the storage it opened, which the study then uses."""
     path = storage_file(storage_url)
     if path is None or not path.is_file():
-        return
+        return None
+    opened = make_storage(storage_url)
     try:
-        stored = optuna.load_study(study_name=name, storage=make_storage(storage_url))
+        stored = optuna.load_study(study_name=name, storage=opened)
     except KeyError:  # no such study yet
-        return
+        return opened
     spec.check_resumable(stored)
+    return opened
 
 
 def _open_study(
-    name: str, storage_url: str, spec: StudySpec, max_trials: int | None, base: StudyBase
+    name: str,
+    storage_url: str,
+    spec: StudySpec,
+    max_trials: int | None,
+    base: StudyBase,
+    storage: optuna.storages.BaseStorage | None,
 ) -> SharedStudy:
     """Open (or create) the study and take a worker number. Refused before it takes one: a
     study whose search space changed (every trial would fail), or one made for another metric,
@@ -203,6 +215,7 @@ def _open_study(
         spec.make_pruner(),
         max_trials,
         on_open=check,
+        storage=storage,
     )
 
 
@@ -268,6 +281,7 @@ def _run_trials(
     with tracker.bar:
         run_worker(shared, objective, workers, callbacks=[tracker])
     kill_orphaned_runs(shared.study, experiment_id)
+    kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
     return tracker.ran
 

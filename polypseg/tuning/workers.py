@@ -153,14 +153,16 @@ def open_shared_study(
     pruner: optuna.pruners.BasePruner,
     max_trials: int | None = None,
     on_open: Callable[[optuna.Study], None] | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> SharedStudy:
     """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
 
     Workers with the same sampler seed would suggest the same trials, so each invocation gets
     the next worker number of the study (taken under the lock) as its seed offset. `on_open`
-    runs under the lock first: a study it refuses costs no worker number.
+    runs under the lock first: a study it refuses costs no worker number. `storage`: the URL's,
+    when the caller opened it already.
     """
-    storage = make_storage(storage_url)
+    storage = storage or make_storage(storage_url)
     lock = study_lock(storage, storage_url, name)
     try:
         created = optuna.create_study(
