@@ -60,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         example = torch.from_numpy(batch_input(frames[:2], args.image_size))
-        to_onnx(ExportGraph(encoder, decoder).eval(), example, {}).save(
+        metadata = {"encoder": args.encoder, "image_size": str(args.image_size)}
+        to_onnx(ExportGraph(encoder, decoder).eval(), example, metadata).save(
             Path(tmp) / "m.onnx", external_data=False
         )
         export_s = time.perf_counter() - start

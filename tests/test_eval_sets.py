@@ -112,3 +112,32 @@ def test_a_pranet_tune_ends_with_the_champions_table(
     assert [r.name for r in result.sets] == list(roots)
     folder = Path("evaluation") / f"polypseg-eval-v{model_env['version']}"
     assert result.tables == (folder / "table.md", folder / "table.csv")
+
+
+def test_a_second_evaluation_replaces_the_folder_and_the_versions_table_whole(
+    runner: CliRunner, model_env: dict, five_sets: dict[str, Path], tmp_path: Path
+) -> None:
+    args = ["evaluate", "--model", "models:/polypseg-eval@champion", "--out", str(tmp_path / "F")]
+    roots = [f"--root={name}={folder}" for name, folder in five_sets.items()]
+    assert runner.invoke(app, [*args, "--sets", "kvasir,etis", *roots]).exit_code == 0
+    result = runner.invoke(app, [*args, "--sets", "etis", "--tta", "flip", *roots])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "F").iterdir()) == [
+        "etis.csv",
+        "etis.json",
+        "etis_worst.png",
+        "table.csv",
+        "table.md",
+    ]
+    tags = mlflow.MlflowClient().get_model_version("polypseg-eval", model_env["version"]).tags
+    assert not any(key.startswith("pranet.kvasir.") for key in tags)
+    assert tags["pranet.tta"] == "flip" and "pranet.etis.mdice" in tags
+
+
+def test_sets_refuse_a_protocol_they_would_not_honour(
+    runner: CliRunner, model_env: dict, five_sets: dict[str, Path]
+) -> None:
+    args = ["evaluate", "--model", "models:/polypseg-eval@champion", "--sets", "etis"]
+    args += ["--root", f"etis={five_sets['etis']}", "--protocol", "default"]
+    line = one_error_line(runner.invoke(app, args))
+    assert "--protocol default: --sets scores each set's PraNet test images" in line

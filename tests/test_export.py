@@ -194,3 +194,22 @@ def test_without_the_onnx_extra_export_names_it_in_one_line(
     args = ["export", "--model", MODEL, "--out", str(tmp_path / "m.onnx")]
     line = one_error_line(runner.invoke(app, args))
     assert "pip install -e '.[onnx]'" in line and "onnxruntime" in line
+
+
+def test_a_study_champion_finds_its_trials_data(model_env: dict) -> None:
+    from polypseg.export.onnx import training_roots
+
+    client = mlflow.MlflowClient()
+    trial_run = model_env["run_id"]  # trained on model_env's root, logged as the run's input
+    with mlflow.start_run(run_name="study #1") as parent:  # a study's parent: no data.* params
+        pass
+    client.create_registered_model("study-champion")
+    source = client.get_model_version("polypseg-eval", model_env["version"]).source
+    client.create_model_version(
+        "study-champion",
+        source,
+        run_id=parent.info.run_id,
+        tags={"polypseg.trial_run_id": trial_run},
+    )
+    roots = training_roots("models:/study-champion/1", parent.info.run_id)
+    assert roots[0] == str(model_env["root"])

@@ -142,7 +142,11 @@ def test_evaluate_starts_with_what_it_wrote_not_a_blank_line(
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert "" not in lines  # the scoring bar, off a terminal, left a blank line here
-    assert "per-image: evaluation.csv  worst cases: evaluation_worst.png" in lines
+    folder = Path("evaluation") / "maps-masks"  # named for what made it, not loose in the cwd
+    assert (
+        f"per-image: {folder / 'evaluation.csv'}  worst cases: {folder / 'evaluation_worst.png'}"
+        in " ".join(lines)
+    )
 
 
 REFUSALS = {

@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import mlflow
 import numpy as np
 import pytest
 from conftest import one_error_line
@@ -100,3 +101,52 @@ def test_a_text_file_named_mp4_is_one_line_and_writes_nothing(
 def test_predict_needs_images_or_a_video(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "--model", MODEL, "--out", str(tmp_path)])
     assert "--video FILE" in one_error_line(result)
+
+
+def _raw_h264(path: Path, width: int, height: int, frames: int) -> bytes:
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            image = np.full((height, width, 3), (150, 60, 50), np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def test_a_stream_whose_frame_size_changes_is_predicted_frame_by_frame(
+    runner: CliRunner, model_env: dict, tmp_path: Path
+) -> None:
+    clip = tmp_path / "grows.h264"  # an elementary stream that switches size, as cameras do
+    clip.write_bytes(
+        _raw_h264(tmp_path / "a", 160, 128, 5) + _raw_h264(tmp_path / "b", 320, 240, 5)
+    )
+    args = ["predict", "--model", MODEL, "--video", str(clip), "--out", "o", "--tta", "flip"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    drawn, _ = decode(tmp_path / "o" / "grows_overlay.mp4")
+    assert len(drawn) == len(rows(tmp_path / "o" / "grows_frames.csv")) == 10
+    assert {frame.shape for frame in drawn} == {(128, 160, 3)}  # the stream's size
+    run_id = result.stderr.split("prediction run ")[1].split(":")[0]
+    assert mlflow.get_run(run_id).data.params["tta"] == "flip"  # --tta applies to a video
+
+
+def test_a_video_with_no_frame_is_one_line_and_leaves_no_file(
+    runner: CliRunner, model_env: dict, tmp_path: Path
+) -> None:
+    whole = write_video(tmp_path / "whole.mp4").read_bytes()
+    clip = tmp_path / "header.mp4"
+    clip.write_bytes(whole[: whole.index(b"mdat") + 4])  # the moov atom, no frame data
+    result = runner.invoke(app, ["predict", "--model", MODEL, "--video", str(clip), "--out", "o"])
+    assert "holds no frame to predict" in one_error_line(result)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_decoding(
+    runner: CliRunner, model_env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("polypseg.data.images.DEFAULT_MAX_MEGAPIXELS", 0.005)
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    result = runner.invoke(app, ["predict", "--model", MODEL, "--video", str(clip), "--out", "o"])
+    assert "96x80 is 0.00768 megapixels, over the 0.005-megapixel limit" in one_error_line(result)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []

@@ -45,14 +45,19 @@ def evaluate(
         typer.Option(metavar="DIR", help="Any method's saved maps, paired with masks/ by stem."),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(metavar="default|pranet", help="default, or pranet: as papers report.")
-    ] = "default",
+        str | None,
+        typer.Option(metavar="default|pranet", help="default, or pranet: as papers report."),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(metavar="test|all", help="--model only: test (default) or all.")
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(metavar="PATH", help="JSON (default evaluation.json); a folder for NAME=DIR."),
+        typer.Option(
+            metavar="PATH",
+            help="A folder, replaced whole (default evaluation/<model>-v<version>/), or, for one "
+            "DIR, a .json file.",
+        ),
     ] = None,
     seed: Annotated[
         int, typer.Option(metavar="N", help="Split seed of --split test.")
@@ -85,11 +90,18 @@ def evaluate(
 
         if predictions is not None or model is None:
             raise PolypsegError("--sets scores a --model URI (saved maps: --root NAME=DIR)")
+        if protocol not in (None, "pranet") or split is not None:
+            given = f"--protocol {protocol}" if split is None else f"--split {split}"
+            raise PolypsegError(
+                f"{given}: --sets scores each set's PraNet test images under PraNet's protocol; "
+                "drop it, or score folders with --root NAME=DIR"
+            )
         result = evaluate_named_sets(
             model, sets, root or [], config, out, tracking_uri=tracking_uri, engine=engine, tta=tta
         )
     else:
-        options = {"predictions": predictions, "protocol": protocol, "seed": seed, "engine": engine}
+        options = {"predictions": predictions, "seed": seed, "engine": engine}
+        options["protocol"] = protocol or "default"
         options["tta"] = tta
         result = run_evaluate(model, root or [], split, out, tracking_uri=tracking_uri, **options)
     stdout, notes = result.printout()
@@ -129,7 +141,9 @@ def predict(
     if video is not None or not images:
         from polypseg.cli.export import predict_video_command  # refuses no images and no video
 
-        predict_video_command(model, video, out, engine, images, maps, tracking_uri=tracking_uri)
+        predict_video_command(
+            model, video, out, engine, images, maps, tracking_uri=tracking_uri, tta=tta
+        )
         return
     # What predict refuses first, before it loads torch and mlflow (~5 s); it checks again.
     check_output_dir(out)

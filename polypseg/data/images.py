@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from polypseg.config import DataConfig
 from polypseg.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -177,3 +178,18 @@ def has_image_header(path: str | Path) -> bool:
             return len(tiff.pages) > 0
     except Exception:  # tifffile raises many types for files that are not TIFFs
         return False
+
+
+DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
+
+
+def pixel_problem(width: int, height: int, limit: float | None = None) -> str | None:
+    """Why a `width`×`height` image is refused (over `limit` megapixels, default the data
+    config's), or None."""
+    limit = DEFAULT_MAX_MEGAPIXELS if limit is None else limit
+    if width * height <= limit * 1e6:
+        return None
+    return (
+        f"{width}x{height} is {width * height / 1e6:.3g} megapixels, over the {limit:g}-megapixel "
+        "limit; downscale it"
+    )

@@ -28,15 +28,20 @@ from typing import Any
 from PIL import Image, JpegImagePlugin
 
 from polypseg.caches import file_digest
-from polypseg.config import DataConfig
-from polypseg.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, TIFF_SUFFIXES, pixels, shown_size
+from polypseg.data.images import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_MEGAPIXELS,
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    pixels,
+    shown_size,
+)
 from polypseg.data.images import decode as decode_file
 from polypseg.data.masks import foreground_problem, mask_from_image, read_mask
 from polypseg.data.sets import find_dataset, set_folders
 from polypseg.errors import DataError, listing
 from polypseg.processes import usable_cores
 
-DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 _CLASHES_SHOWN = 3  # stems named in one error line
 _THREADS = 8  # decoding threads for the check, at most one per core
 Verdict = tuple[str, Any, "float | None"]  # state, (w, h) or None, a mask's polyp fraction

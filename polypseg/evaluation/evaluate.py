@@ -6,12 +6,14 @@ method's, paired with `DATA/masks/` by stem), under polypseg's default protocol 
 (`scoring.py`). Each data set gets a JSON summary, a per-image CSV and a worst-cases figure;
 named data sets (`NAME=DIR`) also get the papers' table; everything is logged to one MLflow run.
 Every report path is checked before any work: none in a data set's `images/` or `masks/` or in
-the maps scored, no two with one name.
+the maps scored, no two with one name. Without --out, reports go to a folder named for the
+model (`report_folder`); a report folder is replaced whole (`report.write_folder`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +25,15 @@ from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
     SetReport,
+    check_report_folder,
     log_evaluation,
     table_paths,
+    write_folder,
     write_set,
-    write_tables,
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
-from polypseg.outputs import check_output_file, check_outputs
+from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
 
 WORST_SHOWN = 4
@@ -66,7 +69,10 @@ class Evaluation:
         for report in self.sets:
             if missing := report.summary.get("missing_predictions"):
                 notes.append(f"{report.name}: masks without a map, left out: {listing(missing)}")
-            notes.append(f"per-image: {report.csv_path}  worst cases: {report.figure_path}")
+            notes.append(
+                f"summary: {report.json_path}  per-image: {report.csv_path}  "
+                f"worst cases: {report.figure_path}"
+            )
         if self.tables is not None:
             notes.append(f"tables: {self.tables[0]}  {self.tables[1]}")
         notes.append(f"evaluation run {self.run_id}: {self.run_url}")
@@ -114,19 +120,32 @@ def _score_set(
     return SetReport(data.name, summary, scorer.rows, columns, keys, *paths, figure=figure)
 
 
-def _paths(data: DataSet, out: Path | None) -> tuple[Path, Path, Path]:
-    if data.named:
-        folder = out or Path("evaluation")
-        if folder.suffix == ".json":
-            raise DataError(f"--out {folder}: with NAME=DIR roots, --out is a folder")
-        json_path = folder / f"{data.name}.json"
-    else:
-        json_path = out or Path("evaluation.json")
+def _paths(data: DataSet, folder: Path | None, out: Path | None) -> tuple[Path, Path, Path]:
+    """A report folder holds `<set>.json` (`evaluation.json` for one unnamed set); without a
+    folder, `--out FILE.json` names the summary and the CSV and figure go beside it."""
+    json_path = folder / f"{data.name if data.named else 'evaluation'}.json" if folder else out
     return (
         json_path,
         json_path.with_suffix(".csv"),
         json_path.with_name(json_path.stem + "_worst.png"),
     )
+
+
+def report_folder(model_uri: str | None, predictions: str | Path | None) -> Path:
+    """Where an evaluation goes without --out: `evaluation/<model>-v<version>/` for a registered
+    model, `run-<id>` for a run's, the .onnx file's or the maps folder's name otherwise."""
+    from polypseg.evaluation.predictors import registered_version
+
+    if predictions is not None:
+        label = f"maps-{Path(predictions).resolve().name}"
+    elif model_uri.startswith("runs:/"):
+        label = f"run-{model_uri[len('runs:/') :].split('/')[0]}"
+    elif model_uri.startswith("models:/"):
+        found = registered_version(model_uri, strict=False)
+        label = f"{found[0]}-v{found[1]}" if found else model_uri[len("models:/") :]
+    else:
+        label = Path(model_uri).stem
+    return Path("evaluation") / re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.")
 
 
 def _data_roots(root: Path) -> set[Path]:
@@ -142,6 +161,7 @@ def _check_outputs(
     paths: list[tuple[Path, Path, Path]],
     predictions: str | Path | None,
     out: Path | None,
+    folder: Path | None,
 ) -> None:
     """Every report file writable, none among the inputs (a data set's `images/` and `masks/`,
     the maps scored), no two with one name (`--out x.csv`, a data set named `table`)."""
@@ -152,8 +172,11 @@ def _check_outputs(
             (csv_path, f"the per-image CSV of {data.name}"),
             (figure_path, f"the worst cases of {data.name}"),
         ]
-    if sets[0].named:
-        markdown, table_csv = table_paths(paths[0][0].parent)
+    if folder is not None:
+        check_output_dir(folder)
+        check_report_folder(folder)
+    if folder is not None and sets[0].named:
+        markdown, table_csv = table_paths(folder)
         outputs += [(markdown, "the table"), (table_csv, "the table's CSV")]
     trees = {
         root / kind: f"the {kind} of data set {root}"
@@ -165,7 +188,7 @@ def _check_outputs(
         trees[Path(predictions)] = "the maps scored (--predictions)"
     fix = "rename that data set (NAME=DIR)" if sets[0].named else "give --out a .json name"
     check_outputs(outputs, out or paths[0][0], fix, trees=trees)
-    for path, _ in outputs:
+    for path, _ in outputs if folder is None else ():
         check_output_file(path)
 
 
@@ -202,20 +225,30 @@ def evaluate(
     if not 0 <= seed <= SEED_MAX:  # numpy would refuse it with a traceback, mid-evaluation
         raise DataError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
     out = Path(out) if out is not None else None
-    paths = [_paths(data, out) for data in sets]
+    if sets[0].named and out is not None and out.suffix == ".json":
+        raise DataError(f"--out {out}: with NAME=DIR roots, --out is a folder")
     maps = None if predictions is None else MapSource(Path(predictions), several=len(sets) > 1)
     for data in sets if maps is not None else ():
         maps.folder(data)  # a missing input is named before any output is judged
-    _check_outputs(sets, paths, predictions, out)  # before any work, not after it
+    if out is None:  # named for what made it; a registered model's version is looked up
+        if model_uri is not None and model_uri.startswith("models:/"):
+            setup(EVALUATION_EXPERIMENT, tracking_uri)
+        folder = report_folder(model_uri, predictions)
+    else:
+        folder = out if sets[0].named else None
+    paths = [_paths(data, folder, out) for data in sets]
+    _check_outputs(sets, paths, predictions, out, folder)  # before any work, not after it
     setup(EVALUATION_EXPERIMENT, tracking_uri)
     source = maps or ModelSource(model_uri, split or "test", seed, ratios, engine, tta)
     reports = [
         _score_set(source, data, protocol, progress, where)
         for data, where in zip(sets, paths, strict=True)
     ]
-    for report in reports:
-        write_set(report)
     named = sets[0].named
-    tables = write_tables(reports, reports[0].json_path.parent) if named else None
+    if folder is None:
+        write_set(reports[0])  # --out FILE.json: one set, its files replaced each whole
+    else:
+        write_folder(reports, folder, tables=named)
+    tables = table_paths(folder) if named else None
     run_id, run_url = log_evaluation(reports, tables, prefixed=named)
     return Evaluation(reports, tables, run_id, run_url)

@@ -6,7 +6,8 @@ chosen by the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB,
 the others). The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run;
 the table is also written on the registered model version as tags (`pranet.kvasir.mdice =
 0.912`, the evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the
-version's page. `evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
+version's page; each evaluation replaces the whole family, so rows never mix evaluations.
+`evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet
 
 ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
+TAG_PREFIX = "pranet."  # the model version's tags that hold one evaluation's table
 RECORDED = ("n_images", "mdice", "miou", "wfm", "s_alpha", "mean_em", "max_em", "mae")
 
 
@@ -66,15 +68,20 @@ def record_on_version(result: Evaluation) -> dict[str, str]:
     if not name or not version:
         return {}
     tags = {
-        f"pranet.{report.name}.{key}": (
+        f"{TAG_PREFIX}{report.name}.{key}": (
             str(report.summary[key]) if key == "n_images" else f"{report.summary[key]:.3f}"
         )
         for report in result.sets
         for key in RECORDED
     }
     tags["pranet.evaluation_run"] = result.run_id
-    tags["pranet.tta"] = str(first.get("tta", "none"))  # a TTA table replaces a plain one
+    tags["pranet.tta"] = str(first.get("tta", "none"))
     client = mlflow.MlflowClient()
+    # One evaluation's family of tags: an earlier table's rows for sets not scored now would
+    # look like this run's, so they go.
+    for key in client.get_model_version(name, version).tags:
+        if key.startswith(TAG_PREFIX) and key not in tags:
+            client.delete_model_version_tag(name, version, key)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return tags
@@ -121,15 +128,8 @@ def evaluate_champion(
     copies when `data.source` is kaggle): what `tune` does for the champion it registers under
     `data.protocol = "pranet"`, into `evaluation/<name>-v<version>/`."""
     roots = {set_name: set_root(config.data, set_name) for set_name in SETS}
-    out = Path("evaluation") / f"{name}-v{version}"
-    return evaluate_sets(
-        f"models:/{name}/{version}",
-        list(SETS),
-        roots,
-        out,
-        tracking_uri=tracking_uri,
-        progress=progress,
-    )
+    uri = f"models:/{name}/{version}"
+    return evaluate_sets(uri, list(SETS), roots, tracking_uri=tracking_uri, progress=progress)
 
 
 def evaluate_named_sets(

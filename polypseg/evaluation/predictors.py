@@ -59,11 +59,22 @@ class Predictor(MapPredictor):
     """A logged or registered model's segmenter, loaded from its MLflow URI."""
 
     def __init__(self, uri: str) -> None:
+        from mlflow.exceptions import MlflowException
+
         from polypseg.tracking.pyfunc import load_model
 
         self.uri = uri
         self.model = load_model(uri)
-        wrapped = self.model.unwrap_python_model()
+        try:
+            wrapped = self.model.unwrap_python_model()
+        except MlflowException:  # another flavour's model: sklearn, pytorch, ...
+            wrapped = None
+        if not hasattr(wrapped, "segmenter"):
+            what = type(wrapped).__name__ if wrapped is not None else self.model.loader_module
+            raise ModelError(
+                f"{uri} is not a polypseg model (it is a {what}); give a model that polypseg "
+                "train or tune logged, e.g. models:/polypseg@champion"
+            )
         self.segmenter, self.threshold = wrapped.segmenter, wrapped.threshold
 
     def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -75,32 +86,49 @@ class Predictor(MapPredictor):
         A registry URI is resolved now (an alias or `latest` to its version number), so a report
         says which model it scored even after the alias moves.
         """
-        import mlflow
-
         described: dict[str, str | None] = {
             "model": self.uri,
             "model_name": None,
             "model_version": None,
             "model_run_id": self.model.metadata.run_id,
         }
-        if self.uri.startswith("models:/"):
-            name, _, alias = self.uri[len("models:/") :].partition("@")
-            client = mlflow.MlflowClient()
-            if not alias and "/" not in name:  # MLflow 3's `models:/m-<id>`: logged, unregistered
-                logged = client.get_logged_model(name)
-                described["model_run_id"] = logged.source_run_id or described["model_run_id"]
-                return described
-            if alias:
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = name.partition("/")
-                if number == "latest":
-                    found = client.search_model_versions(f"name = '{name}'")
-                    number = str(max(int(v.version) for v in found))
-                version = client.get_model_version(name, number)
-            described.update(model_name=name, model_version=str(version.version))
-            described["model_run_id"] = version.run_id or described["model_run_id"]
+        if found := registered_version(self.uri):
+            name, number, run_id = found
+            described.update(model_name=name, model_version=number)
+            described["model_run_id"] = run_id or described["model_run_id"]
+        elif self.uri.startswith("models:/"):  # MLflow 3's `models:/m-<id>`: logged, unregistered
+            import mlflow
+
+            logged = mlflow.MlflowClient().get_logged_model(self.uri[len("models:/") :])
+            described["model_run_id"] = logged.source_run_id or described["model_run_id"]
         return described
+
+
+def registered_version(uri: str, strict: bool = True) -> tuple[str, str, str | None] | None:
+    """(name, version number, run id) of a `models:/NAME/N`, `NAME/latest` or `NAME@ALIAS` URI,
+    None for any other URI; with `strict` False, also None when the registry has no such model
+    (`load_model` says so in one line later)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if not uri.startswith("models:/") or (not alias and "/" not in name):
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = name.partition("/")
+            if number == "latest":
+                found = client.search_model_versions(f"name = '{name}'")
+                number = str(max(int(v.version) for v in found))
+            version = client.get_model_version(name, number)
+    except (MlflowException, ValueError):
+        if strict:
+            raise
+        return None
+    return name, str(version.version), version.run_id
 
 
 def require(module: str) -> ModuleType:
@@ -152,17 +180,20 @@ class OnnxPredictor(MapPredictor):
         self.session = open_session(path)
         names = {o.name for o in self.session.get_outputs()}
         shape = self.session.get_inputs()[0].shape
-        if {PROBABILITIES, LOGITS} - names or not isinstance(shape[-1], int):
-            raise ModelError(
-                f"{path} is not a polypseg export (outputs {sorted(names)}); write one with "
-                "`polypseg export`"
-            )
-        self.image_size = int(shape[-1])
         self.metadata = {
             key[len(META_PREFIX) :]: value
             for key, value in self.session.get_modelmeta().custom_metadata_map.items()
             if key.startswith(META_PREFIX)
         }
+        # Names can match by chance (an identity graph named like ours); the metadata export
+        # writes cannot.
+        missing = {PROBABILITIES, LOGITS} - names or {"encoder", "image_size"} - set(self.metadata)
+        if missing or not isinstance(shape[-1], int):
+            raise ModelError(
+                f"{path} is not a polypseg export (no {', '.join(sorted(missing)) or 'fixed size'}"
+                "); write one with `polypseg export`"
+            )
+        self.image_size = int(shape[-1])
         self.threshold = float(self.metadata.get("threshold", 0.5))
 
     def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,23 +1,32 @@
 """What an evaluation leaves behind: per-set JSON and CSV, the papers' table, the MLflow run.
 
 The table has the layout of published polyp tables, one row per data set and one column per
-metric, three decimals (`table.md` for people, `table.csv` for tools). Everything written is
-logged to one run of the `polypseg-evaluation` experiment, whose id and URL the CLI prints.
+metric, three decimals (`table.md` for people, `table.csv` for tools). A report folder holds one
+evaluation: it is written whole in a hidden folder beside it and then swapped in, so a second
+evaluation of fewer sets leaves no older set's files looking current, and a kill leaves the old
+folder or the new one, never a mix. Everything written is logged to one run of the
+`polypseg-evaluation` experiment, whose id and URL the CLI prints.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polypseg.atomic import atomic_path
+from polypseg.atomic import atomic_path, umask
+from polypseg.errors import OutputError
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
+REPORT_SUFFIXES = (".json", ".csv", ".png", ".md")  # all a report folder may hold to be replaced
+STAGED = "staged"  # the last part of a report folder's hidden temporaries: .NAME.PID.RANDOM.staged
 LABELS = {
     "dice": "Dice",
     "iou": "IoU",
@@ -52,14 +61,15 @@ class SetReport:
     figure: Any = field(default=None, repr=False)
 
 
-def write_set(report: SetReport) -> None:
-    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary. All three are
-    written whole before any replaces its earlier version, so a failed write (a full disk)
-    leaves an earlier report as it was, never half new."""
+def write_set(report: SetReport, into: Path | None = None) -> None:
+    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary, in `into`
+    (default: where the report's paths say). All three are written whole before any replaces its
+    earlier version, so a failed write (a full disk) leaves an earlier report as it was."""
     with ExitStack() as stack:
 
         def temporary(path: Path) -> Path:
-            return stack.enter_context(atomic_path(path, option="--out"))
+            place = path if into is None else into / path.name
+            return stack.enter_context(atomic_path(place, option="--out"))
 
         with temporary(report.csv_path).open("w", newline="") as handle:
             fields = ["name", "height", "width", *report.columns]
@@ -72,6 +82,56 @@ def write_set(report: SetReport) -> None:
         if report.figure is not None:
             report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
         temporary(report.json_path).write_text(json.dumps(report.summary, indent=2) + "\n")
+
+
+def check_report_folder(folder: Path) -> None:
+    """Refuse, before any work, a report folder that holds anything an evaluation did not write
+    (`--out .`, a data set, a store): the whole folder is replaced."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file; give a folder for the reports")
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.is_symlink() or not entry.is_file() or entry.suffix not in REPORT_SUFFIXES:
+            raise OutputError(
+                f"--out {folder} holds {entry.name}, which no evaluation wrote; the report folder "
+                "is replaced whole, so give a new or empty folder"
+            )
+
+
+def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> None:
+    """Every set's files (and the tables) in a hidden folder beside `folder`, then swapped in
+    whole; the folders a killed evaluation left beside it are removed first."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for left in folder.parent.glob(f".{folder.name}.*.{STAGED}"):
+        pid = left.name[len(folder.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    prefix = f".{folder.name}.{os.getpid()}."
+    staged = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix, suffix=f".{STAGED}"))
+    try:
+        for report in reports:
+            write_set(report, staged)
+        if tables:
+            write_tables(reports, staged)
+        os.chmod(staged, 0o777 & ~umask())
+        old = None
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix, suffix=f".{STAGED}"))
+            os.replace(folder, old)  # a folder renames onto an empty one
+        os.replace(staged, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def table_paths(folder: Path) -> tuple[Path, Path]:

@@ -10,7 +10,10 @@ it gives frames, timestamps and the exact frame rate as Python objects, with dec
 exceptions at the frame where they happen. imageio-ffmpeg pipes raw bytes from an `ffmpeg`
 subprocess and reads metadata from its log, so a file that breaks off mid-stream looks like a
 shorter one. A file that is not a video is one `DataError`; one that breaks off mid-stream keeps
-the frames read before the break (overlay and CSV are written) and then is one `DataError`.
+the frames read before the break (overlay and CSV are written) and then is one `DataError`; one
+with no frame at all leaves no file. Frames over the pixel limit are refused from the stream's
+header (and each frame's size), before they are converted; a stream whose frame size changes is
+predicted at each frame's own size and drawn into the overlay at the stream's size.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from polypseg.atomic import atomic_path
+from polypseg.data.images import pixel_problem
 from polypseg.errors import DataError, first_line
 from polypseg.outputs import check_output_dir
 
@@ -69,6 +73,7 @@ class FrameReader:
         self.stream.thread_type = "AUTO"
         self.rate = self.stream.average_rate or self.stream.guessed_rate or DEFAULT_RATE
         self.width, self.height = self.stream.width, self.stream.height
+        self._refuse_large(self.width, self.height)
         self.expected = int(self.stream.frames or 0)  # 0: the container does not say
         self.broken: str | None = None
 
@@ -79,12 +84,18 @@ class FrameReader:
         try:
             for frame in self.container.decode(self.stream):
                 when = frame.time if frame.time is not None else count / float(self.rate)
+                self._refuse_large(frame.width, frame.height)
                 yield float(when), frame.to_ndarray(format="rgb24")
                 count += 1
         except av.error.FFmpegError as err:
             self.broken = first_line(err)
         if self.broken is None and count < self.expected:
             self.broken = f"{self.expected} frames announced, the file ends"
+
+    def _refuse_large(self, width: int, height: int) -> None:
+        if problem := pixel_problem(width, height):
+            self.container.close()
+            raise DataError(f"video {self.path}: its frames are {problem}")
 
     def close(self) -> None:
         self.container.close()
@@ -108,6 +119,8 @@ class OverlayWriter:
         import av
 
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if (frame.width, frame.height) != (self.stream.width, self.stream.height):
+            frame = frame.reformat(width=self.stream.width, height=self.stream.height)
         self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:
@@ -118,6 +131,9 @@ class OverlayWriter:
 def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
     batch: list[tuple[float, np.ndarray]] = []
     for item in reader:
+        if batch and item[1].shape != batch[0][1].shape:  # a batch is of one frame size
+            yield batch
+            batch = []
         batch.append(item)
         if len(batch) == size:
             yield batch
@@ -156,9 +172,11 @@ def predict_video(
     batch_size: int = BATCH_SIZE,
     tracking_uri: str | None = None,
     progress: bool = True,
+    tta: str = "none",
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` for `video` into `out_dir` and log
-    one prediction run; a video that breaks off mid-stream keeps its frames read, then raises."""
+    one prediction run; a video that breaks off mid-stream keeps its frames read, then raises.
+    `tta` (none, flip, dihedral) averages each frame's map over its variants."""
     from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
     from polypseg.evaluation.predictors import ENGINES, check_choice, load_predictor
     from polypseg.progress import progress_bar
@@ -174,7 +192,7 @@ def predict_video(
     reader = FrameReader(video)  # a file that is no video is refused before the model loads
     try:
         setup(PREDICTION_EXPERIMENT, tracking_uri)
-        predictor = load_predictor(model, engine)
+        predictor = load_predictor(model, engine, tta)
         with (
             atomic_path(overlay, option="--out") as tmp_video,
             atomic_path(table, option="--out") as tmp_table,
@@ -187,10 +205,13 @@ def predict_video(
                 frames = _run(predictor, reader, writer, rows, max(1, batch_size), bar)
             finally:
                 writer.close()
+            if frames == 0:  # raised here, the empty overlay and table are not kept
+                why = f" ({reader.broken})" if reader.broken else ""
+                raise DataError(f"video {video} holds no frame to predict{why}")
             seconds = time.perf_counter() - start
     finally:
         reader.close()
-    run_id, run_url = _log_video(predictor, video, engine, frames, seconds, table)
+    run_id, run_url = _log_video(predictor, video, engine, tta, frames, seconds, table)
     if reader.broken is not None:
         raise DataError(
             f"video {video} breaks off after {frames} frames ({reader.broken}); the frames read "
@@ -200,7 +221,7 @@ def predict_video(
 
 
 def _log_video(
-    predictor: Any, video: Path, engine: str, frames: int, seconds: float, table: Path
+    predictor: Any, video: Path, engine: str, tta: str, frames: int, seconds: float, table: Path
 ) -> tuple[str, str]:
     import mlflow
 
@@ -210,7 +231,8 @@ def _log_video(
 
     tags = model_tags(predictor.describe())
     with tracked_run(run_name=f"predict-{video.stem}", tags=tags) as run:
-        mlflow.log_params({"video": str(video.resolve()), "engine": engine, "n_frames": frames})
+        params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
+        mlflow.log_params(params)
         mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
         mlflow.log_artifact(str(table))
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

@@ -37,6 +37,7 @@ from polypseg.evaluation.predictors import (
     Predictor,
     batch_input,
     open_session,
+    registered_version,
     require,
 )
 from polypseg.models.decoder import Decoder
@@ -125,26 +126,43 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x.astype(np.float64)))
 
 
-def check_images(images: Sequence[str] | None, data_root: str | None) -> list[Path]:
+def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> list[Path]:
     """The images the parity check runs: those given, else the model's own data set's."""
     from polypseg.evaluation.predict import collect_images
 
     if images:
-        found = collect_images(images)
-    elif data_root and (Path(data_root) / "images").is_dir():
-        found = collect_images([str(Path(data_root) / "images")])
-    else:
-        where = f"its data.root {data_root} is not here" if data_root else "it names no data.root"
-        raise ExportError(
-            f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
-        )
-    return found[:CHECK_IMAGES]
+        return collect_images(images)[:CHECK_IMAGES]
+    for root in data_roots:
+        if (Path(root) / "images").is_dir():
+            return collect_images([str(Path(root) / "images")])[:CHECK_IMAGES]
+    where = f"its data ({', '.join(data_roots)}) is not here" if data_roots else "it names no data"
+    raise ExportError(
+        f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
+    )
 
 
-def _run_params(run_id: str | None) -> dict[str, str]:
+def training_roots(model_uri: str, run_id: str | None) -> list[str]:
+    """The folders the model was trained on, as its training run logged them (the data set
+    input's source: `DIR`, or `NAME=DIR, ...` for several). A study's champion is logged in the
+    study's parent run, which trained nothing: its version names the trial's run."""
+    import json
+
     import mlflow
 
-    return mlflow.MlflowClient().get_run(run_id).data.params if run_id else {}
+    client = mlflow.MlflowClient()
+    if found := registered_version(model_uri, strict=False):
+        tags = client.get_model_version(found[0], found[1]).tags
+        run_id = tags.get("polypseg.trial_run_id", run_id)
+    if not run_id:
+        return []
+    run = client.get_run(run_id)
+    sources = [json.loads(d.dataset.source).get("uri", "") for d in run.inputs.dataset_inputs]
+    roots = [
+        part.partition("=")[2] if "=" in part.split("/")[0] else part
+        for source in sources
+        for part in source.split(", ")
+    ]
+    return [root for root in (*roots, run.data.params.get("data.root")) if root]
 
 
 def export_onnx(
@@ -171,7 +189,7 @@ def export_onnx(
     described = predictor.describe()
     run_id = described["model_run_id"]
     segmenter = predictor.segmenter.cpu().eval()
-    paths = check_images(images, _run_params(run_id).get("data.root"))
+    paths = check_images(images, [] if images else training_roots(model_uri, run_id))
     batch = batch_input([read_image(p) for p in paths], segmenter.image_size)
     if len(batch) == 1:  # a batch of one would fix the batch dimension at export, and check none
         batch = np.concatenate([batch, batch])

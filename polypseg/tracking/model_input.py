@@ -8,6 +8,10 @@ DataFrame: one image as `{"inputs": <H×W×3 nested lists>}`; a batch of any siz
 base64, `{"inputs": ["<base64 PNG or JPEG>", ...]}` (a 475×336 image is 2.4 MB as nested lists,
 tens of kB as a JPEG). Every form ends here, as a list of H×W×3 uint8 arrays.
 
+An image over the pixel limit (`data.max_megapixels`' default, the one limit for files, frames
+and served images) is refused from its header, before it is decoded; floats in [0, 1] are read as
+fractions of full scale (as `data.images.unit_range` reads them), other values as 0–255.
+
 A request the model cannot read raises `ModelInputError`, one line naming the image and what
 was expected. MLflow's scoring server rewrites an `MlflowException`'s message to begin with the
 whole parsed input (megabytes of pixels, for an image) and answers any other exception with a
@@ -25,6 +29,8 @@ from typing import Any
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from polypseg.data.images import pixel_problem
 
 EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
 TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
@@ -53,6 +59,8 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if problem := pixel_problem(*image.size):
+                raise ModelInputError(f"{where}: {problem}")
             return to_rgb(image)
     except (*DECODE_ERRORS, Image.DecompressionBombError) as err:
         raise ModelInputError(f"{where}: not a readable PNG or JPEG ({err})"[:200]) from None
@@ -65,10 +73,14 @@ def _pixels(value: Any, where: str) -> np.ndarray:
         raise ModelInputError(f"{where}: expected {EXPECTED}; its rows differ in length") from None
     if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
         raise ModelInputError(f"{where}: expected {EXPECTED}, got shape {array.shape}")
+    if problem := pixel_problem(array.shape[1], array.shape[0]):
+        raise ModelInputError(f"{where}: {problem}")
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind not in "iuf" or not (array.min() >= 0 and array.max() <= 255):
         raise ModelInputError(f"{where}: expected {EXPECTED}, got {array.dtype} values")
+    if array.dtype.kind == "f" and array.max() <= 1.0:  # fractions: rounding would make black
+        array = array * 255.0
     return np.round(array).astype(np.uint8)
 
 
