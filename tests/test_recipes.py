@@ -199,7 +199,7 @@ def test_hires_beats_simple_when_features_are_at_one_sixteenth(
 
 
 def test_a_recipe_study_runs_and_its_best_decoder_loads_from_the_registry(
-    tiny_config: Path, mlflow_store: str
+    tiny_config: Path, tiny_cache: Path, mlflow_store: str
 ) -> None:
     config = load_config(tiny_config)
     spec = load_spec(ROOT / "studies" / "recipe_search.toml", config)
