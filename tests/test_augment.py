@@ -75,7 +75,7 @@ def test_training_batches_draw_exact_transformed_features_masks_and_images(
     assert len(drawn) == n_train  # every image, every epoch
 
 
-def test_validation_never_sees_a_variant(tiny_config: Path) -> None:
+def test_validation_never_sees_a_variant(tiny_config: Path, tiny_cache: Path) -> None:
     prepared = prepare(_config(tiny_config), progress=False)
     val = prepared.feature_set("val", images=True)
     assert val.variants == () and val.augmented is None
@@ -91,7 +91,7 @@ def test_validation_never_sees_a_variant(tiny_config: Path) -> None:
         prepared.feature_set("val", VARIANTS)
 
 
-def test_the_cache_key_covers_the_variants(tiny_config: Path) -> None:
+def test_the_cache_key_covers_the_variants(tiny_config: Path, tiny_cache: Path) -> None:
     one = prepare(_config(tiny_config, ("hflip",)), progress=False)
     two = prepare(_config(tiny_config), progress=False)
     assert one.features.directory == two.features.directory  # the identity entry is shared

@@ -54,7 +54,7 @@ def test_every_epoch_reports_its_train_and_val_seconds() -> None:
 
 
 def test_train_logs_epoch_timings_with_step_epoch(
-    runner: CliRunner, tiny_config: Path, mlflow_store: str
+    runner: CliRunner, tiny_config: Path, tiny_cache: Path, mlflow_store: str
 ) -> None:
     result = runner.invoke(app, ["train", "--config", str(tiny_config), "--no-log-model"])
     assert result.exit_code == 0, result.output
@@ -67,7 +67,7 @@ def test_train_logs_epoch_timings_with_step_epoch(
 
 
 def test_epochs_before_a_stop_are_logged_even_when_training_is_cut_short(
-    tiny_config: Path, mlflow_store: str
+    tiny_config: Path, tiny_cache: Path, mlflow_store: str
 ) -> None:
     config = load_config(tiny_config)
     prepared = prepare(config, progress=False)

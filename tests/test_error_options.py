@@ -270,6 +270,7 @@ def test_suggested_option_exists(path: tuple[str, ...] | None, option: str, wher
 def test_offline_error_suggests_forms_that_run(
     runner: CliRunner,
     tiny_config: Path,
+    tiny_cache: Path,
     synthetic_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -51,7 +51,7 @@ def test_the_demo_study_is_sized_for_a_cpu_and_apart_from_the_real_job() -> None
 
 
 def test_train_in_a_log_writes_a_line_per_epoch_and_how_to_open_the_run(
-    runner: CliRunner, tiny_config: Path, mlflow_store: str
+    runner: CliRunner, tiny_config: Path, tiny_cache: Path, mlflow_store: str
 ) -> None:
     result = runner.invoke(app, ["train", "--config", str(tiny_config), "--no-log-model"])
     assert result.exit_code == 0, result.output

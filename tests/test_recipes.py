@@ -160,6 +160,9 @@ def _encoder_at_one_sixteenth(monkeypatch: pytest.MonkeyPatch, size: int) -> str
 # Measured (24 synthetic pairs, 64 px, features 4×4, 8 epochs, seeds 0-2; 2 CPU threads):
 # simple 0.011, 0.295, 0.259 (mean 0.188), hires 0.908, 0.804, 0.456 (mean 0.723): +0.535.
 HIRES_MARGIN = 0.25  # half of it, rounded down
+# The test trains seeds 0 and 1 only (+0.70 measured): a third of the slowest test's six fits,
+# with the margin still far below what two seeds give.
+SEEDS = (0, 1)
 
 
 def test_hires_beats_simple_when_features_are_at_one_sixteenth(
@@ -189,7 +192,7 @@ def test_hires_beats_simple_when_features_are_at_one_sixteenth(
     for name in ("simple", "hires"):
         pixels = name == "hires"
         sets = [prepared.feature_set(part, images=pixels) for part in ("train", "val", "test")]
-        for seed in (0, 1, 2):
+        for seed in SEEDS:
             trial = config.with_overrides({"decoder.name": name, "train.seed": seed})
             fitted = fit(*sets[:2], 64, 32, trial.train, CPU, decoder_config=trial.decoder)
             scores = split_scores(fitted.decoder, sets[2], 4, CPU)
@@ -199,7 +202,7 @@ def test_hires_beats_simple_when_features_are_at_one_sixteenth(
 
 
 def test_a_recipe_study_runs_and_its_best_decoder_loads_from_the_registry(
-    tiny_config: Path, mlflow_store: str
+    tiny_config: Path, tiny_cache: Path, mlflow_store: str
 ) -> None:
     config = load_config(tiny_config)
     spec = load_spec(ROOT / "studies" / "recipe_search.toml", config)

@@ -198,14 +198,10 @@ def test_symlink_loops_are_refused_by_every_command(
 
 
 @pytest.fixture(scope="module")
-def truncated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def truncated_store(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Path:
     """A real MLflow SQLite store cut to a third of its size, as a full disk or a bad copy does."""
-    import mlflow
-
-    base = tmp_path_factory.mktemp("store")
-    database = base / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{database}").search_experiments()
-    database.write_bytes(database.read_bytes()[: database.stat().st_size // 3])
+    database = tmp_path_factory.mktemp("store") / "mlflow.db"
+    database.write_bytes(migrated_store.read_bytes()[: migrated_store.stat().st_size // 3])
     return database
 
 
