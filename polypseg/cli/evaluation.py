@@ -1,4 +1,4 @@
-"""`polypseg evaluate` and `predict`: scoring and using a logged or registered model."""
+"""`polypseg evaluate`, `compare` and `predict`: scoring, comparing and using models."""
 
 from __future__ import annotations
 
@@ -121,6 +121,42 @@ def evaluate(
     stdout, notes = result.printout()
     typer.echo("\n".join(notes), err=True)
     typer.echo(stdout)
+
+
+@app.command("compare")
+def compare(
+    # Described in the docstring: typer would print their type, `<str>`.
+    baseline: Annotated[str, typer.Argument(metavar="BASELINE", hidden=True)],
+    candidate: Annotated[str, typer.Argument(metavar="CANDIDATE", hidden=True)],
+    root: RootOption = None,
+    sets: SetsOption = None,
+    config: ConfigRootsOption = None,
+    protocol: ProtocolOption = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE.json", help="Also write the comparison here.")
+    ] = None,
+    resamples: ResamplesOption = RESAMPLES,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Is CANDIDATE better than BASELINE on the same images? Each is a model URI or a folder
+    of saved maps. Per set: each side's mDice and mIoU, the paired difference with its 95 %
+    bootstrap interval, Wilcoxon's p and the images each side wins; logged to a new MLflow
+    run. With --sets, a maps folder holds one subfolder per set (PraNet's
+    results/<method>/<Set>/)."""
+    _refuse_missing_roots(root or [])
+    from polypseg.evaluation.compare import compare as run_compare
+
+    data: list = root or []
+    if sets is not None:
+        from polypseg.evaluation.literature import parse_sets, set_roots, test_sets
+
+        if protocol not in (None, "pranet"):
+            raise PolypsegError(f"--protocol {protocol}: --sets scores under PraNet's protocol")
+        data, protocol = test_sets(parse_sets(sets), set_roots(data, config)), "pranet"
+    options = {"resamples": resamples, "tracking_uri": tracking_uri}
+    result = run_compare(baseline, candidate, data, out, protocol=protocol or "default", **options)
+    typer.echo(f"comparison run {result.run_id}: {result.run_url}", err=True)
+    typer.echo(result.table())
 
 
 @app.command("predict")
