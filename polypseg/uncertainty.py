@@ -13,9 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polypseg.errors import DataError
+
 RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 0
+
+
+def check_resamples(resamples: int) -> int:
+    """`--resamples N`, refused before any work when it could not give an interval."""
+    if resamples < 100:
+        raise DataError(f"--resamples {resamples}: use at least 100 (the default is {RESAMPLES})")
+    return resamples
 
 
 def bootstrap_interval(

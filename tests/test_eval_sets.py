@@ -67,6 +67,8 @@ def test_sets_pranet_gives_the_table_the_metrics_and_the_versions_record(
     for row in rows:
         name = row["dataset"]
         assert version.tags[f"pranet.{name}.mdice"] == row["mdice"]
+        interval = f"[{row['mdice_ci_low']}, {row['mdice_ci_high']}]"
+        assert version.tags[f"pranet.{name}.mdice_ci"] == interval
         assert f"{run.data.metrics[f'{name}/mdice']:.3f}" == row["mdice"]
     assert run.data.tags["polypseg.protocol"] == "pranet"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -20,6 +20,7 @@ from polypseg.data.masks import read_mask
 from polypseg.data.pairs import list_pairs
 from polypseg.data.split import split_names
 from polypseg.metrics import mean_scores, scores
+from polypseg.uncertainty import bootstrap_interval
 
 MODEL = "models:/polypseg-eval@champion"  # registered by conftest's `registered_model`
 
@@ -69,6 +70,8 @@ def test_evaluate_test_split_agrees_with_metrics(
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [r["name"] for r in rows] == list(test_names)
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(summary["dice"], abs=1e-5)
+    dice = torch.cat(per_image["dice"]).numpy()  # the interval of --split test's mDice
+    assert summary["dice_ci"] == pytest.approx(list(bootstrap_interval(dice)), abs=1e-9)
     assert out.with_name("eval_worst.png").stat().st_size > 0
 
 
@@ -113,6 +116,7 @@ def test_evaluate_all_on_png_and_tiff_set_logs_a_run(
         model_env["version"]
     )
     assert runs[0].data.metrics["dice"] == pytest.approx(summary["dice"])
+    assert runs[0].data.metrics["iou_ci_high"] == pytest.approx(summary["iou_ci"][1])
 
 
 def test_predict_writes_masks_at_original_sizes(

@@ -22,6 +22,7 @@ from polypseg.data.masks import read_mask
 from polypseg.data.pairs import list_pairs
 from polypseg.data.split import split_names
 from polypseg.metrics import PRANET_SUMMARY_KEYS
+from polypseg.uncertainty import bootstrap_interval
 
 MODEL = "models:/polypseg-eval@champion"
 THRESHOLDED = ("dice", "iou", "precision", "recall", "specificity")
@@ -119,19 +120,32 @@ def test_several_data_sets_give_the_papers_table(
     lines = table.strip().splitlines()
     assert lines[0].startswith("| Data set | n | mDice | mIoU | max Dice | wFβ | S-α |")
     assert lines[2].startswith("| Kvasir | 2 | ") and lines[3].startswith("| CVC-ClinicDB | 3 | ")
-    assert all(re.fullmatch(r"\d\.\d{3}", cell.strip()) for cell in lines[2].split("|")[3:-1])
+    cells = [cell.strip() for cell in lines[3].split("|")[3:-1]]
+    interval = r"\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]"  # mDice, mIoU: 0.899 [0.87, 0.92]
+    assert all(re.fullmatch(interval, cell) for cell in cells[:2]), cells
+    assert all(re.fullmatch(r"\d\.\d{3}", cell) for cell in cells[2:]), cells
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert [r["dataset"] for r in rows] == ["Kvasir", "CVC-ClinicDB"]
-    assert list(rows[0]) == ["dataset", "n_images", *PRANET_SUMMARY_KEYS]
+    with_ci = ["mdice", "mdice_ci_low", "mdice_ci_high", "miou", "miou_ci_low", "miou_ci_high"]
+    assert list(rows[0]) == ["dataset", "n_images", *with_ci, *PRANET_SUMMARY_KEYS[2:]]
     per_set = {
         name: json.loads((out / f"{name}.json").read_text()) for name in ("Kvasir", "CVC-ClinicDB")
     }
-    assert float(rows[1]["mdice"]) == round(per_set["CVC-ClinicDB"]["mdice"], 3)
+    clinic = per_set["CVC-ClinicDB"]
+    assert float(rows[1]["mdice"]) == round(clinic["mdice"], 3)
+    # The interval is the bootstrap's over the per-image rows (held to NumPy in test_uncertainty).
+    per_image = [float(r["mdice"]) for r in csv.DictReader((out / "CVC-ClinicDB.csv").open())]
+    low, high = bootstrap_interval(per_image)
+    assert clinic["mdice_ci"] == pytest.approx([low, high], abs=1e-5)
+    assert [float(rows[1]["mdice_ci_low"]), float(rows[1]["mdice_ci_high"])] == pytest.approx(
+        clinic["mdice_ci"], abs=5e-4
+    )
     run_id = re.search(r"evaluation run ([0-9a-f]{32})", result.stderr).group(1)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["polypseg.protocol"] == "pranet"
     assert run.data.metrics["CVC-ClinicDB/n_images"] == 3
     assert run.data.metrics["Kvasir/mdice"] == pytest.approx(per_set["Kvasir"]["mdice"])
+    assert run.data.metrics["CVC-ClinicDB/miou_ci_low"] == pytest.approx(clinic["miou_ci"][0])
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
     assert {"table.md", "table.csv", "Kvasir", "CVC-ClinicDB"} <= logged
 

@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from polypseg.uncertainty import bootstrap_interval, format_interval, paired_difference
+from polypseg.errors import DataError
+from polypseg.evaluation.scoring import SetScorer
+from polypseg.uncertainty import (
+    bootstrap_interval,
+    check_resamples,
+    format_interval,
+    paired_difference,
+)
 
 
 def numpy_percentile_bootstrap(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -73,3 +80,29 @@ def test_identical_methods_differ_by_nothing_with_p_one() -> None:
 def test_format_interval_prints_the_figure_then_its_interval() -> None:
     assert format_interval(0.8991, (0.8712, 0.9234)) == "0.899 [0.87, 0.92]"
     assert format_interval(0.5, None) == "0.500"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "keys"), [("default", ("dice", "iou")), ("pranet", ("mdice", "miou"))]
+)
+def test_a_sets_summary_carries_the_bootstrap_interval_of_its_images(
+    protocol: str, keys: tuple[str, str]
+) -> None:
+    rng = np.random.default_rng(8)
+    scorer = SetScorer(protocol)
+    for i in range(12):
+        mask = np.zeros((12, 12), np.uint8)
+        mask[3:9, 2 : 4 + i % 6] = 1
+        scorer.add(f"{i}.png", np.clip(mask * 0.6 + rng.random((12, 12)) * 0.5, 0, 1), mask)
+    summary = scorer.summary(resamples=20_000)
+    assert list(summary)[:5] == ["n_images", keys[0], f"{keys[0]}_ci", keys[1], f"{keys[1]}_ci"]
+    for key in keys:
+        per_image = np.array([row[key] for row in scorer.rows])
+        assert summary[key] == pytest.approx(per_image.mean())  # so resampling rows is right
+        direct = numpy_percentile_bootstrap(per_image, 20_000, seed=6)
+        assert summary[f"{key}_ci"] == pytest.approx(direct, abs=0.006)
+
+
+def test_too_few_resamples_are_refused_before_any_work() -> None:
+    with pytest.raises(DataError, match="--resamples 5: use at least 100"):
+        check_resamples(5)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from polypseg.config import Config
 
 
-WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "predict", "export")
+WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "compare", "predict", "export")
 
 
 class _OneLineErrors(TyperGroup):

@@ -1,4 +1,4 @@
-"""`polypseg evaluate` and `predict`: scoring and using a logged or registered model."""
+"""`polypseg evaluate`, `compare` and `predict`: scoring, comparing and using models."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from polypseg.cli.app import TrackingOption, app
 from polypseg.config import DataConfig
 from polypseg.errors import PolypsegError
+from polypseg.uncertainty import RESAMPLES
 
 ModelOption = typer.Option(
     "--model",
@@ -24,30 +25,52 @@ TtaOption = Annotated[
         "8 symmetries (dihedral); each variant costs one more encoder pass per image.",
     ),
 ]
+ResamplesOption = Annotated[
+    int,
+    typer.Option(
+        metavar="N",
+        help="Bootstrap resamples of each 95 % interval (percentile, over images, seeded).",
+    ),
+]
 EngineOption = Annotated[
     str,
     typer.Option(metavar="torch|onnx", help="torch, or onnx: --model is a `polypseg export` file."),
 ]
 
 
+RootOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="DIR|NAME=DIR",
+        help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table.",
+    ),
+]
+SetsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="pranet|SET,...",
+        help="PraNet's test sets by name (roots: --root SET=DIR, --config's data.roots).",
+    ),
+]
+ConfigRootsOption = Annotated[
+    Path | None,
+    typer.Option("--config", metavar="FILE", help="Experiment TOML whose data.roots --sets uses."),
+]
+ProtocolOption = Annotated[
+    str | None,
+    typer.Option(metavar="default|pranet", help="default, or pranet: as papers report."),
+]
+
+
 @app.command("evaluate")
 def evaluate(
-    root: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="DIR|NAME=DIR",
-            help="Data set (masks/, images/); repeat as NAME=DIR for the papers' table.",
-        ),
-    ] = None,
+    root: RootOption = None,
     model: Annotated[str | None, ModelOption] = None,
     predictions: Annotated[
         Path | None,
         typer.Option(metavar="DIR", help="Any method's saved maps, paired with masks/ by stem."),
     ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(metavar="default|pranet", help="default, or pranet: as papers report."),
-    ] = None,
+    protocol: ProtocolOption = None,
     split: Annotated[
         str | None, typer.Option(metavar="test|all", help="--model only: test (default) or all.")
     ] = None,
@@ -64,24 +87,15 @@ def evaluate(
     ] = DataConfig.split_seed,
     tracking_uri: TrackingOption = None,
     engine: EngineOption = "torch",
-    sets: Annotated[
-        str | None,
-        typer.Option(
-            metavar="pranet|SET,...",
-            help="PraNet's test sets by name (roots: --root SET=DIR, --config's data.roots).",
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", metavar="FILE", help="Experiment TOML whose data.roots --sets uses."
-        ),
-    ] = None,
+    sets: SetsOption = None,
+    config: ConfigRootsOption = None,
     tta: TtaOption = "none",
+    resamples: ResamplesOption = RESAMPLES,
 ) -> None:
     """Score a model, or any method's saved maps, on one or several data sets: JSON summary,
-    per-image CSV, worst cases (and table.md/csv), all logged to a new MLflow run. --sets: the
-    papers' table of a model under PraNet's protocol, also kept on its model version."""
+    per-image CSV, worst cases (and table.md/csv), all logged to a new MLflow run; mDice and
+    mIoU with 95 % bootstrap intervals. --sets: the papers' table of a model under PraNet's
+    protocol, also kept on its model version."""
     _refuse_missing_roots(root or [])
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
@@ -96,17 +110,53 @@ def evaluate(
                 f"{given}: --sets scores each set's PraNet test images under PraNet's protocol; "
                 "drop it, or score folders with --root NAME=DIR"
             )
+        options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta}
         result = evaluate_named_sets(
-            model, sets, root or [], config, out, tracking_uri=tracking_uri, engine=engine, tta=tta
+            model, sets, root or [], config, out, resamples=resamples, **options
         )
     else:
         options = {"predictions": predictions, "seed": seed, "engine": engine}
-        options["protocol"] = protocol or "default"
-        options["tta"] = tta
+        options.update(protocol=protocol or "default", tta=tta, resamples=resamples)
         result = run_evaluate(model, root or [], split, out, tracking_uri=tracking_uri, **options)
     stdout, notes = result.printout()
     typer.echo("\n".join(notes), err=True)
     typer.echo(stdout)
+
+
+@app.command("compare")
+def compare(
+    # Described in the docstring: typer would print their type, `<str>`.
+    baseline: Annotated[str, typer.Argument(metavar="BASELINE", hidden=True)],
+    candidate: Annotated[str, typer.Argument(metavar="CANDIDATE", hidden=True)],
+    root: RootOption = None,
+    sets: SetsOption = None,
+    config: ConfigRootsOption = None,
+    protocol: ProtocolOption = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE.json", help="Also write the comparison here.")
+    ] = None,
+    resamples: ResamplesOption = RESAMPLES,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Is CANDIDATE better than BASELINE on the same images? Each is a model URI or a folder
+    of saved maps. Per set: each side's mDice and mIoU, the paired difference with its 95 %
+    bootstrap interval, Wilcoxon's p and the images each side wins; logged to a new MLflow
+    run. With --sets, a maps folder holds one subfolder per set (PraNet's
+    results/<method>/<Set>/)."""
+    _refuse_missing_roots(root or [])
+    from polypseg.evaluation.compare import compare as run_compare
+
+    data: list = root or []
+    if sets is not None:
+        from polypseg.evaluation.literature import parse_sets, set_roots, test_sets
+
+        if protocol not in (None, "pranet"):
+            raise PolypsegError(f"--protocol {protocol}: --sets scores under PraNet's protocol")
+        data, protocol = test_sets(parse_sets(sets), set_roots(data, config)), "pranet"
+    options = {"resamples": resamples, "tracking_uri": tracking_uri}
+    result = run_compare(baseline, candidate, data, out, protocol=protocol or "default", **options)
+    typer.echo(f"comparison run {result.run_id}: {result.run_url}", err=True)
+    typer.echo(result.table())
 
 
 @app.command("predict")

@@ -35,6 +35,7 @@ from polypseg.evaluation.scoring import SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
+from polypseg.uncertainty import RESAMPLES, check_resamples
 
 WORST_SHOWN = 4
 KINDS = ("images", "masks")  # a data set's folders, which reports must never land in
@@ -97,20 +98,31 @@ def _worst_figure(source: Source, pairs: list, scorer: SetScorer, name: str):  #
     return mask_panel(images, masks, maps, titles, title)
 
 
-def _score_set(
-    source: Source, data: DataSet, protocol: str, progress: bool, paths: tuple[Path, Path, Path]
-) -> SetReport:
-    pairs, missing = source.pairs(data)
+def score(source: Source, pairs: list, protocol: str, label: str, progress: bool) -> SetScorer:
+    """Every pair's map from `source`, scored under `protocol`; `label` names the progress."""
     scorer = SetScorer(protocol, source.threshold)
-    for pair in track(pairs, f"{data.name}: scoring {len(pairs)} images", enabled=progress):
+    for pair in track(pairs, f"{label}: scoring {len(pairs)} images", enabled=progress):
         mask = scorer.read_mask(pair.mask)
         scorer.add(pair.name, source.prob_map(pair, mask.shape, scorer), mask)
+    return scorer
+
+
+def _score_set(
+    source: Source,
+    data: DataSet,
+    protocol: str,
+    progress: bool,
+    paths: tuple[Path, Path, Path],
+    resamples: int,
+) -> SetReport:
+    pairs, missing = source.pairs(data)
+    scorer = score(source, pairs, protocol, data.name, progress)
     summary = {
         **({"name": data.name} if data.named else {}),
         "protocol": protocol,
         **source.describe(),
         "root": str(data.root.resolve()),
-        **scorer.summary(),
+        **scorer.summary(resamples),
         **({"threshold": scorer.threshold} if protocol == "default" else {}),
         "data_digest": source.digest(pairs),
         **({"missing_predictions": missing} if missing else {}),
@@ -156,6 +168,17 @@ def _data_roots(root: Path) -> set[Path]:
         return {root}
 
 
+def input_trees(sets: Sequence[DataSet], maps: dict[Path, str]) -> dict[Path, str]:
+    """The folders no report may land in: each data set's `images/` and `masks/`, the maps."""
+    trees = {
+        root / kind: f"the {kind} of data set {root}"
+        for data in sets
+        for root in _data_roots(data.root)
+        for kind in KINDS
+    }
+    return {**trees, **maps}
+
+
 def _check_outputs(
     sets: list[DataSet],
     paths: list[tuple[Path, Path, Path]],
@@ -178,16 +201,9 @@ def _check_outputs(
     if folder is not None and sets[0].named:
         markdown, table_csv = table_paths(folder)
         outputs += [(markdown, "the table"), (table_csv, "the table's CSV")]
-    trees = {
-        root / kind: f"the {kind} of data set {root}"
-        for data in sets
-        for root in _data_roots(data.root)
-        for kind in KINDS
-    }
-    if predictions is not None:
-        trees[Path(predictions)] = "the maps scored (--predictions)"
+    maps = {} if predictions is None else {Path(predictions): "the maps scored (--predictions)"}
     fix = "rename that data set (NAME=DIR)" if sets[0].named else "give --out a .json name"
-    check_outputs(outputs, out or paths[0][0], fix, trees=trees)
+    check_outputs(outputs, out or paths[0][0], fix, trees=input_trees(sets, maps))
     for path, _ in outputs if folder is None else ():
         check_output_file(path)
 
@@ -206,10 +222,12 @@ def evaluate(
     tracking_uri: str | None = None,
     engine: str = "torch",
     tta: str = "none",
+    resamples: int = RESAMPLES,
 ) -> Evaluation:
     """Score a model (`model_uri`) or saved maps (`predictions`) on each data set; write and
     log the reports. `roots` is one folder or `NAME=DIR` values (see `parse_roots`). `tta`
-    (none, flip, dihedral) averages a model's maps over variants of each image."""
+    (none, flip, dihedral) averages a model's maps over variants of each image; `resamples`:
+    the bootstrap's, for the 95 % intervals of mDice and mIoU."""
     from polypseg.tracking.store import setup
 
     if isinstance(roots, (str, Path)):
@@ -218,6 +236,7 @@ def evaluate(
     listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
     sets = list(roots) if listed else parse_roots(roots)
     check_protocol(protocol)
+    check_resamples(resamples)
     if (model_uri is None) == (predictions is None):
         raise DataError("pass either --model URI or --predictions DIR (one of them)")
     if predictions is not None and split not in (None, "all"):
@@ -241,7 +260,7 @@ def evaluate(
     setup(EVALUATION_EXPERIMENT, tracking_uri)
     source = maps or ModelSource(model_uri, split or "test", seed, ratios, engine, tta)
     reports = [
-        _score_set(source, data, protocol, progress, where)
+        _score_set(source, data, protocol, progress, where, resamples)
         for data, where in zip(sets, paths, strict=True)
     ]
     named = sets[0].named

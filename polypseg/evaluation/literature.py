@@ -22,6 +22,7 @@ from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet
+from polypseg.uncertainty import RESAMPLES
 
 ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
 TAG_PREFIX = "pranet."  # the model version's tags that hold one evaluation's table
@@ -67,13 +68,15 @@ def record_on_version(result: Evaluation) -> dict[str, str]:
     name, version = first.get("model_name"), first.get("model_version")
     if not name or not version:
         return {}
-    tags = {
-        f"{TAG_PREFIX}{report.name}.{key}": (
-            str(report.summary[key]) if key == "n_images" else f"{report.summary[key]:.3f}"
-        )
-        for report in result.sets
-        for key in RECORDED
-    }
+    tags = {}
+    for report in result.sets:
+        for key in RECORDED:
+            value = report.summary[key]
+            tags[f"{TAG_PREFIX}{report.name}.{key}"] = (
+                str(value) if key == "n_images" else f"{value:.3f}"
+            )
+            if interval := report.summary.get(f"{key}_ci"):  # mdice, miou: "[0.851, 0.937]"
+                tags[f"{TAG_PREFIX}{report.name}.{key}_ci"] = "[{:.3f}, {:.3f}]".format(*interval)
     tags["pranet.evaluation_run"] = result.run_id
     tags["pranet.tta"] = str(first.get("tta", "none"))
     client = mlflow.MlflowClient()
@@ -97,6 +100,7 @@ def evaluate_sets(
     progress: bool = True,
     engine: str = "torch",
     tta: str = "none",
+    resamples: int = RESAMPLES,
 ) -> Evaluation:
     """Score `model_uri` on each named test set under PraNet's protocol, write and log the
     table, and record it on the model version (`record_on_version`)."""
@@ -112,6 +116,7 @@ def evaluate_sets(
         progress=progress,
         engine=engine,
         tta=tta,
+        resamples=resamples,
     )
     record_on_version(result)
     return result
@@ -132,6 +137,20 @@ def evaluate_champion(
     return evaluate_sets(uri, list(SETS), roots, tracking_uri=tracking_uri, progress=progress)
 
 
+def set_roots(
+    root_values: Sequence[str], config_path: str | Path | None = None
+) -> dict[str, str | Path]:
+    """`--sets`' roots: the config's `data.roots`, then `--root SET=DIR`."""
+    from polypseg.config import load_config
+    from polypseg.data.protocol import parse_set_roots
+
+    roots: dict[str, str | Path] = {}
+    if config_path is not None:
+        roots.update(load_config(config_path).data.roots)
+    roots.update(parse_set_roots(root_values))
+    return roots
+
+
 def evaluate_named_sets(
     model_uri: str,
     sets: str,
@@ -141,11 +160,5 @@ def evaluate_named_sets(
     **options: object,
 ) -> Evaluation:
     """`evaluate --sets`: roots from the config's `data.roots`, then `--root SET=DIR`."""
-    from polypseg.config import load_config
-    from polypseg.data.protocol import parse_set_roots
-
-    roots: dict[str, str | Path] = {}
-    if config_path is not None:
-        roots.update(load_config(config_path).data.roots)
-    roots.update(parse_set_roots(root_values))
+    roots = set_roots(root_values, config_path)
     return evaluate_sets(model_uri, sets, roots, out, **options)  # type: ignore[arg-type]

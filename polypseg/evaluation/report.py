@@ -23,6 +23,7 @@ from typing import Any
 
 from polypseg.atomic import atomic_path, umask
 from polypseg.errors import OutputError
+from polypseg.uncertainty import format_interval
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
 REPORT_SUFFIXES = (".json", ".csv", ".png", ".md")  # all a report folder may hold to be replaced
@@ -148,24 +149,35 @@ def table_markdown(reports: Sequence[SetReport]) -> str:
         "|" + "---|" + "--:|" * (len(header) - 1),
     ]
     for report in reports:
-        values = [f"{report.summary[k]:.3f}" for k in keys]
+        values = [format_interval(report.summary[k], report.summary.get(f"{k}_ci")) for k in keys]
         lines.append(
             f"| {report.name} | {report.summary['n_images']} | " + " | ".join(values) + " |"
         )
     return "\n".join(lines) + "\n"
 
 
+def figures(report: SetReport) -> dict[str, float | None]:
+    """The set's figures as plain numbers, each interval as `<key>_ci_low`, `<key>_ci_high`
+    after its figure (None for one image): the columns of table.csv and the run's metrics."""
+    flat = {}
+    for key in report.summary_keys:
+        flat[key] = float(report.summary[key])
+        if f"{key}_ci" in report.summary:
+            interval = report.summary[f"{key}_ci"] or (None, None)
+            flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = interval
+    return flat
+
+
 def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
     """`table.md` and `table.csv` (machine keys as the CSV header) in `folder`."""
-    keys = reports[0].summary_keys
     markdown, table_csv = table_paths(folder)
     with atomic_path(markdown, option="--out") as tmp:
         tmp.write_text(table_markdown(reports))
     with atomic_path(table_csv, option="--out") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["dataset", "n_images", *keys])
+        writer.writerow(["dataset", "n_images", *figures(reports[0])])
         for report in reports:
-            values = [f"{report.summary[k]:.3f}" for k in keys]
+            values = ["" if v is None else f"{v:.3f}" for v in figures(report).values()]
             writer.writerow([report.name, report.summary["n_images"], *values])
     return markdown, table_csv
 
@@ -205,8 +217,8 @@ def log_evaluation(
     with tracked_run(run_name=run_name, tags=_run_tags(reports)) as run:
         for report in reports:
             prefix = f"{report.name}/" if prefixed else ""
-            keys = ("n_images", *report.summary_keys)
-            mlflow.log_metrics({prefix + k: float(report.summary[k]) for k in keys})
+            values = {"n_images": report.summary["n_images"], **figures(report)}
+            mlflow.log_metrics({prefix + k: v for k, v in values.items() if v is not None})
             folder = report.name if prefixed else None
             mlflow.log_artifact(str(report.json_path), folder)
             mlflow.log_artifact(str(report.csv_path), folder)

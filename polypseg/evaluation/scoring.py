@@ -27,6 +27,7 @@ from polypseg.metrics import (
     pranet_summary,
     quantize_map,
 )
+from polypseg.uncertainty import RESAMPLES, bootstrap_interval
 
 PROTOCOLS = ("default", "pranet")
 
@@ -56,6 +57,11 @@ class SetScorer:
         return DEFAULT_KEYS if self.protocol == "default" else PRANET_SUMMARY_KEYS
 
     @property
+    def interval_keys(self) -> tuple[str, str]:
+        """mDice and mIoU under this protocol's names: the figures given a 95 % interval."""
+        return ("dice", "iou") if self.protocol == "default" else ("mdice", "miou")
+
+    @property
     def rank_key(self) -> str:
         """The per-image figure the worst cases are chosen by."""
         return "dice" if self.protocol == "default" else "mdice"
@@ -82,12 +88,21 @@ class SetScorer:
         self.rows.append(row)
         return row
 
-    def summary(self) -> dict:
-        """`n_images` and the set's figures, in `summary_keys` order."""
+    def summary(self, resamples: int = RESAMPLES) -> dict:
+        """`n_images` and the set's figures, in `summary_keys` order, each of `interval_keys`
+        followed by its percentile-bootstrap interval over images (`<key>_ci`: [low, high], None
+        for one image). Under `pranet` too a set's mDice is the mean of its images' (the mean
+        over thresholds is linear), so resampling the rows is resampling the set."""
         if not self.rows:
             raise DataError("no images were scored")
         if self.protocol == "default":
             figures = {k: float(np.mean([r[k] for r in self.rows])) for k in DEFAULT_KEYS}
         else:
             figures = pranet_summary(self._curves)
-        return {"n_images": len(self.rows), **figures}
+        summary: dict = {"n_images": len(self.rows)}
+        for key, value in figures.items():
+            summary[key] = value
+            if key in self.interval_keys:
+                interval = bootstrap_interval([r[key] for r in self.rows], resamples)
+                summary[f"{key}_ci"] = list(interval) if interval else None
+        return summary

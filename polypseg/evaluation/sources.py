@@ -27,7 +27,7 @@ from polypseg.data.pairs import (
     list_pairs,
     refuse_implausible_masks,
 )
-from polypseg.data.sets import find_dataset_root
+from polypseg.data.sets import SETS, find_dataset_root
 from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps
@@ -149,9 +149,13 @@ class MapSource:
         return {"predictions": str(self.predictions.resolve()), "split": "all"}
 
     def folder(self, data: DataSet) -> Path:
+        """The set's maps: `DIR/<NAME>/` (a named set of the table also in PraNet's folder name,
+        `DIR/CVC-ClinicDB/`), else, for one set, `DIR` itself."""
         own = self.predictions / data.name
-        if data.named and own.is_dir():
-            return own
+        titled = self.predictions / SETS[data.name].pranet_folder if data.name in SETS else own
+        for folder in (own, titled) if data.named else ():
+            if folder.is_dir():
+                return folder
         if self.several:
             raise DataError(
                 f"no folder {own} for data set {data.name}: with several data sets, maps live in "

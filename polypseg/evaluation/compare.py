@@ -1,0 +1,197 @@
+"""`compare`: is a candidate better than a baseline on the same images, and how sure is that.
+
+Each side is a model URI or a folder of saved maps (with several sets, one subfolder per set,
+PraNet's `results/<method>/<Set>/`), scored by `evaluate`'s own machinery under one protocol.
+Per set both sides must cover the same images (by stem), checked for every set before any is
+scored. The per-image differences candidate − baseline of mDice and mIoU get a paired-bootstrap
+95 % interval and Wilcoxon's signed-rank p-value (`uncertainty.paired_difference`), and the
+images each side wins on mDice are counted. One run of the evaluation experiment holds it all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
+from polypseg.errors import DataError, listing
+from polypseg.evaluation.evaluate import Source, input_trees, score
+from polypseg.evaluation.report import EVALUATION_EXPERIMENT
+from polypseg.evaluation.scoring import check_protocol
+from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
+from polypseg.outputs import check_output_file, check_outputs
+from polypseg.uncertainty import RESAMPLES, check_resamples, format_interval, paired_difference
+
+SIDES = ("baseline", "candidate")
+FIGURES = ("mdice", "miou")  # the names of `SetScorer.interval_keys` in the comparison
+
+
+@dataclass
+class Comparison:
+    """Each set's comparison (the `--out` object), and the MLflow run it went to."""
+
+    sets: dict[str, dict]
+    named: bool
+    run_id: str
+    run_url: str
+
+    @property
+    def document(self) -> dict:
+        """`--out`'s JSON: one set's object, or each set's under its name."""
+        return self.sets if self.named else next(iter(self.sets.values()))
+
+    def table(self) -> str:
+        """The printed table: each side's figures, the difference [95 % CI], p, the wins."""
+        header = ["Data set", "n"]
+        for label in ("mDice", "mIoU"):
+            header += [f"{label} baseline", f"{label} candidate", f"Δ {label} [95 % CI]", "p"]
+        lines = ["| " + " | ".join([*header, "wins (cand. / base.)"]) + " |"]
+        lines.append("|---|" + "--:|" * len(header))
+        for name, result in self.sets.items():
+            cells = [name, str(result["n_images"])]
+            for key in FIGURES:
+                delta = result["delta"][key]
+                interval = None if delta["ci_low"] is None else (delta["ci_low"], delta["ci_high"])
+                cells += [f"{result[side][key]:.3f}" for side in SIDES]
+                cells += [format_interval(delta["mean"], interval), f"{delta['p_value']:.2g}"]
+            cells.append(f"{result['candidate_better']} / {result['baseline_better']}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def side_source(value: str, several: bool) -> Source:
+    """A side: a folder of maps, or a model (a URI, or a local MLflow model folder)."""
+    path = Path(value)
+    if ":/" in value or (path / "MLmodel").is_file():
+        return ModelSource(value, "all", DEFAULT_SEED, DEFAULT_RATIOS)
+    if path.is_dir():
+        return MapSource(path, several)
+    raise DataError(
+        f"{value}: neither a model URI (models:/NAME@ALIAS, runs:/ID/model) nor a folder of maps"
+    )
+
+
+def _same_images(data: DataSet, sides: dict[str, Source], values: Sequence[str]) -> list:
+    """Both sides' pairs of `data`, in one order; a side short of images is refused in one line
+    naming them."""
+    pairs = {side: source.pairs(data)[0] for side, source in sides.items()}
+    stems = {side: {Path(p.name).stem: p for p in found} for side, found in pairs.items()}
+    lacking = [
+        f"{side} {value} has none for {listing(stems[other].keys() - stems[side].keys())}"
+        for side, other, value in zip(SIDES, SIDES[::-1], values, strict=True)
+        if stems[other].keys() - stems[side].keys()
+    ]
+    if lacking:
+        raise DataError(
+            f"{data.name}: both sides must score the same images; the {'; the '.join(lacking)}"
+        )
+    order = sorted(stems["baseline"])
+    return [[stems[side][stem] for stem in order] for side in SIDES]
+
+
+def _compare_set(
+    baseline: list[dict], candidate: list[dict], keys: tuple[str, str], resamples: int
+) -> dict:
+    """The `--out` object of one set from both sides' per-image rows, in one image order."""
+    result: dict = {"n_images": len(baseline)}
+    per_side = {
+        side: {
+            name: np.array([r[key] for r in rows]) for name, key in zip(FIGURES, keys, strict=True)
+        }
+        for side, rows in zip(SIDES, (baseline, candidate), strict=True)
+    }
+    for side in SIDES:
+        result[side] = {name: float(values.mean()) for name, values in per_side[side].items()}
+    result["delta"] = {
+        name: paired_difference(
+            per_side["baseline"][name], per_side["candidate"][name], resamples
+        ).as_dict()
+        for name in FIGURES
+    }
+    wins = np.sign(per_side["candidate"]["mdice"] - per_side["baseline"]["mdice"])
+    result["candidate_better"] = int((wins > 0).sum())
+    result["baseline_better"] = int((wins < 0).sum())
+    return result
+
+
+def compare(
+    baseline: str,
+    candidate: str,
+    roots: Sequence[str | Path | DataSet] | str | Path,
+    out: str | Path | None = None,
+    *,
+    protocol: str = "default",
+    resamples: int = RESAMPLES,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Score both sides on each data set (`roots`: as `evaluate` takes them), compare them
+    image by image, log one run and write `out` (JSON) when given."""
+    from polypseg.tracking.store import setup
+
+    roots = [roots] if isinstance(roots, (str, Path)) else roots
+    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
+    sets = list(roots) if listed else parse_roots(roots)
+    check_protocol(protocol)
+    check_resamples(resamples)
+    values = (baseline, candidate)
+    sides = dict(zip(SIDES, (side_source(v, len(sets) > 1) for v in values), strict=True))
+    maps = {}
+    for side, source in sides.items():
+        for data in sets if isinstance(source, MapSource) else ():
+            source.folder(data)  # a missing input is named before any output is judged
+            maps[source.predictions] = f"the maps of the {side}"
+    if out is not None:
+        out = check_output_file(out)
+        fix = "choose another --out"
+        check_outputs([(out, "the comparison")], out, fix, trees=input_trees(sets, maps))
+    paired = [_same_images(data, sides, values) for data in sets]  # every set, before any work
+    setup(EVALUATION_EXPERIMENT, tracking_uri)
+    results = {}
+    for data, pairs in zip(sets, paired, strict=True):
+        scorers = [
+            score(sides[side], found, protocol, f"{data.name} ({side})", progress)
+            for side, found in zip(SIDES, pairs, strict=True)
+        ]
+        keys = scorers[0].interval_keys
+        results[data.name] = _compare_set(scorers[0].rows, scorers[1].rows, keys, resamples)
+    named = sets[0].named
+    run_id, run_url = _log(results, named, values, protocol)
+    comparison = Comparison(results, named, run_id, run_url)
+    if out is not None:
+        from polypseg.atomic import atomic_path
+
+        with atomic_path(out, option="--out") as tmp:
+            tmp.write_text(json.dumps(comparison.document, indent=2) + "\n")
+    return comparison
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, float]:
+    """`{"delta": {"mdice": {"mean": x}}}` as `{"delta_mdice_mean": x}`, Nones left out."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}_"))
+        elif value is not None:
+            flat[prefix + key] = float(value)
+    return flat
+
+
+def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tuple[str, str]:
+    """One run: `<set>/delta_mdice_mean` (plain names for one unnamed set), the JSON."""
+    import mlflow
+
+    from polypseg.tracking.runs import tracked_run
+    from polypseg.tracking.store import runs_url
+
+    tags = {f"polypseg.{side}": value for side, value in zip(SIDES, values, strict=True)}
+    tags["polypseg.protocol"] = protocol
+    with tracked_run(run_name=f"compare-{'+'.join(results)}-{protocol}", tags=tags) as run:
+        for name, result in results.items():
+            mlflow.log_metrics(_flat(result, f"{name}/" if named else ""))
+        mlflow.log_dict(results, "comparison.json")
+    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
