@@ -111,17 +111,17 @@ def data_split(
     from polypseg.atomic import write_json
     from polypseg.data.pairs import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.outputs import check_output_file, check_outputs
+    from polypseg.outputs import check_output_file
 
     _check_seed(seed)
+    if out is not None:
+        check_output_file(out)  # no data set, store or cache, whichever the protocol
     if protocol not in ("seed", "pranet"):
         raise PolypsegError(f"--protocol {protocol!r}: use seed or pranet")
     if protocol == "pranet":
         from polypseg.data.protocol import parse_set_roots, split_manifest
 
         roots = parse_set_roots(root)
-        if out is not None:
-            check_output_file(out)
         manifest, counts = split_manifest(roots, seed, _parse_ratios(ratios))
         if out is not None:
             write_json(out, manifest, option="--out")
@@ -130,10 +130,6 @@ def data_split(
     if len(root) != 1:
         raise PolypsegError("--root: one folder, or --protocol pranet with SET=DIR folders")
     root = Path(root[0])
-    if out is not None:
-        check_output_file(out)
-        trees = {root / kind: f"the {kind} of data set {root}" for kind in ("images", "masks")}
-        check_outputs([(out, "the manifest")], out, "choose another --out", trees=trees)
     split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
     if out is not None:
         write_json(out, split.manifest(), option="--out")

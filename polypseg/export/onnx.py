@@ -42,7 +42,7 @@ from polypseg.evaluation.predictors import (
 from polypseg.models.decoder import Decoder
 from polypseg.models.frozen import FrozenEncoder
 from polypseg.models.segmenter import upsample_logits
-from polypseg.outputs import check_output_file
+from polypseg.outputs import check_output_file, check_outputs
 
 # Largest probability difference allowed between onnxruntime and torch, both float32.
 PARITY_TOLERANCE = 1e-3
@@ -126,7 +126,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def check_images(images: Sequence[str] | None, data_root: str | None) -> list[Path]:
-    """The images the parity check runs: those given, else the model's own data set's."""
+    """The images the parity check may run: those given, else the model's own data set's."""
     from polypseg.evaluation.predict import collect_images
 
     if images:
@@ -138,7 +138,7 @@ def check_images(images: Sequence[str] | None, data_root: str | None) -> list[Pa
         raise ExportError(
             f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
         )
-    return found[:CHECK_IMAGES]
+    return found
 
 
 def _run_params(run_id: str | None) -> dict[str, str]:
@@ -172,6 +172,8 @@ def export_onnx(
     run_id = described["model_run_id"]
     segmenter = predictor.segmenter.cpu().eval()
     paths = check_images(images, _run_params(run_id).get("data.root"))
+    check_outputs([(out, "the ONNX model")], out, "choose another --out", inputs=paths)
+    paths = paths[:CHECK_IMAGES]
     batch = batch_input([read_image(p) for p in paths], segmenter.image_size)
     if len(batch) == 1:  # a batch of one would fix the batch dimension at export, and check none
         batch = np.concatenate([batch, batch])
