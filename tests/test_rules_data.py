@@ -5,8 +5,10 @@ over several cases, and one CLI test that a refusal is one line, exit 2, nothing
 
 from __future__ import annotations
 
+import errno
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ from test_pranet_split import KVASIR_TEST
 from test_sets import write_pair
 from typer.testing import CliRunner
 
+from polypseg.caches import cache_folder
 from polypseg.cli import app
+from polypseg.config import load_config
 from polypseg.data.masks import sources_problem
 from polypseg.data.pairs import check_decoding, list_pairs, refuse_implausible_masks, set_pairs
 from polypseg.data.protocol import (
@@ -26,7 +30,7 @@ from polypseg.data.protocol import (
     refuse_shared_files,
     split_manifest,
 )
-from polypseg.errors import DataError, OutputError
+from polypseg.errors import ConfigError, DataError, OutputError
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 
 
@@ -217,3 +221,50 @@ def test_a_noisy_or_faint_mask_is_refused_by_name(
 def test_a_black_mask_among_polyp_masks_is_accepted(tmp_path: Path) -> None:
     root = _mask_set(tmp_path, np.zeros((64, 64), np.uint8), ".jpg")
     check_decoding(root, list_pairs(root, decode=False))
+
+
+# --- §5 the limits hold; §7 the cache home in one line ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("data.image_size", 16384), ("data.image_size", 4112), ("train.weight_decay", 1e30)],
+)
+def test_values_past_their_bounds_are_refused_naming_the_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"--set: {key}"):
+        load_config(None, {key: value})
+    assert load_config(None, {"data.image_size": 4096, "train.weight_decay": 0.1})
+
+
+def test_an_unusable_cache_home_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("POLYPSEG_CACHE", str(blocker))
+    with pytest.raises(OutputError, match=f"cache folder {blocker}/synthetic .*POLYPSEG_CACHE"):
+        cache_folder("synthetic")
+    monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "ro"))
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(OutputError, match="read-only file system"):
+        cache_folder("synthetic")
+
+
+def test_synthetic_data_under_an_unusable_cache_home_is_one_line(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_config: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("POLYPSEG_CACHE", str(blocker))
+    args = ["cache", "--config", str(tiny_config), "--set", "data.source=synthetic"]
+    args += ["--set", "data.root=''", "--set", "data.synthetic_n=4"]
+    line = one_error_line(runner.invoke(app, args))
+    assert "set POLYPSEG_CACHE to a writable folder" in line
+    assert blocker.read_text() == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from polypseg.caches import cache_home
+from polypseg.caches import cache_folder
 from polypseg.config import DataConfig
 from polypseg.data.sets import download, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
@@ -14,7 +14,7 @@ from polypseg.errors import DownloadError
 def synthetic_root(data: DataConfig) -> Path:
     if data.root:
         return Path(data.root)
-    return cache_home() / "synthetic" / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
+    return cache_folder("synthetic") / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
 
 
 def resolve_root(data: DataConfig) -> Path:
