@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from polypseg.caches import cache_folder
 from polypseg.cli import app
-from polypseg.config import load_config
+from polypseg.config import DataConfig, load_config
 from polypseg.data.masks import sources_problem
 from polypseg.data.pairs import check_decoding, list_pairs, refuse_implausible_masks, set_pairs
 from polypseg.data.protocol import (
@@ -29,6 +29,7 @@ from polypseg.data.protocol import (
     pranet_split,
     refuse_shared_files,
     split_manifest,
+    training_data,
 )
 from polypseg.errors import ConfigError, DataError, OutputError
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
@@ -268,3 +269,16 @@ def test_synthetic_data_under_an_unusable_cache_home_is_one_line(
     line = one_error_line(runner.invoke(app, args))
     assert "set POLYPSEG_CACHE to a writable folder" in line
     assert blocker.read_text() == ""
+
+
+def test_relative_pranet_roots_train_as_absolute_ones(
+    pranet_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `data.roots` folder relative to the working directory: the decode check before the
+    cache build names files relative to the sources' common folder (a ValueError traceback)."""
+    monkeypatch.chdir(tmp_path)
+    roots = {name: name for name in pranet_roots}  # kvasir, clinicdb under tmp_path
+    data = DataConfig(source="local", protocol="pranet", roots=roots)
+    root, pairs, _ = training_data(data)
+    assert root == tmp_path
+    check_decoding(root, pairs)

@@ -131,12 +131,12 @@ def set_root(data: DataConfig, name: str) -> Path:
 def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
     """What `prepare` trains on under `data.protocol = "pranet"`: the folder above every
     source (for messages), the pairs of both training sets, and their split."""
-    roots = {name: set_root(data, name) for name in TRAINING_SETS}
+    roots = {name: Path(os.path.abspath(set_root(data, name))) for name in TRAINING_SETS}
     pools = {name: set_pairs(name, root, data.max_megapixels) for name, root in roots.items()}
     refuse_shared_files(pools)
     split = pranet_split(pools, data.split_seed, data.ratios, roots)
     pairs = tuple(p for name in TRAINING_SETS for p in pools[name])
-    folders = [str(path.parent.resolve()) for p in pairs for path in (p.image, p.mask)]
+    folders = [str(path.parent) for p in pairs for path in (p.image, p.mask)]  # all absolute
     return Path(os.path.commonpath(folders)), pairs, split
 
 
