@@ -62,22 +62,67 @@ def data_download(
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")],
-    n: Annotated[int, typer.Option(min=1, metavar="N", help="Number of image/mask pairs.")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")
+    ] = None,
+    n: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Image/mask pairs (pranet: per set).")
+    ] = 100,
     seed: Annotated[
         int,
         typer.Option(metavar="N", help="Random seed; the same seed gives the same set."),
     ] = 0,
+    layout: Annotated[
+        str,
+        typer.Option(
+            metavar="kvasir|pranet",
+            help="kvasir: one set; pranet: the five sets in PraNet's layout, with its test names.",
+        ),
+    ] = "kvasir",
+    video: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write a short colonoscopy-like MP4 clip instead."),
+    ] = None,
 ) -> None:
-    """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
-    from polypseg.data.synthetic import make_synthetic
-    from polypseg.outputs import check_output_dir
+    """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work, the five
+    sets in PraNet's layout (--layout pranet), or a short clip for `predict --video` (--video)."""
+    from polypseg.data.synthetic import make_pranet_layout, make_synthetic
+    from polypseg.outputs import check_output_dir, check_output_file
 
     _check_seed(seed)
+    if layout not in ("kvasir", "pranet"):
+        raise PolypsegError(f"--layout {layout!r}: use kvasir or pranet")
+    if (out is None) == (video is None):
+        raise PolypsegError("pass --out DIR (a data set) or --video FILE.mp4 (a clip), one of them")
+    if video is not None:
+        if layout != "kvasir":
+            raise PolypsegError("--layout makes a data set (--out DIR), not a clip; drop one")
+        typer.echo(_write_clip(check_output_file(video, "--video"), seed))
+        return
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
-    typer.echo(make_synthetic(out, n=n, seed=seed, option="--out"))
+    make = make_pranet_layout if layout == "pranet" else make_synthetic
+    typer.echo(make(out, n=n, seed=seed, option="--out"))
+
+
+def _write_clip(path: Path, seed: int) -> Path:
+    from fractions import Fraction
+
+    from polypseg.atomic import atomic_path
+    from polypseg.data.synthetic import synthetic_clip
+    from polypseg.evaluation.video import OverlayWriter
+
+    if path.suffix.lower() != ".mp4":
+        raise PolypsegError(f"--video {path}: name an .mp4 file")
+    with atomic_path(path, option="--video") as tmp:
+        frames = synthetic_clip(seed)
+        first = next(frames)
+        writer = OverlayWriter(tmp, first.shape[1], first.shape[0], Fraction(10))
+        for frame in (first, *frames):
+            writer.write(frame)
+        writer.close()
+    return path
 
 
 @data_app.command("split")
