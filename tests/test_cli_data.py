@@ -132,6 +132,7 @@ def test_synth_video_writes_a_clip_predict_can_read(runner: CliRunner, tmp_path:
         ["--video", "x.avi"],
         ["--out", "D", "--layout", "x"],
         ["--video", "x.mp4", "--layout", "pranet"],
+        ["--out", "D", "--layout", "pranet", "--n", "4"],
     ],
 )
 def test_synth_options_are_checked_in_one_line(

@@ -11,6 +11,8 @@ from polypseg.cli.app import data_app
 from polypseg.config import SEED_MAX, DataConfig
 from polypseg.errors import PolypsegError
 
+PRANET_MIN_N = 5  # one test image per training set, and enough left to train and validate
+
 
 def _parse_ratios(text: str) -> tuple[float, ...]:
     try:
@@ -102,6 +104,11 @@ def data_synth(
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
+    if layout == "pranet" and n < PRANET_MIN_N:
+        raise PolypsegError(
+            f"--n {n}: --layout pranet needs at least {PRANET_MIN_N} pairs per set (a fifth are "
+            "test images, the rest train and validate)"
+        )
     make = make_pranet_layout if layout == "pranet" else make_synthetic
     typer.echo(make(out, n=n, seed=seed, option="--out"))
 
