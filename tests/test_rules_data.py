@@ -31,6 +31,7 @@ from polypseg.data.protocol import (
     split_manifest,
     training_data,
 )
+from polypseg.data.source import resolve_root
 from polypseg.errors import ConfigError, DataError, OutputError
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 
@@ -282,3 +283,15 @@ def test_relative_pranet_roots_train_as_absolute_ones(
     root, pairs, _ = training_data(data)
     assert root == tmp_path
     check_decoding(root, pairs)
+
+
+@pytest.mark.parametrize("place", ["a-file/x", "set/images/x"])
+def test_a_synthetic_data_root_is_checked_as_an_output(
+    tmp_path: Path, synthetic_root: Path, place: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    shutil.copytree(synthetic_root, tmp_path / "set")
+    data = DataConfig(source="synthetic", root=str(tmp_path / place), synthetic_n=2)
+    with pytest.raises(OutputError, match="data.root"):
+        resolve_root(data)
+    assert not (tmp_path / place).exists()
