@@ -130,7 +130,10 @@ PATCH = 16  # the ViT encoders cut images into 16×16 patches
 MAX_MEGAPIXELS_CEILING = 178.0
 # Every numeric key's range: (low, high, low excluded). Values must also be finite.
 RANGES: dict[str, Bounds] = {
-    "data.image_size": (64, math.inf, False),
+    # The square every image is resized to. At 4096 a ViT encoder already sees 65536 tokens
+    # (SAM's own 1024 gives 4096), past what a GPU holds; no polyp set has frames that large
+    # (Kvasir-SEG's widest is 1920 px), and 16384 ended in a MemoryError.
+    "data.image_size": (64, 4096, False),
     "data.split_seed": (0, SEED_MAX, False),
     "data.synthetic_n": (1, math.inf, False),
     "data.synthetic_seed": (0, SEED_MAX, False),
@@ -141,7 +144,9 @@ RANGES: dict[str, Bounds] = {
     "train.epochs": (1, math.inf, False),
     "train.batch_size": (1, math.inf, False),
     "train.lr": (0, math.inf, True),
-    "train.weight_decay": (0, math.inf, False),
+    # AdamW scales each weight by (1 - lr × weight_decay) per step: at 1 and above (lr ≤ 1) a
+    # step can erase or flip the weights, so the loss diverges for a reason that is not lr.
+    "train.weight_decay": (0, 1, False),
     "train.dice_weight": (0, 1, False),
     "train.seed": (0, SEED_MAX, False),
     "train.patience": (0, math.inf, False),

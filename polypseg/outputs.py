@@ -1,5 +1,13 @@
 """Outputs checked before any work: a place that cannot be written, outputs landing among the
-inputs or on each other, and free space (the one check of it: `short_of_space`).
+inputs, in a data set, in a store or on each other, and free space (the one check of it:
+`short_of_space`).
+
+Every writer goes through `check_output_file` or `check_output_dir` (and `check_outputs` for
+several files), and each of them refuses the places polypseg never writes, found here rather
+than passed by the command: any data set's images and masks folders (found by layout, not only
+the set the command reads), the MLflow store (`./mlruns`, the artifacts beside the database of
+`MLFLOW_TRACKING_URI`), any SQLite database (MLflow's store, Optuna's storage) and the feature
+cache (`$POLYPSEG_CACHE`). A command added later inherits these places by calling the checkers.
 """
 
 from __future__ import annotations
@@ -11,12 +19,85 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from polypseg.caches import cache_home
 from polypseg.errors import OutputError
+from polypseg.sqlite_files import sqlite_file
 
 # The longest file name (in bytes) Linux file systems take.
 NAME_MAX = 255
 # Below this not even a run's params and metrics, with SQLite's journal for them, surely fit.
 MIN_FREE_BYTES = 256 << 10
+# The folder names that make a data set, an images folder beside a masks folder (compared in
+# lower case): data/sets.py finds data sets by them, and no output may land inside one.
+IMAGE_FOLDERS = ("images", "image", "original")
+MASK_FOLDERS = ("masks", "mask", "ground truth", "groundtruth")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))  # realpath, not Path.resolve: it never raises
+
+
+def data_set_folder(folder: Path) -> Path | None:
+    """The images or masks folder of a data set that `folder` is in, at any depth, or None."""
+    for place in (folder, *folder.parents):
+        name = place.name.lower()
+        for own, other in ((IMAGE_FOLDERS, MASK_FOLDERS), (MASK_FOLDERS, IMAGE_FOLDERS)):
+            if name in own and any(s.name.lower() in other for s in _folders(place.parent)):
+                return place
+    return None
+
+
+def _folders(folder: Path) -> list[Path]:
+    try:
+        return [entry for entry in folder.iterdir() if entry.is_dir()]
+    except OSError:  # unreadable or missing: named where it is read, if it is
+        return []
+
+
+def stores() -> dict[Path, str]:
+    """The folders polypseg keeps its stores in, none of them a place for outputs."""
+    places = {
+        cache_home(): "polypseg's feature cache ($POLYPSEG_CACHE)",
+        Path.cwd() / "mlruns": "the MLflow store",
+    }
+    database = sqlite_file(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if database is not None:
+        places[database.parent / "artifacts"] = "the MLflow store's artifacts"
+    return {_real(folder): held for folder, held in places.items()}
+
+
+def _is_database(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:  # missing, or a folder: nothing to destroy
+        return False
+
+
+def protected_place(folder: Path) -> str | None:
+    """What `folder` (where an output lands) belongs to that polypseg never writes in, or None:
+    a data set's images or masks, or one of its `stores`."""
+    real = _real(folder)
+    if inside := data_set_folder(real):
+        return f"{inside}, which holds the {inside.name} of data set {inside.parent}"
+    for place, held in stores().items():
+        if real.is_relative_to(place):
+            return f"{place}, which holds {held}"
+    return None
+
+
+def _refuse_protected(path: Path, option: str, target: Path, folder: bool = False) -> None:
+    if _is_database(path):
+        raise OutputError(
+            f"{option} {target} would replace {path}, an SQLite database (an MLflow store or "
+            "an Optuna storage): choose another path"
+        )
+    if held := protected_place(path if folder else path.parent):
+        raise OutputError(
+            f"{option} {target} would write in {held}; polypseg never writes where its inputs "
+            "or stores live: choose another folder"
+        )
 
 
 def _writable_folder(folder: Path, option: str, target: Path) -> None:
@@ -43,6 +124,7 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; give a file name inside it")
+    _refuse_protected(path, option, path)
     _writable_folder(path.parent, option, path)
     return path
 
@@ -52,6 +134,7 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder; give a folder")
+    _refuse_protected(path, option, path, folder=True)
     _writable_folder(path, option, path)
     return path
 
@@ -63,6 +146,7 @@ def check_outputs(
     *,
     folders: dict[Path, str] | None = None,
     trees: dict[Path, str] | None = None,
+    inputs: Sequence[Path] = (),
     option: str = "--out",
 ) -> None:
     """Refuse, before any work, outputs that would land among the inputs or on each other.
@@ -71,20 +155,27 @@ def check_outputs(
     per-image CSV of Kvasir`). No output may be written in one of `folders` (where inputs are
     listed: a mask beside its image), nor anywhere under one of `trees` (a data set's `images/`
     and `masks/`, the maps scored: a figure among the ground truth breaks the data set); both
-    map a folder to what it holds. Two outputs with one path are refused naming both (`fix`
-    says what to change), and so is a name too long for the file system. `target` is what the
-    user gave as `option`.
+    map a folder to what it holds. No output may replace one of `inputs` (the files the
+    command reads), nor land in a data set or a store (`protected_place`). Two outputs with one
+    path are refused naming both (`fix` says what to change), and so is a name too long for the
+    file system. `target` is what the user gave as `option`.
     """
-    # realpath, not Path.resolve: it never raises, even on a symlink loop
+    read = {_real(path): path for path in inputs}
     places: dict[Path, tuple[Path, str, bool]] = {}
     for held_in, whole in ((folders or {}, False), (trees or {}, True)):
         for folder, held in held_in.items():
-            real = Path(os.path.realpath(folder))
+            real = _real(folder)
             if whole or real not in places:
                 places[real] = (folder, held, whole)
     seen: dict[Path, str] = {}
     for path, what in outputs:
-        where = Path(os.path.realpath(path))
+        where = _real(path)
+        if where in read:
+            raise OutputError(
+                f"{option} {target} would replace {read[where]}, one of the inputs; choose "
+                "another path"
+            )
+        _refuse_protected(path, option, target)
         for real, (shown, held, whole) in places.items():
             if where.parent == real or (whole and where.parent.is_relative_to(real)):
                 raise OutputError(

@@ -34,6 +34,8 @@ from polypseg.tuning.spec import load_spec
         ("train.lr=inf", "train.lr"),
         ("train.weight_decay=nan", "train.weight_decay"),
         ("train.weight_decay=-5", "train.weight_decay"),
+        ("train.weight_decay=1e30", "train.weight_decay"),  # not blamed on train.lr
+        ("data.image_size=16384", "data.image_size"),  # a MemoryError traceback before
         ("train.dice_weight=nan", "train.dice_weight"),
         ("data.ratios=[0.8, nan, 0.1]", "data.ratios"),
         ("data.split_seed=-1", "data.split_seed"),

@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 from polypseg.cli import app
@@ -94,3 +96,48 @@ def test_download_without_network_says_how_to_go_on(
 def test_synth_refuses_to_overwrite(runner: CliRunner, synthetic_root: Path) -> None:
     line = _error_line(runner.invoke(app, ["data", "synth", "--out", str(synthetic_root)]))
     assert "not empty" in line
+
+
+def test_synth_pranet_layout_gives_the_protocols_split_offline(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "pranet"
+    args = ["data", "synth", "--layout", "pranet", "--n", "5", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    args = ["data", "split", "--protocol", "pranet"]
+    args += [f"--root={name}={out}" for name in ("kvasir", "clinicdb", "colondb", "etis", "cvc300")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        "train=7 val=1 test.kvasir=1 test.clinicdb=1 test.colondb=5 test.etis=5 test.cvc300=5"
+    )
+
+
+def test_synth_video_writes_a_clip_predict_can_read(runner: CliRunner, tmp_path: Path) -> None:
+    from polypseg.evaluation.video import FrameReader
+
+    clip = tmp_path / "clip.mp4"
+    result = runner.invoke(app, ["data", "synth", "--video", str(clip)])
+    assert result.exit_code == 0, result.output
+    frames = [frame for _, frame in FrameReader(clip)]
+    assert len(frames) == 40 and frames[0].shape == (160, 192, 3)
+    assert not np.array_equal(frames[0], frames[10])  # the camera moves
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--video", "x.mp4", "--out", "D"],
+        [],
+        ["--video", "x.avi"],
+        ["--out", "D", "--layout", "x"],
+        ["--video", "x.mp4", "--layout", "pranet"],
+        ["--out", "D", "--layout", "pranet", "--n", "4"],
+    ],
+)
+def test_synth_options_are_checked_in_one_line(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    one_error_line(runner.invoke(app, ["data", "synth", *args]))
+    assert not list(tmp_path.iterdir())

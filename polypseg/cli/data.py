@@ -11,6 +11,8 @@ from polypseg.cli.app import data_app
 from polypseg.config import SEED_MAX, DataConfig
 from polypseg.errors import PolypsegError
 
+PRANET_MIN_N = 5  # one test image per training set, and enough left to train and validate
+
 
 def _parse_ratios(text: str) -> tuple[float, ...]:
     try:
@@ -62,22 +64,72 @@ def data_download(
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")],
-    n: Annotated[int, typer.Option(min=1, metavar="N", help="Number of image/mask pairs.")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Folder to create (images/, masks/).")
+    ] = None,
+    n: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Image/mask pairs (pranet: per set).")
+    ] = 100,
     seed: Annotated[
         int,
         typer.Option(metavar="N", help="Random seed; the same seed gives the same set."),
     ] = 0,
+    layout: Annotated[
+        str,
+        typer.Option(
+            metavar="kvasir|pranet",
+            help="kvasir: one set; pranet: the five sets in PraNet's layout, with its test names.",
+        ),
+    ] = "kvasir",
+    video: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write a short colonoscopy-like MP4 clip instead."),
+    ] = None,
 ) -> None:
-    """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work."""
-    from polypseg.data.synthetic import make_synthetic
-    from polypseg.outputs import check_output_dir
+    """Write a synthetic Kvasir-like data set (JPEG images and masks) for offline work, the five
+    sets in PraNet's layout (--layout pranet), or a short clip for `predict --video` (--video)."""
+    from polypseg.data.synthetic import make_pranet_layout, make_synthetic
+    from polypseg.outputs import check_output_dir, check_output_file
 
     _check_seed(seed)
+    if layout not in ("kvasir", "pranet"):
+        raise PolypsegError(f"--layout {layout!r}: use kvasir or pranet")
+    if (out is None) == (video is None):
+        raise PolypsegError("pass --out DIR (a data set) or --video FILE.mp4 (a clip), one of them")
+    if video is not None:
+        if layout != "kvasir":
+            raise PolypsegError("--layout makes a data set (--out DIR), not a clip; drop one")
+        typer.echo(_write_clip(check_output_file(video, "--video"), seed))
+        return
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise PolypsegError(f"--out {out} exists and is not empty; choose a new folder")
-    typer.echo(make_synthetic(out, n=n, seed=seed, option="--out"))
+    if layout == "pranet" and n < PRANET_MIN_N:
+        raise PolypsegError(
+            f"--n {n}: --layout pranet needs at least {PRANET_MIN_N} pairs per set (a fifth are "
+            "test images, the rest train and validate)"
+        )
+    make = make_pranet_layout if layout == "pranet" else make_synthetic
+    typer.echo(make(out, n=n, seed=seed, option="--out"))
+
+
+def _write_clip(path: Path, seed: int) -> Path:
+    from fractions import Fraction
+
+    from polypseg.atomic import atomic_path
+    from polypseg.data.synthetic import synthetic_clip
+    from polypseg.evaluation.video import OverlayWriter
+
+    if path.suffix.lower() != ".mp4":
+        raise PolypsegError(f"--video {path}: name an .mp4 file")
+    with atomic_path(path, option="--video") as tmp:
+        frames = synthetic_clip(seed)
+        first = next(frames)
+        writer = OverlayWriter(tmp, first.shape[1], first.shape[0], Fraction(10))
+        for frame in (first, *frames):
+            writer.write(frame)
+        writer.close()
+    return path
 
 
 @data_app.command("split")
@@ -111,17 +163,17 @@ def data_split(
     from polypseg.atomic import write_json
     from polypseg.data.pairs import list_pairs
     from polypseg.data.split import split_names
-    from polypseg.outputs import check_output_file, check_outputs
+    from polypseg.outputs import check_output_file
 
     _check_seed(seed)
+    if out is not None:
+        check_output_file(out)  # no data set, store or cache, whichever the protocol
     if protocol not in ("seed", "pranet"):
         raise PolypsegError(f"--protocol {protocol!r}: use seed or pranet")
     if protocol == "pranet":
         from polypseg.data.protocol import parse_set_roots, split_manifest
 
         roots = parse_set_roots(root)
-        if out is not None:
-            check_output_file(out)
         manifest, counts = split_manifest(roots, seed, _parse_ratios(ratios))
         if out is not None:
             write_json(out, manifest, option="--out")
@@ -130,10 +182,6 @@ def data_split(
     if len(root) != 1:
         raise PolypsegError("--root: one folder, or --protocol pranet with SET=DIR folders")
     root = Path(root[0])
-    if out is not None:
-        check_output_file(out)
-        trees = {root / kind: f"the {kind} of data set {root}" for kind in ("images", "masks")}
-        check_outputs([(out, "the manifest")], out, "choose another --out", trees=trees)
     split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
     if out is not None:
         write_json(out, split.manifest(), option="--out")

@@ -5,13 +5,13 @@ its checks live here and `list_pairs` runs all of them: several files for one st
 without masks and masks without images, a symlink that leads nowhere (a loop, a missing target),
 an image over the pixel limit (`data.max_megapixels`, our deliberate limit instead of Pillow's
 decompression-bomb guard), a mask not its image's size, and a file that does not decode to its
-end, so a truncated JPEG is found by `split` as well as by `train`. JPEGs decode in Pillow's
-draft mode (1/8 scale): the whole compressed stream is still read, at a fraction of a full
-decode's cost. The one exception is a feature-cache hit (`features/prepare.py`): its key holds
+end, so a truncated JPEG is found by `split` as well as by `train`. JPEG images decode in
+Pillow's draft mode (1/8 scale): the whole compressed stream is still read, at a fraction of a
+full decode's cost. The one exception is a feature-cache hit (`features/prepare.py`): its key holds
 the SHA-256 of every file, so the bytes are the ones a build already decoded, and only headers
 are read again. Before a build the same pass measures each mask's polyp fraction by the mask
-rule (a JPEG mask empty at 1/8 scale is looked at again in full), so a set of empty masks is
-refused before it is encoded. A mask `p<stem>` (ETIS and CVC-ColonDB's original releases) pairs
+rule at full scale, as it will be scored, so a faint mask, or a set of empty masks, is refused
+before it is encoded. A mask `p<stem>` (ETIS and CVC-ColonDB's original releases) pairs
 with image `<stem>`.
 """
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, JpegImagePlugin
 
 from polypseg.caches import file_digest
@@ -37,7 +38,7 @@ from polypseg.data.images import (
     shown_size,
 )
 from polypseg.data.images import decode as decode_file
-from polypseg.data.masks import foreground_problem, mask_from_image, read_mask
+from polypseg.data.masks import FILE_CAUSES, foreground_problem, mask_from_image, sources_problem
 from polypseg.data.sets import find_dataset, set_folders
 from polypseg.errors import DataError, listing
 from polypseg.processes import usable_cores
@@ -141,15 +142,19 @@ def list_pairs(
 
 
 def set_pairs(
-    name: str, root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    name: str,
+    root: str | Path,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    decode: bool = False,
 ) -> list[Pair]:
-    """Every pair of set `name` at `root`, named `<name>/<image file name>`, headers checked."""
+    """Every pair of set `name` at `root`, named `<name>/<image file name>`, headers checked
+    (with `decode`, every file decoded to its end, as `list_pairs` does)."""
     pairs = []
     for images_dir, masks_dir, mixed in set_folders(name, root):
         found = folder_pairs(images_dir, masks_dir, f"{name}/")
         if mixed:  # PraNet's TrainDataset: CVC-ClinicDB's files are numbered, Kvasir's are not
             found = [p for p in found if p.image.stem.isdigit() == (name == "clinicdb")]
-        _refuse(images_dir.parent, pair_problems(found, images_dir.parent, max_megapixels, False))
+        _refuse(images_dir.parent, pair_problems(found, images_dir.parent, max_megapixels, decode))
         pairs += found
     if len({p.name for p in pairs}) < len(pairs):
         raise DataError(f"{root}: the same {name} file name in two folders; keep one copy")
@@ -163,7 +168,7 @@ def check_decoding(
     file decodes to its end, and the masks are not all empty nor nearly all polyp."""
     fractions: dict[str, float] = {}
     problems = pair_problems(pairs, Path(root), max_megapixels, fractions=fractions)
-    if not problems and (problem := foreground_problem(list(fractions.values()), "masks/")):
+    if not problems and (problem := sources_problem(fractions, "masks/")):
         problems = [problem]
     _refuse(Path(root), problems)
 
@@ -179,7 +184,8 @@ def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
 
 
 def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool = False) -> Verdict:
-    """("ok", (w, h), fraction), ("large", (w, h) or None, None) or ("undecodable", None, None).
+    """("ok", (w, h), fraction), ("large", (w, h) or None, None), ("undecodable", None, None)
+    or, for a measured mask that reads as no polyp but is not black, ("faint", (w, h), None).
 
     Without `decode` only the header is read: the size and the pixel limit, not the data. With
     `measure` (a mask) the fraction of polyp pixels by the mask rule comes too, else None.
@@ -187,27 +193,36 @@ def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool =
     """
     try:
         with Image.open(path) as image:
+            if image.width * image.height > max_pixels:  # before EXIF, which may read on
+                return "large", image.size, None
             size = shown_size(image)  # a mask pairs with its image as both are shown
-            if size[0] * size[1] > max_pixels:
-                return "large", size, None
             if not decode:
                 return "ok", size, None
-            drafted = isinstance(image, JpegImagePlugin.JpegImageFile)  # MPO files are JPEGs too
-            if drafted:
+            # A mask is measured as it will be scored, at full scale: at 1/8 the noise of 0/1
+            # labels saved as JPEG averages out to clean labels that scoring never sees.
+            if not measure and isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO too
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-            fraction = float(mask_from_image(image).mean()) if measure else None
+            if measure:
+                return _measured(image, size)
     except Image.DecompressionBombError:
         return "large", None, None
     except DECODE_ERRORS:  # TIFF layouts Pillow refuses: the one reader's tifffile path
         try:
-            array = pixels(decode_file(path))
+            decoded = pixels(decode_file(path))
         except DataError:
             return "undecodable", None, None
-        fraction = float(mask_from_image(array).mean()) if measure else None
-        return "ok", (array.shape[1], array.shape[0]), fraction
-    if drafted and fraction == 0.0:  # a polyp under half of each 8×8 block: look at full scale
-        fraction = float(read_mask(path).mean())
+        size = (decoded.shape[1], decoded.shape[0])
+        return _measured(decoded, size) if measure else ("ok", size, None)
+    return "ok", size, None
+
+
+def _measured(mask: Image.Image | np.ndarray, size: Any) -> Verdict:
+    """A decoded mask's polyp fraction by the mask rule; "faint" when the rule finds no polyp in
+    a mask that is not black (0/1 labels saved as JPEG, polyps drawn in dark grey)."""
+    fraction = float(mask_from_image(mask).mean())
+    if fraction == 0.0 and np.asarray(mask).any():
+        return "faint", size, None
     return "ok", size, fraction
 
 
@@ -236,15 +251,21 @@ def _phrases(found: dict[str, list[str]], max_megapixels: float) -> list[str]:
         "raise data.max_megapixels in the config)",
         "undecodable": "files that cannot be decoded",
         "size": "masks not the size of their images",
+        "faint": "masks not black but with no pixel at half range or above",
     }
-    return [f"{phrases[kind]}: {listing(names)}" for kind, names in found.items() if names]
+    causes = {"faint": f" ({FILE_CAUSES})"}
+    return [
+        f"{phrases[kind]}: {listing(names)}{causes.get(kind, '')}"
+        for kind, names in found.items()
+        if names
+    ]
 
 
 def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> None:
     if state == "large":
         found["large"].append(f"{shown} ({size[0]}×{size[1]})" if size else shown)
-    elif state == "undecodable":
-        found["undecodable"].append(shown)
+    elif state in ("undecodable", "faint"):
+        found[state].append(shown)
 
 
 def pair_problems(
@@ -260,7 +281,7 @@ def pair_problems(
     `fractions`, when given (with `decode`), receives each decoded mask's polyp fraction by
     pair name: the same pass measures the masks (`masks.foreground_problem` judges them).
     """
-    found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": []}
+    found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": [], "faint": []}
     pairs = list(pairs)
     paths = [path for pair in pairs for path in (pair.image, pair.mask)]
     measure = [fractions is not None and index % 2 == 1 for index in range(len(paths))]
@@ -295,6 +316,9 @@ def refuse_implausible_masks(masks: Sequence[Path], where: str) -> None:
     """Masks about to be scored, refused when all empty or nearly all polyp: a Dice on empty
     masks is 1.0 for a model that finds nothing (`masks.foreground_problem`)."""
     verdicts = _inspect_all(masks, math.inf, decode=True, measure=[True] * len(masks))
+    states = [state for state, _, _ in verdicts]
+    if faint := [str(mask) for mask, state in zip(masks, states, strict=True) if state == "faint"]:
+        raise DataError(_phrases({"faint": faint}, math.inf)[0])
     fractions = [fraction for _, _, fraction in verdicts if fraction is not None]
     if problem := foreground_problem(fractions, where):
         raise DataError(problem)

@@ -4,8 +4,10 @@ Training: Kvasir-SEG and CVC-ClinicDB minus PraNet's test images (1450 images wh
 are whole), named `<set>/<file>`. Validation, for pruning and model selection: a seeded
 `data.ratios[1]` share of those training images, never a test set. Test: PraNet's 100 Kvasir and
 62 ClinicDB images (`pranet_test_names.json`, with its provenance) and the whole of CVC-ColonDB,
-ETIS-LaribPolypDB and CVC-300. Test membership is by stem: a copy may store an image as `.jpg`
-or `.tif` where PraNet's lists name a `.png`.
+ETIS-LaribPolypDB and CVC-300. Test membership is by stem, without regard to case: a copy may
+store an image as `.jpg` or `.tif` where PraNet's lists name a `.png`. The sets given are
+identified, not assumed: one set named twice, or one file in two sets (the same folder given
+twice, or a copy of it), is refused before it could leak test images into training.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
+from polypseg.caches import file_digest
 from polypseg.config import DataConfig
 from polypseg.data.pairs import Pair, set_pairs
 from polypseg.data.sets import SETS, check_set_name, download, local_copy_hint
@@ -30,11 +33,38 @@ NAMES_FILE = Path(__file__).with_name("pranet_test_names.json")
 def test_stems() -> dict[str, frozenset[str]]:
     """PraNet's test images of the two training sets, as file stems."""
     lists = json.loads(NAMES_FILE.read_text())
-    return {name: frozenset(Path(file).stem for file in lists[name]) for name in TRAINING_SETS}
+    return {
+        name: frozenset(Path(file).stem.lower() for file in lists[name]) for name in TRAINING_SETS
+    }
 
 
 def _stem(pair: Pair) -> str:
-    return Path(pair.name.partition("/")[2]).stem
+    return Path(pair.name.partition("/")[2]).stem.lower()
+
+
+def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
+    """One line when an image of a training set is also in another set, by its resolved path or
+    by its bytes: a set given twice, or under two names, would put test images into training.
+    Only files of one size in two sets are hashed."""
+    by_size: dict[int, list[tuple[str, Path]]] = {}
+    for name, pairs in pools.items():
+        for pair in pairs:
+            real = Path(os.path.realpath(pair.image))
+            by_size.setdefault(real.stat().st_size, []).append((name, real))
+    digests: dict[Path, str] = {}
+    for group in (g for g in by_size.values() if len({name for name, _ in g}) > 1):
+        owners: dict[str, tuple[str, Path]] = {}
+        for name, real in group:
+            if real not in digests:
+                digests[real] = file_digest(real)
+            first, where = owners.setdefault(digests[real], (name, real))
+            # Test sets may share frames (CVC-300 came from CVC-ColonDB): no training leak.
+            if first != name and {first, name} & set(TRAINING_SETS):
+                shown = str(real) if where == real else f"{where} and {real}"
+                raise DataError(
+                    f"the {first} and {name} roots hold the same image ({shown}): one folder "
+                    "given for two sets, or a copy of it; give each set its own folder"
+                )
 
 
 def missing_roots(names: Sequence[str], roots: Mapping[str, object]) -> None:
@@ -101,11 +131,12 @@ def set_root(data: DataConfig, name: str) -> Path:
 def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
     """What `prepare` trains on under `data.protocol = "pranet"`: the folder above every
     source (for messages), the pairs of both training sets, and their split."""
-    roots = {name: set_root(data, name) for name in TRAINING_SETS}
+    roots = {name: Path(os.path.abspath(set_root(data, name))) for name in TRAINING_SETS}
     pools = {name: set_pairs(name, root, data.max_megapixels) for name, root in roots.items()}
+    refuse_shared_files(pools)
     split = pranet_split(pools, data.split_seed, data.ratios, roots)
     pairs = tuple(p for name in TRAINING_SETS for p in pools[name])
-    folders = [str(path.parent.resolve()) for p in pairs for path in (p.image, p.mask)]
+    folders = [str(path.parent) for p in pairs for path in (p.image, p.mask)]  # all absolute
     return Path(os.path.commonpath(folders)), pairs, split
 
 
@@ -119,6 +150,10 @@ def parse_set_roots(values: Sequence[str]) -> dict[str, Path]:
                 f"--root {value}: name the set of each folder, SET=DIR, e.g. kvasir=/data/kvasir"
             )
         check_set_name(name, "--root")
+        if name in roots:
+            raise DataError(
+                f"--root {name}= is given twice ({roots[name]} and {folder}); name each set once"
+            )
         roots[name] = Path(folder)
     return roots
 
@@ -129,11 +164,13 @@ def split_manifest(
     """`data split --protocol pranet`: the manifest (`train`, `val`: `<set>/<file>`; `test`:
     set → file names, every set given) and its counts line."""
     missing_roots(TRAINING_SETS, roots)
-    pools = {name: set_pairs(name, roots[name]) for name in TRAINING_SETS}
+    # Decoded to the end, as the seed split's files are: a truncated file is found here too.
+    pools = {name: set_pairs(name, roots[name], decode=True) for name in SETS if name in roots}
+    refuse_shared_files(pools)
     split = pranet_split(pools, seed, ratios, {name: roots[name] for name in TRAINING_SETS})
     manifest = split.manifest()
-    for name in (n for n in SETS if n in roots and n not in TRAINING_SETS):
-        manifest["test"][name] = [p.name.partition("/")[2] for p in set_pairs(name, roots[name])]
+    for name in (n for n in pools if n not in TRAINING_SETS):
+        manifest["test"][name] = [p.name.partition("/")[2] for p in pools[name]]
         manifest["sources"][name] = str(Path(roots[name]).resolve())
     counts = " ".join(f"test.{name}={len(files)}" for name, files in manifest["test"].items())
     return manifest, f"train={len(split.train)} val={len(split.val)} {counts}"

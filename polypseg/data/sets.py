@@ -21,6 +21,7 @@ from pathlib import Path
 
 from polypseg.data.images import TIFF_SUFFIXES
 from polypseg.errors import DataError, DownloadError, first_line, listing
+from polypseg.outputs import IMAGE_FOLDERS, MASK_FOLDERS
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,6 @@ SETS = {
         PolypSet("cvc300", "CVC-300", "nourabentaher/cvc-300", "CVC-300", 60),
     )
 }
-IMAGE_FOLDERS = ("images", "image", "original")  # compared in lower case
-MASK_FOLDERS = ("masks", "mask", "ground truth", "groundtruth")
 
 
 def check_set_name(name: str, where: str = "--set") -> PolypSet:

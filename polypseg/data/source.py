@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from polypseg.caches import cache_home
+from polypseg.caches import cache_folder
 from polypseg.config import DataConfig
 from polypseg.data.sets import download, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DownloadError
+from polypseg.outputs import check_output_dir
 
 
 def synthetic_root(data: DataConfig) -> Path:
     if data.root:
         return Path(data.root)
-    return cache_home() / "synthetic" / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
+    return cache_folder("synthetic") / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
 
 
 def resolve_root(data: DataConfig) -> Path:
@@ -22,7 +23,10 @@ def resolve_root(data: DataConfig) -> Path:
     if data.source == "synthetic":
         root = synthetic_root(data)
         if not (root / "images").is_dir():
-            make_synthetic(root, n=data.synthetic_n, seed=data.synthetic_seed)
+            option = "data.root" if data.root else None
+            if option:  # a generated set lands only where an output may: not in a data set
+                check_output_dir(root, option)
+            make_synthetic(root, n=data.synthetic_n, seed=data.synthetic_seed, option=option)
         return root
     if data.source == "local":
         return find_dataset_root(data.root)

@@ -4,11 +4,15 @@ Each image is a textured reddish mucosa with lighting falloff and specular highl
 one to three irregular blobs. A blob's colour is drawn per blob, partly overlapping the
 background's range, and it is shaded like a dome, so no single pixel threshold separates it: the
 decoder has to use shape and texture. Masks are saved as RGB JPEGs, with compression noise, like
-the real ones. Sizes vary and are rarely square.
+the real ones. Sizes vary and are rarely square. The same scenes make the five sets in PraNet's
+layout, under PraNet's test names (`make_pranet_layout`), and a short clip that pans across one
+(`synthetic_clip`), so the literature's route and `predict --video` run offline.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +94,58 @@ def make_synthetic(out: str | Path, n: int = 100, seed: int = 0, option: str | N
     out = Path(out)
     rng = np.random.default_rng(seed)
     with atomic_path(out, directory=True, option=option) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        for index in range(n):
-            image, mask = make_sample(rng)
-            name = f"synth_{seed:03d}_{index:05d}.jpg"
-            Image.fromarray(image).save(tmp / "images" / name, quality=JPEG_QUALITY)
-            rgb_mask = Image.fromarray(mask).convert("RGB")
-            rgb_mask.save(tmp / "masks" / name, quality=JPEG_QUALITY)
+        names = [f"synth_{seed:03d}_{index:05d}.jpg" for index in range(n)]
+        _write_pairs(rng, tmp / "images", tmp / "masks", names)
     return out
+
+
+def _write_pairs(rng: np.random.Generator, images: Path, masks: Path, names: list[str]) -> None:
+    """One sample per name; JPEG names get Kvasir's RGB JPEG masks, PNG names 0/255 PNGs."""
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for name in names:
+        image, mask = make_sample(rng)
+        Image.fromarray(image).save(images / name, quality=JPEG_QUALITY)
+        jpeg = name.endswith(".jpg")
+        Image.fromarray(mask).convert("RGB" if jpeg else "L").save(
+            masks / name, quality=JPEG_QUALITY
+        )
+
+
+def make_pranet_layout(
+    out: str | Path, n: int = 10, seed: int = 0, option: str | None = None
+) -> Path:
+    """The five sets in PraNet's layout at `out`, `n` pairs each (PNG, as PraNet ships them):
+    `TrainDataset/{image,mask}` holds Kvasir's and ClinicDB's training pairs, `TestDataset/<set>/
+    {images,masks}` each set's test pairs. A fifth of Kvasir's and ClinicDB's pairs (at least
+    one) take PraNet's own test names (`protocol.NAMES_FILE`), so its split finds them."""
+    from polypseg.data.protocol import NAMES_FILE, TRAINING_SETS
+    from polypseg.data.sets import SETS
+
+    tests = json.loads(NAMES_FILE.read_text())
+    rng = np.random.default_rng(seed)
+    held = max(1, n // 5)
+    with atomic_path(Path(out), directory=True, option=option) as tmp:
+        train = [f"synth_{index:03d}.png" for index in range(n - held)]  # Kvasir's: not numbers
+        train += [f"{k}.png" for k in range(1, 613) if str(k) not in tests["clinicdb"]][: n - held]
+        _write_pairs(rng, tmp / "TrainDataset" / "image", tmp / "TrainDataset" / "mask", train)
+        for name, polyp in SETS.items():
+            stems = tests[name][:held] if name in TRAINING_SETS else range(1, n + 1)
+            names = [f"{stem}.png" for stem in stems]
+            folder = tmp / "TestDataset" / polyp.pranet_folder
+            _write_pairs(rng, folder / "images", folder / "masks", names)
+    return Path(out)
+
+
+def synthetic_clip(
+    seed: int = 0, frames: int = 40, width: int = 192, height: int = 160
+) -> Iterator[np.ndarray]:
+    """A colonoscopy-like clip: `frames` RGB frames (H×W×3 uint8) of a camera drifting across
+    one synthetic scene, its polyps passing through view."""
+    rng = np.random.default_rng(seed)
+    scene, _ = make_sample(rng)
+    room_y, room_x = scene.shape[0] - height, scene.shape[1] - width
+    for t in np.linspace(0.0, 2 * np.pi, frames, endpoint=False):
+        y = int(room_y * (0.5 + 0.5 * np.sin(t)))
+        x = int(room_x * (0.5 - 0.5 * np.cos(t)))
+        yield scene[y : y + height, x : x + width]

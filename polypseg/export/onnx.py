@@ -43,7 +43,7 @@ from polypseg.evaluation.predictors import (
 from polypseg.models.decoder import Decoder
 from polypseg.models.frozen import FrozenEncoder
 from polypseg.models.segmenter import upsample_logits
-from polypseg.outputs import check_output_file
+from polypseg.outputs import check_output_file, check_outputs
 
 # Largest probability difference allowed between onnxruntime and torch, both float32.
 PARITY_TOLERANCE = 1e-3
@@ -127,14 +127,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> list[Path]:
-    """The images the parity check runs: those given, else the model's own data set's."""
+    """The images the parity check may run: those given, else the model's own data set's (all
+    of them, so the output check can refuse landing on any)."""
     from polypseg.evaluation.predict import collect_images
 
     if images:
-        return collect_images(images)[:CHECK_IMAGES]
+        return collect_images(images)
     for root in data_roots:
         if (Path(root) / "images").is_dir():
-            return collect_images([str(Path(root) / "images")])[:CHECK_IMAGES]
+            return collect_images([str(Path(root) / "images")])
     where = f"its data ({', '.join(data_roots)}) is not here" if data_roots else "it names no data"
     raise ExportError(
         f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
@@ -190,6 +191,8 @@ def export_onnx(
     run_id = described["model_run_id"]
     segmenter = predictor.segmenter.cpu().eval()
     paths = check_images(images, [] if images else training_roots(model_uri, run_id))
+    check_outputs([(out, "the ONNX model")], out, "choose another --out", inputs=paths)
+    paths = paths[:CHECK_IMAGES]
     batch = batch_input([read_image(p) for p in paths], segmenter.image_size)
     if len(batch) == 1:  # a batch of one would fix the batch dimension at export, and check none
         batch = np.concatenate([batch, batch])

@@ -235,7 +235,8 @@ def fit(
             if not math.isfinite(train_loss):
                 raise TrainingError(
                     f"the training loss became {train_loss} in epoch {epoch} "
-                    f"(train.lr = {config.lr}); lower train.lr"
+                    f"(train.lr = {config.lr}, train.weight_decay = {config.weight_decay}); "
+                    "lower train.lr, or train.weight_decay"
                 )
             metrics = {"epoch": epoch, "train_loss": train_loss}
             scored = validate(decoder, val, config.batch_size, config.dice_weight, device, loss_fn)
