@@ -78,6 +78,7 @@ class Echo(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture
 def echo_model(mlflow_store: str) -> str:
+    mlflow.set_experiment("echo")  # not the experiment an earlier test left active
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="m", python_model=Echo(), pip_requirements=[])
     mlflow.register_model(info.model_uri, "echo")
