@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -59,6 +61,26 @@ def heartbeat_settings() -> tuple[int, int]:
             f"0 < interval < grace, like 20,60"
         )
     return interval, grace
+
+
+@contextmanager
+def beating(interval: float, beat: Callable[[], None], name: str, join: bool) -> Iterator[None]:
+    """Call `beat` every `interval` seconds while the block runs: from a thread, so a long epoch
+    never delays it. `join=False` leaves a beat stuck in a server's retries behind."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            beat()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if join:
+            thread.join()
 
 
 @dataclass(frozen=True)

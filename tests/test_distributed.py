@@ -250,37 +250,6 @@ def _assert_recovered(client: MlflowClient, name: str, study: optuna.Study, kill
 
 
 @pytest.mark.services
-def test_a_worker_killed_mid_trial_is_recovered_by_the_next_run(
-    services: Services,
-    tiny_config: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    study_spec: Callable[..., Path],
-) -> None:
-    monkeypatch.setenv("POLYPSEG_HEARTBEAT", "1,3")  # stale after 3 s without a heartbeat
-    name = f"killed-{uuid.uuid4().hex[:8]}"
-    budget = 3
-    args = _tune_args(tiny_config, study_spec(name, 60), services.pg_url, name, budget)
-    args["overrides"]["train.patience"] = 0  # every trial runs all its epochs: seconds long
-    prepare(load_config(tiny_config), progress=False)
-    client = MlflowClient(services.mlflow_uri)
-    victim = _tune_worker(args, tmp_path / "victim.log")
-    killed_run = _wait_for_training_run(client, name, timeout=240)
-    start = time.monotonic()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    study = optuna.load_study(study_name=name, storage=make_storage(services.pg_url))
-    assert study.get_trials()[1].state == TrialState.RUNNING  # killed mid-trial
-    assert client.get_run(killed_run.info.run_id).info.status == "RUNNING"
-
-    # The same command again, at once: it waits out the grace period if it must.
-    _wait(_tune_worker(args, tmp_path / "resumed.log"), tmp_path / "resumed.log")
-    retry = _assert_recovered(client, name, study, killed_run, budget)
-    figures = {"killed": "worker in trial 1 (SIGKILL)", "retried_as": retry.number}
-    print(json.dumps({**figures, "recovery_s": round(time.monotonic() - start, 1)}))
-
-
-@pytest.mark.services
 def test_a_surviving_worker_retries_the_trial_of_a_killed_one(
     services: Services,
     tiny_config: Path,

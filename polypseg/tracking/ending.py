@@ -2,14 +2,11 @@
 
 A run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, its worker died), never
 left RUNNING. A trial's run ends as its trial does, through one mapping, `trial_run_end` (the
-shape of optuna-integration's `MLflowCallback`: the record written in one place, from the trial's
-final state), whichever way the trial ended: told, pruned, failed, interrupted, or swept after its
-worker died. A worker that dies cannot end its own runs: each run records its worker
-(`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends the runs of a
-dead worker KILLED ("kills" them): `kill_dead_runs` when an invocation opens its experiment, over
-that experiment only (on this machine as soon as the process is gone, elsewhere once the
-heartbeat is stale), `kill_trial_run` when a trial is failed for its dead worker,
-`kill_orphaned_runs` for runs whose trial is already over.
+shape of optuna-integration's `MLflowCallback`: written in one place, from the trial's final
+state), however the trial ended. A dead worker cannot end its own runs: each run records its
+worker (`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends a dead
+worker's runs KILLED: `kill_dead_runs` over one experiment, `kill_trial_run` when a trial is
+failed for its dead worker, `kill_orphaned_runs` for runs whose trial is already over.
 """
 
 from __future__ import annotations
@@ -32,18 +29,15 @@ STUDY_TAG, NUMBER_TAG, STATE_TAG = "optuna.study_name", "optuna.trial_number", "
 
 
 class RunEnd(NamedTuple):
-    """How a run ends: its MLflow status, and the tags written as it ends."""
-
     status: str  # FINISHED, FAILED or KILLED
-    tags: dict[str, str]
+    tags: dict[str, str]  # written as the run ends
 
 
 KILLED = RunEnd("KILLED", {})  # a run that is not a trial's, of a worker that died
 
 
 def run_end(err: BaseException | None) -> RunEnd:
-    """A plain run's end, from what its block raised (None: nothing): KILLED on Ctrl-C or
-    SIGTERM, FAILED on an error, FINISHED otherwise."""
+    """A plain run's end from what its block raised (None: nothing)."""
     if err is None:
         return RunEnd("FINISHED", {})
     return RunEnd("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", {})
@@ -55,12 +49,9 @@ def trial_run_tags(study_name: str, number: int) -> dict[str, str]:
 
 
 def trial_run_end(state: str, *, killed: bool = False, reason: str | None = None) -> RunEnd:
-    """A trial's run end, from the trial's final state (an Optuna `TrialState` name).
-
-    Every path a trial ends by goes through here. COMPLETE and PRUNED end FINISHED (a pruned
-    trial did what was asked), FAIL ends FAILED, tagged with the `reason`; `killed` (Ctrl-C,
-    SIGTERM, a worker that died) ends KILLED whatever the state. The state is always tagged.
-    """
+    """A trial's run end from its trial's final state (a `TrialState` name): a pruned trial did
+    what was asked (FINISHED), FAIL is FAILED with its `reason`, and `killed` (Ctrl-C, SIGTERM,
+    a dead worker) is KILLED whatever the state."""
     status = "KILLED" if killed else "FAILED" if state == "FAIL" else "FINISHED"
     tags = {STATE_TAG: state}
     if reason is not None:
@@ -74,7 +65,6 @@ def fail_reason(err: BaseException) -> str:
 
 
 def _end_other(client: mlflow.MlflowClient, run_id: str, end: RunEnd) -> None:
-    """End a run that is not this thread's active one (a dead worker's)."""
     for key, value in end.tags.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, end.status)
@@ -89,10 +79,9 @@ def _last_beat(run: mlflow.entities.Run) -> float:
 
 
 def kill_dead_runs(experiment_id: str) -> list[str]:
-    """End KILLED every RUNNING run of the experiment whose worker is gone (`Worker.is_gone`), a
-    trial's run tagged FAIL: its trial is failed too, by a heartbeat or `fail_dead_trials`. Runs
-    that record no worker (another tool's) and other experiments (other people's, on a shared
-    server) are left alone. Returns the ids of the runs ended."""
+    """End KILLED (a trial's run tagged FAIL) every RUNNING run of the experiment whose worker
+    is gone (`Worker.is_gone`); returns their ids. Runs that record no worker (another tool's)
+    and other experiments (other people's, on a shared server) are left alone."""
     from mlflow.exceptions import MlflowException
 
     _, grace = heartbeat_settings()
@@ -142,24 +131,22 @@ def kill_trial_run(run_id: str, state: str = "FAIL") -> None:
 
 
 def kill_orphaned_runs(study: optuna.Study, experiment_id: str) -> int:
-    """End the trial runs of `study` left RUNNING although their trial is over (`kill_trial_run`,
-    with the state the study recorded). A live worker ends a trial's run before it tells the
-    study, so such a run can only be a dead worker's. Returns how many were ended."""
+    """`kill_trial_run` for the study's trial runs left RUNNING although their trial is over:
+    a live worker ends a trial's run before it tells the study, so these are a dead worker's,
+    even one that recorded no worker. Returns how many were ended."""
     finished = {
         t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
     }
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=(
-            f"tags.`{STUDY_TAG}` = '{study.study_name}' and attributes.status = 'RUNNING'"
-        ),
+        filter_string=f"tags.`{STUDY_TAG}` = '{study.study_name}' and attributes.status = "
+        "'RUNNING'",
         output_format="list",
     )
     ended = 0
     for run in runs:
         number = run.data.tags.get(NUMBER_TAG)
-        state = finished.get(int(number)) if number is not None else None
-        if state is not None:
+        if number is not None and (state := finished.get(int(number))) is not None:
             kill_trial_run(run.info.run_id, state)
             ended += 1
     return ended

@@ -1,10 +1,6 @@
-"""What MLflow raises for a tracking store it cannot use, as one line that names the store.
-
-MLflow reports a SQLite file that is not an MLflow database, a schema made by another MLflow
-version, a database another process holds locked and a server that is not MLflow's as a
-traceback (an `MlflowException` or SQLAlchemy's error); `store.setup` meets them all when it
-first opens the store, before any work, and raises `store_fault`'s line instead.
-"""
+"""What MLflow raises for a tracking store it cannot use, as one line that names the store: a
+SQLite file that is not an MLflow database, another MLflow version's schema, a locked database, a
+server that is not MLflow's."""
 
 from __future__ import annotations
 
@@ -35,10 +31,7 @@ def store_fault(
     err: BaseException, database: Path | None, place: str, uri: str
 ) -> StoreError | None:
     """`err` as one line when it says the store cannot be used; None for anything else.
-
-    `database` is the SQLite file (None for a server or database), `place` the store's folder or
-    URI for the message, `uri` the tracking URI with its password masked.
-    """
+    `database`: the SQLite file, if any; `place`: the store's folder or URI; `uri`: masked."""
     from mlflow.exceptions import MlflowException, RestException
 
     text, code = str(err), _sqlite_error(err)

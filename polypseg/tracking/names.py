@@ -1,12 +1,10 @@
 """The names polypseg gives MLflow (experiment, registered model, study), checked before any work.
 
-MLflow refuses some names only when a store first writes them: a registered model named `a/b`
-was refused after every trial of a study had run. MLflow's validators are private and its public
-API checks a name only against a store, which the door must not touch yet, so `check_names`
-writes MLflow 3's rules out here (a test holds them to what a store refuses), and adds the rules
-of the places polypseg puts a name: MLflow's search syntax quotes a study's or model's name
-(`tags.optuna.study_name = '<name>'`) and has no escape for a quote, and a study's name goes into
-an experiment tag key and run names.
+MLflow refuses some names only when a store first writes them (a model named `a/b`: after every
+trial had run). Its validators are private and its public API checks names only against a store,
+which the door must not touch yet, so MLflow 3's rules are written out here (a test holds them to
+what a store refuses), with ours: MLflow's search syntax has no escape for a quote, and a study's
+name goes into an experiment tag key and run names.
 """
 
 from __future__ import annotations

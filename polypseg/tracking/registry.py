@@ -1,12 +1,9 @@
 """The MLflow Model Registry: a study's best trial becomes a version; the champion alias moves.
 
-No retraining: the best trial's `decoder/decoder.pt` is put together with the shared encoder
-into one pyfunc model, logged into the study's parent run and registered. Each version is tagged
-with what it was scored by (`Score`: the study's metric and direction, the value under the
-metric's own name, the data set and its split's digest) and its encoder. The `champion` alias
-moves to the new version only when it beats the current champion by the same metric on the same
-data and split; a champion scored otherwise is never compared with it, and stays, with the
-reason (`Registration.kept`).
+The best trial's decoder and the shared encoder become one pyfunc model, logged into the study's
+parent run and registered, tagged with what it was scored by (`Score`). `champion` moves to it
+only when it beats the champion by the same metric on the same data and split; otherwise the
+champion stays, with the reason (`Registration.kept`).
 """
 
 from __future__ import annotations
@@ -36,8 +33,7 @@ class Registration:
 
 @dataclass(frozen=True)
 class Score:
-    """What a version is compared by: `value` of `metric` (better when higher under
-    `maximize`), measured on the data set `data` with the split whose digest is `split`."""
+    """What a version is compared by: `metric`'s `value` on data set `data`, split `split`."""
 
     metric: str
     value: float
@@ -56,8 +52,7 @@ class Score:
 
 
 def load_decoder(run_id: str) -> Decoder:
-    """A trial's decoder (whichever `decoder.name` it trained), from the `decoder/decoder.pt`
-    artifact of its run."""
+    """A trial's decoder, from its run's `decoder/decoder.pt` artifact."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="decoder/decoder.pt")
     return decoder_from_record(torch.load(Path(path), map_location="cpu", weights_only=True))
 
@@ -112,8 +107,7 @@ def register_trial(
     score: Score,
     test_dice: float | None,
 ) -> Registration:
-    """Register a trial's model (once) and move `champion` to it if it beats the current one
-    (same metric, same data and split); otherwise say why the champion stays."""
+    """Register a trial's model (once); move `champion` to it, or say why it stays."""
     client = mlflow.MlflowClient()
     version = _existing(name, study, trial)
     new = version is None

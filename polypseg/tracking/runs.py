@@ -1,18 +1,14 @@
-"""What a run does: how it starts and ends, and what it logs.
-
-`tracked_run` starts a run that records its worker and beats while it runs, and ends it as its
-block ended (`tracking.ending`: FINISHED, FAILED or KILLED, a trial's run as its trial). The
-rest logs what runs share: the data set, figures.
+"""What a run does: `tracked_run` starts one that records its worker and beats while it runs, and
+ends it as its block ended (`tracking.ending`); the rest logs what runs share: data set, figures.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,7 @@ import mlflow
 
 from polypseg.data.split import Split
 from polypseg.errors import first_line
-from polypseg.processes import Worker, heartbeat_settings
+from polypseg.processes import Worker, beating, heartbeat_settings
 from polypseg.tracking.ending import HEARTBEAT_TAG, RunEnd, run_end
 from polypseg.tracking.store import store_error
 
@@ -31,13 +27,8 @@ log = logging.getLogger(__name__)
 def tracked_run(
     ending: Callable[[BaseException | None], RunEnd] = run_end, **start_kwargs: Any
 ) -> Iterator[mlflow.ActiveRun]:
-    """`mlflow.start_run` that ends as `ending` says from what the block raised (`run_end`:
-    KILLED on Ctrl-C, FAILED on errors, FINISHED otherwise); exceptions are re-raised.
-
-    The run records its worker and beats while it runs (the runs of dead workers were ended
-    when the experiment was opened, `store.open_experiment`). A write the store refused (a full
-    disk, a read-only folder) becomes one `StoreError`.
-    """
+    """`mlflow.start_run` that ends as `ending` says from what the block raised (re-raised); a
+    write the store refused (a full disk, a read-only folder) becomes one `StoreError`."""
     tags = {**Worker.current().tags(), **(start_kwargs.pop("tags", None) or {})}
     try:
         run = mlflow.start_run(tags=tags, **start_kwargs)
@@ -82,27 +73,18 @@ def _end_after_error(end: RunEnd) -> None:
         log.info("could not end the run %s: %s", end.status, first_line(err))
 
 
-@contextmanager
-def _beating(run_id: str) -> Iterator[None]:
-    """Renew the run's heartbeat tag every interval while the block runs (a thread, so a long
-    epoch never delays it): how workers on other machines tell a live run from a dead one's."""
-    interval, _ = heartbeat_settings()
+def _beating(run_id: str) -> AbstractContextManager[None]:
+    """Renew the run's heartbeat tag every interval while the block runs: how workers on other
+    machines tell a live run from a dead one's."""
     client = mlflow.MlflowClient()
-    stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
-            except Exception as err:  # a missed beat is no failure: the next one may get through
-                log.debug("heartbeat of run %s missed: %s", run_id, err)
+        try:
+            client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+        except Exception as err:  # a missed beat is no failure: the next one may get through
+            log.debug("heartbeat of run %s missed: %s", run_id, err)
 
-    thread = threading.Thread(target=beat, name=f"run-heartbeat-{run_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()  # not joined: a beat stuck in a server's retries must not hold up the run
+    return beating(heartbeat_settings()[0], beat, f"run-heartbeat-{run_id[:8]}", join=False)
 
 
 def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> None:
@@ -154,11 +136,8 @@ def log_figure(figure: Any, path: str) -> None:
 
 @contextmanager
 def quiet_model_logging() -> Iterator[None]:
-    """Silence MLflow's advice to log models from code while logging our pyfunc.
-
-    The model is an importable class of this package, so cloudpickle stores a reference to it,
-    not code: the advice does not apply.
-    """
+    """Silence MLflow's advice to log models from code: our pyfunc is an importable class, so
+    cloudpickle stores a reference to it, not code."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -1,23 +1,18 @@
 """Where MLflow keeps things: the tracking URI, the store's creation, experiments, the UI's URL.
 
 Importing this module starts no run and sets no URI. The embedded default is SQLite
-(`sqlite:///<cwd>/mlruns/mlflow.db`, artifacts under `mlruns/`): MLflow 3's file store is in
-maintenance mode. `MLFLOW_TRACKING_URI` or `--tracking-uri` override it. A URI is checked
-before any work: MLflow itself retries an unreachable server for minutes and reports an unknown
-scheme, a read-only folder or a full disk as a traceback. So are the store itself (`faults`: made
-by another MLflow version, locked, damaged, not MLflow's), the experiment (deleted under that
-name) and its artifact folder (a file in the way), when `setup` first opens them.
+(`<cwd>/mlruns/mlflow.db`, artifacts under `mlruns/`): MLflow 3's file store is in maintenance
+mode. A URI is checked before any work (`check_tracking_uri`), and the store, the experiment and
+its artifact folder when `open_experiment` first opens them: what MLflow reports as a traceback,
+or after minutes of retries, is one `StoreError` line here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
@@ -34,13 +29,10 @@ STORE_DIR = "mlruns"
 # The schemes MLflow 3 keeps runs at. `file:` is left out on purpose: that store is in
 # maintenance mode and refuses new runs.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-# A tracking server gets a few short tries (SERVER_TIMEOUT_S each, SERVER_PAUSES_S between),
-# not MLflow's minutes of retries.
-SERVER_TIMEOUT_S = 2.0
+SERVER_RETRIES, SERVER_TIMEOUT_S = 2, 2.0  # a tracking server gets 3 tries of 2 s at most
 # MLflow 3's UI opens an experiment by this tag: without it, on the GenAI overview (traces,
 # tokens); "custom_model_development" (the UI's "Model training") opens the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-SERVER_PAUSES_S = (0.5, 1.0)
 
 
 def default_tracking_uri() -> str:
@@ -71,16 +63,6 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (store / "artifacts" / slug).resolve().as_uri()
 
 
-def _first_use_lock(uri: str) -> AbstractContextManager[Any]:
-    """Workers starting at once on a fresh SQLite store would all run MLflow's migrations on it
-    and break it (measured: 7 of 9 processes, started in threes, failed mid-migration); a lock file
-    beside the database lets the first create it while the others wait. Servers handle this."""
-    database = sqlite_file(uri)
-    if database is None:
-        return nullcontext()
-    return file_lock(database.with_name(database.name + ".lock"))
-
-
 def _store_place(uri: str) -> str:
     """The store's folder (embedded SQLite) or its URI (a server or database), for messages."""
     database = sqlite_file(uri)
@@ -101,27 +83,26 @@ def store_error(err: BaseException) -> StoreError | None:
 
 
 def _check_server(uri: str) -> None:
-    """A few short tries of the server's health endpoint; any HTTP answer means it is there."""
-    import urllib.error
-    import urllib.request
+    """Any HTTP answer from the server's /health means it is there. MLflow's own HTTP retries,
+    with fewer tries and a shorter timeout than its defaults (7 tries, 120 s each: 254 s)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-    reason: object = None
-    for pause in (*SERVER_PAUSES_S, None):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
-            return
-        except urllib.error.HTTPError:  # it answered (a proxy or auth in front of it): it is up
-            return
-        except ValueError:  # a URL urllib cannot open (credentials in it): leave it to MLflow
-            return
-        except OSError as err:  # URLError, a timeout, a refused connection
-            reason = getattr(err, "reason", err)
-        if pause is not None:
-            time.sleep(pause)
-    raise StoreError(
-        f"cannot reach the MLflow tracking server {mask_password(uri)} ({reason}); start it, "
-        f"or fix --tracking-uri / MLFLOW_TRACKING_URI"
-    )
+    try:
+        http_request(
+            MlflowHostCreds(uri),
+            "/health",
+            "GET",
+            max_retries=SERVER_RETRIES,
+            backoff_factor=0.5,
+            timeout=SERVER_TIMEOUT_S,
+            retry_codes=(),
+        )
+    except MlflowException:
+        raise StoreError(
+            f"cannot reach the MLflow tracking server {mask_password(uri)} (no answer after "
+            f"{SERVER_RETRIES + 1} tries); start it, or fix --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -175,24 +156,25 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
 
 
 def open_experiment(experiment: str, uri: str) -> str:
-    """Point MLflow at a store and experiment already checked (`setup` checks them; `tune`
-    checks them at its door): the store's folder takes writes, the store and experiment are
-    created if need be, and the runs that dead workers left RUNNING in it are ended KILLED.
-    Returns the experiment's id."""
+    """Point MLflow at a store and experiment already checked (by `setup`, or at `tune`'s door):
+    the store's folder takes writes, the store and experiment are created if need be, and the
+    runs that dead workers left RUNNING in it are ended KILLED. Returns the experiment's id."""
     database = sqlite_file(uri)
     if database is not None and (cause := unwritable(database.parent)) is not None:
         raise _refused(uri, cause)  # the write test creates the folder
     mlflow.set_tracking_uri(uri)
     try:
-        with _store_faults_are_one_line(uri):
-            experiment_id = _set_experiment(uri, experiment)
+        experiment_id = _set_experiment(uri, experiment)
     except StoreError:
         raise
     except Exception as err:
-        refused = store_error(err)
-        if refused is None:
+        # A SQLite file that is not a whole MLflow database (left as it is: it may hold runs
+        # worth rescuing), another MLflow version's schema, a lock, a server not MLflow's, a
+        # full disk or a read-only folder.
+        fault = store_fault(err, database, _store_place(uri), mask_password(uri))
+        if (fault := fault or store_error(err)) is None:
             raise
-        raise refused from None
+        raise fault from None
     _check_artifact_folder(experiment_id)
     kill_dead_runs(experiment_id)
     return experiment_id
@@ -201,7 +183,12 @@ def open_experiment(experiment: str, uri: str) -> str:
 def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    with _first_use_lock(uri):
+    database = sqlite_file(uri)
+    # Workers starting at once on a fresh SQLite store would all run MLflow's migrations on it
+    # and break it (measured: 7 of 9 processes, started in threes): the first creates it while
+    # the others wait. Servers handle this.
+    lock = database and file_lock(database.with_name(database.name + ".lock"))
+    with lock or nullcontext():
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise _deleted(uri, found.experiment_id, experiment)
@@ -253,24 +240,6 @@ def _check_artifact_folder(experiment_id: str) -> None:
             f"cannot write MLflow artifacts to {folder}: {cause}; {remedy(cause)}, or pass "
             "--tracking-uri"
         )
-
-
-@contextmanager
-def _store_faults_are_one_line(uri: str) -> Iterator[None]:
-    """What MLflow raises for a store it cannot use, as one line: a SQLite file that is not a
-    whole MLflow database (left as it is: it may hold runs worth rescuing), a schema made by
-    another MLflow version, a database another process holds locked, a server that is not
-    MLflow's."""
-    import sqlalchemy.exc
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except (MlflowException, sqlalchemy.exc.DatabaseError) as err:
-        fault = store_fault(err, sqlite_file(uri), _store_place(uri), mask_password(uri))
-        if fault is None:
-            raise
-        raise fault from None
 
 
 def runs_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:

@@ -1,14 +1,10 @@
 """A saved view of MLflow's runs page that compares a study's trials, and the URL that opens it.
 
-MLflow 3.17's UI keeps only the search (filter, sort) in its URL; which columns show, which runs
-are drawn in the charts and which charts there are live in the browser, or in a *saved view*: an
-experiment tag `mlflow.sharedViewState.<id>` holding `{"name", "createdAt", "updatedAt",
-"state"}`, opened by `#/experiments/<id>/runs?viewStateShareKey=<id>` and listed in the page's
-"Views" menu. The view written here shows the study's trial runs only, best first: sorting by a
-metric also lays nested runs out flat (the UI folds children under their parent only while runs
-are sorted by date), so no trial hides under a collapsed parent. Columns: the trial's state, its
-best and last `val_dice`, one column per searched parameter; charts: the `val_dice` curve of
-every trial, and the searched parameters against the best `val_dice`.
+MLflow 3.17's UI keeps columns and charts in a *saved view*: the experiment tag
+`mlflow.sharedViewState.<id>` (`{"name", "createdAt", "updatedAt", "state"}`), opened by
+`#/experiments/<id>/runs?viewStateShareKey=<id>`. Ours shows the study's trial runs only, sorted by
+the best metric (which also lays nested runs out flat), with their state, metric and searched
+parameters, the metric's curves and the parameters against the best value.
 """
 
 from __future__ import annotations
@@ -111,11 +107,8 @@ def save_study_view(
     metric: str = "val_dice",
     direction: str = "maximize",
 ) -> str:
-    """Write (or keep) the study's saved view in the experiment; returns its id.
-
-    Idempotent: a worker that finds the same state already saved writes nothing, so many
-    workers starting together do not rewrite the tag each.
-    """
+    """Write the study's saved view in the experiment, unless the same is saved; returns its
+    id."""
     key = view_key(study_name)
     state = json.dumps(study_view_state(study_name, params, metric, direction), sort_keys=True)
     client = MlflowClient()
@@ -140,8 +133,7 @@ def save_study_view(
 
 
 def view_url(experiment_id: str, key: str, tracking_uri: str) -> str:
-    """The runs page opened on a saved view: on the tracking server itself when there is one,
-    else on `mlflow ui`'s default address."""
+    """The runs page on a saved view: on the tracking server, else at `mlflow ui`'s address."""
     host = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_HOST
     return f"{host}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
 

@@ -1,15 +1,9 @@
 """What a study studies, fixed for its whole life: one objective, one data set, one encoder.
 
-A study compares its trials with each other, so every trial must be scored by the same metric on
-the same data and split, over the features of the same encoder at the same image size. Three
-things follow. `FIXED_KEYS` lists the config keys a search space may not touch, each with its
-reason: the study prepares the data, the split and the feature cache once, before any trial
-(`data.augment` excepted: the cache is built for the union of its choices). `StudyBase` is what a
-study records when it is created (the user attribute `polypseg.base`) and what every later
-worker, or a resumed run, must match: another metric, data set, split or encoder is refused,
-naming the difference (`check_base`). And the same identity tags each registered version
-(`StudyBase.score`), so a champion is compared only with models scored by the same metric on the
-same data.
+Trials are compared with each other, so all are scored by one metric on one data set and split,
+over one encoder's features at one image size. `FIXED_KEYS`: the config keys a search space may
+not touch, with why. `StudyBase`: what a new study records (user attribute `polypseg.base`) and
+every later worker must match (`check_base`); it also tags each registered version (`score`).
 """
 
 from __future__ import annotations
@@ -28,9 +22,8 @@ if TYPE_CHECKING:  # the spec loads this module before torch and mlflow are impo
     from polypseg.features.prepare import Prepared
     from polypseg.tracking.registry import Score
 
-# Keys (a section ends with ".") that a trial cannot change, and why: the reason a spec that
-# searches one is refused with. A searched value that never acts would show in the table and
-# the params while every trial trained on the study's own value.
+# Keys (a section ends with ".") a trial cannot change, and the reason a spec searching one is
+# refused with: a value that never acts would show in the table while no trial used it.
 FIXED_KEYS = {
     "data.": "the study prepares the data, its split and the feature cache once, before any "
     "trial (of [data], only data.augment may be searched)",
@@ -56,8 +49,8 @@ def fixed_key_reason(key: str) -> str | None:
 
 @dataclass(frozen=True)
 class StudyBase:
-    """A study's objective and what its trials are measured on; the fields in the order a
-    refusal names them (the readable ones first, the digests last)."""
+    """A study's objective and what its trials are measured on, in the order a refusal names
+    them."""
 
     metric: str
     direction: str
@@ -72,18 +65,22 @@ class StudyBase:
 
     @classmethod
     def of(cls, metric: str, direction: str, config: Config, prepared: Prepared) -> StudyBase:
-        data = config.data
+        data, root = config.data, prepared.root
+        label = f"synthetic/{root.name}" if data.source == "synthetic" else root.name or str(root)
+        # The split named by its file names, seed and ratios, not its folders (`sources`):
+        # workers holding the data at other paths agree.
+        manifest = {k: v for k, v in prepared.split.manifest().items() if k != "sources"}
         return cls(
             metric=metric,
             direction=direction,
-            data=data_label(config, prepared),
+            data="pranet" if data.protocol == "pranet" else label,
             protocol=data.protocol,
             split_seed=data.split_seed,
             ratios=[float(r) for r in data.ratios],
             image_size=data.image_size,
             encoder=prepared.encoder.name,
             weights=prepared.encoder.weights_digest[:16],
-            split=split_identity(prepared.split.manifest()),
+            split=hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
         )
 
     def score(self, value: float) -> Score:
@@ -93,27 +90,9 @@ class StudyBase:
         return Score(self.metric, value, self.direction, self.data, self.split)
 
 
-def data_label(config: Config, prepared: Prepared) -> str:
-    """The data set's short name, shown in the best-trials table and on model versions."""
-    if config.data.protocol == "pranet":
-        return "pranet"
-    if config.data.source == "synthetic":
-        return f"synthetic/{prepared.root.name}"
-    return prepared.root.name or str(prepared.root)
-
-
-def split_identity(manifest: dict[str, Any]) -> str:
-    """16 hex digits naming a split by its file names, seed and ratios. Its folders are left
-    out (`sources`, under `pranet`), so workers on machines holding the data at other paths
-    agree; a seed split's digest is `Split.digest()`."""
-    named = {key: value for key, value in manifest.items() if key != "sources"}
-    return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def check_base(study: optuna.Study, base: StudyBase) -> None:
-    """Record `base` on a study that has none yet (a new one, or one older than this record);
-    refuse a study recorded with another objective, data set or encoder, naming what differs.
-    Call it under the study lock, so two new workers record one base."""
+    """Record `base` on a study that has none; refuse one recorded with another objective, data
+    set or encoder, naming what differs. Under the study lock: two new workers record one."""
     record = asdict(base)
     stored = dict(study.user_attrs.get(BASE_ATTR) or {})
     stored.setdefault("direction", study.direction.name.lower())  # Optuna's own, for old ones

@@ -1,12 +1,9 @@
 """The objective of a study: one trial is one logged training run on the shared feature cache.
 
-It reads top to bottom, as optuna-examples' objectives do: suggest config values from the study
-spec, start the trial's nested MLflow run, train on the cached features (the encoder never runs
-here), report the study's metric every epoch and stop when the pruner says so. The run ends as
-the trial is about to be told (`tracking.ending.trial_run_end`), before the study records it.
-A trial's value is its metric at the epoch whose weights it keeps (training keeps the best
-`val_dice` epoch's), so the value the registry tags a version with describes that model. Off a
-terminal each trial's epochs are written as plain lines (`progress.epoch_lines`).
+As in optuna-examples: suggest config values, start the trial's nested run, train on the cached
+features, report the metric every epoch, stop when the pruner says so. The run ends as the trial
+is about to be told. A trial's value is its metric at the epoch whose weights it keeps, so the
+value a registered version is tagged with describes that model.
 """
 
 from __future__ import annotations
@@ -35,9 +32,7 @@ def _trial_device(prepared: Prepared, trial: optuna.Trial) -> torch.device:
 
 
 def _trial_run_end(err: BaseException | None) -> RunEnd:
-    """The trial's run ends with the state its worker then tells the study (`Study.optimize`'s
-    rule): COMPLETE when the objective returns, PRUNED when pruned, else FAIL (Ctrl-C or SIGTERM:
-    FAIL, and the run KILLED)."""
+    """The state the worker then tells the study (`Study.optimize`'s rule); Ctrl-C: KILLED."""
     if err is None:
         return trial_run_end("COMPLETE")
     if isinstance(err, optuna.TrialPruned):

@@ -1,15 +1,8 @@
-"""The study's plots, logged to each invocation's parent run: history, importances, parallel
-coordinates, drawn by Optuna and made readable at a glance.
-
-Optuna labels the objective "Objective Value"; here it is the study's metric (`val_dice`), and
-each title names the study. Its history counts trials in halves on a short study (trial 0.5):
-the ticks are whole trials. Its importances carry a one-entry legend (the metric) over the
-lowest bar: the axis label names the metric instead. Its parallel-coordinate plot colours trials
-from white (worst) to blue, so the worst trial's line vanishes, puts the extreme tick labels of
-each parameter on the frame's edge and the others over the lines, and runs the last parameter's
-labels into the colour bar: the colours start at a visible blue, the axes leave a margin above
-and below the lines, labels sit on a pale patch, and the layout leaves room for the last axis.
-Optuna switches matplotlib's global style to ggplot; the switch is kept to these plots.
+"""The study's plots (history, importances, parallel coordinates), drawn by Optuna and made
+readable: the metric named instead of "Objective Value", whole-trial ticks, no one-entry legend,
+and a parallel plot whose worst line stays visible (colours from a visible blue), whose axes
+leave a margin, whose labels sit on a pale patch and leave room for the colour bar. Optuna's
+ggplot style is kept to these plots.
 """
 
 from __future__ import annotations
@@ -52,9 +45,8 @@ def _readable_importances(ax: Any, study: optuna.Study, metric: str) -> None:
 
 
 def _pad_limits(axes: Any) -> None:
-    """Widen an axis's range by `PARALLEL_MARGIN` each side, in its own scale (a log axis in
-    decades), so every axis of the plot still maps its range onto the same height; ticks stay
-    within the values searched, so none sits on the frame's edge."""
+    """Widen an axis's range by `PARALLEL_MARGIN` each side in its own scale (a log axis in
+    decades); ticks stay within the values searched."""
     low, high = axes.get_ylim()
     slack = abs(high - low) * 1e-9
     for minor in (False, True):
@@ -99,8 +91,7 @@ def _readable_parallel(ax: Any, study: optuna.Study, metric: str) -> None:
 
 
 def study_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
-    """`optimization_history`, `param_importances`, `parallel_coordinate` figures; a plot the
-    study cannot draw yet (too few finished trials) is left out."""
+    """The study's figures by name; a plot it cannot draw yet (too few trials) is left out."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
@@ -114,9 +105,7 @@ def study_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
         # Optuna's `plt.style.use("ggplot")` would restyle every later figure of the process.
         with plt.style.context("ggplot"):
             try:
-                with warnings.catch_warnings():
-                    # Optuna marks these plots experimental and matplotlib warns of empty
-                    # legends on a short study: neither tells a user anything.
+                with warnings.catch_warnings():  # experimental; empty legends
                     warnings.simplefilter("ignore")
                     ax = plot(study, target_name=metric)
             except (ValueError, RuntimeError) as err:  # too few finished trials for this plot

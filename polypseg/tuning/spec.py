@@ -1,11 +1,8 @@
 """Study specs (`studies/*.toml`): objective, sampler, pruner and a search space over config keys.
 
-The space maps parameter names straight onto config keys (`decoder.width`, `train.lr`,
-`train.dice_weight`), so a config key is searched by adding a `[space."section.key"]` table,
-unless a trial cannot change it (the data, the encoder, the epochs: `tuning.identity`, refused
-with the reason); the objective applies a trial's suggestions with `Config.with_overrides`. The
-metric decides the direction (`METRICS`): a loss maximized is refused. A sampler's
-options are read from its class's signature, so `[sampler]` takes what Optuna's sampler takes.
+A `[space."section.key"]` table searches that config key, unless a trial cannot change it
+(`tuning.identity`); the metric decides the direction (`METRICS`); `[sampler]` takes what the
+Optuna sampler's signature takes. Values Optuna accepts at first and fails on later are refused.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ TOML_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 @functools.cache
 def sampler_options(name: str) -> dict[str, type]:
-    """The options `[sampler]` may give sampler `name`, with their TOML types: the keyword
-    arguments of its Optuna class whose annotation is a TOML type (callables are left out)."""
+    """The keyword arguments of sampler `name`'s Optuna class that TOML can give, with types."""
     import optuna
 
     options = {}
@@ -126,11 +122,8 @@ class StudySpec:
         return getattr(optuna.pruners, name)(**options)  # Optuna's defaults for the rest
 
     def check_resumable(self, study: Any) -> None:
-        """Refuse a stored study whose finished trials drew a parameter from another space.
-
-        Optuna would fail every new trial ("Cannot set different log configuration...") or mix
-        two spaces in one history; either way the study is not the one the spec describes.
-        """
+        """Refuse a stored study whose finished trials drew a parameter from another space:
+        Optuna would fail every new trial or mix two spaces in one history."""
         from optuna.trial import TrialState
 
         stored: dict[str, Any] = {}

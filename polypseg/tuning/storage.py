@@ -1,15 +1,12 @@
-"""Where a study lives: Optuna storages that many workers, on one machine or many, can share.
+"""Where a study lives: Optuna storages that workers on one machine or many share, and the lock
+they take trials under.
 
-Across machines the workers share Optuna's RDB storage on PostgreSQL; on one machine they may
-share the embedded SQLite file (the default, `studies/optuna.db`) or a journal file
-(`journal:PATH`: `JournalStorage` with `JournalFileBackend`, Optuna's recommendation for several
-processes on one machine). RDB storages get heartbeats (`POLYPSEG_HEARTBEAT`), so that a trial
-whose worker died (SIGKILL, a lost machine) becomes FAIL, its MLflow runs are ended and it is
-retried; several processes may open a fresh database at once (the table-creation race is retried).
-On one machine a dead worker's trial is failed and retried sooner, with any storage: trials record
-their worker, and the next worker to take a trial sees that its process is gone
-(`fail_dead_trials`). The study lock that its workers take trials under depends on the storage
-too (`study_lock`).
+Across machines: Optuna's RDB storage on PostgreSQL. On one machine: the embedded SQLite file
+(the default, `studies/optuna.db`) or a journal file (`journal:PATH`, Optuna's `JournalStorage`).
+RDB storages get Optuna's heartbeat (`POLYPSEG_HEARTBEAT`) and its
+`RetryHeartbeatStaleTrialCallback` (Optuna 5's name for `RetryFailedTrialCallback`): a trial
+whose worker stopped beating becomes FAIL and is queued again. Optuna's journal has no heartbeat,
+so `fail_dead_trials` does the same at once for a worker of this machine whose process is gone.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ from polypseg.tracking.store import mask_password
 
 log = logging.getLogger(__name__)
 
-STUDIES_DIR = "studies"
 JOURNAL_PREFIX = "journal:"
 MAX_RETRY = 3
 # How long a worker waits for another's SQLite write lock; a lock held longer is refused, not
@@ -50,13 +46,12 @@ StudyLock = Callable[[], AbstractContextManager[Any]]
 
 
 def default_storage() -> str:
-    return sqlite_uri(Path.cwd() / STUDIES_DIR / "optuna.db")
+    return sqlite_uri(Path.cwd() / "studies" / "optuna.db")
 
 
 @contextmanager
 def quiet_experimental() -> Iterator[None]:
-    """Optuna marks heartbeats, stale-trial retries and its matplotlib plots experimental; we
-    rely on them on purpose, so their warnings would only be noise for users."""
+    """Optuna marks heartbeats, retries and its plots experimental: noise for our users."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
@@ -76,25 +71,21 @@ def _with_installed_driver(url: str) -> str:
     return url
 
 
-def _is_creation_race(err: Exception) -> bool:
-    """Two processes creating the tables of a fresh database at once: one loses, harmlessly."""
+def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Several workers creating a fresh database's tables at once: the losers try again."""
     import sqlalchemy.exc
 
-    if isinstance(err, sqlalchemy.exc.IntegrityError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, sqlalchemy.exc.DBAPIError) and (
-        "already exists" in text or "database is locked" in text
-    )
-
-
-def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     for attempt in range(5):
         started = time.monotonic()
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
-        except Exception as err:
-            if not _is_creation_race(err):
+        except sqlalchemy.exc.DBAPIError as err:
+            text = str(err).lower()
+            if not (
+                isinstance(err, sqlalchemy.exc.IntegrityError)
+                or "already exists" in text
+                or "database is locked" in text
+            ):
                 raise
             if time.monotonic() - started >= SQLITE_LOCK_WAIT_S:  # held all along: no race
                 raise StoreError(
@@ -107,10 +98,9 @@ def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 
 
 def check_storage_url(url: str) -> None:
-    """What a storage URL can get wrong, refused before anything is opened or written: empty; in
-    memory (the study would vanish at exit, no other worker could share it); a file storage
-    naming no usable file. A device (`journal:/dev/null`) takes the study's first write and
-    fails at the `fsync` of the next, in the middle of a trial."""
+    """Refuse, before anything is opened, a storage URL that is empty, in memory (the study
+    would vanish at exit, no other worker could share it) or names no usable file (a device
+    takes the study's first write and fails at the `fsync` of the next, mid-trial)."""
     if not url.strip():
         raise ConfigError(
             "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
@@ -121,12 +111,10 @@ def check_storage_url(url: str) -> None:
             f"--storage {url} is an in-memory database: the study would vanish at exit and no "
             "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
         )
-    path = storage_file(url)
-    if path is None:
+    if (path := storage_file(url)) is None:
         return
     journal = url.startswith(JOURNAL_PREFIX)
-    named = url[len(JOURNAL_PREFIX) :] if journal else url[len("sqlite:///") :]
-    if not named.strip():
+    if not (url[len(JOURNAL_PREFIX) :] if journal else url[len("sqlite:///") :]).strip():
         kind = "no file"
     elif path.is_dir():
         kind = f"{path}, a folder"
@@ -142,13 +130,8 @@ def check_storage_url(url: str) -> None:
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """The storage of a URL that `check_storage_url` passed: RDB with heartbeats (a trial whose
-    worker died becomes FAIL and is retried), or `journal:PATH`, `JournalStorage` on a file.
-
-    Optuna 5's journal has no heartbeats: a killed worker's trial is failed only by a worker on
-    the same machine (`fail_dead_trials`), so use PostgreSQL where workers on many machines may
-    die. The folder of a file storage must take writes: a read-only or full one is one line here.
-    """
+    """The storage of a URL that `check_storage_url` passed. Use PostgreSQL where workers on
+    many machines may die: only RDB storages beat."""
     path = storage_file(url)
     if path is not None and (cause := unwritable(path.parent)) is not None:  # creates the folder
         raise _refused(url, path.parent, cause)
@@ -170,7 +153,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 engine_kwargs=kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY),
+                heartbeat_stale_trial_callback=retry_stale_trial,
             )
     except StoreError:
         raise
@@ -189,6 +172,14 @@ def _refused(url: str, place: Path | None, cause: str) -> StoreError:
     )
 
 
+def storage_error(err: BaseException, url: str) -> StoreError | None:
+    """`err` as one line naming the storage, when it is a write the storage's place refused."""
+    if (cause := refused_write(err)) is None:
+        return None
+    path = storage_file(url)
+    return _refused(url, path.parent if path is not None else None, cause)
+
+
 @contextmanager
 def _advisory_lock(engine: Any, key: int) -> Iterator[None]:
     import sqlalchemy
@@ -199,58 +190,33 @@ def _advisory_lock(engine: Any, key: int) -> Iterator[None]:
 
 
 def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> StudyLock:
-    """The lock that serialises taking trials (and registering) among the workers of a study.
-
-    PostgreSQL: an advisory lock keyed by the study name, held by a transaction, so a worker
-    that dies releases it. SQLite or journal file: `flock` on `<file>.lock` beside it (one
-    machine; `<journal>.polypseg.lock`, as Optuna's journal uses `<journal>.lock` itself).
-    Other databases get no lock: a budget may then overshoot by up to one trial per worker.
-    """
+    """The lock a study's workers take trials (and register) under: on PostgreSQL an advisory
+    lock keyed by the study's name, released when its worker dies; `flock` on a file beside a
+    SQLite or journal file (`<journal>.polypseg.lock`: the journal uses `<journal>.lock`)."""
     if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.name == "postgresql":
         digest = hashlib.sha256(f"polypseg-study:{name}".encode()).digest()
-        return partial(
-            _advisory_lock, storage.engine, int.from_bytes(digest[:8], "big", signed=True)
-        )
-    path = storage_file(url)
-    if path is not None:
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        return partial(_advisory_lock, storage.engine, key)
+    if (path := storage_file(url)) is not None:
         suffix = ".polypseg.lock" if url.startswith(JOURNAL_PREFIX) else ".lock"
         return partial(file_lock, path.with_name(path.name + suffix))
     log.warning("no study lock for %s: a trial budget may overshoot", mask_password(url))
     return nullcontext
 
 
-def storage_error(err: BaseException, url: str) -> StoreError | None:
-    """`err` as one line naming the storage, when it is a write the storage's place refused."""
-    cause = refused_write(err)
-    if cause is None:
-        return None
-    path = storage_file(url)
-    return _refused(url, path.parent if path is not None else None, cause)
-
-
-class RetryStaleTrial:
-    """Optuna's heartbeat-stale callback: end the dead worker's runs, then queue a retry.
-
-    A trial goes stale only when its worker stopped beating (killed, machine lost), so neither
-    its trial run nor the worker's parent run will ever end by itself. The retry is a WAITING
-    copy with the same params (`RetryHeartbeatStaleTrialCallback`), run by the next free worker,
-    at most `max_retry` times per original trial.
-    """
-
-    def __init__(self, max_retry: int) -> None:
-        with quiet_experimental():
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        log.warning("trial %d of study %s: its worker died", trial.number, study.study_name)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            kill_trial_run(run_id)
-        self._retry(study, trial)
+def retry_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's stale-trial callback, with the dead worker's runs ended first: neither its trial
+    run nor its parent run will end by itself. The retry is Optuna's (a WAITING copy with the
+    same params, at most `MAX_RETRY` per original trial)."""
+    log.warning("trial %d of study %s: its worker died", trial.number, study.study_name)
+    if run_id := trial.user_attrs.get("mlflow_run_id"):
+        kill_trial_run(run_id)
+    with quiet_experimental():
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """What Optuna does before each trial; done at start too, so a resumed run recovers first."""
+    """What `Study.optimize` does before each trial, for our ask-and-tell loop."""
     with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
@@ -258,21 +224,18 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def fail_dead_trials(
     study: optuna.Study, storage: optuna.storages.BaseStorage, unowned_are_dead: bool = False
 ) -> list[int]:
-    """RUNNING trials whose worker's process is gone from this machine: FAIL, their runs killed
-    and a retry queued, as for a trial whose heartbeat went stale. Call it under the
-    study lock (a retry is queued once). Returns the numbers of the trials failed.
+    """Fail (runs killed, a retry queued, as for a stale trial) the RUNNING trials whose worker's
+    process is gone from this machine; returns their numbers. Call it under the study lock.
 
-    A worker takes a trial and records itself on it under the study lock, so a holder of the
-    lock that sees a RUNNING trial with no worker recorded knows its taker died in between:
-    `unowned_are_dead` says so (False where the storage has no lock).
+    A worker records itself on a trial as it takes it, under the lock, so a holder of the lock
+    that sees a RUNNING trial with no worker knows its taker died in between: `unowned_are_dead`.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = Worker.from_tags(trial.user_attrs)
         # No heartbeat here: a worker elsewhere is judged by Optuna's (RDB storages).
-        dead = unowned_are_dead if worker is None else worker.is_gone(last_beat=None, grace=0)
-        if not dead:
+        if not (unowned_are_dead if worker is None else worker.is_gone(None, grace=0)):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
@@ -280,6 +243,6 @@ def fail_dead_trials(
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # it ended a moment ago
             continue
-        RetryStaleTrial(MAX_RETRY)(study, storage.get_trial(trial_id))
+        retry_stale_trial(study, storage.get_trial(trial_id))
         failed.append(trial.number)
     return failed

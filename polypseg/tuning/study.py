@@ -1,20 +1,12 @@
 """A study from start to end: `tune` is what `polypseg tune` runs, one worker of a study.
 
-`tune` reads as its steps, in the order they happen: check the arguments, prepare the data,
-the encoder and the feature cache once (first: a data set or encoder that is not there leaves
-no study, experiment or worker number behind), open (or resume) the named study in its storage,
-refusing one made for another objective, data set or encoder (`tuning.identity`), point MLflow
-at the experiment, recover what dead workers left behind, save the MLflow UI view that compares
-the study's trials (`tracking.views`); then, under a parent MLflow run named after the study
-and this invocation (`decoder_search #2`), run trials (`tuning.objective`) in the worker loop
-(`tuning.workers`) and finish (`tuning.finish`: the best trial and study plots on the parent,
-the best model registered, and under `data.protocol = "pranet"` the champion's literature
-table). The parent run also gets the trial counts (`invocation.trials_*`: this invocation's;
-`study.trials_*`: the whole study's).
-
-Any number of such workers may share one study: they take trials under a study lock, up to an
-optional study-wide budget (`max_trials`), and the trial of a worker that died is failed, its
-runs killed (ended KILLED, `tracking.ending`) and the trial retried by whichever worker notices.
+`tune` reads as its steps, in order: check the arguments; prepare the data, encoder and feature
+cache once (first: a data set or encoder that is not there leaves no study, experiment or worker
+number behind); open or resume the study, refusing one made for another objective, data set or
+encoder (`tuning.identity`); open the experiment; recover what dead workers left behind; save the
+UI's view of the trials (`tracking.views`); then, under a parent run named after the study and
+this invocation (`decoder_search #2`), run trials (`tuning.workers`) and finish (`tuning.finish`).
+Any number of such workers may share one study (docs/scaling-out.md).
 """
 
 from __future__ import annotations
@@ -42,6 +34,7 @@ from polypseg.tracking.store import (
 )
 from polypseg.tracking.views import save_study_view
 from polypseg.tuning.finish import (
+    TuneResult,
     check_literature_sets,
     finish,
     score_on_literature_sets,
@@ -49,7 +42,6 @@ from polypseg.tuning.finish import (
 )
 from polypseg.tuning.identity import StudyBase, check_base
 from polypseg.tuning.objective import make_objective
-from polypseg.tuning.report import TuneResult
 from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.storage import (
     check_storage_url,
@@ -70,8 +62,7 @@ log = logging.getLogger(__name__)
 
 
 class _Progress:
-    """A rich progress bar over the trials of this invocation: n/N, best so far, pruned, failed;
-    off a terminal, where the bar draws only when it ends, a plain line as each trial ends."""
+    """This invocation's trials as a progress bar, or off a terminal a plain line each."""
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -102,9 +93,8 @@ class _Progress:
 def _check_arguments(
     name: str, timeout: float | None, storage_url: str, tracking_uri: str, config: Config
 ) -> None:
-    """The door: what the command line and the config can get wrong, each checked once, in the
-    order `tune` reads them, before a store, study or cache is touched. Nothing is created
-    here: the folders' write tests come when the stores open, after the data."""
+    """The door: each argument checked once, in the order `tune` reads them, before a store,
+    study or cache is touched; nothing is created here."""
     if not name.strip():
         raise ConfigError(
             "--study-name is empty; give the study a name, or leave the option out to use the "
@@ -131,13 +121,8 @@ def tune(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> TuneResult:
-    """Run (or resume) a study for `n_trials` more trials and register its best model.
-
-    `n_trials` counts this worker's trials (Optuna's meaning); `max_trials` is a budget for the
-    whole study, shared by every worker: this one stops taking trials once the study holds
-    `max_trials` finished, running or queued ones, so several workers (or a re-run after a crash)
-    end with exactly `max_trials` COMPLETE + PRUNED trials.
-    """
+    """Run (or resume) a study for `n_trials` more trials of this worker and register its best
+    model; `max_trials` is the whole study's budget, shared by every worker."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = spec.name if study_name is None else study_name
     storage_url = default_storage() if storage is None else storage
@@ -176,9 +161,8 @@ def tune(
 def _check_stored_space(
     name: str, storage_url: str, spec: StudySpec
 ) -> optuna.storages.BaseStorage | None:
-    """A changed search space refused before the cache is built, when the study's file is
-    already here: read only, nothing created (a server's study is checked when it opens).
-    Returns the storage it opened, which the study then uses."""
+    """A changed search space refused before the cache is built, when the study's file is here
+    (a server's study is checked when it opens). Returns the storage it opened, if any."""
     path = storage_file(storage_url)
     if path is None or not path.is_file():
         return None
@@ -199,9 +183,8 @@ def _open_study(
     base: StudyBase,
     storage: optuna.storages.BaseStorage | None,
 ) -> SharedStudy:
-    """Open (or create) the study and take a worker number. Refused before it takes one: a
-    study whose search space changed (every trial would fail), or one made for another metric,
-    data set or encoder (its trials would be pooled with these); a new study records `base`."""
+    """Open (or create) the study and take a worker number; refused before it takes one when
+    its space changed or it was made for another metric, data set or encoder."""
 
     def check(study: optuna.Study) -> None:
         spec.check_resumable(study)
@@ -220,9 +203,7 @@ def _open_study(
 
 
 def _recover_dead_workers(shared: SharedStudy, experiment_id: str) -> None:
-    """What workers that died left behind: their trials FAIL (a retry queued, at once for this
-    machine's), their runs KILLED. Done before this worker's trials, so a resumed study
-    recovers first."""
+    """Dead workers' trials FAIL (a retry queued), their runs KILLED, before any trial here."""
     fail_stale_trials(shared.study)
     with shared.lock():
         shared.fail_dead_trials()
@@ -230,9 +211,8 @@ def _recover_dead_workers(shared: SharedStudy, experiment_id: str) -> None:
 
 
 def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
-    """The MLflow UI's saved view of the study's trials; returns its key."""
-    # Under the lock: workers starting together would each insert the view's tag, and a
-    # tracking server refuses the second insert (a duplicate key on experiment_tag_pk).
+    """The UI's saved view of the trials, under the lock: workers starting together would each
+    insert its tag, and a server refuses the second (a duplicate key on experiment_tag_pk)."""
     with shared.lock():
         keys = [p.key for p in spec.space]
         return save_study_view(
@@ -244,8 +224,7 @@ def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
 def _parent_run(
     shared: SharedStudy, storage_url: str, spec: StudySpec, workers: WorkerOptions
 ) -> Iterator[str]:
-    """This invocation's parent run, numbered (a resumed study's runs are told apart: `s #2`),
-    with what it was asked; yields its id, which trial runs nest under."""
+    """This invocation's parent run, numbered (`s #2`), with what it was asked; yields its id."""
     name = shared.study.study_name
     tags = {"optuna.study_name": name, "polypseg.storage": mask_password(storage_url)}
     with tracked_run(run_name=f"{name} #{shared.worker + 1}", tags=tags) as parent:
@@ -272,9 +251,8 @@ def _run_trials(
     experiment_id: str,
     progress: bool,
 ) -> Counter[str]:
-    """This worker's trials, with a progress bar sized to what it may still take; logs and
-    returns how many it ran, by state. Then it kills the runs that workers dying meanwhile left
-    RUNNING."""
+    """This worker's trials, then the runs that workers dying meanwhile left RUNNING killed;
+    returns how many trials it ran, by state."""
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
@@ -288,8 +266,7 @@ def _run_trials(
 
 def _cache_config(config: Config, spec: StudySpec) -> Config:
     """The config whose cache serves every trial: `data.augment` the union of the spec's
-    choices (and the config's own), so the augmentation entry is built once, before any trial;
-    a trial reads the variants it drew."""
+    choices and the config's own; a trial reads the variants it drew."""
     choices = [p.choices for p in spec.space if p.key == "data.augment"]
     if not choices:
         return config

@@ -1,16 +1,11 @@
 """Many `polypseg tune` workers on one study, on Optuna's public ask-and-tell interface.
 
-Each worker runs one loop: under the study lock it checks the study-wide budget and takes a
-trial (`study.ask()`, which pops a queued retry first), then trains it with a heartbeat beating,
-then reports it (`study.tell()`). The lock (`storage.study_lock`: a PostgreSQL advisory lock, or
-`flock` on a file beside a SQLite or journal file) makes `max_trials` an exact budget however
-many workers race for the last trials, and a queued retry is never taken by two workers. Each
-invocation takes the next worker number of the study (a study user attribute) to seed its
-sampler apart.
-
-Each trial records its worker (`polypseg.processes.Worker`) when it is taken, so the next worker
-to take a trial fails (and retries) one left RUNNING by a worker killed on this machine at once,
-with no heartbeat (the journal has none); other machines' trials are left to heartbeats.
+Each worker loops: under the study lock (`storage.study_lock`) it checks the study-wide budget
+and takes a trial (`study.ask()`, which pops a queued retry first); it trains it with Optuna's
+heartbeat beating, then tells the study. Each invocation takes the next worker number of the
+study (a user attribute) to seed its sampler apart, and records itself on each trial it takes
+(`polypseg.processes.Worker`), so that the next worker fails and retries, at once, a trial left
+RUNNING by a worker killed on this machine (`storage.fail_dead_trials`).
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from polypseg.errors import StoreError
 from polypseg.interrupts import deferred, interrupt_point
-from polypseg.processes import Worker
+from polypseg.processes import Worker, beating
 from polypseg.tracking.ending import fail_reason
 from polypseg.tuning.storage import (
     StudyLock,
@@ -47,13 +42,10 @@ BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Tri
 WORKERS_ATTR = "polypseg.workers"
 
 Objective = Callable[[optuna.Trial], float]
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How one invocation works on a study: its own share, and the study's budget."""
-
     n_trials: int  # trials this worker may run (Optuna's `n_trials`: per process)
     max_trials: int | None = None  # the study's budget, shared by every worker
     n_jobs: int = 1  # trials at once in this process (threads)
@@ -88,15 +80,16 @@ class SharedStudy:
 
     def fail_dead_trials(self) -> list[int]:
         """Under the lock: fail (and queue for a retry) the trials of workers that died here."""
-        locked = self.lock is not nullcontext
-        return fail_dead_trials(self.study, self.storage, unowned_are_dead=locked)
+        return fail_dead_trials(self.study, self.storage, self.lock is not nullcontext)
 
     def take_trial(self) -> optuna.Trial:
         """The next trial, under the lock: a queued retry first, else a new one within budget.
 
-        When what is left of the budget is held by running trials, wait instead of leaving: one
-        of them may fail, or go stale (its worker died) and be queued for a retry, which this
-        worker then runs. Without heartbeats a dead trial would never end, so leave at once.
+        `Study.optimize` would ask without the lock. Its `MaxTrialsCallback` checks only after
+        a trial ends, so racing workers overshoot a study-wide budget, and on SQLite, which has no
+        row locks (`SELECT ... FOR UPDATE` is ignored), two workers could pop one queued retry.
+        When running trials hold what is left of the budget, wait: one may fail, or go stale and
+        be queued for a retry. Without heartbeats a dead trial would never end, so leave at once.
         """
         interval = self.heartbeat_interval()
         while True:
@@ -105,8 +98,7 @@ class SharedStudy:
                 left = self.budget_left()
                 if left is None or left > 0 or self._any(TrialState.WAITING):
                     with warnings.catch_warnings():
-                        # Optuna expects heartbeats only under Study.optimize; `heartbeat`
-                        # below beats for the trials this loop asks for.
+                        # Optuna expects heartbeats only under Study.optimize; `heartbeat` beats.
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                         trial = self.study.ask()
                     for key, value in Worker.current().tags().items():
@@ -121,28 +113,16 @@ class SharedStudy:
 
     @contextmanager
     def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
-        """Beat for `trial` now and every interval until the block ends (a thread, so a long
-        epoch never starves it); a worker that dies stops beating and its trial goes stale."""
-        interval = self.heartbeat_interval()
-        if interval is None:
+        """Optuna's heartbeat for `trial` while the block runs (`Study.optimize` beats only for
+        the trials it asks for); a worker that dies stops beating and its trial goes stale."""
+        if (interval := self.heartbeat_interval()) is None:
             yield
             return
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         self.storage.record_heartbeat(trial_id)
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(interval):
-                self.storage.record_heartbeat(trial_id)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-        thread.start()
-        try:
+        with beating(interval, lambda: self.storage.record_heartbeat(trial_id), "trial", True):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
 
 def open_shared_study(
@@ -156,12 +136,7 @@ def open_shared_study(
     storage: optuna.storages.BaseStorage | None = None,
 ) -> SharedStudy:
     """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
-
-    Workers with the same sampler seed would suggest the same trials, so each invocation gets
-    the next worker number of the study (taken under the lock) as its seed offset. `on_open`
-    runs under the lock first: a study it refuses costs no worker number. `storage`: the URL's,
-    when the caller opened it already.
-    """
+    `on_open` runs under the lock first: a study it refuses costs no worker number."""
     storage = storage or make_storage(storage_url)
     lock = study_lock(storage, storage_url, name)
     try:
@@ -174,8 +149,7 @@ def open_shared_study(
             worker = int(created.user_attrs.get(WORKERS_ATTR, 0))
             created.set_user_attr(WORKERS_ATTR, worker + 1)
     except Exception as err:  # Optuna words a full or read-only disk as an internal error
-        refused = storage_error(err, storage_url)
-        if refused is None:
+        if (refused := storage_error(err, storage_url)) is None:
             raise
         raise refused from None
     study = optuna.load_study(
@@ -193,32 +167,28 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
             value = objective(trial)
         except optuna.TrialPruned:
             return study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         except StoreError as err:  # the store is full or read-only: every further trial would fail
-            _tell_failed(study, trial, err)
+            try:
+                trial.set_user_attr("fail_reason", fail_reason(err))
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception as told:  # the storage is full too: the next invocation fails it
+                log.warning("could not fail trial %d: %s", trial.number, told)
             raise
         except Exception as err:
             log.warning("trial %d failed: %s", trial.number, fail_reason(err))
             trial.set_user_attr("fail_reason", fail_reason(err))
             return study.tell(trial, state=TrialState.FAIL)
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
     return study.tell(trial, value)
-
-
-def _tell_failed(study: optuna.Study, trial: optuna.Trial, err: StoreError) -> None:
-    try:
-        trial.set_user_attr("fail_reason", fail_reason(err))
-        study.tell(trial, state=TrialState.FAIL)
-    except Exception as told:  # the storage is full too: the next invocation fails the trial
-        log.warning("could not fail trial %d: %s", trial.number, told)
 
 
 def run_worker(
     shared: SharedStudy,
     objective: Objective,
     options: WorkerOptions,
-    callbacks: Sequence[TrialCallback] = (),
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> int:
     """Take, train and tell trials until this worker's share, the timeout or the study's budget
     is used up; `options.n_jobs` threads at once. Returns how many trials this worker ran."""
@@ -236,41 +206,32 @@ def run_worker(
             claimed += 1
             return True
 
-    def one() -> bool:
-        """Take, train and tell one trial; False once the study's budget is used up."""
-        nonlocal claimed
-        fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs killed, retried
-        try:
-            trial = shared.take_trial()
-        except BudgetReached as reached:
-            log.info("stopping: %s", reached)
-            with guard:
-                claimed -= 1
-            done.set()
-            return False
-        frozen = _run_one(shared, objective, trial)
-        for callback in callbacks:
-            callback(shared.study, frozen)
-        return True
-
     def loop() -> None:
+        nonlocal claimed
         while claim():
             # Ctrl-C and SIGTERM wait for a safe point: a training step, or the trial told. One
             # raised inside a storage write can leave the study's database locked (see
             # `polypseg.interrupts`), and then failing the trial and ending its runs hang.
             with deferred():
-                if not one():
+                fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs killed
+                try:
+                    trial = shared.take_trial()
+                except BudgetReached as reached:
+                    log.info("stopping: %s", reached)
+                    with guard:
+                        claimed -= 1
+                    done.set()
                     return
+                frozen = _run_one(shared, objective, trial)
+                for callback in callbacks:
+                    callback(shared.study, frozen)
 
     if options.n_jobs == 1:
         loop()
         return claimed
     # Daemon threads: on Ctrl-C the process exits without waiting for their trials, which then
     # stop beating and are failed and retried like any dead worker's.
-    threads = [
-        threading.Thread(target=loop, name=f"trials-{i}", daemon=True)
-        for i in range(options.n_jobs)
-    ]
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(options.n_jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
