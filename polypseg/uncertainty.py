@@ -61,14 +61,6 @@ class PairedDifference:
     ci_high: float | None
     p_value: float
 
-    def as_dict(self) -> dict[str, float | None]:
-        return {
-            "mean": self.mean,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
-            "p_value": self.p_value,
-        }
-
 
 def paired_difference(
     baseline: Sequence[float] | np.ndarray,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,9 +107,9 @@ def _compare_set(
     for side in SIDES:
         result[side] = {name: float(values.mean()) for name, values in per_side[side].items()}
     result["delta"] = {
-        name: paired_difference(
-            per_side["baseline"][name], per_side["candidate"][name], resamples
-        ).as_dict()
+        name: asdict(
+            paired_difference(per_side["baseline"][name], per_side["candidate"][name], resamples)
+        )
         for name in FIGURES
     }
     wins = np.sign(per_side["candidate"]["mdice"] - per_side["baseline"]["mdice"])
@@ -133,9 +133,7 @@ def compare(
     image by image, log one run and write `out` (JSON) when given."""
     from polypseg.tracking.store import setup
 
-    roots = [roots] if isinstance(roots, (str, Path)) else roots
-    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
-    sets = list(roots) if listed else parse_roots(roots)
+    sets = parse_roots(roots)
     check_protocol(protocol)
     check_resamples(resamples)
     values = (baseline, candidate)

@@ -51,18 +51,6 @@ class Evaluation:
     run_id: str
     run_url: str
 
-    @property
-    def summary(self) -> dict:
-        return self.sets[0].summary
-
-    @property
-    def csv_path(self) -> Path:
-        return self.sets[0].csv_path
-
-    @property
-    def figure_path(self) -> Path:
-        return self.sets[0].figure_path
-
     def printout(self) -> tuple[str, list[str]]:
         """What the CLI prints: the JSON summary (one folder) or the table (named sets) for
         stdout; where files went, masks left out and the MLflow run for stderr."""
@@ -78,14 +66,14 @@ class Evaluation:
             notes.append(f"tables: {self.tables[0]}  {self.tables[1]}")
         notes.append(f"evaluation run {self.run_id}: {self.run_url}")
         if self.tables is None:
-            return json.dumps(self.summary, indent=2), notes
+            return json.dumps(self.sets[0].summary, indent=2), notes
         return self.tables[0].read_text().rstrip("\n"), notes
 
 
 def _worst_figure(source: Source, pairs: list, scorer: SetScorer, name: str):  # noqa: ANN202
     from polypseg.figures import mask_panel
 
-    by_name, key = {p.name: p for p in pairs}, scorer.rank_key
+    by_name, key = {p.name: p for p in pairs}, scorer.interval_keys[0]
     worst = sorted(scorer.rows, key=lambda r: r[key])[:WORST_SHOWN]
     images, masks, maps = [], [], []
     for row in worst:
@@ -230,11 +218,7 @@ def evaluate(
     the bootstrap's, for the 95 % intervals of mDice and mIoU."""
     from polypseg.tracking.store import setup
 
-    if isinstance(roots, (str, Path)):
-        roots = [roots]
-    # DataSets come listed already (`literature.evaluate_sets`); strings are --root values.
-    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
-    sets = list(roots) if listed else parse_roots(roots)
+    sets = parse_roots(roots)
     check_protocol(protocol)
     check_resamples(resamples)
     if (model_uri is None) == (predictions is None):

@@ -149,16 +149,3 @@ def set_roots(
         roots.update(load_config(config_path).data.roots)
     roots.update(parse_set_roots(root_values))
     return roots
-
-
-def evaluate_named_sets(
-    model_uri: str,
-    sets: str,
-    root_values: Sequence[str],
-    config_path: str | Path | None = None,
-    out: str | Path | None = None,
-    **options: object,
-) -> Evaluation:
-    """`evaluate --sets`: roots from the config's `data.roots`, then `--root SET=DIR`."""
-    roots = set_roots(root_values, config_path)
-    return evaluate_sets(model_uri, sets, roots, out, **options)  # type: ignore[arg-type]

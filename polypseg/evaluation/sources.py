@@ -47,8 +47,12 @@ class DataSet:
     listed: tuple[Pair, ...] | None = None
 
 
-def parse_roots(roots: Sequence[str | Path]) -> list[DataSet]:
-    """`--root` values: one plain `DIR`, or any number of `NAME=DIR` with distinct names."""
+def parse_roots(roots: Sequence[str | Path | DataSet] | str | Path) -> list[DataSet]:
+    """`--root` values: one plain `DIR`, or any number of `NAME=DIR` with distinct names;
+    `DataSet`s listed already (`literature.test_sets`) are taken as they are."""
+    roots = [roots] if isinstance(roots, (str, Path)) else roots
+    if roots and all(isinstance(r, DataSet) for r in roots):
+        return list(roots)
     sets = []
     for value in roots:
         name, sep, folder = str(value).partition("=")
