@@ -1,11 +1,8 @@
 """Figures logged with every run: image | ground truth | prediction panels, and training curves.
 
-Each function returns a `matplotlib.figure.Figure`; the caller logs it (`mlflow.log_figure`) and
-lets it go. Figures are built with the object-oriented API on an Agg canvas, never through
-pyplot: nothing needs a display, no global backend is switched, and nothing is registered in
-pyplot's figure list, so Optuna trials running in threads can draw at the same time without
-sharing state (pyplot is not thread-safe) and figures are freed when dropped (`plt.close` on
-them is harmless). matplotlib is imported inside the functions to keep `import polypseg` cheap.
+Built with the object-oriented API on an Agg canvas, never through pyplot: no display, no global
+backend, no shared figure list, so trials in threads can draw at once (pyplot is not
+thread-safe) and figures are freed when dropped.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Evaluation of a model, or of any method's saved maps, on one or several polyp data sets.
 
-`evaluate` scores either a logged or registered model (its probability map at each image's
-original size, through the pyfunc's own segmenter) or a folder of saved prediction maps (any
-method's, paired with `DATA/masks/` by stem), under polypseg's default protocol or PraNet's
-(`scoring.py`). Each data set gets a JSON summary, a per-image CSV and a worst-cases figure;
-named data sets (`NAME=DIR`) also get the papers' table; everything is logged to one MLflow run.
-Every report path is checked before any work: none in a data set's `images/` or `masks/` or in
-the maps scored, no two with one name. Without --out, reports go to a folder named for the
-model (`report_folder`); a report folder is replaced whole (`report.write_folder`).
+Each data set gets a JSON summary, a per-image CSV and a worst-cases figure under polypseg's
+protocol or PraNet's (`scoring.py`); named sets (`NAME=DIR`) also get the papers' table; all of
+it goes to one MLflow run. Every report path is checked before any work, and without --out the
+reports go to a folder named for the model (`report_folder`), replaced whole.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from pathlib import Path
 
 from polypseg.config import SEED_MAX
 from polypseg.data.sets import find_dataset_root
-from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
+from polypseg.data.split import DEFAULT_SEED
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
@@ -205,7 +201,6 @@ def evaluate(
     predictions: str | Path | None = None,
     protocol: str = "default",
     seed: int = DEFAULT_SEED,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
     progress: bool = True,
     tracking_uri: str | None = None,
     engine: str = "torch",
@@ -242,7 +237,7 @@ def evaluate(
     paths = [_paths(data, folder, out) for data in sets]
     _check_outputs(sets, paths, predictions, out, folder)  # before any work, not after it
     setup(EVALUATION_EXPERIMENT, tracking_uri)
-    source = maps or ModelSource(model_uri, split or "test", seed, ratios, engine, tta)
+    source = maps or ModelSource(model_uri, split or "test", seed, engine, tta)
     reports = [
         _score_set(source, data, protocol, progress, where, resamples)
         for data, where in zip(sets, paths, strict=True)

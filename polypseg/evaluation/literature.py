@@ -1,13 +1,9 @@
 """One table per model: PraNet's five test sets, scored under its protocol, kept on the model.
 
-`evaluate_sets` scores a model on the named test sets (`pranet`: all five) exactly as `evaluate
---protocol pranet` scores any set (`metrics.pranet_image_scores`), with each set's test images
-chosen by the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB, the whole of
-the others). The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run;
-the table is also written on the registered model version as tags (`pranet.kvasir.mdice =
-0.912`, the evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the
-version's page; each evaluation replaces the whole family, so rows never mix evaluations.
-`evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
+`evaluate_sets` scores a model on named sets' test images (`data.protocol`) as `evaluate
+--protocol pranet` scores any set, and writes the table on the registered version as tags
+(`pranet.kvasir.mdice = 0.912`), which the MLflow UI shows on the version's page; each
+evaluation replaces the whole family, so rows never mix evaluations.
 """
 
 from __future__ import annotations

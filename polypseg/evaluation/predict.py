@@ -1,10 +1,8 @@
 """Prediction with a logged or registered model: `<stem>.png` masks at each image's own size.
 
-`predict` takes files, folders or glob patterns, runs a predictor (`predictors.py`: torch or
-ONNX, optionally under TTA) and writes 0/255 masks, or 8-bit probability maps (`maps`, what other
-methods publish and PraNet's protocol scores), atomically, optionally overlays, and logs one run
-to the `polypseg-prediction` experiment. Every output name is known before the model loads: none
-may land in a folder of inputs (or a data set's `masks/`), and no two may share a name.
+0/255 masks, or 8-bit probability maps (`--maps`, what PraNet's protocol scores), written
+atomically, and one run in the `polypseg-prediction` experiment. Every output name is known
+before the model loads: none may land among the inputs, no two may share a name.
 """
 
 from __future__ import annotations

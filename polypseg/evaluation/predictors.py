@@ -1,15 +1,10 @@
 """What `predict` and `evaluate` run a model with: torch, onnxruntime, or either under TTA.
 
-Every predictor answers the same questions: `proba_batch` (N images of one size → N maps at that
-size), `proba`, `mask` (at the predictor's `threshold`) and `describe` (which model it is).
-`Predictor` loads a logged or registered model (an MLflow URI) and runs the pyfunc's own
-segmenter. `OnnxPredictor` runs a file written by `polypseg export` with onnxruntime (the `onnx`
-extra): the graph takes uint8 images B×3×S×S at the training size S, resized here with the
-training data's own resize, and returns the probabilities at S and the decoder's logits; the
-map at an image's own size comes from the logits through the pyfunc's own upsampling, so its
-masks are the torch path's, not a second interpolation of an already resized map.
-`TTAPredictor` averages any predictor's maps over dihedral variants of the image (nnU-Net's
-mirroring): each variant goes through the whole chain and its map is transformed back.
+Every predictor maps N images of one size to N probability maps at that size (`proba_batch`).
+`Predictor` runs a logged or registered model's own segmenter; `OnnxPredictor` runs a `polypseg
+export` file at the training size and upsamples the decoder's logits as the pyfunc does, so its
+masks are the torch path's, not a second interpolation of a resized map; `TTAPredictor` averages
+any predictor's maps over dihedral variants of the image (nnU-Net's mirroring).
 """
 
 from __future__ import annotations

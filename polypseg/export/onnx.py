@@ -1,18 +1,11 @@
 """`polypseg export --format onnx`: the whole segmenter as one ONNX graph, checked and logged.
 
-The graph (`ExportGraph`) is the chain the pyfunc runs after its resize: uint8 images
-B×3×S×S at the training size S → normalisation (and SAM's resize-longest-side and pad) → the
-frozen encoder → the decoder → upsampling to S → sigmoid, in float32, with a dynamic batch
-dimension. It returns the probabilities B×1×S×S and the decoder's logits (what `OnnxPredictor`
-upsamples to each image's own size, as the pyfunc does). Resizing an image to S stays outside.
-
-Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export, then onnxscript). The TorchScript
-exporter cannot export SAM: the resize of SAM's preprocessing is antialiased
-(`aten::_upsample_bilinear2d_aa`), which it has no ONNX translation for, while the dynamo one
-maps it to `Resize(antialias=1)` of opset 18; it is also the one torch ≥ 2.9 defaults to and
-maintains. Our SDPA attention (`sam_attention.py`, relative positions folded into q·k) exports as
-plain MatMul/Softmax. The file is checked with onnxruntime against the torch graph on real
-images, at two batch sizes, before it replaces `--out`, and is logged to the model's run.
+The graph (`ExportGraph`) is what the pyfunc runs after its resize: uint8 images B×3×S×S at the
+training size S (batch dynamic) → normalisation → frozen encoder → decoder → probabilities at S
+and the decoder's logits, in float32. The exporter is `torch.onnx.export(dynamo=True)`: the
+TorchScript one has no ONNX translation for SAM's antialiased resize, which the dynamo one maps to
+`Resize(antialias=1)` of opset 18. The file is checked against torch on real images at two batch
+sizes before it replaces `--out`.
 """
 
 from __future__ import annotations
