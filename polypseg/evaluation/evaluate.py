@@ -170,8 +170,7 @@ def _check_outputs(
     out: Path | None,
     folder: Path | None,
 ) -> None:
-    """Every report file writable, none among the inputs (a data set's `images/` and `masks/`,
-    the maps scored), no two with one name (`--out x.csv`, a data set named `table`)."""
+    """Every report writable, none among the inputs, no two with one name (a set named table)."""
     outputs = []
     for data, (json_path, csv_path, figure_path) in zip(sets, paths, strict=True):
         outputs += [
@@ -207,10 +206,8 @@ def evaluate(
     tta: str = "none",
     resamples: int = RESAMPLES,
 ) -> Evaluation:
-    """Score a model (`model_uri`) or saved maps (`predictions`) on each data set; write and
-    log the reports. `roots` is one folder or `NAME=DIR` values (see `parse_roots`). `tta`
-    (none, flip, dihedral) averages a model's maps over variants of each image; `resamples`:
-    the bootstrap's, for the 95 % intervals of mDice and mIoU."""
+    """Score a model or saved maps (`predictions`) on each of `roots` (`parse_roots`); write
+    and log the reports, mDice and mIoU with `resamples`' bootstrap intervals."""
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)

@@ -51,9 +51,8 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def input_folders(images: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Where `predict` must not write: each image's own folder (as given and behind a link),
-    and anywhere in a data set's `images/` and `masks/` (the ground truth there has the stems
-    of our masks), as `check_outputs`' `folders` and `trees`."""
+    """`check_outputs`' `folders` (each image's own, as given and behind a link) and `trees` (a
+    data set's `images/` and `masks/`: the ground truth there has our masks' stems)."""
     folders: dict[Path, str] = {}
     trees: dict[Path, str] = {}
     for image in images:
@@ -125,9 +124,7 @@ def predict(
     engine: str = "torch",
     tta: str = "none",
 ) -> Prediction:
-    """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
-    probability map (what PraNet-protocol evaluation scores); log one MLflow run. `tta`
-    (none, flip, dihedral) averages the maps over variants of each image (`TTAPredictor`)."""
+    """Write `<stem>.png` at each image's size (a 0/255 mask, or the 8-bit map), log one run."""
     from polypseg.metrics import quantize_map
     from polypseg.tracking.store import setup
 

@@ -62,9 +62,8 @@ class SetReport:
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
-    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary, in `into`
-    (default: where the report's paths say). All three are written whole before any replaces its
-    earlier version, so a failed write (a full disk) leaves an earlier report as it was."""
+    """CSV, figure and JSON, in `into` or the report's paths, each written whole before any
+    replaces its earlier version: a full disk leaves an earlier report as it was."""
     with ExitStack() as stack:
 
         def temporary(path: Path) -> Path:
@@ -98,8 +97,8 @@ def check_report_folder(folder: Path) -> None:
 
 
 def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> None:
-    """Every set's files (and the tables) in a hidden folder beside `folder`, then swapped in
-    whole; the folders a killed evaluation left beside it are removed first."""
+    """Every set's files (and the tables) staged beside `folder`, then swapped in whole; a
+    killed evaluation's staged folders are removed first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for left in folder.parent.glob(f".{folder.name}.*.{STAGED}"):
         pid = left.name[len(folder.name) + 2 :].split(".")[0]
@@ -191,10 +190,7 @@ def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
 def log_evaluation(
     reports: Sequence[SetReport], tables: tuple[Path, Path] | None, prefixed: bool
 ) -> tuple[str, str]:
-    """One MLflow run with every set's figures, files and the tables; returns (id, URL).
-
-    Metrics are `<set>/<metric>` when data sets are named, plain names for a single folder.
-    """
+    """One MLflow run of every set's figures (`<set>/<metric>` when `prefixed`) and files."""
     import mlflow
 
     from polypseg.tracking.runs import log_figure, tracked_run

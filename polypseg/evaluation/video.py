@@ -47,10 +47,8 @@ class VideoPrediction:
 
 
 class FrameReader:
-    """A video's frames as H×W×3 uint8 RGB arrays with their times, decoded one at a time.
-
-    A decoding error, or fewer frames than the container announced, ends the stream and is
-    kept in `broken` (the frames before it were yielded)."""
+    """A video's (time, H×W×3 RGB frame), decoded one at a time; an error or fewer frames than
+    announced ends the stream and is kept in `broken`."""
 
     def __init__(self, path: Path) -> None:
         import av
@@ -163,9 +161,7 @@ def predict_video(
     progress: bool = True,
     tta: str = "none",
 ) -> VideoPrediction:
-    """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` for `video` into `out_dir` and log
-    one prediction run; a video that breaks off mid-stream keeps its frames read, then raises.
-    `tta` (none, flip, dihedral) averages each frame's map over its variants."""
+    """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
     from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
     from polypseg.evaluation.predictors import ENGINES, check_choice, load_predictor
     from polypseg.progress import progress_bar

@@ -135,9 +135,8 @@ def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> lis
 
 
 def training_roots(model_uri: str, run_id: str | None) -> list[str]:
-    """The folders the model was trained on, as its training run logged them (the data set
-    input's source: `DIR`, or `NAME=DIR, ...` for several). A study's champion is logged in the
-    study's parent run, which trained nothing: its version names the trial's run."""
+    """The folders its training run logged (`DIR`, or `NAME=DIR, ...`); a study's champion's
+    version names the trial's run (the parent run that logged it trained nothing)."""
     import json
 
     import mlflow
@@ -165,8 +164,8 @@ def export_onnx(
     tracking_uri: str | None = None,
     log: bool = True,
 ) -> Export:
-    """Export the model behind `model_uri` to `out` (ONNX), check it against the torch model on
-    real images (`images`, else the model's data set), and log it to the model's run."""
+    """Export `model_uri` to `out`, check it against torch on `images` (else the model's own
+    data), and log it to the model's run."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module)
     import mlflow
