@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from polypseg.config import Config
 from polypseg.data.pairs import set_pairs
@@ -18,7 +19,6 @@ from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet
-from polypseg.uncertainty import RESAMPLES
 
 ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
 TAG_PREFIX = "pranet."  # the model version's tags that hold one evaluation's table
@@ -91,29 +91,13 @@ def evaluate_sets(
     sets: str | Sequence[str],
     roots: Mapping[str, str | Path],
     out: str | Path | None = None,
-    *,
-    tracking_uri: str | None = None,
-    progress: bool = True,
-    engine: str = "torch",
-    tta: str = "none",
-    resamples: int = RESAMPLES,
+    **options: Any,
 ) -> Evaluation:
     """Score `model_uri` on each named test set under PraNet's protocol, write and log the
-    table, and record it on the model version (`record_on_version`)."""
+    table, and record it on the model version (`record_on_version`); `options`: `evaluate`'s."""
     names = parse_sets(sets) if isinstance(sets, str) else list(sets)
     data = test_sets(names, roots)
-    result = evaluate(
-        model_uri,
-        data,
-        "pranet",
-        out,
-        protocol="pranet",
-        tracking_uri=tracking_uri,
-        progress=progress,
-        engine=engine,
-        tta=tta,
-        resamples=resamples,
-    )
+    result = evaluate(model_uri, data, "pranet", out, protocol="pranet", **options)
     record_on_version(result)
     return result
 

@@ -97,8 +97,3 @@ def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair],
     pairs = [MapPair(masks[s].name, maps[s], masks[s]) for s in sorted(maps)]
     missing = sorted(masks[s].name for s in masks.keys() - maps.keys())
     return pairs, missing
-
-
-def map_for_mask(pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
-    """The pair's map read and brought to the mask's size."""
-    return resize_map(read_map(pair.prediction), shape)

@@ -28,7 +28,7 @@ from polypseg.data.pairs import (
 from polypseg.data.sets import SETS, find_dataset_root
 from polypseg.data.split import DEFAULT_RATIOS, split_names
 from polypseg.errors import DataError
-from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps
+from polypseg.evaluation.maps import MapPair, pair_maps, read_map, resize_map
 from polypseg.evaluation.scoring import SetScorer
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -190,4 +190,4 @@ class MapSource:
         return image
 
     def prob_map(self, pair: MapPair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
-        return map_for_mask(pair, shape)
+        return resize_map(read_map(pair.prediction), shape)

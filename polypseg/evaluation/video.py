@@ -120,14 +120,11 @@ class OverlayWriter:
 
 def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
     batch: list[tuple[float, np.ndarray]] = []
-    for item in reader:
-        if batch and item[1].shape != batch[0][1].shape:  # a batch is of one frame size
+    for item in reader:  # a batch is of one frame size
+        if batch and (len(batch) == size or item[1].shape != batch[0][1].shape):
             yield batch
             batch = []
         batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
     if batch:
         yield batch
 
