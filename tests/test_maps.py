@@ -112,9 +112,9 @@ def test_maps_pair_with_masks_by_stem(tmp_path: Path) -> None:
         Image.fromarray(np.zeros((2, 2), np.uint8)).save(maps / f"{stem}.jpg")
     (maps / "notes.txt").write_text("not a map, not an image suffix: ignored")
     pairs, missing = pair_maps(maps, root)
-    assert [(p.name, p.prediction.name) for p in pairs] == [("a.png", "a.jpg"), ("c.png", "c.jpg")]
+    assert [(p.name, p.image.name) for p in pairs] == [("a.png", "a.jpg"), ("c.png", "c.jpg")]
     assert missing == ["b.png"]
-    assert resize_map(read_map(pairs[0].prediction), (4, 4)).shape == (4, 4)
+    assert resize_map(read_map(pairs[0].image), (4, 4)).shape == (4, 4)
 
 
 def test_a_map_without_mask_is_named(tmp_path: Path) -> None:

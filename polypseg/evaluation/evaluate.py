@@ -28,7 +28,7 @@ from polypseg.evaluation.report import (
     write_set,
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
-from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
+from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, data_digest, parse_roots
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
 from polypseg.uncertainty import RESAMPLES, check_resamples
@@ -108,7 +108,7 @@ def _score_set(
         "root": str(data.root.resolve()),
         **scorer.summary(resamples),
         **({"threshold": scorer.threshold} if protocol == "default" else {}),
-        "data_digest": source.digest(pairs),
+        "data_digest": data_digest(pairs),
         **({"missing_predictions": missing} if missing else {}),
     }
     figure = _worst_figure(source, pairs, scorer, data.name)

@@ -28,7 +28,7 @@ from polypseg.data.pairs import (
 from polypseg.data.sets import SETS, find_dataset_root
 from polypseg.data.split import DEFAULT_RATIOS, split_names
 from polypseg.errors import DataError
-from polypseg.evaluation.maps import MapPair, pair_maps, read_map, resize_map
+from polypseg.evaluation.maps import pair_maps, read_map, resize_map
 from polypseg.evaluation.scoring import SetScorer
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -124,9 +124,6 @@ class ModelSource:
         refuse_implausible_masks([pair.mask for pair in pairs], where)
         return pairs, []
 
-    def digest(self, pairs: list[Pair]) -> str:
-        return data_digest(pairs)
-
     def image(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
         image = read_image(pair.image)
         if image.shape[:2] != shape:
@@ -164,7 +161,7 @@ class MapSource:
             )
         return self.predictions
 
-    def pairs(self, data: DataSet) -> tuple[list[MapPair], list[str]]:
+    def pairs(self, data: DataSet) -> tuple[list[Pair], list[str]]:
         """The maps with their masks, checked before scoring: one file per stem in each folder
         (`images/` too, shown in the figure), masks not all empty."""
         root = data.root if (data.root / "masks").is_dir() else find_dataset_root(data.root)
@@ -178,10 +175,7 @@ class MapSource:
             self._images[folder] = files_by_stem(folder) if folder.is_dir() else {}
         return self._images[folder]
 
-    def digest(self, pairs: list[MapPair]) -> str:
-        return data_digest([Pair(p.name, p.prediction, p.mask) for p in pairs])
-
-    def image(self, pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
+    def image(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
         """The data set's image when `images/` has it (for the figure), else plain grey."""
         found = self._figure_images(pair.mask.parent.parent / "images").get(pair.mask.stem)
         image = read_image(found) if found is not None else None
@@ -189,5 +183,5 @@ class MapSource:
             return np.full((*shape, 3), 128, dtype=np.uint8)
         return image
 
-    def prob_map(self, pair: MapPair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
-        return resize_map(read_map(pair.prediction), shape)
+    def prob_map(self, pair: Pair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
+        return resize_map(read_map(pair.image), shape)
