@@ -1,11 +1,8 @@
 """Figures logged with every run: image | ground truth | prediction panels, and training curves.
 
-Each function returns a `matplotlib.figure.Figure`; the caller logs it (`mlflow.log_figure`) and
-lets it go. Figures are built with the object-oriented API on an Agg canvas, never through
-pyplot: nothing needs a display, no global backend is switched, and nothing is registered in
-pyplot's figure list, so Optuna trials running in threads can draw at the same time without
-sharing state (pyplot is not thread-safe) and figures are freed when dropped (`plt.close` on
-them is harmless). matplotlib is imported inside the functions to keep `import polypseg` cheap.
+Built with the object-oriented API on an Agg canvas, never through pyplot: no display, no global
+backend, no shared figure list, so trials in threads can draw at once (pyplot is not
+thread-safe) and figures are freed when dropped.
 """
 
 from __future__ import annotations
@@ -57,17 +54,9 @@ def mask_panel(
     titles: list[str] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """One row per image: the image | its ground truth | the prediction over the image, under
-    `title` (what the rows are: "kvasir: the 4 lowest dice of 100 images") when given.
-
-    Args:
-        images: H×W×3 uint8 images.
-        masks: H×W 0/1 ground-truth masks, one per image, same H×W.
-        preds: H×W predictions, 0/1 masks or probabilities in [0, 1]: drawn as a green fill
-            whose opacity is the probability, with a green contour at 0.5 and the ground
-            truth's contour in red.
-        titles: one per row (a file name, its Dice); the image column's title when given.
-    """
+    """One row per H×W×3 uint8 image: the image | its H×W 0/1 mask | the prediction (a mask or
+    probabilities) as a green fill whose opacity is the probability, contoured green at 0.5 and
+    red for the truth; `titles` name the rows, `title` the panel."""
     n = len(images)
     if n == 0 or len(masks) != n or len(preds) != n:
         raise ValueError(
@@ -123,13 +112,8 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
 
 
 def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
-    """Losses (left) and validation Dice/IoU (right) against the epoch, under `title` (the run:
-    `trial-3`, say) when given.
-
-    `history` holds one dict per epoch with keys `epoch`, `train_loss`, `val_loss`, `val_dice`,
-    `val_iou` (as `train.fit` reports them); a missing key leaves that point out. The epoch of
-    the best `val_dice` is marked on both plots.
-    """
+    """Losses (left) and validation Dice/IoU (right) of `train.fit`'s per-epoch `history` (a
+    missing key leaves that point out), the best `val_dice`'s epoch marked on both."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _agg_figure(9.0, 3.4 if title else 3.2, "tight")

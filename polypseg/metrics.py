@@ -1,14 +1,10 @@
 """Segmentation metrics as the polyp literature reports them: pure functions, no state, no I/O.
 
-Three families, each under its own names. polypseg's own figures (training and `--protocol
-default`): per image, then averaged over images (mDice, mIoU, ...), the path smp's
-`metrics.functional` takes: confusion counts (`confusion`), ratios (`scores`), an explicit
-reduction (`mean_scores`); every ratio defines 0/0 as 1, so an empty prediction on an empty mask is
-perfect and a non-empty one scores dice = iou = precision = 0 but recall = 1. `mdice_thr`
-(`dice_over_thresholds`) is PraNet's Dice over 256 thresholds without PraNet's stretch.
-S-α, E-measure and the weighted F-measure come from `py_sod_metrics`, the maintained port of
-Fan's MATLAB code (`structure_and_emeasure`). PraNet's `eval/main.m` protocol (MICCAI 2020),
-what published polyp tables report, is `pranet_image_scores` and `pranet_summary` (see there).
+polypseg's own figures (training, `--protocol default`) are per image, then averaged (mDice, ...),
+as smp's `metrics.functional`: counts (`confusion`), ratios (`scores`), a reduction
+(`mean_scores`); every ratio defines 0/0 as 1, so an empty prediction on an empty mask is perfect.
+S-α, E-measure and wFβ come from `py_sod_metrics`, the maintained port of Fan's MATLAB code.
+PraNet's `eval/main.m` (what published polyp tables report) is `pranet_image_scores`.
 """
 
 from __future__ import annotations
@@ -44,10 +40,7 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
 
 
 def confusion(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-image pixel counts `(tp, fp, fn, tn)`, each a float tensor of shape (B,).
-
-    `pred` and `target` are 0/1 (or bool) maps, B×H×W or B×1×H×W.
-    """
+    """Per-image pixel counts `(tp, fp, fn, tn)`, (B,) each, of 0/1 maps B×H×W or B×1×H×W."""
     pred, target = _check_pair(pred, target)
     # Counted on booleans (integer sums: exact at any size, and a few times cheaper than float
     # products), returned as float64 so that the ratios are exact too.
@@ -68,22 +61,14 @@ def _iou(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
 
 
 def dice_iou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image Dice and IoU of 0/1 (or bool) maps, (B,) each, as `scores` defines them.
-
-    What validation needs every epoch, without the other four scores' cost.
-    """
+    """Per-image Dice and IoU of 0/1 maps, (B,) each: validation's, without `scores`' cost."""
     tp, fp, fn, _ = confusion(pred, target)
     return _dice(tp, fp, fn), _iou(tp, fp, fn)
 
 
 def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
-    """Per-image `dice`, `iou`, `precision`, `recall`, `specificity`, `mae`, each a (B,) tensor.
-
-    `probs` is a probability map in [0, 1] (B×H×W or B×1×H×W) and is binarised as
-    `probs >= threshold`; `target` is 0/1. `mae` is the mean absolute difference between the
-    probability map itself (not the binarised one) and the target, as SOD tooling computes it.
-    Ratios with an empty denominator are 1 (see the module docstring).
-    """
+    """Per-image `SCORE_NAMES`, (B,) each, of probabilities `probs >= threshold` against 0/1
+    `target`; `mae` is of the probability map itself, as SOD tooling computes it."""
     probs, target = _check_pair(probs, target)
     probs, target = probs.double(), target.double()
     tp, fp, fn, tn = confusion(probs >= threshold, target)
@@ -98,11 +83,8 @@ def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, T
 
 
 def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
-    """Average each per-image score over images (mDice, mIoU, ...) as plain floats.
-
-    Batches are concatenated by the caller (`torch.cat`) before the mean, so every image weighs
-    the same whatever batch it came in.
-    """
+    """Each per-image score's mean over images (mDice, mIoU, ...); the caller concatenates
+    batches first, so every image weighs the same whatever batch it came in."""
     means = {}
     for name, values in per_image.items():
         if values.numel() == 0:
@@ -168,10 +150,8 @@ def structure_measure() -> Any:
 def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
     """`py_sod_metrics` E-measure values as the mean over an image's H·W pixels.
 
-    The library, like the MATLAB code, divides the enhanced-alignment sum by H·W − 1 (+ eps):
-    4.5e15 on a 1×1 image, above 1 for good maps on small images. The mean stays in [0, 1] for
-    any size; at Kvasir's 720×576 frames the two differ by a factor 1 − 1/(H·W) (3e-6), below
-    the decimals tables report. The clip only absorbs float rounding.
+    The library, like the MATLAB code, divides by H·W − 1 (+ eps): 4.5e15 on a 1×1 image. The mean
+    stays in [0, 1]; at Kvasir's sizes the two differ by 3e-6. The clip absorbs float rounding.
     """
     from py_sod_metrics.utils import EPS
 
@@ -179,19 +159,9 @@ def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
 
 
 def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) -> dict[str, float]:
-    """S-α (`s_alpha`, α = 0.5) and mean E-measure (`e_measure`) of one image, via `py_sod_metrics`.
-
-    Definitions: Fan et al., "Structure-measure", ICCV 2017 (S-α); Fan et al., "Enhanced-alignment
-    Measure", IJCAI 2018 (the mean over the library's 256 thresholds, tables' "meanEm").
-
-    Args:
-        pred_prob_uint8: H×W uint8 probability map in 0–255. The library min-max stretches it
-            (MATLAB's `mapminmax`) unless it is constant, as the original code does.
-        gt_uint8: H×W uint8 mask in 0–255; foreground is > 128.
-
-    Empty ground truth: the library's values, well defined there: S-α = 1 − mean(prediction),
-    E-measure = the mean fraction of pixels predicted background.
-    """
+    """S-α (`s_alpha`, α = 0.5; Fan et al., ICCV 2017) and mean E-measure (`e_measure`, over 256
+    thresholds; Fan et al., IJCAI 2018) of an H×W uint8 map in 0–255 (the library min-max
+    stretches it unless constant) against an H×W uint8 mask (foreground > 128)."""
     from py_sod_metrics import Emeasure
 
     for name, array in (("pred_prob_uint8", pred_prob_uint8), ("gt_uint8", gt_uint8)):
@@ -221,7 +191,7 @@ def quantize_map(proba: np.ndarray) -> np.ndarray:
 
 
 def default_image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
-    """Every figure of `--protocol default` (`DEFAULT_KEYS`) for an H×W map and 0/1 mask."""
+    """`DEFAULT_KEYS` for an H×W map and 0/1 mask."""
     p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float64))[None]
     m = torch.from_numpy(mask)[None].double()
     row = {k: float(v[0]) for k, v in scores(p, m, threshold).items()}
@@ -263,12 +233,8 @@ _ASCENDING = PRANET_THRESHOLDS[::-1].copy()
 
 
 def min_max_stretch(values: np.ndarray) -> np.ndarray:
-    """`mapminmax(x, 0, 1)` as MATLAB's Neural Network Toolbox computes it.
-
-    `(x - xmin) * (1 / (xmax - xmin))`, in that order (the toolbox stores the gain, then
-    multiplies). A constant map is returned unchanged: the toolbox sets the gain to 1 and the
-    offset to 0 when the range is 0, so a map of 0.3 stays 0.3, not 0 or NaN.
-    """
+    """`mapminmax(x, 0, 1)` as MATLAB computes it: the gain `1 / (xmax - xmin)` first, then
+    multiplied; a constant map stays as it is (gain 1, offset 0), not 0 or NaN."""
     values = np.asarray(values, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
     return values.copy() if high == low else (values - low) * (1.0 / (high - low))
@@ -308,7 +274,7 @@ class PranetScores:
     mae: float
 
     def row(self) -> dict[str, float]:
-        """The per-image CSV row (`PRANET_ROW_KEYS`): curve means over thresholds, the scalars."""
+        """`PRANET_ROW_KEYS`: the curves' means over thresholds, the scalars."""
         return {
             "mdice": float(self.dice.mean()),
             "miou": float(self.iou.mean()),
@@ -320,13 +286,7 @@ class PranetScores:
 
 
 def pranet_image_scores(prob_map: np.ndarray, mask: np.ndarray) -> PranetScores:
-    """Score one map against its mask under PraNet's protocol.
-
-    Args:
-        prob_map: H×W float map as MATLAB's `im2double` gives it (any range of [0, 1]; the
-            protocol stretches it), already at the mask's size.
-        mask: H×W bool (or 0/1) ground truth.
-    """
+    """One H×W map (as `im2double` gives it; stretched here) against its H×W 0/1 mask."""
     from py_sod_metrics import WeightedFmeasure
 
     prob_map = np.asarray(prob_map, dtype=np.float64)
@@ -354,7 +314,7 @@ def pranet_image_scores(prob_map: np.ndarray, mask: np.ndarray) -> PranetScores:
 
 
 def pranet_summary(images: Sequence[PranetScores]) -> dict[str, float]:
-    """The data set's figures: curves averaged over images first, then mean or max."""
+    """`PRANET_SUMMARY_KEYS`: curves averaged over images first, then mean or max."""
     if not images:
         raise ValueError("no images to summarize")
     dice = np.mean([s.dice for s in images], axis=0)

@@ -1,10 +1,6 @@
-"""How sure a per-set figure is: bootstrap intervals over images, and paired comparisons.
-
-The polyp test sets are small (60–200 images), so a set's mDice moves by several points with the
-images drawn. Every interval here is a percentile bootstrap over images (SciPy's `bootstrap`),
-seeded so a table reprints the same; a comparison of two methods on the same images resamples
-the per-image differences (a paired bootstrap) and adds the Wilcoxon signed-rank test.
-"""
+"""How sure a per-set figure is: seeded percentile-bootstrap intervals over images (SciPy's
+`bootstrap`; the polyp test sets hold 60–200 images), and paired comparisons (the per-image
+differences resampled, plus Wilcoxon's signed-rank test)."""
 
 from __future__ import annotations
 
@@ -60,14 +56,6 @@ class PairedDifference:
     ci_low: float | None
     ci_high: float | None
     p_value: float
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {
-            "mean": self.mean,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
-            "p_value": self.p_value,
-        }
 
 
 def paired_difference(

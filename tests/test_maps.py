@@ -13,7 +13,6 @@ from polypseg.data.images import has_image_header, read_image, unit_range
 from polypseg.data.images import read_pixels as read_array
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import (
-    map_for_mask,
     pair_maps,
     read_map,
     read_pranet_mask,
@@ -113,9 +112,9 @@ def test_maps_pair_with_masks_by_stem(tmp_path: Path) -> None:
         Image.fromarray(np.zeros((2, 2), np.uint8)).save(maps / f"{stem}.jpg")
     (maps / "notes.txt").write_text("not a map, not an image suffix: ignored")
     pairs, missing = pair_maps(maps, root)
-    assert [(p.name, p.prediction.name) for p in pairs] == [("a.png", "a.jpg"), ("c.png", "c.jpg")]
+    assert [(p.name, p.image.name) for p in pairs] == [("a.png", "a.jpg"), ("c.png", "c.jpg")]
     assert missing == ["b.png"]
-    assert map_for_mask(pairs[0], (4, 4)).shape == (4, 4)
+    assert resize_map(read_map(pairs[0].image), (4, 4)).shape == (4, 4)
 
 
 def test_a_map_without_mask_is_named(tmp_path: Path) -> None:

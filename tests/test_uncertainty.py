@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_paired_difference_resamples_the_differences_and_uses_wilcoxon() -> None
 def test_identical_methods_differ_by_nothing_with_p_one() -> None:
     scores = np.linspace(0.2, 0.9, 8)
     result = paired_difference(scores, scores)
-    assert result.as_dict() == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    assert asdict(result) == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
 
 
 def test_format_interval_prints_the_figure_then_its_interval() -> None:

@@ -9,7 +9,7 @@ import typer
 
 from polypseg.cli.app import TrackingOption, app
 from polypseg.config import DataConfig
-from polypseg.errors import PolypsegError
+from polypseg.errors import DataError, PolypsegError
 from polypseg.uncertainty import RESAMPLES
 
 ModelOption = typer.Option(
@@ -100,7 +100,7 @@ def evaluate(
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
     if sets is not None:
-        from polypseg.evaluation.literature import evaluate_named_sets
+        from polypseg.evaluation.literature import evaluate_sets, set_roots
 
         if predictions is not None or model is None:
             raise PolypsegError("--sets scores a --model URI (saved maps: --root NAME=DIR)")
@@ -111,9 +111,8 @@ def evaluate(
                 "drop it, or score folders with --root NAME=DIR"
             )
         options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta}
-        result = evaluate_named_sets(
-            model, sets, root or [], config, out, resamples=resamples, **options
-        )
+        roots = set_roots(root or [], config)
+        result = evaluate_sets(model, sets, roots, out, resamples=resamples, **options)
     else:
         options = {"predictions": predictions, "seed": seed, "engine": engine}
         options.update(protocol=protocol or "default", tta=tta, resamples=resamples)
@@ -183,17 +182,26 @@ def predict(
     tta: TtaOption = "none",
 ) -> None:
     """Predict polyp masks (or maps) for IMAGE... (image files, folders or glob patterns), each
-    at its image's original size; prints the files written."""
+    at its image's original size, or --video FILE frame by frame; prints the files written."""
     from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
     from polypseg.outputs import check_output_dir
 
     if video is not None or not images:
-        from polypseg.cli.export import predict_video_command  # refuses no images and no video
+        if video is None:
+            raise DataError(
+                "nothing to predict: give IMAGE... (files, folders, globs) or --video FILE"
+            )
+        if images or maps:
+            raise DataError("--video FILE takes no IMAGE arguments nor --maps; predict those apart")
+        from polypseg.evaluation.video import predict_video
 
-        predict_video_command(
-            model, video, out, engine, images, maps, tracking_uri=tracking_uri, tta=tta
+        clip = predict_video(model, video, out, engine, tracking_uri=tracking_uri, tta=tta)
+        typer.echo(f"{clip.overlay}\n{clip.table}")
+        speed = (
+            f"{clip.frames} frames in {clip.seconds:.1f} s ({clip.frames_per_second:.1f} frames/s)"
         )
+        typer.echo(f"{video}: {speed}\nprediction run {clip.run_id}: {clip.run_url}", err=True)
         return
     # What predict refuses first, before it loads torch and mlflow (~5 s); it checks again.
     check_output_dir(out)

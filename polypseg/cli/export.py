@@ -1,5 +1,4 @@
-"""`polypseg export` (a model as an ONNX file, checked and logged) and what `predict --video`
-prints: the ways a model leaves the lab."""
+"""`polypseg export`: a model as an ONNX file, checked against torch and logged to its run."""
 
 from __future__ import annotations
 
@@ -50,30 +49,3 @@ def export(
     if result.artifact_uri:
         typer.echo(f"logged to run {result.run_id}: {result.artifact_uri}", err=True)
     typer.echo(str(result.path))
-
-
-def predict_video_command(
-    model: str,
-    video: Path | None,
-    out: Path,
-    engine: str,
-    images: list[str] | None,
-    maps: bool,
-    **kw: str | None,
-) -> None:
-    """`polypseg predict --video FILE`: the overlay and CSV on stdout, the speed on stderr."""
-    from polypseg.errors import DataError
-    from polypseg.evaluation.video import predict_video
-
-    if video is None:
-        raise DataError("nothing to predict: give IMAGE... (files, folders, globs) or --video FILE")
-    if images or maps:
-        raise DataError("--video FILE takes no IMAGE arguments nor --maps; predict those apart")
-    clip = predict_video(model, video, out, engine, **kw)
-    typer.echo(f"{clip.overlay}\n{clip.table}")
-    typer.echo(
-        f"{video}: {clip.frames} frames in {clip.seconds:.1f} s "
-        f"({clip.frames_per_second:.1f} frames/s)",
-        err=True,
-    )
-    typer.echo(f"prediction run {clip.run_id}: {clip.run_url}", err=True)

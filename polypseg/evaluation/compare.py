@@ -1,23 +1,21 @@
 """`compare`: is a candidate better than a baseline on the same images, and how sure is that.
 
-Each side is a model URI or a folder of saved maps (with several sets, one subfolder per set,
-PraNet's `results/<method>/<Set>/`), scored by `evaluate`'s own machinery under one protocol.
-Per set both sides must cover the same images (by stem), checked for every set before any is
-scored. The per-image differences candidate − baseline of mDice and mIoU get a paired-bootstrap
-95 % interval and Wilcoxon's signed-rank p-value (`uncertainty.paired_difference`), and the
-images each side wins on mDice are counted. One run of the evaluation experiment holds it all.
+Each side is a model URI or a folder of saved maps, scored by `evaluate`'s own machinery; per set
+both must cover the same images, checked for every set before any is scored. The per-image
+differences of mDice and mIoU get a paired-bootstrap interval and Wilcoxon's p
+(`uncertainty.paired_difference`), and the images each side wins are counted.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
+from polypseg.data.split import DEFAULT_SEED
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.evaluate import Source, input_trees, score
 from polypseg.evaluation.report import EVALUATION_EXPERIMENT
@@ -67,7 +65,7 @@ def side_source(value: str, several: bool) -> Source:
     """A side: a folder of maps, or a model (a URI, or a local MLflow model folder)."""
     path = Path(value)
     if ":/" in value or (path / "MLmodel").is_file():
-        return ModelSource(value, "all", DEFAULT_SEED, DEFAULT_RATIOS)
+        return ModelSource(value, "all", DEFAULT_SEED)
     if path.is_dir():
         return MapSource(path, several)
     raise DataError(
@@ -107,9 +105,9 @@ def _compare_set(
     for side in SIDES:
         result[side] = {name: float(values.mean()) for name, values in per_side[side].items()}
     result["delta"] = {
-        name: paired_difference(
-            per_side["baseline"][name], per_side["candidate"][name], resamples
-        ).as_dict()
+        name: asdict(
+            paired_difference(per_side["baseline"][name], per_side["candidate"][name], resamples)
+        )
         for name in FIGURES
     }
     wins = np.sign(per_side["candidate"]["mdice"] - per_side["baseline"]["mdice"])
@@ -133,9 +131,7 @@ def compare(
     image by image, log one run and write `out` (JSON) when given."""
     from polypseg.tracking.store import setup
 
-    roots = [roots] if isinstance(roots, (str, Path)) else roots
-    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
-    sets = list(roots) if listed else parse_roots(roots)
+    sets = parse_roots(roots)
     check_protocol(protocol)
     check_resamples(resamples)
     values = (baseline, candidate)

@@ -1,13 +1,9 @@
 """Evaluation of a model, or of any method's saved maps, on one or several polyp data sets.
 
-`evaluate` scores either a logged or registered model (its probability map at each image's
-original size, through the pyfunc's own segmenter) or a folder of saved prediction maps (any
-method's, paired with `DATA/masks/` by stem), under polypseg's default protocol or PraNet's
-(`scoring.py`). Each data set gets a JSON summary, a per-image CSV and a worst-cases figure;
-named data sets (`NAME=DIR`) also get the papers' table; everything is logged to one MLflow run.
-Every report path is checked before any work: none in a data set's `images/` or `masks/` or in
-the maps scored, no two with one name. Without --out, reports go to a folder named for the
-model (`report_folder`); a report folder is replaced whole (`report.write_folder`).
+Each data set gets a JSON summary, a per-image CSV and a worst-cases figure under polypseg's
+protocol or PraNet's (`scoring.py`); named sets (`NAME=DIR`) also get the papers' table; all of
+it goes to one MLflow run. Every report path is checked before any work, and without --out the
+reports go to a folder named for the model (`report_folder`), replaced whole.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from pathlib import Path
 
 from polypseg.config import SEED_MAX
 from polypseg.data.sets import find_dataset_root
-from polypseg.data.split import DEFAULT_RATIOS, DEFAULT_SEED
+from polypseg.data.split import DEFAULT_SEED
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
@@ -32,7 +28,7 @@ from polypseg.evaluation.report import (
     write_set,
 )
 from polypseg.evaluation.scoring import SetScorer, check_protocol
-from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
+from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, data_digest, parse_roots
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
 from polypseg.uncertainty import RESAMPLES, check_resamples
@@ -51,18 +47,6 @@ class Evaluation:
     run_id: str
     run_url: str
 
-    @property
-    def summary(self) -> dict:
-        return self.sets[0].summary
-
-    @property
-    def csv_path(self) -> Path:
-        return self.sets[0].csv_path
-
-    @property
-    def figure_path(self) -> Path:
-        return self.sets[0].figure_path
-
     def printout(self) -> tuple[str, list[str]]:
         """What the CLI prints: the JSON summary (one folder) or the table (named sets) for
         stdout; where files went, masks left out and the MLflow run for stderr."""
@@ -78,14 +62,14 @@ class Evaluation:
             notes.append(f"tables: {self.tables[0]}  {self.tables[1]}")
         notes.append(f"evaluation run {self.run_id}: {self.run_url}")
         if self.tables is None:
-            return json.dumps(self.summary, indent=2), notes
+            return json.dumps(self.sets[0].summary, indent=2), notes
         return self.tables[0].read_text().rstrip("\n"), notes
 
 
 def _worst_figure(source: Source, pairs: list, scorer: SetScorer, name: str):  # noqa: ANN202
     from polypseg.figures import mask_panel
 
-    by_name, key = {p.name: p for p in pairs}, scorer.rank_key
+    by_name, key = {p.name: p for p in pairs}, scorer.interval_keys[0]
     worst = sorted(scorer.rows, key=lambda r: r[key])[:WORST_SHOWN]
     images, masks, maps = [], [], []
     for row in worst:
@@ -124,7 +108,7 @@ def _score_set(
         "root": str(data.root.resolve()),
         **scorer.summary(resamples),
         **({"threshold": scorer.threshold} if protocol == "default" else {}),
-        "data_digest": source.digest(pairs),
+        "data_digest": data_digest(pairs),
         **({"missing_predictions": missing} if missing else {}),
     }
     figure = _worst_figure(source, pairs, scorer, data.name)
@@ -186,8 +170,7 @@ def _check_outputs(
     out: Path | None,
     folder: Path | None,
 ) -> None:
-    """Every report file writable, none among the inputs (a data set's `images/` and `masks/`,
-    the maps scored), no two with one name (`--out x.csv`, a data set named `table`)."""
+    """Every report writable, none among the inputs, no two with one name (a set named table)."""
     outputs = []
     for data, (json_path, csv_path, figure_path) in zip(sets, paths, strict=True):
         outputs += [
@@ -217,24 +200,17 @@ def evaluate(
     predictions: str | Path | None = None,
     protocol: str = "default",
     seed: int = DEFAULT_SEED,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
     progress: bool = True,
     tracking_uri: str | None = None,
     engine: str = "torch",
     tta: str = "none",
     resamples: int = RESAMPLES,
 ) -> Evaluation:
-    """Score a model (`model_uri`) or saved maps (`predictions`) on each data set; write and
-    log the reports. `roots` is one folder or `NAME=DIR` values (see `parse_roots`). `tta`
-    (none, flip, dihedral) averages a model's maps over variants of each image; `resamples`:
-    the bootstrap's, for the 95 % intervals of mDice and mIoU."""
+    """Score a model or saved maps (`predictions`) on each of `roots` (`parse_roots`); write
+    and log the reports, mDice and mIoU with `resamples`' bootstrap intervals."""
     from polypseg.tracking.store import setup
 
-    if isinstance(roots, (str, Path)):
-        roots = [roots]
-    # DataSets come listed already (`literature.evaluate_sets`); strings are --root values.
-    listed = bool(roots) and all(isinstance(r, DataSet) for r in roots)
-    sets = list(roots) if listed else parse_roots(roots)
+    sets = parse_roots(roots)
     check_protocol(protocol)
     check_resamples(resamples)
     if (model_uri is None) == (predictions is None):
@@ -258,7 +234,7 @@ def evaluate(
     paths = [_paths(data, folder, out) for data in sets]
     _check_outputs(sets, paths, predictions, out, folder)  # before any work, not after it
     setup(EVALUATION_EXPERIMENT, tracking_uri)
-    source = maps or ModelSource(model_uri, split or "test", seed, ratios, engine, tta)
+    source = maps or ModelSource(model_uri, split or "test", seed, engine, tta)
     reports = [
         _score_set(source, data, protocol, progress, where, resamples)
         for data, where in zip(sets, paths, strict=True)

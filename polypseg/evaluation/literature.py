@@ -1,19 +1,16 @@
 """One table per model: PraNet's five test sets, scored under its protocol, kept on the model.
 
-`evaluate_sets` scores a model on the named test sets (`pranet`: all five) exactly as `evaluate
---protocol pranet` scores any set (`metrics.pranet_image_scores`), with each set's test images
-chosen by the protocol (`data.protocol`: PraNet's lists for Kvasir and ClinicDB, the whole of
-the others). The table, per-set reports and `<set>/<metric>` metrics go to one evaluation run;
-the table is also written on the registered model version as tags (`pranet.kvasir.mdice =
-0.912`, the evaluation run in `pranet.evaluation_run`), which the MLflow UI shows on the
-version's page; each evaluation replaces the whole family, so rows never mix evaluations.
-`evaluate_champion` is what a `tune` under `data.protocol = "pranet"` ends with.
+`evaluate_sets` scores a model on named sets' test images (`data.protocol`) as `evaluate
+--protocol pranet` scores any set, and writes the table on the registered version as tags
+(`pranet.kvasir.mdice = 0.912`), which the MLflow UI shows on the version's page; each
+evaluation replaces the whole family, so rows never mix evaluations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from polypseg.config import Config
 from polypseg.data.pairs import set_pairs
@@ -22,7 +19,6 @@ from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet
-from polypseg.uncertainty import RESAMPLES
 
 ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
 TAG_PREFIX = "pranet."  # the model version's tags that hold one evaluation's table
@@ -95,29 +91,13 @@ def evaluate_sets(
     sets: str | Sequence[str],
     roots: Mapping[str, str | Path],
     out: str | Path | None = None,
-    *,
-    tracking_uri: str | None = None,
-    progress: bool = True,
-    engine: str = "torch",
-    tta: str = "none",
-    resamples: int = RESAMPLES,
+    **options: Any,
 ) -> Evaluation:
     """Score `model_uri` on each named test set under PraNet's protocol, write and log the
-    table, and record it on the model version (`record_on_version`)."""
+    table, and record it on the model version (`record_on_version`); `options`: `evaluate`'s."""
     names = parse_sets(sets) if isinstance(sets, str) else list(sets)
     data = test_sets(names, roots)
-    result = evaluate(
-        model_uri,
-        data,
-        "pranet",
-        out,
-        protocol="pranet",
-        tracking_uri=tracking_uri,
-        progress=progress,
-        engine=engine,
-        tta=tta,
-        resamples=resamples,
-    )
+    result = evaluate(model_uri, data, "pranet", out, protocol="pranet", **options)
     record_on_version(result)
     return result
 
@@ -149,16 +129,3 @@ def set_roots(
         roots.update(load_config(config_path).data.roots)
     roots.update(parse_set_roots(root_values))
     return roots
-
-
-def evaluate_named_sets(
-    model_uri: str,
-    sets: str,
-    root_values: Sequence[str],
-    config_path: str | Path | None = None,
-    out: str | Path | None = None,
-    **options: object,
-) -> Evaluation:
-    """`evaluate --sets`: roots from the config's `data.roots`, then `--root SET=DIR`."""
-    roots = set_roots(root_values, config_path)
-    return evaluate_sets(model_uri, sets, roots, out, **options)  # type: ignore[arg-type]

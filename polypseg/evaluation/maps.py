@@ -8,7 +8,6 @@ saving). Maps pair with `DATA/masks/` by file stem; `DATA/images/` is not needed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,12 @@ from PIL import Image
 
 from polypseg.data.images import IMAGE_SUFFIXES, read_pixels, unit_range
 from polypseg.data.masks import read_mask
-from polypseg.data.pairs import files_by_stem
+from polypseg.data.pairs import Pair, files_by_stem
 from polypseg.errors import DataError, listing
 
 # MATLAB's rgb2gray weights: the first row of the inverse of the NTSC (YIQ) matrix.
 _RGB2GRAY = np.linalg.inv([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])[0]
 PRANET_MASK_THRESHOLD = 128
-
-
-@dataclass(frozen=True)
-class MapPair:
-    """One saved prediction map and its ground-truth mask; `name` is the mask's file name."""
-
-    name: str
-    prediction: Path
-    mask: Path
 
 
 def read_map(path: str | Path) -> np.ndarray:
@@ -75,8 +65,9 @@ def read_pranet_mask(path: str | Path) -> np.ndarray:
     return read_mask(path, plain=_matlab_above_128)
 
 
-def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair], list[str]]:
-    """Every map of `predictions` with its mask in `root/masks`, and masks that have no map.
+def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[Pair], list[str]]:
+    """Every map of `predictions` with its mask in `root/masks` as a `Pair` (the map in place of
+    the image, named for the mask), and masks that have no map.
 
     A map without a mask is an error naming it; masks without a map are returned, to be listed
     and left out (a method may have skipped images).
@@ -94,11 +85,6 @@ def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[MapPair],
             f"maps without a mask in {masks_dir}: {listing(maps[s].name for s in orphans)}; "
             "maps pair with masks by file stem"
         )
-    pairs = [MapPair(masks[s].name, maps[s], masks[s]) for s in sorted(maps)]
+    pairs = [Pair(masks[s].name, maps[s], masks[s]) for s in sorted(maps)]
     missing = sorted(masks[s].name for s in masks.keys() - maps.keys())
     return pairs, missing
-
-
-def map_for_mask(pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
-    """The pair's map read and brought to the mask's size."""
-    return resize_map(read_map(pair.prediction), shape)

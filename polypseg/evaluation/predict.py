@@ -1,10 +1,8 @@
 """Prediction with a logged or registered model: `<stem>.png` masks at each image's own size.
 
-`predict` takes files, folders or glob patterns, runs a predictor (`predictors.py`: torch or
-ONNX, optionally under TTA) and writes 0/255 masks, or 8-bit probability maps (`maps`, what other
-methods publish and PraNet's protocol scores), atomically, optionally overlays, and logs one run
-to the `polypseg-prediction` experiment. Every output name is known before the model loads: none
-may land in a folder of inputs (or a data set's `masks/`), and no two may share a name.
+0/255 masks, or 8-bit probability maps (`--maps`, what PraNet's protocol scores), written
+atomically, and one run in the `polypseg-prediction` experiment. Every output name is known
+before the model loads: none may land among the inputs, no two may share a name.
 """
 
 from __future__ import annotations
@@ -53,9 +51,8 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def input_folders(images: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Where `predict` must not write: each image's own folder (as given and behind a link),
-    and anywhere in a data set's `images/` and `masks/` (the ground truth there has the stems
-    of our masks), as `check_outputs`' `folders` and `trees`."""
+    """`check_outputs`' `folders` (each image's own, as given and behind a link) and `trees` (a
+    data set's `images/` and `masks/`: the ground truth there has our masks' stems)."""
     folders: dict[Path, str] = {}
     trees: dict[Path, str] = {}
     for image in images:
@@ -127,9 +124,7 @@ def predict(
     engine: str = "torch",
     tta: str = "none",
 ) -> Prediction:
-    """Write `<stem>.png` at each image's original size: a 0/255 mask, or with `maps` the 8-bit
-    probability map (what PraNet-protocol evaluation scores); log one MLflow run. `tta`
-    (none, flip, dihedral) averages the maps over variants of each image (`TTAPredictor`)."""
+    """Write `<stem>.png` at each image's size (a 0/255 mask, or the 8-bit map), log one run."""
     from polypseg.metrics import quantize_map
     from polypseg.tracking.store import setup
 

@@ -1,15 +1,10 @@
 """What `predict` and `evaluate` run a model with: torch, onnxruntime, or either under TTA.
 
-Every predictor answers the same questions: `proba_batch` (N images of one size → N maps at that
-size), `proba`, `mask` (at the predictor's `threshold`) and `describe` (which model it is).
-`Predictor` loads a logged or registered model (an MLflow URI) and runs the pyfunc's own
-segmenter. `OnnxPredictor` runs a file written by `polypseg export` with onnxruntime (the `onnx`
-extra): the graph takes uint8 images B×3×S×S at the training size S, resized here with the
-training data's own resize, and returns the probabilities at S and the decoder's logits; the
-map at an image's own size comes from the logits through the pyfunc's own upsampling, so its
-masks are the torch path's, not a second interpolation of an already resized map.
-`TTAPredictor` averages any predictor's maps over dihedral variants of the image (nnU-Net's
-mirroring): each variant goes through the whole chain and its map is transformed back.
+Every predictor maps N images of one size to N probability maps at that size (`proba_batch`).
+`Predictor` runs a logged or registered model's own segmenter; `OnnxPredictor` runs a `polypseg
+export` file at the training size and upsamples the decoder's logits as the pyfunc does, so its
+masks are the torch path's, not a second interpolation of a resized map; `TTAPredictor` averages
+any predictor's maps over dihedral variants of the image (nnU-Net's mirroring).
 """
 
 from __future__ import annotations
@@ -81,11 +76,7 @@ class Predictor(MapPredictor):
         return self.segmenter.predict_proba_batch(images)
 
     def describe(self) -> dict[str, str | None]:
-        """The model behind the URI: registered name, resolved version, the run that logged it.
-
-        A registry URI is resolved now (an alias or `latest` to its version number), so a report
-        says which model it scored even after the alias moves.
-        """
+        """Registered name, version (an alias resolved now: reports outlive it), logging run."""
         described: dict[str, str | None] = {
             "model": self.uri,
             "model_name": None,
@@ -105,9 +96,8 @@ class Predictor(MapPredictor):
 
 
 def registered_version(uri: str, strict: bool = True) -> tuple[str, str, str | None] | None:
-    """(name, version number, run id) of a `models:/NAME/N`, `NAME/latest` or `NAME@ALIAS` URI,
-    None for any other URI; with `strict` False, also None when the registry has no such model
-    (`load_model` says so in one line later)."""
+    """(name, version, run id) of `models:/NAME/N`, `NAME/latest` or `NAME@ALIAS`, else None;
+    also None, unless `strict`, for a model the registry lacks (`load_model` says so later)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -218,8 +208,7 @@ class OnnxPredictor(MapPredictor):
 
 
 class TTAPredictor(MapPredictor):
-    """A predictor whose maps are the mean over `tta`'s variants of the image: `flip` adds the
-    horizontal mirror (2 encoder passes per image), `dihedral` all eight symmetries (8)."""
+    """Maps averaged over `tta`'s variants: `flip` the mirror too (2 passes), `dihedral` 8."""
 
     def __init__(self, predictor: MapPredictor, tta: str) -> None:
         self.predictor = predictor
@@ -239,8 +228,7 @@ class TTAPredictor(MapPredictor):
 
 
 def load_predictor(model: str, engine: str = "torch", tta: str = "none") -> MapPredictor:
-    """A `Predictor` (torch, `model` an MLflow URI) or an `OnnxPredictor` (`model` a file),
-    averaging over `tta`'s variants of each image unless it is "none"."""
+    """A `Predictor` (an MLflow URI) or an `OnnxPredictor` (a file), under `tta` unless none."""
     if check_choice("--tta", tta, tuple(TTA_VARIANTS)) != "none":
         return TTAPredictor(load_predictor(model, engine), tta)
     if check_choice("--engine", engine, ENGINES) == "torch":

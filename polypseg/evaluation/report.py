@@ -1,11 +1,8 @@
 """What an evaluation leaves behind: per-set JSON and CSV, the papers' table, the MLflow run.
 
-The table has the layout of published polyp tables, one row per data set and one column per
-metric, three decimals (`table.md` for people, `table.csv` for tools). A report folder holds one
-evaluation: it is written whole in a hidden folder beside it and then swapped in, so a second
-evaluation of fewer sets leaves no older set's files looking current, and a kill leaves the old
-folder or the new one, never a mix. Everything written is logged to one run of the
-`polypseg-evaluation` experiment, whose id and URL the CLI prints.
+A report folder holds one evaluation: it is written whole in a hidden folder beside it and then
+swapped in, so an evaluation of fewer sets leaves no older set's files looking current, and a
+kill leaves the old folder or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -20,6 +17,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from polypseg.atomic import atomic_path, umask
 from polypseg.errors import OutputError
@@ -63,9 +62,8 @@ class SetReport:
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
-    """The per-image CSV, the worst-cases figure (when drawn) and the JSON summary, in `into`
-    (default: where the report's paths say). All three are written whole before any replaces its
-    earlier version, so a failed write (a full disk) leaves an earlier report as it was."""
+    """CSV, figure and JSON, in `into` or the report's paths, each written whole before any
+    replaces its earlier version: a full disk leaves an earlier report as it was."""
     with ExitStack() as stack:
 
         def temporary(path: Path) -> Path:
@@ -99,12 +97,12 @@ def check_report_folder(folder: Path) -> None:
 
 
 def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> None:
-    """Every set's files (and the tables) in a hidden folder beside `folder`, then swapped in
-    whole; the folders a killed evaluation left beside it are removed first."""
+    """Every set's files (and the tables) staged beside `folder`, then swapped in whole; a
+    killed evaluation's staged folders are removed first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for left in folder.parent.glob(f".{folder.name}.*.{STAGED}"):
         pid = left.name[len(folder.name) + 2 :].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(left, ignore_errors=True)
     prefix = f".{folder.name}.{os.getpid()}."
     staged = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix, suffix=f".{STAGED}"))
@@ -123,16 +121,6 @@ def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> No
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def table_paths(folder: Path) -> tuple[Path, Path]:
@@ -202,10 +190,7 @@ def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
 def log_evaluation(
     reports: Sequence[SetReport], tables: tuple[Path, Path] | None, prefixed: bool
 ) -> tuple[str, str]:
-    """One MLflow run with every set's figures, files and the tables; returns (id, URL).
-
-    Metrics are `<set>/<metric>` when data sets are named, plain names for a single folder.
-    """
+    """One MLflow run of every set's figures (`<set>/<metric>` when `prefixed`) and files."""
     import mlflow
 
     from polypseg.tracking.runs import log_figure, tracked_run

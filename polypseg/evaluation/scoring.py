@@ -29,7 +29,13 @@ from polypseg.metrics import (
 )
 from polypseg.uncertainty import RESAMPLES, bootstrap_interval
 
-PROTOCOLS = ("default", "pranet")
+# Per protocol: the per-image CSV's columns (after name, height, width), the summary's keys, and
+# mDice and mIoU under its names: the figures given a 95 % interval, mDice ranking the worst cases.
+KEYS = {
+    "default": (DEFAULT_KEYS, DEFAULT_KEYS, ("dice", "iou")),
+    "pranet": (PRANET_ROW_KEYS, PRANET_SUMMARY_KEYS, ("mdice", "miou")),
+}
+PROTOCOLS = tuple(KEYS)
 
 
 def check_protocol(protocol: str) -> str:
@@ -43,28 +49,10 @@ class SetScorer:
 
     def __init__(self, protocol: str, threshold: float = 0.5) -> None:
         self.protocol = check_protocol(protocol)
+        self.columns, self.summary_keys, self.interval_keys = KEYS[protocol]
         self.threshold = threshold
         self.rows: list[dict] = []
         self._curves: list[PranetScores] = []
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """Per-image CSV columns after name, height and width."""
-        return DEFAULT_KEYS if self.protocol == "default" else PRANET_ROW_KEYS
-
-    @property
-    def summary_keys(self) -> tuple[str, ...]:
-        return DEFAULT_KEYS if self.protocol == "default" else PRANET_SUMMARY_KEYS
-
-    @property
-    def interval_keys(self) -> tuple[str, str]:
-        """mDice and mIoU under this protocol's names: the figures given a 95 % interval."""
-        return ("dice", "iou") if self.protocol == "default" else ("mdice", "miou")
-
-    @property
-    def rank_key(self) -> str:
-        """The per-image figure the worst cases are chosen by."""
-        return "dice" if self.protocol == "default" else "mdice"
 
     def read_mask(self, path: Path) -> np.ndarray:
         """The protocol's ground truth: an H×W 0/1 uint8 array."""

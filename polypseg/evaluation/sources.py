@@ -1,10 +1,8 @@
 """Where the maps an evaluation scores come from: a model, or a folder of any method's maps.
 
-`--root` values become `DataSet`s (one plain folder, or `NAME=DIR` rows of the papers' table).
-A `ModelSource` runs a logged or registered model on each image of a data set's split, at the
-image's original size; a `MapSource` pairs saved maps with the data set's masks by stem. Both
-answer the same questions: which pairs, the map of a pair at its mask's size, the image to show
-beside it in the worst-cases figure, and a digest of the files scored.
+`ModelSource` runs a model on each image of a data set's split at its original size; `MapSource`
+pairs saved maps with the set's masks by stem. Both give the pairs, a pair's map at its mask's
+size, the image for the worst-cases figure and a digest of the files scored.
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ from polypseg.data.pairs import (
     refuse_implausible_masks,
 )
 from polypseg.data.sets import SETS, find_dataset_root
-from polypseg.data.split import split_names
+from polypseg.data.split import DEFAULT_RATIOS, split_names
 from polypseg.errors import DataError
-from polypseg.evaluation.maps import MapPair, map_for_mask, pair_maps
+from polypseg.evaluation.maps import pair_maps, read_map, resize_map
 from polypseg.evaluation.scoring import SetScorer
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -47,8 +45,12 @@ class DataSet:
     listed: tuple[Pair, ...] | None = None
 
 
-def parse_roots(roots: Sequence[str | Path]) -> list[DataSet]:
-    """`--root` values: one plain `DIR`, or any number of `NAME=DIR` with distinct names."""
+def parse_roots(roots: Sequence[str | Path | DataSet] | str | Path) -> list[DataSet]:
+    """`--root` values: one plain `DIR`, or any number of `NAME=DIR` with distinct names;
+    `DataSet`s listed already (`literature.test_sets`) are taken as they are."""
+    roots = [roots] if isinstance(roots, (str, Path)) else roots
+    if roots and all(isinstance(r, DataSet) for r in roots):
+        return list(roots)
     sets = []
     for value in roots:
         name, sep, folder = str(value).partition("=")
@@ -67,14 +69,14 @@ def parse_roots(roots: Sequence[str | Path]) -> list[DataSet]:
     return sets
 
 
-def select_pairs(root: Path, split: str, seed: int, ratios: Sequence[float]) -> list[Pair]:
+def select_pairs(root: Path, split: str, seed: int) -> list[Pair]:
     """A folder's pairs: all of them, or the test part of the training protocol's split."""
     pairs = list_pairs(root)
     if split == "all":
         return pairs
     if split != "test":
         raise DataError(f"--split {split!r}: use test (the held-out 10%) or all")
-    names = set(split_names([p.name for p in pairs], seed, ratios).names("test"))
+    names = set(split_names([p.name for p in pairs], seed, DEFAULT_RATIOS).names("test"))
     return [p for p in pairs if p.name in names]
 
 
@@ -93,13 +95,12 @@ class ModelSource:
         model_uri: str,
         split: str,
         seed: int,
-        ratios: Sequence[float],
         engine: str = "torch",
         tta: str = "none",
     ) -> None:
         self.model_uri, self.engine = model_uri, engine  # engine: torch, or onnx (a file)
         self.tta = tta  # none | flip | dihedral: test-time augmentation
-        self.split, self.seed, self.ratios = split, seed, ratios
+        self.split, self.seed = split, seed
 
     @cached_property
     def predictor(self) -> Any:  # a Predictor, loaded on first use: the data is checked first
@@ -118,13 +119,10 @@ class ModelSource:
         if data.listed is not None:
             pairs, where = list(data.listed), f"the {data.name} test set at {data.root}"
         else:
-            pairs = select_pairs(data.root, self.split, self.seed, self.ratios)
+            pairs = select_pairs(data.root, self.split, self.seed)
             where = f"{data.root}/masks" + (" (the test split)" if self.split == "test" else "")
         refuse_implausible_masks([pair.mask for pair in pairs], where)
         return pairs, []
-
-    def digest(self, pairs: list[Pair]) -> str:
-        return data_digest(pairs)
 
     def image(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
         image = read_image(pair.image)
@@ -163,7 +161,7 @@ class MapSource:
             )
         return self.predictions
 
-    def pairs(self, data: DataSet) -> tuple[list[MapPair], list[str]]:
+    def pairs(self, data: DataSet) -> tuple[list[Pair], list[str]]:
         """The maps with their masks, checked before scoring: one file per stem in each folder
         (`images/` too, shown in the figure), masks not all empty."""
         root = data.root if (data.root / "masks").is_dir() else find_dataset_root(data.root)
@@ -177,10 +175,7 @@ class MapSource:
             self._images[folder] = files_by_stem(folder) if folder.is_dir() else {}
         return self._images[folder]
 
-    def digest(self, pairs: list[MapPair]) -> str:
-        return data_digest([Pair(p.name, p.prediction, p.mask) for p in pairs])
-
-    def image(self, pair: MapPair, shape: tuple[int, int]) -> np.ndarray:
+    def image(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
         """The data set's image when `images/` has it (for the figure), else plain grey."""
         found = self._figure_images(pair.mask.parent.parent / "images").get(pair.mask.stem)
         image = read_image(found) if found is not None else None
@@ -188,5 +183,5 @@ class MapSource:
             return np.full((*shape, 3), 128, dtype=np.uint8)
         return image
 
-    def prob_map(self, pair: MapPair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
-        return map_for_mask(pair, shape)
+    def prob_map(self, pair: Pair, shape: tuple[int, int], scorer: SetScorer) -> np.ndarray:
+        return resize_map(read_map(pair.image), shape)

@@ -1,19 +1,11 @@
 """`polypseg predict --video`: a colonoscopy video, frame by frame, as an overlay and a table.
 
-Frames are decoded as a stream (never the whole video in memory) and go to the model in batches
-of `batch_size` (the encoder runs once per batch); each frame gets its mask drawn over it in
-`<stem>_overlay.mp4` (same size and frame rate, H.264) and one row in `<stem>_frames.csv`
-(frame, time, polyp area fraction, max probability, polyp present).
-
-Video I/O is PyAV: its wheels ship FFmpeg (with libx264), so nothing else needs installing, and
-it gives frames, timestamps and the exact frame rate as Python objects, with decoding errors as
-exceptions at the frame where they happen. imageio-ffmpeg pipes raw bytes from an `ffmpeg`
-subprocess and reads metadata from its log, so a file that breaks off mid-stream looks like a
-shorter one. A file that is not a video is one `DataError`; one that breaks off mid-stream keeps
-the frames read before the break (overlay and CSV are written) and then is one `DataError`; one
-with no frame at all leaves no file. Frames over the pixel limit are refused from the stream's
-header (and each frame's size), before they are converted; a stream whose frame size changes is
-predicted at each frame's own size and drawn into the overlay at the stream's size.
+Frames are decoded as a stream and predicted in batches; each is drawn into `<stem>_overlay.mp4`
+(same size and rate, H.264) and gets one row of `<stem>_frames.csv`. PyAV, not imageio-ffmpeg:
+its wheels ship FFmpeg, and decoding errors arrive as exceptions at their frame, where a pipe
+from an `ffmpeg` subprocess makes a file that breaks off look like a shorter one. A broken file
+keeps the frames read before the break and then is one `DataError`; frames over the pixel limit
+are refused from the header; a frame size that changes is predicted at each frame's own size.
 """
 
 from __future__ import annotations
@@ -55,10 +47,8 @@ class VideoPrediction:
 
 
 class FrameReader:
-    """A video's frames as H×W×3 uint8 RGB arrays with their times, decoded one at a time.
-
-    A decoding error, or fewer frames than the container announced, ends the stream and is
-    kept in `broken` (the frames before it were yielded)."""
+    """A video's (time, H×W×3 RGB frame), decoded one at a time; an error or fewer frames than
+    announced ends the stream and is kept in `broken`."""
 
     def __init__(self, path: Path) -> None:
         import av
@@ -130,21 +120,16 @@ class OverlayWriter:
 
 def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
     batch: list[tuple[float, np.ndarray]] = []
-    for item in reader:
-        if batch and item[1].shape != batch[0][1].shape:  # a batch is of one frame size
+    for item in reader:  # a batch is of one frame size
+        if batch and (len(batch) == size or item[1].shape != batch[0][1].shape):
             yield batch
             batch = []
         batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
     if batch:
         yield batch
 
 
-def _run(
-    predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, batch_size: int, bar
-) -> int:
+def _run(predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, bar) -> int:
     """Predict, draw and tabulate every frame; returns how many."""
     from polypseg.evaluation.predict import tint
 
@@ -152,7 +137,7 @@ def _run(
     rows.writerow(CSV_COLUMNS)
     task = bar.add_task(f"predicting {reader.path.name}", total=reader.expected or None)
     count = 0
-    for batch in _batches(reader, batch_size):
+    for batch in _batches(reader, BATCH_SIZE):
         probabilities = predictor.proba_batch([frame for _, frame in batch])
         for (when, frame), proba in zip(batch, probabilities, strict=True):
             mask = (proba >= predictor.threshold).astype(np.uint8)
@@ -169,14 +154,11 @@ def predict_video(
     video: str | Path,
     out_dir: str | Path,
     engine: str = "torch",
-    batch_size: int = BATCH_SIZE,
     tracking_uri: str | None = None,
     progress: bool = True,
     tta: str = "none",
 ) -> VideoPrediction:
-    """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` for `video` into `out_dir` and log
-    one prediction run; a video that breaks off mid-stream keeps its frames read, then raises.
-    `tta` (none, flip, dihedral) averages each frame's map over its variants."""
+    """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
     from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
     from polypseg.evaluation.predictors import ENGINES, check_choice, load_predictor
     from polypseg.progress import progress_bar
@@ -202,7 +184,7 @@ def predict_video(
             writer = OverlayWriter(tmp_video, reader.width, reader.height, reader.rate)
             start = time.perf_counter()
             try:
-                frames = _run(predictor, reader, writer, rows, max(1, batch_size), bar)
+                frames = _run(predictor, reader, writer, rows, bar)
             finally:
                 writer.close()
             if frames == 0:  # raised here, the empty overlay and table are not kept

@@ -1,18 +1,11 @@
 """`polypseg export --format onnx`: the whole segmenter as one ONNX graph, checked and logged.
 
-The graph (`ExportGraph`) is the chain the pyfunc runs after its resize: uint8 images
-B×3×S×S at the training size S → normalisation (and SAM's resize-longest-side and pad) → the
-frozen encoder → the decoder → upsampling to S → sigmoid, in float32, with a dynamic batch
-dimension. It returns the probabilities B×1×S×S and the decoder's logits (what `OnnxPredictor`
-upsamples to each image's own size, as the pyfunc does). Resizing an image to S stays outside.
-
-Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export, then onnxscript). The TorchScript
-exporter cannot export SAM: the resize of SAM's preprocessing is antialiased
-(`aten::_upsample_bilinear2d_aa`), which it has no ONNX translation for, while the dynamo one
-maps it to `Resize(antialias=1)` of opset 18; it is also the one torch ≥ 2.9 defaults to and
-maintains. Our SDPA attention (`sam_attention.py`, relative positions folded into q·k) exports as
-plain MatMul/Softmax. The file is checked with onnxruntime against the torch graph on real
-images, at two batch sizes, before it replaces `--out`, and is logged to the model's run.
+The graph (`ExportGraph`) is what the pyfunc runs after its resize: uint8 images B×3×S×S at the
+training size S (batch dynamic) → normalisation → frozen encoder → decoder → probabilities at S
+and the decoder's logits, in float32. The exporter is `torch.onnx.export(dynamo=True)`: the
+TorchScript one has no ONNX translation for SAM's antialiased resize, which the dynamo one maps to
+`Resize(antialias=1)` of opset 18. The file is checked against torch on real images at two batch
+sizes before it replaces `--out`.
 """
 
 from __future__ import annotations
@@ -143,9 +136,8 @@ def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> lis
 
 
 def training_roots(model_uri: str, run_id: str | None) -> list[str]:
-    """The folders the model was trained on, as its training run logged them (the data set
-    input's source: `DIR`, or `NAME=DIR, ...` for several). A study's champion is logged in the
-    study's parent run, which trained nothing: its version names the trial's run."""
+    """The folders its training run logged (`DIR`, or `NAME=DIR, ...`); a study's champion's
+    version names the trial's run (the parent run that logged it trained nothing)."""
     import json
 
     import mlflow
@@ -173,8 +165,8 @@ def export_onnx(
     tracking_uri: str | None = None,
     log: bool = True,
 ) -> Export:
-    """Export the model behind `model_uri` to `out` (ONNX), check it against the torch model on
-    real images (`images`, else the model's data set), and log it to the model's run."""
+    """Export `model_uri` to `out`, check it against torch on `images` (else the model's own
+    data), and log it to the model's run."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module)
     import mlflow
