@@ -12,12 +12,11 @@ from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from polypseg.models import sam_attention
 from polypseg.models.encoders import _sam_vit, encoder_architecture
 from polypseg.models.frozen import compute_copy, compute_dtype, state_digest
-from polypseg.models.sam_attention import (
-    SDPA_TOLERANCE,
-    SDPAttention,
-    relative_table,
-    use_sdpa,
-)
+from polypseg.models.sam_attention import SDPAttention, relative_table, use_sdpa
+
+# The SDPA encoder and the reference differ only in summation order (measured: ~1e-6 on
+# unit-scale features, both in float32).
+SDPA_TOLERANCE = 1e-4
 
 # bf16 keeps 8 significant bits. Measured on SAM ViT-B's architecture with random weights: a
 # cosine similarity of 0.9998-0.9999 per image and a largest error of 1.3 % (256 px) to 2.1 %
