@@ -21,7 +21,7 @@ from polypseg.models.decoder import (
     DECODERS as REGISTRY,
 )
 from polypseg.models.decoder import (
-    build_decoder,
+    SimpleDecoder,
     decoder_arguments,
     decoder_from_record,
     decoder_record,
@@ -109,7 +109,7 @@ def test_hires_predicts_at_full_resolution_and_rebuilds_from_its_record() -> Non
 
 
 def test_a_legacy_decoder_record_is_a_simple_decoder() -> None:
-    decoder = build_decoder("simple", {"in_channels": 8, "width": 4})
+    decoder = SimpleDecoder(8, 4)
     legacy = {"in_channels": 8, "width": 4, "state": decoder.state_dict()}
     assert type(decoder_from_record(legacy)) is type(decoder)
 

@@ -58,47 +58,36 @@ Decoder = SimpleDecoder | HiresDecoder
 DECODERS: dict[str, type[nn.Module]] = {"simple": SimpleDecoder, "hires": HiresDecoder}
 
 
-def upsampling_steps(feature_size: int, image_size: int) -> int:
-    """How many ×2 steps lead from the features' side to the image's (a power of two)."""
+def decoder_arguments(
+    name: str, in_channels: int, width: int, branch_width: int, feature_size: int, image_size: int
+) -> dict[str, int]:
+    """The constructor arguments of decoder `name` (a config's, checked there) for these sizes;
+    `hires` takes as many ×2 steps as lead from the features' side to the image's."""
+    if name == "simple":
+        return {"in_channels": in_channels, "width": width}
     steps = round(math.log2(image_size / feature_size)) if feature_size < image_size else 0
     if steps < 1 or feature_size << steps != image_size:
         raise ValueError(
             f"the hires decoder needs features at 1/2^k of the image; got {feature_size} px "
             f"features for {image_size} px images"
         )
-    return steps
-
-
-def decoder_arguments(
-    name: str, in_channels: int, width: int, branch_width: int, feature_size: int, image_size: int
-) -> dict[str, int]:
-    """The constructor arguments of decoder `name` for these features and images."""
-    if name == "hires":
-        steps = upsampling_steps(feature_size, image_size)
-        return {
-            "in_channels": in_channels,
-            "width": width,
-            "branch_width": branch_width,
-            "steps": steps,
-        }
-    if name == "simple":
-        return {"in_channels": in_channels, "width": width}
-    raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
-
-
-def build_decoder(name: str, arguments: dict[str, int]) -> Decoder:
-    return DECODERS[name](**arguments)
+    return {
+        "in_channels": in_channels,
+        "width": width,
+        "branch_width": branch_width,
+        "steps": steps,
+    }
 
 
 def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:
     """Decoder `name` with PyTorch's default initialisation drawn from its own generator.
 
-    The weights equal those of `torch.manual_seed(seed); build_decoder(...)` (the same draws in
+    The weights equal those of `torch.manual_seed(seed); DECODERS[name](...)` (the same draws in
     the same order) without touching the global RNG, which another thread's fit may be using:
     the modules are built without storage ("meta") and initialised here.
     """
     with torch.device("meta"):
-        decoder = build_decoder(name, arguments)
+        decoder = DECODERS[name](**arguments)
     decoder.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -136,6 +125,6 @@ def decoder_from_record(record: dict[str, Any]) -> Decoder:
         "in_channels": record["in_channels"],
         "width": record["width"],
     }
-    decoder = build_decoder(name, arguments)
+    decoder = DECODERS[name](**arguments)
     decoder.load_state_dict(record["state"])
     return decoder.eval()
