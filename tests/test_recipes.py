@@ -130,12 +130,12 @@ def test_deep_supervision_puts_a_loss_on_every_stage() -> None:
     arguments = decoder_arguments("hires", 8, 8, 4, feature_size=4, image_size=16)
     x, images = torch.randn(2, 8, 4, 4), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     y = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    losses = []
+    losses, loss = [], partial(bce_dice_loss, dice_weight=0.5)
     for deep in (False, True):
         decoder = seeded_decoder("hires", arguments, 0)
         optimiser = torch.optim.SGD(decoder.parameters(), lr=0.0)
         losses.append(
-            train_step(decoder, optimiser, x, y, 0.5, images=images, deep_supervision=deep)
+            train_step(decoder, optimiser, x, y, loss, images=images, deep_supervision=deep)
         )
         grads = [p.grad for p in decoder.heads[0].parameters()]
         assert all((g is not None and g.abs().sum() > 0) == deep for g in grads)
