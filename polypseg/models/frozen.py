@@ -32,8 +32,8 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         # `torch.cuda.is_bf16_supported(including_emulation=False)`'s rule, asked of `device`
         # itself: that function asks the current GPU, not the one the encoder runs on.
-        native = device.type == "cuda" and torch.cuda.is_available()
-        native = native and (
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        native = cuda and (
             bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
         )
         return torch.bfloat16 if native else torch.float32
@@ -64,21 +64,12 @@ class FrozenEncoder(nn.Module):
     """
 
     def __init__(
-        self,
-        name: str,
-        backbone: nn.Module,
-        out_channels: int,
-        preprocessing: Preprocessing,
-        precision: str = "auto",
-        compiled: bool = False,
+        self, name: str, backbone: nn.Module, out_channels: int, preprocessing: Preprocessing
     ) -> None:
         super().__init__()
-        self.name = name
-        self.backbone = backbone
-        self.out_channels = out_channels
-        self.preprocessing = preprocessing
-        self.precision = precision
-        self.compiled = compiled
+        self.name, self.backbone = name, backbone
+        self.out_channels, self.preprocessing = out_channels, preprocessing
+        self.precision, self.compiled = "auto", False  # `encoder.precision`, `encoder.compile`
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), False)
         self.backbone.requires_grad_(False)
