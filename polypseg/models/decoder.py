@@ -1,13 +1,11 @@
-"""The trainable decoders, by name (`decoder.name`), over any encoder's feature map.
+"""The trainable decoders by name (`decoder.name`), over any encoder's feature map.
 
-A registry in the manner of the encoders': `simple` (the seed's: a small convolutional head, one
-logit channel at twice the feature map's resolution, which the segmenter upsamples) and `hires`
-(`hires.py`: a CNN over the pixels too, logits at full resolution). They know nothing of
-encoders: `in_channels` (the encoder's `out_channels`) and a few sizes are all they take. Every
-decoder is called as `decoder(features, images)` (uint8 B×3×S×S images at the training size,
-ignored by `simple`), lists its stages' logits (`stages`, for deep supervision) and records its
-constructor `arguments`, which `decoder_record` saves with its weights and `decoder_from_record`
-rebuilds from.
+`simple` (the seed's small convolutional head: logits at twice the features' resolution, which
+the segmenter upsamples) and `hires` (`hires.py`: a CNN over the pixels too, logits at full
+resolution). Each takes the encoder's `out_channels` and a few sizes, is called as
+`decoder(features, images)` (uint8 B×3×S×S images at the training size, ignored by `simple`),
+lists its stages' logits (`stages`, for deep supervision) and keeps its constructor `arguments`,
+which `decoder_record` saves with its weights.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ class SimpleDecoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 256) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.width = width
+        self.in_channels, self.width = in_channels, width
         self.arguments = {"in_channels": in_channels, "width": width}
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
@@ -103,11 +100,8 @@ def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:
 
 
 def decoder_record(decoder: Decoder) -> dict[str, Any]:
-    """Name, constructor arguments and weights (on the CPU): what `decoder_from_record` takes.
-
-    `in_channels` and `width` stay at the top level too, as records from before the registry
-    had them (and `load_decoder` of older polypseg reads them).
-    """
+    """Name, constructor arguments and CPU weights: what `decoder_from_record` takes; with
+    `in_channels` and `width` at the top level too, where older polypseg reads them."""
     state = {key: value.cpu() for key, value in decoder.state_dict().items()}
     return {
         "name": decoder.name,
