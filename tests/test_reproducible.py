@@ -35,7 +35,7 @@ def _history(seed: int) -> list[dict[str, float]]:
     return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
-def test_new_decoder_has_the_weights_of_a_seeded_default_init() -> None:
+def test_a_seeded_decoder_has_the_weights_of_a_seeded_default_init() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         expected = SimpleDecoder(16, 8).state_dict()
