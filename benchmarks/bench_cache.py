@@ -31,6 +31,7 @@ from polypseg.features.cache import FeatureCache
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
 from polypseg.training.fit import fit, train_step
+from polypseg.training.losses import training_loss
 
 TRIALS = [(3e-3, 64), (1e-3, 32), (5e-3, 48), (2e-3, 64), (1e-3, 64)]  # (lr, width)
 
@@ -62,7 +63,8 @@ def uncached(root: Path, names: dict, args) -> int:
             decoder.train()
             for batch in train:
                 x = encoder(batch["image"])
-                train_step(decoder, optimiser, x, batch["mask"].float(), 0.5)
+                loss = training_loss("bce_dice", 0.5)
+                train_step(decoder, optimiser, x, batch["mask"].float(), loss)
             decoder.eval()
             with torch.no_grad():
                 for batch in val:

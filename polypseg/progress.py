@@ -106,20 +106,16 @@ def trial_lines(
     """An Optuna callback (`study.optimize(callbacks=[...])`) writing one line per trial as it
     ends when stderr is not a terminal: `trial 3 COMPLETE  value 0.8123  best 0.8123 (trial 3)
     elapsed 2m10s`; a pruned trial names its last epoch. Nothing on a terminal."""
-    active = enabled and not stderr_is_terminal()
+    if not enabled or stderr_is_terminal():
+        return lambda study, trial: None
     started = clock()
 
     def trial_ended(study: Any, trial: Any) -> None:
-        if not active:
-            return
-        state = trial.state.name
+        state, outcome, step = trial.state.name, "", trial.last_step
         if state == "COMPLETE":
             outcome = f"value {trial.value:.4f}"
         elif state == "PRUNED" and trial.intermediate_values:
-            step = trial.last_step
             outcome = f"at epoch {step}, value {trial.intermediate_values[step]:.4f}"
-        else:
-            outcome = ""
         try:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:  # no trial completed yet

@@ -3,6 +3,7 @@ validation computed in batches on the device gives the numbers the per-image pat
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -36,7 +37,7 @@ def test_batched_validation_equals_the_whole_set_metrics() -> None:
     torch.manual_seed(0)
     decoder = SimpleDecoder(8, 8)
     data = _random_set(11, 1)  # batches of 4, 4 and 3
-    got = validate(decoder, data, 4, 0.3, CPU)
+    got = validate(decoder, data, 4, CPU, partial(bce_dice_loss, dice_weight=0.3))
     probs, masks = predict_probs(decoder, data, 11, CPU)
     per_image = scores(probs, masks)
     logits = torch.logit(probs.double()).float()

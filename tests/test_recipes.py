@@ -21,7 +21,7 @@ from polypseg.models.decoder import (
     DECODERS as REGISTRY,
 )
 from polypseg.models.decoder import (
-    build_decoder,
+    SimpleDecoder,
     decoder_arguments,
     decoder_from_record,
     decoder_record,
@@ -109,7 +109,7 @@ def test_hires_predicts_at_full_resolution_and_rebuilds_from_its_record() -> Non
 
 
 def test_a_legacy_decoder_record_is_a_simple_decoder() -> None:
-    decoder = build_decoder("simple", {"in_channels": 8, "width": 4})
+    decoder = SimpleDecoder(8, 4)
     legacy = {"in_channels": 8, "width": 4, "state": decoder.state_dict()}
     assert type(decoder_from_record(legacy)) is type(decoder)
 
@@ -130,12 +130,12 @@ def test_deep_supervision_puts_a_loss_on_every_stage() -> None:
     arguments = decoder_arguments("hires", 8, 8, 4, feature_size=4, image_size=16)
     x, images = torch.randn(2, 8, 4, 4), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     y = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    losses = []
+    losses, loss = [], partial(bce_dice_loss, dice_weight=0.5)
     for deep in (False, True):
         decoder = seeded_decoder("hires", arguments, 0)
         optimiser = torch.optim.SGD(decoder.parameters(), lr=0.0)
         losses.append(
-            train_step(decoder, optimiser, x, y, 0.5, images=images, deep_supervision=deep)
+            train_step(decoder, optimiser, x, y, loss, images=images, deep_supervision=deep)
         )
         grads = [p.grad for p in decoder.heads[0].parameters()]
         assert all((g is not None and g.abs().sum() > 0) == deep for g in grads)

@@ -15,8 +15,8 @@ import torch
 from polypseg.config import TrainConfig, load_config
 from polypseg.features.cache import CachedFeatures
 from polypseg.features.prepare import prepare
-from polypseg.models.decoder import SimpleDecoder
-from polypseg.training.fit import FeatureSet, fit, new_decoder
+from polypseg.models.decoder import SimpleDecoder, seeded_decoder
+from polypseg.training.fit import FeatureSet, fit
 
 CPU = torch.device("cpu")
 TIMINGS = {"epoch_train_s", "epoch_val_s"}  # wall-clock: the one thing that may differ
@@ -35,16 +35,17 @@ def _history(seed: int) -> list[dict[str, float]]:
     return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
-def test_new_decoder_has_the_weights_of_a_seeded_default_init() -> None:
+def test_a_seeded_decoder_has_the_weights_of_a_seeded_default_init() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         expected = SimpleDecoder(16, 8).state_dict()
-    actual = new_decoder(16, 8, 3).state_dict()
+    actual = seeded_decoder("simple", {"in_channels": 16, "width": 8}, 3).state_dict()
     assert list(actual) == list(expected)
     for key, tensor in expected.items():
         assert torch.equal(actual[key], tensor), key
     assert not torch.equal(
-        new_decoder(16, 8, 4).state_dict()["body.0.weight"], expected["body.0.weight"]
+        seeded_decoder("simple", {"in_channels": 16, "width": 8}, 4).state_dict()["body.0.weight"],
+        expected["body.0.weight"],
     )
 
 

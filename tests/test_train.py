@@ -96,9 +96,7 @@ def test_cuda_speedups_keep_results_within_the_stated_tolerance(monkeypatch) -> 
 
     config = TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=0)
     plain = fit(_toy(32, 0), _toy(8, 1), 8, 16, config, CPU).history
-    monkeypatch.setattr(
-        fit_module, "speedups", lambda device: fit_module.Speedups(True, torch.channels_last)
-    )
+    monkeypatch.setattr(fit_module, "speedups", lambda device: (True, torch.channels_last))
     fast = fit(_toy(32, 0), _toy(8, 1), 8, 16, config, CPU).history
     for a, b in zip(plain, fast, strict=True):
         for key in ("train_loss", "val_loss", "val_dice", "val_iou"):

@@ -43,8 +43,6 @@ class _OneLineErrors(TyperGroup):
 
 app = typer.Typer(
     cls=_OneLineErrors,
-    help="Polyp segmentation on Kvasir-SEG: frozen SAM encoder, cached features, trainable "
-    "decoder, MLflow tracking, Optuna tuning.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -1,14 +1,11 @@
 """Pretrained weights on disk: Meta's official SAM checkpoints, downloaded once and verified.
 
 An "auto" checkpoint lives in `$POLYPSEG_CACHE/checkpoints` under its official name and is checked
-against the official MD5 before every use. A file the user names is checked the same way when its
-size is that of an official file (a renamed official download), and loaded either way; anything
-that torch cannot read is a `CheckpointError` naming the file, never a crash inside torch.
-
-Reading 375 MB (ViT-B) to 2.6 GB (ViT-H) for the MD5 would slow every start, so a file's
-MD5 is remembered with its identity (`checkpoints/digests.json`: size, inode, mtime and ctime in
-ns) and read again only when that changes, as git and make judge files: any write to the file
-changes its mtime and ctime, and ctime cannot be set back.
+against the official MD5 before every use; a file the user names is checked too when it has an
+official file's size. What torch cannot read is a `CheckpointError` naming the file. Hashing 375 MB
+to 2.6 GB would slow every start, so an MD5 is remembered with the file's identity (size, inode,
+mtime and ctime in ns: any write changes the last two, and ctime cannot be set back, as git and
+make judge files) in `checkpoints/digests.json`.
 """
 
 from __future__ import annotations
@@ -60,11 +57,6 @@ RACY_NS = 2_000_000_000
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-def _identity(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
 def remembered_md5(path: Path) -> str:
     """The MD5 of `path`, read again only when the file's identity changed since last time."""
     memo_path = cache_home() / "checkpoints" / "digests.json"
@@ -73,7 +65,11 @@ def remembered_md5(path: Path) -> str:
     except (OSError, ValueError):
         memo = {}
     memo = memo if isinstance(memo, dict) else {}
-    key, identity = str(path.resolve()), _identity(path)
+    stat = path.stat()
+    key, identity = (
+        str(path.resolve()),
+        [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns],
+    )
     known = memo.get(key)
     known = known if isinstance(known, dict) else {}
     # A file changed within the clock's granularity of being hashed could keep its mtime

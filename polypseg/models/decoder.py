@@ -1,13 +1,11 @@
-"""The trainable decoders, by name (`decoder.name`), over any encoder's feature map.
+"""The trainable decoders by name (`decoder.name`), over any encoder's feature map.
 
-A registry in the manner of the encoders': `simple` (the seed's: a small convolutional head, one
-logit channel at twice the feature map's resolution, which the segmenter upsamples) and `hires`
-(`hires.py`: a CNN over the pixels too, logits at full resolution). They know nothing of
-encoders: `in_channels` (the encoder's `out_channels`) and a few sizes are all they take. Every
-decoder is called as `decoder(features, images)` (uint8 B×3×S×S images at the training size,
-ignored by `simple`), lists its stages' logits (`stages`, for deep supervision) and records its
-constructor `arguments`, which `decoder_record` saves with its weights and `decoder_from_record`
-rebuilds from.
+`simple` (the seed's small convolutional head: logits at twice the features' resolution, which
+the segmenter upsamples) and `hires` (`hires.py`: a CNN over the pixels too, logits at full
+resolution). Each takes the encoder's `out_channels` and a few sizes, is called as
+`decoder(features, images)` (uint8 B×3×S×S images at the training size, ignored by `simple`),
+lists its stages' logits (`stages`, for deep supervision) and keeps its constructor `arguments`,
+which `decoder_record` saves with its weights.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ class SimpleDecoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 256) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.width = width
+        self.in_channels, self.width = in_channels, width
         self.arguments = {"in_channels": in_channels, "width": width}
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
@@ -58,47 +55,36 @@ Decoder = SimpleDecoder | HiresDecoder
 DECODERS: dict[str, type[nn.Module]] = {"simple": SimpleDecoder, "hires": HiresDecoder}
 
 
-def upsampling_steps(feature_size: int, image_size: int) -> int:
-    """How many ×2 steps lead from the features' side to the image's (a power of two)."""
+def decoder_arguments(
+    name: str, in_channels: int, width: int, branch_width: int, feature_size: int, image_size: int
+) -> dict[str, int]:
+    """The constructor arguments of decoder `name` (a config's, checked there) for these sizes;
+    `hires` takes as many ×2 steps as lead from the features' side to the image's."""
+    if name == "simple":
+        return {"in_channels": in_channels, "width": width}
     steps = round(math.log2(image_size / feature_size)) if feature_size < image_size else 0
     if steps < 1 or feature_size << steps != image_size:
         raise ValueError(
             f"the hires decoder needs features at 1/2^k of the image; got {feature_size} px "
             f"features for {image_size} px images"
         )
-    return steps
-
-
-def decoder_arguments(
-    name: str, in_channels: int, width: int, branch_width: int, feature_size: int, image_size: int
-) -> dict[str, int]:
-    """The constructor arguments of decoder `name` for these features and images."""
-    if name == "hires":
-        steps = upsampling_steps(feature_size, image_size)
-        return {
-            "in_channels": in_channels,
-            "width": width,
-            "branch_width": branch_width,
-            "steps": steps,
-        }
-    if name == "simple":
-        return {"in_channels": in_channels, "width": width}
-    raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
-
-
-def build_decoder(name: str, arguments: dict[str, int]) -> Decoder:
-    return DECODERS[name](**arguments)
+    return {
+        "in_channels": in_channels,
+        "width": width,
+        "branch_width": branch_width,
+        "steps": steps,
+    }
 
 
 def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:
     """Decoder `name` with PyTorch's default initialisation drawn from its own generator.
 
-    The weights equal those of `torch.manual_seed(seed); build_decoder(...)` (the same draws in
+    The weights equal those of `torch.manual_seed(seed); DECODERS[name](...)` (the same draws in
     the same order) without touching the global RNG, which another thread's fit may be using:
     the modules are built without storage ("meta") and initialised here.
     """
     with torch.device("meta"):
-        decoder = build_decoder(name, arguments)
+        decoder = DECODERS[name](**arguments)
     decoder.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -114,11 +100,8 @@ def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:
 
 
 def decoder_record(decoder: Decoder) -> dict[str, Any]:
-    """Name, constructor arguments and weights (on the CPU): what `decoder_from_record` takes.
-
-    `in_channels` and `width` stay at the top level too, as records from before the registry
-    had them (and `load_decoder` of older polypseg reads them).
-    """
+    """Name, constructor arguments and CPU weights: what `decoder_from_record` takes; with
+    `in_channels` and `width` at the top level too, where older polypseg reads them."""
     state = {key: value.cpu() for key, value in decoder.state_dict().items()}
     return {
         "name": decoder.name,
@@ -136,6 +119,6 @@ def decoder_from_record(record: dict[str, Any]) -> Decoder:
         "in_channels": record["in_channels"],
         "width": record["width"],
     }
-    decoder = build_decoder(name, arguments)
+    decoder = DECODERS[name](**arguments)
     decoder.load_state_dict(record["state"])
     return decoder.eval()

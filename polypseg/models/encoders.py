@@ -1,14 +1,10 @@
-"""Frozen image encoders: one registry of named builders, one `FrozenEncoder` interface.
+"""Frozen image encoders: one registry of named builders, each giving a `FrozenEncoder`.
 
-Every encoder is a `FrozenEncoder`: it owns its preprocessing (uint8 images in), returns a
-B×C×h×w feature map, says its `out_channels`, and carries a `weights_digest` that keys the feature
-cache. The registry maps `encoder.name` to an `EncoderEntry` (architecture builder + how to get
+The registry maps `encoder.name` to an `EncoderEntry` (architecture builder + how to get
 pretrained weights), in the manner of segment-anything's `sam_model_registry`: adding a variant is
 one line. The tiny variants are built from the same classes with small sizes and have random
 weights only; they exist for the tests and the offline demo and must be asked for explicitly.
-
-SAM's ViT runs its attention through torch's fused SDPA (`sam_attention.use_sdpa`, the same
-parameters and state dict as segment_anything's); `FrozenEncoder` itself lives in `frozen.py`.
+SAM's ViT runs its attention through torch's fused SDPA (`sam_attention.use_sdpa`).
 """
 
 from __future__ import annotations
@@ -90,12 +86,13 @@ def _load_sam(variant: str, backbone: nn.Module, checkpoint: str) -> None:
         ) from None
 
 
-def _sam_entry(variant: str, *arch: object) -> EncoderEntry:
+def _sam_entry(variant: str | None, *arch: object, size: int = 1024, **sizes: int) -> EncoderEntry:
+    """SAM's ViT at input `size`; `variant` names its official checkpoint (None: random only)."""
     return EncoderEntry(
-        build=partial(_sam_vit, *arch),
-        out_channels=256,
-        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=1024),
-        load_pretrained=partial(_load_sam, variant),
+        build=partial(_sam_vit, *arch, img_size=size, **sizes),
+        out_channels=sizes.get("out_chans", 256),
+        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=size),
+        load_pretrained=partial(_load_sam, variant) if variant else None,
     )
 
 
@@ -145,19 +142,9 @@ ENCODERS: dict[str, EncoderEntry] = {
         load_pretrained=_load_resnet50,
     ),
     # Test and demo variants: the same classes, small sizes, random weights only.
-    "sam_tiny": EncoderEntry(
-        build=partial(_sam_vit, 64, 2, 2, (1,), img_size=256, out_chans=64, window_size=4),
-        out_channels=64,
-        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=256),
-        load_pretrained=None,
-    ),
+    "sam_tiny": _sam_entry(None, 64, 2, 2, (1,), size=256, out_chans=64, window_size=4),
     # SAM ViT-B's architecture at 256 px (16×16 tokens): real encoder cost at benchmark scale.
-    "sam_vit_b_256": EncoderEntry(
-        build=partial(_sam_vit, 768, 12, 12, (2, 5, 8, 11), img_size=256),
-        out_channels=256,
-        preprocessing=Preprocessing(SAM_MEAN, SAM_STD, input_size=256),
-        load_pretrained=None,
-    ),
+    "sam_vit_b_256": _sam_entry(None, 768, 12, 12, (2, 5, 8, 11), size=256),
     "resnet_tiny": EncoderEntry(
         build=partial(_resnet, (1, 1, 1, 1), False),
         out_channels=512,

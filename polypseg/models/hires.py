@@ -45,15 +45,9 @@ class HiresDecoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int, branch_width: int, steps: int) -> None:
         super().__init__()
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1 (the image is larger than the features), {steps}")
         self.in_channels, self.width = in_channels, width
-        self.arguments = {
-            "in_channels": in_channels,
-            "width": width,
-            "branch_width": branch_width,
-            "steps": steps,
-        }
+        self.arguments = {"in_channels": in_channels, "width": width}
+        self.arguments.update(branch_width=branch_width, steps=steps)
         widest = BRANCH_GROWTH * branch_width
         branch = [min(branch_width << level, widest) for level in range(steps)]
         # Level 0 at S, level k at S / 2^k: the resolutions the decoder's steps arrive at.
@@ -70,7 +64,7 @@ class HiresDecoder(nn.Module):
 
     def stages(self, features: torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
         """Each step's logits, from h·2×w·2 up to S×S (the last is the prediction)."""
-        # Constants, not buffers: `new_decoder` builds decoders on "meta" and initialises
+        # Constants, not buffers: `seeded_decoder` builds decoders on "meta" and initialises
         # parameters only; and they need no place in the state dict.
         x = images.to(features.dtype)
         mean, std = (x.new_tensor(v).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
@@ -87,7 +81,5 @@ class HiresDecoder(nn.Module):
             logits.append(head(y))
         return logits
 
-    def forward(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        if images is None:
-            raise ValueError("the hires decoder reads the image too: pass images B×3×S×S")
+    def forward(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return self.stages(features, images)[-1]

@@ -1,36 +1,23 @@
 """SAM's ViT attention through torch's fused `scaled_dot_product_attention` (SDPA), bias folded.
 
-segment_anything's `Attention` writes the attention out by hand: `softmax(q·kᵀ·scale + rel) @ v`,
-with the full attention matrix materialised in the input's dtype and the softmax as a separate
-kernel. `SDPAttention` computes the same function with `F.scaled_dot_product_attention` and no
-mask: the decomposed relative-position term of MViTv2, `rel[ij, kl] = q_ij·Rh[i−k] + q_ij·Rw[j−l]`,
-is folded into the dot product (`fold_rel_pos`). Each query gets its h + w bias values appended
-and each key the one-hot indicators of its row and column, so `q'·k' = scale·q·k + rel` exactly:
-no B×heads×HW×HW bias is ever built (384 MiB per image per global block of ViT-B in bf16), and
-the flash kernels, which take no float mask, stay eligible. The relative-position tables depend
-only on the frozen weights and the token grid: they are built once per (grid, dtype, device),
-with their indices on the table's device (segment_anything's `get_rel_pos` indexes with a CPU
-`arange`, a blocking copy and stream sync on CUDA twice per block), and reused.
-
-It holds the very same parameter objects under the same names (`qkv`, `proj`, `rel_pos_h`,
-`rel_pos_w`), so a swapped encoder's `state_dict`, its checkpoints and its `weights_digest` are
-unchanged. `use_sdpa` swaps every block of an `ImageEncoderViT` in place; the tests check the
-swapped encoder against the reference one within `SDPA_TOLERANCE`.
+segment_anything's `Attention` materialises `softmax(q·kᵀ·scale + rel) @ v` by hand. Here the
+decomposed relative-position term of MViTv2, `rel[ij, kl] = q_ij·Rh[i−k] + q_ij·Rw[j−l]`, is folded
+into the dot product (`fold_rel_pos`): each query gets its h + w bias values appended and each key
+the one-hot indicators of its row and column, so `q'·k' = scale·q·k + rel` exactly. No
+B×heads×HW×HW bias is built (384 MiB per image per global block of ViT-B in bf16), and the flash
+kernels, which take no float mask, stay eligible. The tables depend only on the frozen weights and
+the token grid, so they are built once (indices on the table's device: segment_anything's
+`get_rel_pos` indexes with a CPU `arange`, a blocking copy on CUDA twice per block) and reused.
+`SDPAttention` holds the very same parameters under the same names, so state dicts, checkpoints
+and `weights_digest` are unchanged; `use_sdpa` swaps every block of an `ImageEncoderViT` in place.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT
 from torch import nn
-
-# Largest absolute difference allowed between the SDPA encoder's features and the reference
-# `ImageEncoderViT`'s, both in float32: the two differ only in summation order (measured: ~1e-6
-# on unit-scale features).
-SDPA_TOLERANCE = 1e-4
 
 
 def relative_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -41,37 +28,29 @@ def relative_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """
     rows = 2 * size - 1
     if rel_pos.shape[0] != rows:
-        resized = F.interpolate(rel_pos.T[None], size=rows, mode="linear")
-        rel_pos = resized[0].T
+        rel_pos = F.interpolate(rel_pos.T[None], size=rows, mode="linear")[0].T
     coords = torch.arange(size, device=rel_pos.device)
     return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
 
 
-@dataclass(frozen=True)
-class RelativeTerms:
-    """What the folded relative-position term needs for one token grid, dtype and device."""
-
-    rh: torch.Tensor  # h×h×C, `relative_table(h, rel_pos_h)`
-    rw: torch.Tensor  # w×w×C
-    key_indicators: torch.Tensor  # HW×(h + w + pad): one-hot row, one-hot column, zero padding
+# What the folded term needs for one grid, dtype and device: the tables Rh (h×h×C) and Rw
+# (w×w×C), and the keys' indicators HW×(h + w + pad) (one-hot row, one-hot column, zeros).
+RelativeTerms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def relative_terms(
     rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int], dtype: torch.dtype
 ) -> RelativeTerms:
-    """The tables and the keys' row/column indicators of an h×w grid, padded so that the folded
-    head dim (C + h + w + pad) is a multiple of 8, as the fused kernels prefer."""
+    """An h×w grid's `RelativeTerms`, padded so that the folded head dim (C + h + w + pad) is a
+    multiple of 8, as the fused kernels prefer."""
     h, w = size
     device = rel_pos_h.device
     pad = -(rel_pos_h.shape[1] + h + w) % 8
     rows = torch.eye(h, dtype=dtype, device=device).repeat_interleave(w, dim=0)  # token t: t // w
     cols = torch.eye(w, dtype=dtype, device=device).repeat(h, 1)  # token t: t % w
     padding = torch.zeros(h * w, pad, dtype=dtype, device=device)
-    return RelativeTerms(
-        relative_table(h, rel_pos_h).to(dtype),
-        relative_table(w, rel_pos_w).to(dtype),
-        torch.cat([rows, cols, padding], dim=1),
-    )
+    tables = (relative_table(h, rel_pos_h).to(dtype), relative_table(w, rel_pos_w).to(dtype))
+    return *tables, torch.cat([rows, cols, padding], dim=1)
 
 
 def fold_rel_pos(
@@ -84,25 +63,20 @@ def fold_rel_pos(
     unscaled q, as the reference uses it); the one-hot indicators pick, for key (k, l), the
     entries k of rel_h and l of rel_w.
     """
-    h, w = size
+    (h, w), (rh, rw, keys) = size, terms
     batch, heads, tokens, _ = q.shape
     r_q = q.reshape(batch, heads, h, w, -1)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, terms.rh).reshape(batch, heads, tokens, h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, terms.rw).reshape(batch, heads, tokens, w)
-    pad = terms.key_indicators.shape[1] - h - w
-    q_folded = torch.cat([q * scale, rel_h, rel_w, q.new_zeros(batch, heads, tokens, pad)], -1)
-    indicators = terms.key_indicators.expand(batch, heads, tokens, -1)
-    return q_folded, torch.cat([k, indicators], dim=-1)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(batch, heads, tokens, h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(batch, heads, tokens, w)
+    pad = q.new_zeros(batch, heads, tokens, keys.shape[1] - h - w)
+    q_folded = torch.cat([q * scale, rel_h, rel_w, pad], -1)
+    return q_folded, torch.cat([k, keys.expand(batch, heads, tokens, -1)], dim=-1)
 
 
 def _stamp(tensor: torch.Tensor) -> tuple[int, int]:
     """Which storage and which in-place version a table was built from (inference tensors, as
     a compute copy made under inference mode holds, have no version counter)."""
     return tensor.data_ptr(), 0 if tensor.is_inference() else tensor._version
-
-
-def _forget_terms(module: SDPAttention, *args: object) -> None:
-    module._terms = {}
 
 
 class SDPAttention(nn.Module):
@@ -121,7 +95,7 @@ class SDPAttention(nn.Module):
         # The frozen weights' relative terms, by grid, dtype, device and the tables' storage and
         # version; not state, so not in state_dict. Loading or moving the weights drops them.
         self._terms: dict[tuple, RelativeTerms] = {}
-        self.register_load_state_dict_pre_hook(_forget_terms)
+        self.register_load_state_dict_pre_hook(lambda module, *_: setattr(module, "_terms", {}))
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         self._terms = {}
@@ -130,9 +104,9 @@ class SDPAttention(nn.Module):
     def relative_terms(self, size: tuple[int, int], dtype: torch.dtype) -> RelativeTerms:
         """This block's `RelativeTerms`, built once and reused while the weights stay frozen."""
         tables = (self.rel_pos_h, self.rel_pos_w)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
-            return relative_terms(*tables, size, dtype)  # trained: must stay differentiable
-        if torch.compiler.is_compiling():  # torch.export / ONNX: traced tensors have no storage
+        # Trained tables must stay differentiable; traced ones (torch.export, ONNX) have no storage.
+        trained = torch.is_grad_enabled() and any(t.requires_grad for t in tables)
+        if trained or torch.compiler.is_compiling():
             return relative_terms(*tables, size, dtype)
         key = (size, dtype, self.rel_pos_h.device, *map(_stamp, tables))
         if key not in self._terms:

@@ -41,27 +41,20 @@ class Segmenter(nn.Module):
         return upsample_logits(logits, tuple(images.shape[-2:]))
 
     @torch.inference_mode()
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
-        device = next(self.decoder.parameters()).device
-        h, w = image.shape[:2]
-        # The same resize as the training data's, so the decoder sees what it was trained on.
-        x = resize_image(image, self.image_size)[None].to(device)
-        self.eval()
-        logits = self.decoder(self.encoder(x), x).float()
-        probs = torch.sigmoid(upsample_logits(logits, (h, w)))
-        return probs[0, 0].cpu().numpy()
-
-    @torch.inference_mode()
     def predict_proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """N H×W×3 uint8 images of one size (a video's frames) → N×H×W float32 probabilities,
-        the encoder running on all N at once; each map is `predict_proba`'s."""
+        """N H×W×3 uint8 images of one size (a video's frames, or one image) → N×H×W float32
+        polyp probabilities at that size, the encoder running on all N at once."""
         device = next(self.decoder.parameters()).device
         h, w = images[0].shape[:2]
+        # The same resize as the training data's, so the decoder sees what it was trained on.
         x = torch.stack([resize_image(image, self.image_size) for image in images]).to(device)
         self.eval()
         logits = self.decoder(self.encoder(x), x).float()
         return torch.sigmoid(upsample_logits(logits, (h, w)))[:, 0].cpu().numpy()
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
+        return self.predict_proba_batch([image])[0]
 
     def predict_mask(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """H×W×3 uint8 image → H×W uint8 mask of 0/1 at the image's own size."""

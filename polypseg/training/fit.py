@@ -1,27 +1,18 @@
 """Training the decoder over cached features: `fit` is one plain loop, readable top to bottom.
 
 Epochs, shuffled batches, loss, step, validation, the epoch callback (logging, pruning), and the
-best epoch's weights kept. `fit` never knows whether it runs inside a study or who listens to its
-callback; it takes feature tensors, never images, so the encoder is not in the loop.
+best epoch's weights kept. `fit` never knows whether it runs inside a study; it takes feature
+tensors, never images, so the encoder is not in the loop. The decoder is `decoder.name`'s; the
+loss is `train.loss`, on the last stage's logits or, with `decoder.deep_supervision`, summed over
+every stage's (as PraNet sums its side outputs' losses).
 
 The device is never waited for within an epoch: losses stay on it until the epoch's mean is
-read, and validation (`validate`) scores every image in batches on the device and hands the host
-three numbers; so do the test scores (`split_scores`), batch by batch, the per-image counts in
-float64 as `metrics` defines them. Each epoch's metrics include how long its training and its
-validation took (`epoch_train_s`, `epoch_val_s`, wall-clock seconds up to those reads).
-
-The decoder is built by name (`decoder.name`: `simple`, or `hires`, which also reads the
-images); the loss is `train.loss`, on the last stage's logits or, with
-`decoder.deep_supervision`, summed over every stage's (each upsampled to the mask's size).
-
-A fit owns its randomness: the decoder's initial weights (`new_decoder`), the batch order and
-the augmentation variant each image is seen under (when the training set has some) come from
-generators seeded with `train.seed`, never from the global RNG, so trials running in
-threads (`tune --n-jobs`) get the weights a lone run gets. On CUDA the step launches fewer,
-faster kernels (`speedups`: fused AdamW, channels-last convolutions, cuDNN's autotuner): the
-same training up to floating-point summation order (`SPEEDUP_TOLERANCE`), no longer bitwise;
-CPU runs take none of them and stay bit-reproducible. CUDA graphs (`torch.compile(mode=
-"reduce-overhead")`) would need a training-side compile flag, which the config does not have.
+read, and validation and test scoring run batch by batch on the device (per-image counts in
+float64, as `metrics` defines them) and hand the host a few numbers. A fit owns its randomness:
+the initial weights, the batch order and the augmentation variants come from generators seeded
+with `train.seed`, never the global RNG, so trials in threads (`tune --n-jobs`) get the weights
+a lone run gets. On CUDA the step takes fused AdamW, channels-last and cuDNN's autotuner: the
+same training up to summation order (`SPEEDUP_TOLERANCE`); CPU runs stay bit-reproducible.
 """
 
 from __future__ import annotations
@@ -42,9 +33,9 @@ from polypseg.errors import TrainingError
 from polypseg.features.cache import FeatureSet
 from polypseg.interrupts import deferred, interrupt_point
 from polypseg.metrics import dice_iou, dice_over_thresholds, mean_scores, scores
-from polypseg.models.decoder import Decoder, SimpleDecoder, decoder_arguments, seeded_decoder
+from polypseg.models.decoder import Decoder, decoder_arguments, seeded_decoder
 from polypseg.models.segmenter import upsample_logits
-from polypseg.training.losses import bce_dice_loss, training_loss
+from polypseg.training.losses import training_loss
 
 EpochCallback = Callable[[dict[str, float]], None]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,32 +45,11 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SPEEDUP_TOLERANCE = 1e-3
 
 
-@dataclass(frozen=True)
-class Speedups:
-    """Launch-bound training's usual remedies: fused AdamW (one kernel per step for all
-    parameters) and channels-last activations and weights (cuDNN's NHWC kernels, no transposes)."""
-
-    fused_adamw: bool
-    memory_format: torch.memory_format
-
-
-def speedups(device: torch.device) -> Speedups:
-    """On CUDA, all of them; elsewhere none (CPU results stay bitwise those of earlier runs)."""
+def speedups(device: torch.device) -> tuple[bool, torch.memory_format]:
+    """(fused AdamW, memory format): on CUDA, one AdamW kernel per step for all parameters and
+    channels-last tensors (cuDNN's NHWC kernels, no transposes); elsewhere neither."""
     cuda = device.type == "cuda"
-    return Speedups(cuda, torch.channels_last if cuda else torch.contiguous_format)
-
-
-def new_decoder(in_channels: int, width: int, seed: int) -> SimpleDecoder:
-    """A `SimpleDecoder` with the weights of `torch.manual_seed(seed); SimpleDecoder(...)`,
-    drawn from its own generator (`models.decoder.seeded_decoder`)."""
-    return seeded_decoder("simple", {"in_channels": in_channels, "width": width}, seed)
-
-
-def _decoder_for(train: FeatureSet, in_channels: int, spec: DecoderConfig, seed: int) -> Decoder:
-    """The configured decoder for these features (the hires one's steps: from h to S)."""
-    sizes = (train.features.shape[-1], train.masks.shape[-1])
-    arguments = decoder_arguments(spec.name, in_channels, spec.width, spec.branch_width, *sizes)
-    return seeded_decoder(spec.name, arguments, seed)
+    return cuda, torch.channels_last if cuda else torch.contiguous_format
 
 
 @dataclass
@@ -99,18 +69,12 @@ def train_step(
     optimiser: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    dice_weight: float,
-    *,
+    loss_fn: Loss,
     images: torch.Tensor | None = None,
-    loss_fn: Loss | None = None,
     deep_supervision: bool = False,
 ) -> torch.Tensor:
-    """One optimisation step of the decoder on a batch of features; returns the loss, detached
-    and on the device (reading it would make the host wait for the GPU at every step).
-
-    `loss_fn` defaults to BCE + Dice at `dice_weight`; with `deep_supervision` it is summed
-    over every stage's logits, as PraNet sums its side outputs' losses."""
-    loss_fn = loss_fn or partial(bce_dice_loss, dice_weight=dice_weight)
+    """One optimisation step on a batch of features; returns the loss, detached and on the
+    device (reading it would make the host wait for the GPU at every step)."""
     size = tuple(y.shape[-2:])
     with _autocast(x.device):
         stages = decoder.stages(x, images) if deep_supervision else [decoder(x, images)]
@@ -127,64 +91,50 @@ def _scoring_device(device: torch.device) -> torch.device:
 
 
 @torch.no_grad()
-def _probabilities(
+def _logits(
     decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float32 probabilities B×1×S×S, masks B×1×S×S) batches on `device`, in the set's order."""
+    """(logits B×1×S×S, masks B×1×S×S) batches on `device`, in the set's order."""
     decoder.eval()
-    fmt = speedups(device).memory_format
-    for x, y, images in data.batches(batch_size, device, memory_format=fmt):
-        with _autocast(device):
+    for x, y, images in data.batches(batch_size, device, memory_format=speedups(device)[1]):
+        with _autocast(device):  # left before the yield: autocast is the thread's, not ours
             logits = upsample_logits(decoder(x, images), tuple(y.shape[-2:]))
-        yield torch.sigmoid(logits.float()), y
+        yield logits, y
 
 
 def predict_probs(
     decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities N×1×S×S, masks N×1×S×S) on the CPU, in the set's order."""
-    pairs = [(p.cpu(), y.cpu()) for p, y in _probabilities(decoder, data, batch_size, device)]
+    """(float32 probabilities N×1×S×S, masks N×1×S×S) on the CPU, in the set's order."""
+    pairs = [
+        (torch.sigmoid(z.float()).cpu(), y.cpu())
+        for z, y in _logits(decoder, data, batch_size, device)
+    ]
     return torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
 @torch.no_grad()
 def validate(
-    decoder: Decoder,
-    data: FeatureSet,
-    batch_size: int,
-    dice_weight: float,
-    device: torch.device,
-    loss_fn: Loss | None = None,
+    decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device, loss_fn: Loss
 ) -> dict[str, float]:
     """`val_loss`, `val_dice`, `val_iou` over the whole set, computed in batches on the device.
 
-    The loss is `loss_fn`'s (default `bce_dice_loss` at `dice_weight`) of the whole set (BCE
-    over every pixel, soft Dice or the structure loss's terms averaged over images): each
-    batch's loss weighted by its size, which is exact since images share a size.
-    Dice and IoU are per image, as `metrics.scores` defines them at the 0.5 threshold. The host
-    reads the three numbers once.
+    The loss is `loss_fn`'s over the whole set: each batch's weighted by its size, which is
+    exact since images share a size. Dice and IoU are per image, as `metrics.scores` defines
+    them at the 0.5 threshold. The host reads the three numbers once.
     """
-    decoder.eval()
-    loss_fn = loss_fn or partial(bce_dice_loss, dice_weight=dice_weight)
     scoring = _scoring_device(device)
     loss = torch.zeros((), device=device)
     dice, iou = [], []
-    fmt = speedups(device).memory_format
-    for x, y, images in data.batches(batch_size, device, memory_format=fmt):
-        with _autocast(device):
-            logits = upsample_logits(decoder(x, images), tuple(y.shape[-2:]))
-        loss += loss_fn(logits, y) * len(x)
+    for logits, y in _logits(decoder, data, batch_size, device):
+        loss += loss_fn(logits, y) * len(y)
         predicted = torch.sigmoid(logits.float()) >= 0.5
         image_dice, image_iou = dice_iou(predicted.to(scoring), y.to(scoring))
         dice.append(image_dice)
         iou.append(image_iou)
-    values = torch.stack([loss.double().to(scoring) / len(data), *map(_mean, (dice, iou))])
-    val_loss, val_dice, val_iou = values.tolist()
-    return {"val_loss": val_loss, "val_dice": val_dice, "val_iou": val_iou}
-
-
-def _mean(per_batch: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(per_batch).double().mean()
+    means = [torch.cat(values).double().mean() for values in (dice, iou)]
+    values = torch.stack([loss.double().to(scoring) / len(data), *means]).tolist()
+    return dict(zip(("val_loss", "val_dice", "val_iou"), values, strict=True))
 
 
 def fit(
@@ -203,14 +153,16 @@ def fit(
     `train` and `val` are only read (a study's threads share them).
     """
     spec = dataclasses.replace(decoder_config or DecoderConfig(), width=width)
-    fast = speedups(device)
+    fused, memory_format = speedups(device)
     generator = torch.Generator().manual_seed(config.seed)  # the batch order, the variants
-    decoder = _decoder_for(train, in_channels, spec, config.seed)
+    sizes = (train.features.shape[-1], train.masks.shape[-1])
+    arguments = decoder_arguments(spec.name, in_channels, width, spec.branch_width, *sizes)
+    decoder = seeded_decoder(spec.name, arguments, config.seed)
+    decoder = decoder.to(device, memory_format=memory_format)
     loss_fn = training_loss(config.loss, config.dice_weight)
     step = partial(train_step, loss_fn=loss_fn, deep_supervision=spec.deep_supervision)
-    decoder = decoder.to(device, memory_format=fast.memory_format)
     optimiser = torch.optim.AdamW(
-        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fast.fused_adamw
+        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
     )
     if device.type == "cuda":  # fixed shapes (the batch size): autotuning pays off from epoch 1
         torch.backends.cudnn.benchmark = True
@@ -226,9 +178,8 @@ def fit(
             started = time.perf_counter()
             decoder.train()
             losses = []
-            batches = train.batches(config.batch_size, device, generator, fast.memory_format)
-            for x, y, images in batches:
-                losses.append(step(decoder, optimiser, x, y, config.dice_weight, images=images))
+            for x, y, images in train.batches(config.batch_size, device, generator, memory_format):
+                losses.append(step(decoder, optimiser, x, y, images=images))
                 interrupt_point()
             train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
             trained = time.perf_counter()
@@ -239,8 +190,7 @@ def fit(
                     "lower train.lr, or train.weight_decay"
                 )
             metrics = {"epoch": epoch, "train_loss": train_loss}
-            scored = validate(decoder, val, config.batch_size, config.dice_weight, device, loss_fn)
-            metrics.update(scored)
+            metrics.update(validate(decoder, val, config.batch_size, device, loss_fn))
             metrics["epoch_train_s"] = trained - started
             metrics["epoch_val_s"] = time.perf_counter() - trained
             result.history.append(metrics)
@@ -268,8 +218,8 @@ def split_scores(
     """
     scoring = _scoring_device(device)
     per_image: dict[str, list[torch.Tensor]] = {}
-    for probs, masks in _probabilities(decoder, data, batch_size, device):
-        probs, masks = probs.to(scoring), masks.to(scoring)
+    for logits, masks in _logits(decoder, data, batch_size, device):
+        probs, masks = torch.sigmoid(logits.float()).to(scoring), masks.to(scoring)
         batch = {**scores(probs, masks), "mdice_thr": dice_over_thresholds(probs, masks)}
         for key, values in batch.items():
             per_image.setdefault(key, []).append(values)

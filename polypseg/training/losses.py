@@ -24,16 +24,12 @@ def bce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float) -> Tensor:
     Args:
         logits: B×1×H×W raw decoder outputs (any float dtype).
         target: B×1×H×W, 0/1 floats (or bool), same shape as `logits`.
-        dice_weight: in [0, 1]; 0 is pure BCE, 1 pure soft Dice.
+        dice_weight: in [0, 1] (`train.dice_weight`); 0 is pure BCE, 1 pure soft Dice.
 
     BCE is the mean over all pixels of the batch. Soft Dice is
     `(2·Σ p·t + 1) / (Σ p + Σ t + 1)` over each image's sigmoid probabilities `p`, then averaged
     over the batch, so that a small polyp counts as much as a large one (as mDice does).
     """
-    if logits.shape != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
-    if not 0.0 <= dice_weight <= 1.0:
-        raise ValueError(f"dice_weight must be in [0, 1], got {dice_weight}")
     # Under bf16/fp16 autocast the sums over 512×512 pixels lose most of their digits, and
     # sigmoid saturates early: compute the whole loss in float32 whatever the caller's dtype.
     with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -63,8 +59,6 @@ def structure_loss(logits: Tensor, target: Tensor) -> Tensor:
     non-empty string is truthy, so it returns the plain mean BCE, and its weighting then acts on
     the IoU term only. Polyp-PVT and SAM2-UNet copy that line.
     """
-    if logits.shape != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
     with torch.autocast(device_type=logits.device.type, enabled=False):  # as bce_dice_loss
         logits, target = logits.float(), target.float()
         pad = STRUCTURE_KERNEL // 2
@@ -80,9 +74,7 @@ def structure_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def training_loss(name: str, dice_weight: float) -> Callable[[Tensor, Tensor], Tensor]:
-    """`train.loss` as a function of (logits, target): "bce_dice" or "structure"."""
-    if name == "structure":
-        return structure_loss
-    if name == "bce_dice":
-        return partial(bce_dice_loss, dice_weight=dice_weight)
-    raise ValueError(f"unknown loss {name!r}; use bce_dice or structure")
+    """`train.loss` (a name the config checked) as a function of (logits, target)."""
+    return (
+        structure_loss if name == "structure" else partial(bce_dice_loss, dice_weight=dice_weight)
+    )

@@ -2,20 +2,15 @@
 
 `train_and_log` trains a decoder on prepared (cached) features and logs into the active MLflow
 run: params, tags, the data set and split, per-epoch metrics (step = epoch), test metrics, mask
-panel and curves, and the decoder's weights (`decoder/decoder.pt`, small). The full pyfunc model
-with the encoder inside is logged only when asked (`polypseg train --log-model`, the default) or
-when a study registers its best trial: a study does not copy a 375 MB encoder into every trial.
+panel and curves, and the decoder's weights (`decoder/decoder.pt`, small). The pyfunc model with
+the encoder inside only when asked (`train --log-model`, or a study's best trial): a study does
+not copy a 375 MB encoder into every trial. Epoch metrics go out in batches (`EpochLog`), at
+most every `FLUSH_S` seconds and when training ends, however it ends.
 
-Per-epoch metrics, `epoch_train_s` and `epoch_val_s` included (where an epoch's time goes), are
-sent in batches (`EpochLog`): at most every `FLUSH_S` seconds and when training ends, however it
-ends, so a trial's epochs never wait for the tracking store. Figures and the decoder are written
-once, at the end of the run.
-
-MLflow's own asynchronous logging (`log_metrics(..., synchronous=False)`) is not used instead: it
-measured no faster (`benchmarks/bench_epoch_log.py`: every epoch still pays for a write, in a
-thread that competes with training), and any run's end shuts down the one queue all of a
-process's runs share, so in a study with `--n-jobs` threads one trial's end makes another
-trial's `log_metrics` raise ("cannot schedule new futures after shutdown") and lose its epochs.
+Not MLflow's `log_metrics(..., synchronous=False)`: it measured no faster
+(`benchmarks/bench_epoch_log.py`), and any run's end shuts down the one queue all of a process's
+runs share, so with `--n-jobs` threads one trial's end makes another's `log_metrics` raise
+("cannot schedule new futures after shutdown") and lose its epochs.
 """
 
 from __future__ import annotations
@@ -101,13 +96,6 @@ def _curves_title(run: mlflow.ActiveRun) -> str:
     return f"{name} of study {study}" if study else name
 
 
-def _log_decoder(fitted: FitResult) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "decoder.pt"
-        torch.save(decoder_record(fitted.decoder), path)  # its name, arguments and weights
-        mlflow.log_artifact(str(path), "decoder")
-
-
 def train_and_log(
     prepared: Prepared,
     config: Config,
@@ -159,7 +147,9 @@ def train_and_log(
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)
     log_figure(curves(fitted.history, title=_curves_title(run)), "figures/curves.png")
-    _log_decoder(fitted)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(decoder_record(fitted.decoder), Path(tmp) / "decoder.pt")
+        mlflow.log_artifact(str(Path(tmp) / "decoder.pt"), "decoder")
     if log_model:
         from polypseg.tracking.pyfunc import log_segmenter_model
 
