@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from polypseg.errors import OutputError, PolypsegError
+from polypseg.errors import PolypsegError
 
 # Characters of a target's name kept in its temporary's (at most 4 bytes each in UTF-8).
 TMP_NAME_KEPT = 40
@@ -55,7 +55,7 @@ def atomic_path(
     dropped, so concurrent builders never delete a folder someone is reading. What appears gets
     the permissions a plain `open` or `mkdir` would give (0644 and 0755 under umask 022), not
     the temporary's private 0600/0700. With `option` (the CLI option that named the place), a
-    write the place refuses (a full disk, a read-only folder) is an `OutputError` naming `path`.
+    write the place refuses (a full disk, a read-only folder) is an `PolypsegError` naming `path`.
     """
     path = Path(path)
     try:
@@ -67,7 +67,7 @@ def atomic_path(
         cause = refused_write(err) if option is not None else None
         if cause is None:
             raise
-        raise OutputError(
+        raise PolypsegError(
             f"cannot write {option} {path}: {cause}; {remedy(cause)}, or choose another {option}"
         ) from None
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from polypseg.errors import OutputError
+from polypseg.errors import PolypsegError
 
 
 def cache_home() -> Path:
@@ -30,7 +30,7 @@ def cache_folder(*parts: str) -> Path:
             pass
     except OSError as err:
         cause = (err.strerror or type(err).__name__).lower()
-        raise OutputError(
+        raise PolypsegError(
             f"cannot write the cache folder {folder} ({cause}); set POLYPSEG_CACHE to a "
             "writable folder"
         ) from None

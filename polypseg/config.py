@@ -1,7 +1,7 @@
 """Experiment configuration: TOML files → frozen dataclasses, `--set` overrides, flat params.
 
 A config has five sections (`data`, `encoder`, `decoder`, `train`, `tracking`); defaults live
-here and nowhere else. Unknown sections or keys and values of the wrong type are `ConfigError`s,
+here and nowhere else. Unknown sections or keys and values of the wrong type are `PolypsegError`s,
 never silently ignored. `flatten` turns a config into the `section.key` params MLflow logs and
 Optuna's search space addresses.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from polypseg.dihedral import check_variants
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.toml_checks import Bounds, check_range, parse_value, read_toml, typed
 
 DATA_SOURCES = ("kaggle", "local", "synthetic")
@@ -102,7 +102,7 @@ class Config:
             current = sections[section]
             hints = get_type_hints(type(current))
             if key not in hints:
-                raise ConfigError(
+                raise PolypsegError(
                     f"{origin}: unknown key '{dotted}'; [{section}] has: {', '.join(hints)}"
                 )
             coerced = typed(value, hints[key], f"{origin}: {dotted}")
@@ -118,7 +118,7 @@ SECTIONS = {f.name: f.type for f in fields(Config)}
 def _split_key(dotted: str, origin: str) -> tuple[str, str]:
     section, _, key = dotted.partition(".")
     if not key or section not in SECTIONS:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: '{dotted}' is not section.key with a section among: {', '.join(SECTIONS)}"
         )
     return section, key
@@ -157,7 +157,7 @@ NAMES = ("encoder.name", "train.device", "tracking.experiment", "tracking.regist
 def _check_numbers(flat: dict[str, Any], origin: str) -> None:
     size = flat["data.image_size"]
     if size % PATCH or size < RANGES["data.image_size"][0]:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
             "patch size) and >= 64, like 256 or 512"
         )
@@ -165,30 +165,30 @@ def _check_numbers(flat: dict[str, Any], origin: str) -> None:
         check_range(flat[key], bounds, f"{origin}: {key}")
     ratios = flat["data.ratios"]
     if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.ratios = {list(ratios)} must be three finite fractions >= 0, "
             "like [0.8, 0.1, 0.1]"
         )
     if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.ratios = {list(ratios)} must sum to 1 with a train part > 0"
         )
 
 
 def _check_protocol(data: DataConfig, origin: str) -> None:
     if data.protocol not in DATA_PROTOCOLS:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.protocol = {data.protocol!r}; use one of {', '.join(DATA_PROTOCOLS)}"
         )
     if unknown := [name for name in data.roots if name not in POLYP_SETS]:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.roots names {', '.join(unknown)}; the sets are {', '.join(POLYP_SETS)}"
         )
     if data.protocol == "pranet" and data.source == "synthetic":
-        raise ConfigError(f"{origin}: data.protocol = 'pranet' needs real sets, not synthetic")
+        raise PolypsegError(f"{origin}: data.protocol = 'pranet' needs real sets, not synthetic")
     lacking = [n for n in ("kvasir", "clinicdb") if n not in data.roots]
     if data.protocol == "pranet" and data.source == "local" and lacking:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.protocol = 'pranet' with data.source = 'local' needs data.roots for "
             f"{' and '.join(lacking)} (or data.source = 'kaggle' to download them)"
         )
@@ -197,27 +197,27 @@ def _check_protocol(data: DataConfig, origin: str) -> None:
 def _validate(config: Config, origin: str) -> None:
     flat = flatten(config)
     if config.data.source not in DATA_SOURCES:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: data.source = {config.data.source!r}; use one of {', '.join(DATA_SOURCES)}"
         )
     if config.encoder.precision not in ENCODER_PRECISIONS:
-        raise ConfigError(
+        raise PolypsegError(
             f"{origin}: encoder.precision = {config.encoder.precision!r}; use one of "
             f"{', '.join(ENCODER_PRECISIONS)}"
         )
     for key, choices in (("decoder.name", DECODERS), ("train.loss", LOSSES)):
         if flat[key] not in choices:
-            raise ConfigError(f"{origin}: {key} = {flat[key]!r}; use one of {', '.join(choices)}")
+            raise PolypsegError(f"{origin}: {key} = {flat[key]!r}; use one of {', '.join(choices)}")
     try:
         check_variants(config.data.augment, f"{origin}: data.augment")
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        raise PolypsegError(str(err)) from None
     _check_protocol(config.data, origin)
     if config.data.source == "local" and not config.data.root and config.data.protocol == "seed":
-        raise ConfigError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")
+        raise PolypsegError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")
     for key in NAMES:
         if not flat[key].strip():
-            raise ConfigError(f"{origin}: {key} is empty; give it a name")
+            raise PolypsegError(f"{origin}: {key} is empty; give it a name")
     _check_numbers(flat, origin)
 
 
@@ -227,7 +227,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+            raise PolypsegError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
         overrides[key.strip()] = parse_value(raw.strip())
     return overrides
 
@@ -240,7 +240,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         flat: dict[str, Any] = {}
         for section, values in read_toml(path, "config file", "experiments/*.toml").items():
             if section not in SECTIONS or not isinstance(values, dict):
-                raise ConfigError(
+                raise PolypsegError(
                     f"{path}: unknown section [{section}]; sections are: {', '.join(SECTIONS)}"
                 )
             flat.update({f"{section}.{key}": value for key, value in values.items()})

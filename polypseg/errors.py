@@ -1,7 +1,9 @@
 """User-facing errors: each one is a single line that names the file or value and the fix.
 
 The CLI prints a `PolypsegError` as one line on stderr and exits 2; anything else is a bug and is
-allowed to crash with a traceback.
+allowed to crash with a traceback. A subclass exists only where some code catches it apart from
+the rest: a data error named later, a download with a local-copy hint added, missing weights
+that fall back to the next encoder, a store fault that stops a study.
 """
 
 from collections.abc import Iterable
@@ -11,10 +13,6 @@ _SHOWN = 5  # names listed in an error before "... and N more"
 
 class PolypsegError(Exception):
     """An error the user caused and can fix; its message is one line."""
-
-
-class ConfigError(PolypsegError):
-    """A config file, key or value is wrong."""
 
 
 class DataError(PolypsegError):
@@ -29,32 +27,8 @@ class WeightsUnavailable(PolypsegError):
     """Pretrained weights cannot be had here: no file, and the download failed."""
 
 
-class CacheError(PolypsegError):
-    """The feature cache cannot be written: a full disk, a read-only folder."""
-
-
-class CheckpointError(PolypsegError):
-    """A checkpoint file is truncated, corrupt or not for this encoder."""
-
-
-class ModelError(PolypsegError):
-    """A model URI cannot be resolved or loaded."""
-
-
-class TrainingError(PolypsegError):
-    """Training diverged (a NaN or infinite loss) or cannot start."""
-
-
-class OutputError(PolypsegError):
-    """An output path is a folder where a file belongs (or the reverse), or is not writable."""
-
-
 class StoreError(PolypsegError):
     """A tracking store or study storage is damaged, unreachable, unsuitable or refuses writes."""
-
-
-class ExportError(PolypsegError):
-    """A model cannot be exported, or its export does not compute what the model computes."""
 
 
 def first_line(err: BaseException, limit: int = 120) -> str:

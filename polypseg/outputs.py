@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from polypseg.caches import cache_home
-from polypseg.errors import OutputError
+from polypseg.errors import PolypsegError
 from polypseg.sqlite_files import sqlite_file
 
 # The longest file name (in bytes) Linux file systems take.
@@ -89,12 +89,12 @@ def protected_place(folder: Path) -> str | None:
 
 def _refuse_protected(path: Path, option: str, target: Path, folder: bool = False) -> None:
     if _is_database(path):
-        raise OutputError(
+        raise PolypsegError(
             f"{option} {target} would replace {path}, an SQLite database (an MLflow store or "
             "an Optuna storage): choose another path"
         )
     if held := protected_place(path if folder else path.parent):
-        raise OutputError(
+        raise PolypsegError(
             f"{option} {target} would write in {held}; polypseg never writes where its inputs "
             "or stores live: choose another folder"
         )
@@ -106,14 +106,14 @@ def _writable_folder(folder: Path, option: str, target: Path) -> None:
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(
+        raise PolypsegError(
             f"{option} {target}: {existing} is a file, not a folder; choose another path"
         )
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise OutputError(
+        raise PolypsegError(
             f"cannot write {option} {target}: {existing} is not writable ({err.strerror}); "
             "choose another place"
         ) from None
@@ -123,7 +123,7 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     """Refuse, before any work, a file output that cannot be written (one line naming `option`)."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{option} {path} is a folder; give a file name inside it")
+        raise PolypsegError(f"{option} {path} is a folder; give a file name inside it")
     _refuse_protected(path, option, path)
     _writable_folder(path.parent, option, path)
     return path
@@ -133,7 +133,7 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     """Refuse, before any work, a folder output that is a file or cannot be written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path} is a file, not a folder; give a folder")
+        raise PolypsegError(f"{option} {path} is a file, not a folder; give a folder")
     _refuse_protected(path, option, path, folder=True)
     _writable_folder(path, option, path)
     return path
@@ -171,21 +171,21 @@ def check_outputs(
     for path, what in outputs:
         where = _real(path)
         if where in read:
-            raise OutputError(
+            raise PolypsegError(
                 f"{option} {target} would replace {read[where]}, one of the inputs; choose "
                 "another path"
             )
         _refuse_protected(path, option, target)
         for real, (shown, held, whole) in places.items():
             if where.parent == real or (whole and where.parent.is_relative_to(real)):
-                raise OutputError(
+                raise PolypsegError(
                     f"{option} {target} would write in {shown}, which holds {held}; polypseg "
                     "never writes where its inputs live: choose another folder"
                 )
         if where in seen:
-            raise OutputError(f"{seen[where]} and {what} would both write {path}; {fix}")
+            raise PolypsegError(f"{seen[where]} and {what} would both write {path}; {fix}")
         if len(os.fsencode(where.name)) > NAME_MAX:
-            raise OutputError(
+            raise PolypsegError(
                 f"{what} would write {path}, a name over {NAME_MAX} bytes; choose a shorter name"
             )
         seen[where] = what

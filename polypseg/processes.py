@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 WORKER_KEY = "polypseg.worker"  # host:pid
 STARTED_KEY = "polypseg.worker_started"  # the process's start time, Unix seconds
@@ -56,7 +56,7 @@ def heartbeat_settings() -> tuple[int, int]:
     except ValueError:
         interval = grace = 0
     if not 0 < interval < grace:
-        raise ConfigError(
+        raise PolypsegError(
             f"{HEARTBEAT_ENV}={text!r}: expected interval,grace in whole seconds with "
             f"0 < interval < grace, like 20,60"
         )

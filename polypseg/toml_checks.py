@@ -17,25 +17,25 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 # A numeric value's bounds: (low, high, low excluded).
 Bounds = tuple[float, float, bool]
 
 
 def read_toml(path: Path, noun: str, examples: str) -> dict[str, Any]:
-    """The table in `path`; a missing, unreadable or malformed file is a one-line ConfigError
+    """The table in `path`; a missing, unreadable or malformed file is a one-line PolypsegError
     naming it as `noun` ("config file") and pointing at `examples` ("experiments/*.toml")."""
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{noun} {path} not found; see {examples}") from None
+        raise PolypsegError(f"{noun} {path} not found; see {examples}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{noun} {path} is a folder; pass a TOML file") from None
+        raise PolypsegError(f"{noun} {path} is a folder; pass a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{noun} {path} is not valid TOML: {err}") from None
+        raise PolypsegError(f"{noun} {path} is not valid TOML: {err}") from None
     except OSError as err:
-        raise ConfigError(f"cannot read {noun} {path}: {err.strerror}") from None
+        raise PolypsegError(f"cannot read {noun} {path}: {err.strerror}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -52,7 +52,7 @@ def _is_number(value: Any) -> bool:
 
 def typed(value: Any, kind: Any, where: str) -> Any:
     """`value` if it is a TOML value of `kind` (bool, int, float, str, a tuple of floats or of
-    strings), else a ConfigError; ints pass for floats and become floats, lists tuples. A tuple
+    strings), else a PolypsegError; ints pass for floats and become floats, lists tuples. A tuple
     of strings may also be written as one comma-separated string (`"hflip,rot90"`, `""`: none),
     the form a study's categorical choices and `--set` can give."""
     if kind is float:
@@ -66,7 +66,7 @@ def typed(value: Any, kind: Any, where: str) -> Any:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         value = tuple(value) if ok else value
         if not ok:
-            raise ConfigError(f"{where} = {value!r} is not a valid list of names")
+            raise PolypsegError(f"{where} = {value!r} is not a valid list of names")
     elif str(kind) == "dict[str, str]":
         return _names_to_text(value, where)
     elif str(kind).startswith("tuple"):
@@ -76,7 +76,7 @@ def typed(value: Any, kind: Any, where: str) -> Any:
         raise TypeError(f"unsupported TOML type {kind}")
     if not ok:
         text = "list of numbers" if str(kind).startswith("tuple") else kind.__name__
-        raise ConfigError(f"{where} = {value!r} is not a valid {text}")
+        raise PolypsegError(f"{where} = {value!r} is not a valid {text}")
     return value
 
 
@@ -88,7 +88,7 @@ def _names_to_text(value: Any, where: str) -> dict[str, str]:
         if all(sep and name.strip() for name, sep, _ in items):
             value = {name.strip(): text.strip() for name, _, text in items}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ConfigError(
+        raise PolypsegError(
             f'{where} = {value!r} is not a valid table of names to folders, like {{kvasir = "DIR"}}'
         )
     return dict(value)
@@ -107,9 +107,9 @@ def _range_text(low: float, high: float, open_low: bool) -> str:
 
 
 def check_range(value: float, bounds: Bounds, where: str) -> None:
-    """A ConfigError unless `value` is finite and within `bounds`, saying which range is valid."""
+    """A PolypsegError unless `value` is finite and within `bounds`, saying which range is valid."""
     low, high, open_low = bounds
     below = value <= low if open_low else value < low
     if not math.isfinite(value) or below or value > high:
         finite = "" if math.isfinite(value) else "a finite number, "
-        raise ConfigError(f"{where} = {value} must be {finite}{_range_text(low, high, open_low)}")
+        raise PolypsegError(f"{where} = {value} must be {finite}{_range_text(low, high, open_low)}")

@@ -11,7 +11,7 @@ import torch
 from polypseg.config import load_config
 from polypseg.data.dataset import KvasirDataset
 from polypseg.dihedral import IDENTITY, transform
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
 
 CPU = torch.device("cpu")
@@ -25,7 +25,7 @@ def _config(tiny_config: Path, augment: tuple[str, ...] = VARIANTS):
 
 
 def test_augment_names_are_checked(tiny_config: Path) -> None:
-    with pytest.raises(ConfigError, match="data.augment"):
+    with pytest.raises(PolypsegError, match="data.augment"):
         load_config(tiny_config, {"data.augment": ["mirror"]})
     assert load_config(tiny_config, {"data.augment": "hflip, rot90"}).data.augment == VARIANTS
     assert load_config(tiny_config, {"data.augment": ""}).data.augment == ()
@@ -87,7 +87,7 @@ def test_validation_never_sees_a_variant(tiny_config: Path, tiny_cache: Path) ->
         for k in range(len(names))
     ]
     assert sorted(order) == list(range(len(names)))
-    with pytest.raises(ConfigError, match="training images only"):
+    with pytest.raises(PolypsegError, match="training images only"):
         prepared.feature_set("val", VARIANTS)
 
 
@@ -99,5 +99,5 @@ def test_the_cache_key_covers_the_variants(tiny_config: Path, tiny_cache: Path) 
     # A trial with fewer variants reads a subset of a larger entry (a study's union).
     subset = two.feature_set("train", ("rot90",))
     assert subset.augmented.shape[0] == 1
-    with pytest.raises(ConfigError, match="vflip"):
+    with pytest.raises(PolypsegError, match="vflip"):
         two.feature_set("train", ("vflip",))

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.config import Config, load_config, parse_set
 from polypseg.data.pairs import list_pairs
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.tuning.spec import load_spec
 
 
@@ -45,7 +45,7 @@ from polypseg.tuning.spec import load_spec
     ],
 )
 def test_bad_values_are_refused_naming_the_key(setting: str, key: str) -> None:
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as raised:
+    with pytest.raises(PolypsegError, match=key.replace(".", r"\.")) as raised:
         load_config(None, parse_set([setting]))
     assert "\n" not in str(raised.value)
 
@@ -71,7 +71,7 @@ def _numeric_keys() -> list[tuple[str, type]]:
 def test_every_numeric_value_must_be_finite_and_in_range(key: str, kind: object) -> None:
     bad = [-1] if kind in ("int", int) else [math.nan, math.inf, -math.inf, -1.0]
     for value in bad:
-        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        with pytest.raises(PolypsegError, match=key.replace(".", r"\.")):
             load_config(None, {key: value})
 
 
@@ -121,7 +121,7 @@ def test_study_spec_values_of_the_wrong_type_are_one_line(
 ) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text(text)
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(PolypsegError) as raised:
         load_spec(spec, load_config(tiny_config))
     line = str(raised.value)
     assert "spec.toml" in line and named in line and "\n" not in line
@@ -262,7 +262,7 @@ def test_the_pixel_limit_is_a_config_value(
 
 @pytest.mark.parametrize("value", [0, -1, 1e6])
 def test_the_pixel_limit_must_be_sane(value: float) -> None:
-    with pytest.raises(ConfigError, match="data.max_megapixels"):
+    with pytest.raises(PolypsegError, match="data.max_megapixels"):
         load_config(None, {"data.max_megapixels": value})
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from polypseg.data.pairs import list_pairs
-from polypseg.errors import CacheError, DataError
+from polypseg.errors import DataError, PolypsegError
 from polypseg.features import builds, encode, entry, npy
 from polypseg.features.cache import FeatureCache
 from polypseg.features.npy import NpyWriter
@@ -126,7 +126,7 @@ def test_too_little_free_space_is_one_line_before_writing(
 ) -> None:
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(encode.shutil, "disk_usage", lambda _: usage._replace(free=1 << 20))
-    with pytest.raises(CacheError, match=r"needs 0\.\d\d GB in .* but only 0\.00 GB are free"):
+    with pytest.raises(PolypsegError, match=r"needs 0\.\d\d GB in .* but only 0\.00 GB are free"):
         _get(FeatureCache(tmp_path / "fc"), encoder, data)
     assert not any((tmp_path / "fc").iterdir())  # no entry, no temporary folder
 
@@ -143,7 +143,7 @@ def test_a_write_error_mid_build_is_one_line_and_leaves_nothing(
         original(self, block)
 
     monkeypatch.setattr(NpyWriter, "write", fills_the_disk)
-    with pytest.raises(CacheError, match="No space left on device") as err:
+    with pytest.raises(PolypsegError, match="No space left on device") as err:
         _get(FeatureCache(tmp_path / "fc"), encoder, data)
     assert "\n" not in str(err.value) and "POLYPSEG_CACHE" in str(err.value)
     assert not any((tmp_path / "fc").iterdir())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from polypseg.config import load_config, parse_set
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 
@@ -39,14 +39,14 @@ def test_ints_are_accepted_for_floats() -> None:
 def test_unknown_section_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "x.toml"
     path.write_text("[optimizer]\nlr = 1\n")
-    with pytest.raises(ConfigError, match=r"unknown section \[optimizer\]"):
+    with pytest.raises(PolypsegError, match=r"unknown section \[optimizer\]"):
         load_config(path)
 
 
 def test_unknown_key_is_an_error_naming_the_valid_ones(tmp_path: Path) -> None:
     path = tmp_path / "x.toml"
     path.write_text("[train]\nlearning_rate = 1e-3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rate'.*lr"):
+    with pytest.raises(PolypsegError, match=r"unknown key 'train.learning_rate'.*lr"):
         load_config(path)
 
 
@@ -61,7 +61,7 @@ def test_unknown_key_is_an_error_naming_the_valid_ones(tmp_path: Path) -> None:
     ],
 )
 def test_wrong_types_are_errors(key: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(PolypsegError, match=key):
         load_config(None, {key: value})
 
 
@@ -75,27 +75,27 @@ def test_wrong_types_are_errors(key: str, value: object) -> None:
     ],
 )
 def test_invalid_values_are_errors(key: str, value: object, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(PolypsegError, match=match):
         load_config(None, {key: value})
 
 
 def test_malformed_set_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(PolypsegError, match="section.key=value"):
         parse_set(["train.lr"])
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(PolypsegError, match="not found"):
         load_config(tmp_path / "nope.toml")
 
 
 def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[train\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(PolypsegError, match="not valid TOML"):
         load_config(path)
 
 
 def test_a_seed_out_of_range_names_the_exact_bounds() -> None:
-    with pytest.raises(ConfigError, match=r"data\.split_seed = -1 must be in \[0, 4294967295\]$"):
+    with pytest.raises(PolypsegError, match=r"data\.split_seed = -1 must be in \[0, 4294967295\]$"):
         load_config(None, {"data.split_seed": -1})

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from polypseg.config import load_config
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
 from polypseg.tracking.ending import kill_orphaned_runs
 from polypseg.tracking.store import setup
@@ -403,7 +403,7 @@ def test_heartbeat_settings_come_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("POLYPSEG_HEARTBEAT", "2,5")
     assert heartbeat_settings() == (2, 5)
     monkeypatch.setenv("POLYPSEG_HEARTBEAT", "5,2")
-    with pytest.raises(ConfigError, match="POLYPSEG_HEARTBEAT='5,2'"):
+    with pytest.raises(PolypsegError, match="POLYPSEG_HEARTBEAT='5,2'"):
         heartbeat_settings()
 
 
@@ -417,6 +417,6 @@ def test_postgresql_urls_use_the_installed_driver() -> None:
 
 
 def test_a_mistyped_storage_url_does_not_leak_its_password() -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(PolypsegError) as error:
         make_storage("postgresql//u:hunter2@127.0.0.1/db")  # no colon: not a URL urllib reads
     assert "hunter2" not in str(error.value) and "u:***@" in str(error.value)

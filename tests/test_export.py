@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.data.images import read_image
 from polypseg.data.pairs import list_pairs
-from polypseg.errors import ExportError
+from polypseg.errors import PolypsegError
 from polypseg.evaluation.predictors import (
     INPUT,
     LOGITS,
@@ -151,7 +151,10 @@ def test_resnet_export_matches_torch_and_a_failed_parity_writes_nothing(
     resnet_model: str, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, images = tmp_path / "resnet.onnx", [str(synthetic_root / "images")]
-    with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"differs .* by \d\.\d"):
+    with (
+        monkeypatch.context() as patch,
+        pytest.raises(PolypsegError, match=r"differs .* by \d\.\d"),
+    ):
         patch.setattr("polypseg.export.onnx.PARITY_TOLERANCE", -1.0)  # any difference fails
         export_onnx(resnet_model, out, images)
     assert not out.exists() and list(tmp_path.glob(".resnet.onnx*")) == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from polypseg.config import EncoderConfig
-from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable
+from polypseg.errors import PolypsegError, WeightsUnavailable
 from polypseg.models.checkpoints import SAM_CHECKPOINTS
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import (
@@ -58,7 +58,7 @@ def test_sam_preprocessing_resizes_the_longest_side_and_pads() -> None:
 
 
 def test_unknown_encoder_lists_the_valid_names() -> None:
-    with pytest.raises(ConfigError, match="sam_vit_b, sam_vit_l"):
+    with pytest.raises(PolypsegError, match="sam_vit_b, sam_vit_l"):
         encoder_architecture("vit_giant")
 
 
@@ -126,7 +126,7 @@ def test_corrupt_checkpoint_of_official_size_is_rejected_by_md5(tmp_path: Path) 
     with fake.open("wb") as handle:
         handle.truncate(SAM_CHECKPOINTS["vit_b"].size)
     config = EncoderConfig(name="sam_vit_b", checkpoint=str(fake))
-    with pytest.raises(CheckpointError, match=f"{fake} is corrupt or truncated"):
+    with pytest.raises(PolypsegError, match=f"{fake} is corrupt or truncated"):
         build_encoder(config)
 
 
@@ -134,14 +134,14 @@ def test_corrupt_auto_checkpoint_in_the_cache_is_rejected(isolated_cache: Path) 
     cached = isolated_cache / "checkpoints" / SAM_CHECKPOINTS["vit_b"].file
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half a download")
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(PolypsegError, match="corrupt or truncated"):
         build_encoder(EncoderConfig(name="sam_vit_b", checkpoint="auto"))
 
 
 def test_unreadable_checkpoint_names_the_file(tmp_path: Path) -> None:
     garbage = tmp_path / "my_sam.pth"
     garbage.write_bytes(b"\x80\x02 this is not a torch file")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint .*my_sam.pth"):
+    with pytest.raises(PolypsegError, match="cannot read checkpoint .*my_sam.pth"):
         build_encoder(EncoderConfig(name="sam_vit_b", checkpoint=str(garbage)))
 
 
@@ -164,7 +164,7 @@ def test_full_sam_checkpoint_loads_its_image_encoder(tmp_path: Path) -> None:
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3)}, path)
-    with pytest.raises(CheckpointError, match="does not fit SAM vit_b"):
+    with pytest.raises(PolypsegError, match="does not fit SAM vit_b"):
         _load_sam("vit_b", _tiny_vit(), str(path))
 
 

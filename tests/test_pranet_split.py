@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.config import DataConfig, load_config
 from polypseg.data.protocol import NAMES_FILE, training_data
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 KVASIR_TEST = [
     "cju0u82z3cuma0835wlxrnrjv",
@@ -119,15 +119,15 @@ def test_training_data_names_every_source(roots: dict[str, Path]) -> None:
 def test_config_keys_are_checked_in_one_line(tmp_path: Path) -> None:
     config = load_config(None, {"data.protocol": "pranet", "data.roots": "kvasir=/a,clinicdb=/b"})
     assert config.data.roots == {"kvasir": "/a", "clinicdb": "/b"}
-    with pytest.raises(ConfigError, match="data.protocol = 'papers'; use one of seed, pranet"):
+    with pytest.raises(PolypsegError, match="data.protocol = 'papers'; use one of seed, pranet"):
         load_config(None, {"data.protocol": "papers"})
-    with pytest.raises(ConfigError, match="data.roots names kvasirseg; the sets are kvasir"):
+    with pytest.raises(PolypsegError, match="data.roots names kvasirseg; the sets are kvasir"):
         load_config(None, {"data.roots": {"kvasirseg": "/a"}})
-    with pytest.raises(ConfigError, match="needs data.roots for clinicdb"):
+    with pytest.raises(PolypsegError, match="needs data.roots for clinicdb"):
         load_config(
             None, {"data.protocol": "pranet", "data.source": "local", "data.roots": "kvasir=/a"}
         )
-    with pytest.raises(ConfigError, match="not a valid table of names to folders"):
+    with pytest.raises(PolypsegError, match="not a valid table of names to folders"):
         load_config(None, {"data.roots": 3})
     toml = tmp_path / "p.toml"
     toml.write_text('[data]\nprotocol = "pranet"\nroots = {kvasir = "/k", clinicdb = "/c"}\n')

@@ -32,7 +32,7 @@ from polypseg.data.protocol import (
     training_data,
 )
 from polypseg.data.source import resolve_root
-from polypseg.errors import ConfigError, DataError, OutputError
+from polypseg.errors import DataError, PolypsegError
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 
 
@@ -53,7 +53,7 @@ def data_copy(synthetic_root: Path, tmp_path: Path) -> Path:
     ["images/new.json", "masks/14.png", "masks/deeper/x.onnx", "images"],
 )
 def test_no_output_lands_in_any_data_set_found_by_layout(data_copy: Path, place: str) -> None:
-    with pytest.raises(OutputError, match="holds the (images|masks) of data set"):
+    with pytest.raises(PolypsegError, match="holds the (images|masks) of data set"):
         if place == "images":
             check_output_dir(data_copy / place)
         else:
@@ -63,7 +63,7 @@ def test_no_output_lands_in_any_data_set_found_by_layout(data_copy: Path, place:
 def test_other_folder_names_of_a_data_set_count_too(tmp_path: Path) -> None:
     for folder in ("Original", "Ground Truth"):
         (tmp_path / "clinic" / folder).mkdir(parents=True)
-    with pytest.raises(OutputError, match="Ground Truth"):
+    with pytest.raises(PolypsegError, match="Ground Truth"):
         check_output_file(tmp_path / "clinic" / "Ground Truth" / "1.tif")
     assert check_output_file(tmp_path / "clinic" / "split.json")  # beside a set, not in it
 
@@ -82,7 +82,7 @@ def test_no_output_lands_in_a_store_or_the_cache(
         (database.parent / "artifacts" / "1" / "x.png", "store's artifacts"),
         (isolated_cache / "features" / "x.json", "feature cache"),
     ]:
-        with pytest.raises(OutputError, match=reason):
+        with pytest.raises(PolypsegError, match=reason):
             check_output_file(path)
     assert check_output_file(tmp_path / "out" / "x.onnx")
 
@@ -94,7 +94,7 @@ def test_an_output_never_replaces_an_input(tmp_path: Path) -> None:
     link = tmp_path / "in" / "link.jpg"
     link.symlink_to(image)
     for out in (image, link):
-        with pytest.raises(OutputError, match="one of the inputs"):
+        with pytest.raises(PolypsegError, match="one of the inputs"):
             check_outputs([(out, "the ONNX model")], out, "choose another", inputs=[image])
     check_outputs([(tmp_path / "in" / "x.onnx", "the ONNX model")], image, "", inputs=[image])
 
@@ -233,7 +233,7 @@ def test_a_black_mask_among_polyp_masks_is_accepted(tmp_path: Path) -> None:
     [("data.image_size", 16384), ("data.image_size", 4112), ("train.weight_decay", 1e30)],
 )
 def test_values_past_their_bounds_are_refused_naming_the_key(key: str, value: float) -> None:
-    with pytest.raises(ConfigError, match=rf"--set: {key}"):
+    with pytest.raises(PolypsegError, match=rf"--set: {key}"):
         load_config(None, {key: value})
     assert load_config(None, {"data.image_size": 4096, "train.weight_decay": 0.1})
 
@@ -244,7 +244,7 @@ def test_an_unusable_cache_home_is_one_line(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("POLYPSEG_CACHE", str(blocker))
-    with pytest.raises(OutputError, match=f"cache folder {blocker}/synthetic .*POLYPSEG_CACHE"):
+    with pytest.raises(PolypsegError, match=f"cache folder {blocker}/synthetic .*POLYPSEG_CACHE"):
         cache_folder("synthetic")
     monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "ro"))
 
@@ -252,7 +252,7 @@ def test_an_unusable_cache_home_is_one_line(
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    with pytest.raises(OutputError, match="read-only file system"):
+    with pytest.raises(PolypsegError, match="read-only file system"):
         cache_folder("synthetic")
 
 
@@ -292,6 +292,6 @@ def test_a_synthetic_data_root_is_checked_as_an_output(
     (tmp_path / "a-file").write_text("")
     shutil.copytree(synthetic_root, tmp_path / "set")
     data = DataConfig(source="synthetic", root=str(tmp_path / place), synthetic_n=2)
-    with pytest.raises(OutputError, match="data.root"):
+    with pytest.raises(PolypsegError, match="data.root"):
         resolve_root(data)
     assert not (tmp_path / place).exists()

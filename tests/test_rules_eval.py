@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from polypseg.atomic import umask
 from polypseg.cli import app
-from polypseg.errors import ModelError, OutputError
+from polypseg.errors import PolypsegError
 from polypseg.evaluation.predictors import OnnxPredictor, Predictor
 from polypseg.evaluation.report import SetReport, check_report_folder, write_folder
 from polypseg.tracking.model_input import ModelInputError, read_images
@@ -65,7 +65,7 @@ def test_a_folder_holding_what_no_evaluation_wrote_is_never_replaced(
 ) -> None:
     (tmp_path / "a.json").write_text("{}")
     (tmp_path / held.rstrip("/")).mkdir() if held.endswith("/") else (tmp_path / held).touch()
-    with pytest.raises(OutputError, match=f"holds {held.rstrip('/')}, which no evaluation wrote"):
+    with pytest.raises(PolypsegError, match=f"holds {held.rstrip('/')}, which no evaluation wrote"):
         check_report_folder(tmp_path)
 
 
@@ -86,7 +86,7 @@ def echo_model(mlflow_store: str) -> str:
 
 
 def test_a_model_that_is_not_polypseg_is_one_line(echo_model: str) -> None:
-    with pytest.raises(ModelError, match="models:/echo/1 is not a polypseg model .it is a Echo"):
+    with pytest.raises(PolypsegError, match="models:/echo/1 is not a polypseg model .it is a Echo"):
         Predictor(echo_model)
 
 
@@ -114,7 +114,7 @@ def test_an_onnx_file_without_polypsegs_metadata_is_refused(tmp_path: Path) -> N
     )
     path = tmp_path / "identity.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
-    with pytest.raises(ModelError, match="is not a polypseg export .no encoder, image_size"):
+    with pytest.raises(PolypsegError, match="is not a polypseg export .no encoder, image_size"):
         OnnxPredictor(path)
 
 

@@ -185,9 +185,9 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capab
 
 def test_unknown_precision_is_a_config_error_naming_the_choices() -> None:
     from polypseg.config import load_config
-    from polypseg.errors import ConfigError
+    from polypseg.errors import PolypsegError
 
-    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+    with pytest.raises(PolypsegError, match="auto, fp32, bf16"):
         load_config(None, {"encoder.precision": "fp8"})
 
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import load_config
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.metrics import dice_over_thresholds, scores, structure_and_emeasure
 
 MISSING_MODEL = "models:/no-such-model@champion"
@@ -147,7 +147,7 @@ def test_empty_study_name_and_bad_timeout_are_refused_up_front(
 
 @pytest.mark.parametrize("size", [1, 7, 48, 100])
 def test_image_size_must_suit_the_encoder_patches(size: int) -> None:
-    with pytest.raises(ConfigError, match=r"data\.image_size.*multiple of 16"):
+    with pytest.raises(PolypsegError, match=r"data\.image_size.*multiple of 16"):
         load_config(None, {"data.image_size": size})
 
 

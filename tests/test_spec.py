@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import SEED_MAX
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.tuning.spec import load_spec, sampler_options
 
 HEAD = '[study]\nname = "s"\nepochs = 4\n'
@@ -42,7 +42,9 @@ def test_tpe_options_are_the_samplers_own_keywords_with_toml_types() -> None:
 
 def test_a_callable_keyword_is_not_a_sampler_option(tmp_path: Path) -> None:
     path = _spec(tmp_path, HEAD + '[sampler]\nname = "tpe"\ngamma = 3\n' + LR_SPACE)
-    with pytest.raises(ConfigError, match=r"\[sampler\] gamma is not an option of tpe; use .*seed"):
+    with pytest.raises(
+        PolypsegError, match=r"\[sampler\] gamma is not an option of tpe; use .*seed"
+    ):
         load_spec(path)
 
 
@@ -68,7 +70,7 @@ def test_option_values_that_fail_later_are_refused_at_load(
 ) -> None:
     name = "tpe" if section == "sampler" else "hyperband"
     path = _spec(tmp_path, f'{HEAD}[{section}]\nname = "{name}"\n{setting}\n{LR_SPACE}')
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(PolypsegError) as refused:
         load_spec(path)
     assert str(refused.value) == f"{path}: [{section}] {named}"
 
@@ -76,7 +78,7 @@ def test_option_values_that_fail_later_are_refused_at_load(
 @pytest.mark.parametrize("choice", ["[8, 16]", "{ width = 8 }"])
 def test_categorical_choices_must_be_scalars(tmp_path: Path, choice: str) -> None:
     space = f'[space."data.ratios"]\ntype = "categorical"\nchoices = [{choice}]\n'
-    with pytest.raises(ConfigError, match=r"space\.data\.ratios\.choices holds .* must be a num"):
+    with pytest.raises(PolypsegError, match=r"space\.data\.ratios\.choices holds .* must be a num"):
         load_spec(_spec(tmp_path, HEAD + space))
 
 

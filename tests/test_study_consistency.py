@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from polypseg.cli import app
 from polypseg.config import load_config
 from polypseg.data.synthetic import make_synthetic
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.models.decoder import SimpleDecoder
 from polypseg.models.encoders import encoder_architecture
 from polypseg.tracking.registry import Score, register_trial
@@ -52,7 +52,7 @@ def test_a_direction_that_would_pick_the_worst_trial_is_refused(
 ) -> None:
     head = f'[study]\nmetric = "{metric}"\ndirection = "{direction}"\n'
     path = _spec(tmp_path, head + LR_SPACE)
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(PolypsegError) as refused:
         load_spec(path)
     right = "minimize" if metric == "val_loss" else "maximize"
     assert str(refused.value) == (
@@ -80,7 +80,7 @@ def test_a_key_a_trial_cannot_change_is_refused_with_the_reason(
     tmp_path: Path, key: str, space: str, reason: str
 ) -> None:
     path = _spec(tmp_path, f'[space."{key}"]\n{space}\n')
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(PolypsegError) as refused:
         load_spec(path)
     assert str(refused.value).startswith(f"{path}: space.{key} cannot be searched: ")
     assert reason in str(refused.value)
@@ -103,21 +103,21 @@ def test_a_study_records_its_base_once_and_refuses_another() -> None:
     check_base(study, _base())
     assert study.user_attrs[BASE_ATTR]["data"] == "kvasir"
     check_base(study, _base())  # the same base joins
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(PolypsegError) as refused:
         check_base(study, _base(data="synthetic/n100-seed0", encoder="sam_tiny"))
     assert str(refused.value).startswith(
         "study 's' was made for data kvasir, encoder sam_vit_b; this run has data "
         "synthetic/n100-seed0, encoder sam_tiny: "
     )
-    with pytest.raises(ConfigError, match=r"made for metric val_dice, direction maximize; "):
+    with pytest.raises(PolypsegError, match=r"made for metric val_dice, direction maximize; "):
         check_base(study, _base(metric="val_loss", direction="minimize"))
-    with pytest.raises(ConfigError, match=r"made for ratios 0.8/0.1/0.1; this run has ratios 0"):
+    with pytest.raises(PolypsegError, match=r"made for ratios 0.8/0.1/0.1; this run has ratios 0"):
         check_base(study, _base(ratios=[0.7, 0.2, 0.1]))
 
 
 def test_a_study_made_before_bases_were_recorded_keeps_its_direction() -> None:
     study = optuna.create_study(study_name="old", direction="minimize")
-    with pytest.raises(ConfigError, match="made for direction minimize; this run has direction"):
+    with pytest.raises(PolypsegError, match="made for direction minimize; this run has direction"):
         check_base(study, _base())
     assert BASE_ATTR not in study.user_attrs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polypseg.config import TrainConfig
-from polypseg.errors import TrainingError
+from polypseg.errors import PolypsegError
 from polypseg.training.fit import FeatureSet, fit, split_scores
 
 CPU = torch.device("cpu")
@@ -86,7 +86,7 @@ def test_callback_sees_every_epoch_and_can_stop_training() -> None:
 def test_nan_loss_stops_with_a_clear_error() -> None:
     bad = _toy(16, 0)
     bad.features[:] = float("nan")
-    with pytest.raises(TrainingError, match="lower train.lr"):
+    with pytest.raises(PolypsegError, match="lower train.lr"):
         fit(bad, _toy(4, 1), 8, 8, TrainConfig(epochs=3, lr=1e-2), CPU)
 
 

@@ -33,10 +33,10 @@ def export(
 ) -> None:
     """Export a model (normalisation, encoder, decoder, upsampling, sigmoid; dynamic batch) to
     ONNX at its training size, check it with onnxruntime against torch, log it to its run."""
-    from polypseg.errors import ExportError
+    from polypseg.errors import PolypsegError
 
     if format != "onnx":
-        raise ExportError(f"--format {format!r}: onnx is the one format polypseg exports")
+        raise PolypsegError(f"--format {format!r}: onnx is the one format polypseg exports")
     from polypseg.export.onnx import PARITY_TOLERANCE, export_onnx
 
     result = export_onnx(model, out, check_images, tracking_uri, log=log)

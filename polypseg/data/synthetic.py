@@ -90,7 +90,7 @@ def make_synthetic(out: str | Path, n: int = 100, seed: int = 0, option: str | N
     """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), atomically; returns `out`.
 
     With `option` (the CLI option that named `out`), a full disk or a read-only place is one
-    `OutputError` line, and nothing of the set is left behind."""
+    `PolypsegError` line, and nothing of the set is left behind."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     with atomic_path(out, directory=True, option=option) as tmp:

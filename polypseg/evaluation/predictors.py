@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from polypseg.dihedral import TTA_VARIANTS, invert, transform
-from polypseg.errors import DataError, ExportError, ModelError, first_line
+from polypseg.errors import DataError, PolypsegError, first_line
 
 ENGINES = ("torch", "onnx")
 ONNX_EXTRA = "pip install -e '.[onnx]'"
@@ -66,7 +66,7 @@ class Predictor(MapPredictor):
             wrapped = None
         if not hasattr(wrapped, "segmenter"):
             what = type(wrapped).__name__ if wrapped is not None else self.model.loader_module
-            raise ModelError(
+            raise PolypsegError(
                 f"{uri} is not a polypseg model (it is a {what}); give a model that polypseg "
                 "train or tune logged, e.g. models:/polypseg@champion"
             )
@@ -126,7 +126,7 @@ def require(module: str) -> ModuleType:
     try:
         return import_module(module)
     except ImportError:
-        raise ExportError(
+        raise PolypsegError(
             f"{module} is not installed: `polypseg export` and `polypseg predict --engine onnx` "
             f"(or evaluate's) need the onnx extra ({ONNX_EXTRA})"
         ) from None
@@ -139,17 +139,17 @@ def providers() -> list[str]:
 
 
 def open_session(path: str | Path) -> Any:
-    """An `onnxruntime.InferenceSession` over `path`; an unreadable file is a `ModelError`."""
+    """An `onnxruntime.InferenceSession` over `path`; an unreadable file is a `PolypsegError`."""
     ort = require("onnxruntime")
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"ONNX model {path} does not exist; write one with `polypseg export`")
+        raise PolypsegError(f"ONNX model {path} does not exist; write one with `polypseg export`")
     try:
         return ort.InferenceSession(str(path), providers=providers())
     except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
         # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:WHY": the why
         why = first_line(err, 1000).rpartition("failed:")[2].strip() or type(err).__name__
-        raise ModelError(
+        raise PolypsegError(
             f"{path} is not an ONNX model onnxruntime can run ({why[:160]}); "
             "write one with `polypseg export`"
         ) from None
@@ -179,7 +179,7 @@ class OnnxPredictor(MapPredictor):
         # writes cannot.
         missing = {PROBABILITIES, LOGITS} - names or {"encoder", "image_size"} - set(self.metadata)
         if missing or not isinstance(shape[-1], int):
-            raise ModelError(
+            raise PolypsegError(
                 f"{path} is not a polypseg export (no {', '.join(sorted(missing)) or 'fixed size'}"
                 "); write one with `polypseg export`"
             )

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from polypseg.atomic import atomic_path, umask
-from polypseg.errors import OutputError
+from polypseg.errors import PolypsegError
 from polypseg.uncertainty import format_interval
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
@@ -87,10 +87,10 @@ def check_report_folder(folder: Path) -> None:
     """Refuse, before any work, a report folder that holds anything an evaluation did not write
     (`--out .`, a data set, a store): the whole folder is replaced."""
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--out {folder} is a file; give a folder for the reports")
+        raise PolypsegError(f"--out {folder} is a file; give a folder for the reports")
     for entry in folder.iterdir() if folder.is_dir() else ():
         if entry.is_symlink() or not entry.is_file() or entry.suffix not in REPORT_SUFFIXES:
-            raise OutputError(
+            raise PolypsegError(
                 f"--out {folder} holds {entry.name}, which no evaluation wrote; the report folder "
                 "is replaced whole, so give a new or empty folder"
             )

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from polypseg.atomic import atomic_path
-from polypseg.errors import ExportError
+from polypseg.errors import PolypsegError
 from polypseg.evaluation.predictors import (
     INPUT,
     LOGITS,
@@ -130,7 +130,7 @@ def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> lis
         if (Path(root) / "images").is_dir():
             return collect_images([str(Path(root) / "images")])
     where = f"its data ({', '.join(data_roots)}) is not here" if data_roots else "it names no data"
-    raise ExportError(
+    raise PolypsegError(
         f"no images to check the export on: {where}; pass --check-images DIR (a few images)"
     )
 
@@ -200,7 +200,7 @@ def export_onnx(
         program.save(tmp, external_data=False)
         worst = parity(tmp, graph, batch)
         if worst > PARITY_TOLERANCE:
-            raise ExportError(
+            raise PolypsegError(
                 f"the ONNX export of {model_uri} differs from the torch model by {worst:.2e} in "
                 f"probability (allowed {PARITY_TOLERANCE:g}); {out} was not written"
             )

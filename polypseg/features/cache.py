@@ -13,7 +13,7 @@ arrays' sizes, headers and first and last MiB) and maps the arrays; `verify=True
 (`polypseg cache --verify`) re-reads every byte. A damaged entry is deleted and rebuilt, never
 used. Entries are built in a temporary folder (`encode.py`: the feature pass) and renamed into
 place when whole; the folders of builds that were killed are removed by the next build
-(`builds.py`); a full or read-only disk is one `CacheError` line.
+(`builds.py`); a full or read-only disk is one `PolypsegError` line.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from polypseg.atomic import atomic_path
 from polypseg.caches import cache_home
 from polypseg.data.pairs import Pair, hash_pairs
-from polypseg.errors import CacheError, DataError, first_line
+from polypseg.errors import DataError, PolypsegError, first_line
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into
 from polypseg.features.entry import FORMAT, open_entry, verify_entry, write_index
@@ -213,7 +213,7 @@ class FeatureCache:
                 }
                 write_index(tmp, body)
         except OSError as err:
-            raise CacheError(
+            raise PolypsegError(
                 f"cannot write the feature cache in {self.directory} ({first_line(err)}); "
                 "free space there or set POLYPSEG_CACHE to a writable disk with room"
             ) from None

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from polypseg.data.dataset import KvasirDataset
 from polypseg.data.pairs import Pair
 from polypseg.dihedral import IDENTITY, transform
-from polypseg.errors import CacheError, DataError, PolypsegError
+from polypseg.errors import DataError, PolypsegError
 from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.outputs import short_of_space
@@ -170,7 +170,7 @@ class _Sink:
         }
         needed = sum(npy_nbytes(*spec) for spec in shapes.values())
         if (free := short_of_space(self.folder, needed + SPACE_MARGIN)) is not None:
-            raise CacheError(
+            raise PolypsegError(
                 f"the feature cache needs {needed / 1e9:.2f} GB in {self.folder.parent} but only "
                 f"{free / 1e9:.2f} GB are free; free some space or set POLYPSEG_CACHE to a larger "
                 "disk"

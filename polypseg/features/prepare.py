@@ -30,7 +30,7 @@ from polypseg.data.pairs import Pair, check_decoding, list_pairs
 from polypseg.data.protocol import training_data
 from polypseg.data.source import resolve_root
 from polypseg.data.split import Split, split_names
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.features.cache import CachedFeatures, FeatureCache, FeatureSet
 from polypseg.models.encoders import FrozenEncoder, build_encoder
 
@@ -46,11 +46,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(
+        raise PolypsegError(
             f"train.device = {name!r} is not a device; use auto, cpu, cuda or mps"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
+        raise PolypsegError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
     return device
 
 
@@ -123,7 +123,7 @@ class Prepared:
         held = self.augmented.names if self.augmented is not None else ()
         wanted = [f"{variant}/{name}" for variant in augment for name in self.split.names(part)]
         if part != "train" or not set(wanted) <= set(held):
-            raise ConfigError(
+            raise PolypsegError(
                 f"data.augment = {list(augment)} for the {part} images, but the feature cache "
                 "holds variants of the training images only, for the data.augment prepared; "
                 "prepare with these variants (a study: list them in its choices)"

@@ -2,7 +2,7 @@
 
 An "auto" checkpoint lives in `$POLYPSEG_CACHE/checkpoints` under its official name and is checked
 against the official MD5 before every use; a file the user names is checked too when it has an
-official file's size. What torch cannot read is a `CheckpointError` naming the file. Hashing 375 MB
+official file's size. What torch cannot read is a `PolypsegError` naming the file. Hashing 375 MB
 to 2.6 GB would slow every start, so an MD5 is remembered with the file's identity (size, inode,
 mtime and ctime in ns: any write changes the last two, and ctime cannot be set back, as git and
 make judge files) in `checkpoints/digests.json`.
@@ -24,7 +24,7 @@ import torch.hub
 
 from polypseg.atomic import write_json
 from polypseg.caches import cache_home, file_digest
-from polypseg.errors import CheckpointError, WeightsUnavailable, first_line
+from polypseg.errors import PolypsegError, WeightsUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ def remembered_md5(path: Path) -> str:
 
 
 def verify(path: Path, official: OfficialCheckpoint) -> None:
-    """Raise `CheckpointError` unless `path` is the official file, byte for byte."""
+    """Raise `PolypsegError` unless `path` is the official file, byte for byte."""
     size = path.stat().st_size
     if size != official.size or remembered_md5(path) != official.md5:
-        raise CheckpointError(
+        raise PolypsegError(
             f"checkpoint {path} is corrupt or truncated ({size} bytes; the official "
             f"{official.file} has {official.size} bytes and MD5 {official.md5}); delete it and "
             "download it again"
@@ -147,10 +147,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise CheckpointError(
+        raise PolypsegError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err, 100)}); "
             "is it truncated or not a PyTorch checkpoint?"
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+        raise PolypsegError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     return state

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from polypseg.config import EncoderConfig
-from polypseg.errors import CheckpointError, ConfigError, WeightsUnavailable, first_line
+from polypseg.errors import PolypsegError, WeightsUnavailable, first_line
 from polypseg.models.checkpoints import load_state_dict, resolve_sam_checkpoint
 from polypseg.models.frozen import FrozenEncoder, Preprocessing
 
@@ -80,7 +80,7 @@ def _load_sam(variant: str, backbone: nn.Module, checkpoint: str) -> None:
     try:
         backbone.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
-        raise CheckpointError(
+        raise PolypsegError(
             f"checkpoint {path} does not fit SAM {variant}'s image encoder "
             f"({first_line(err)}); use the official sam_{variant}_*.pth"
         ) from None
@@ -156,7 +156,7 @@ ENCODERS: dict[str, EncoderEntry] = {
 
 def _entry(name: str) -> EncoderEntry:
     if name not in ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
+        raise PolypsegError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
     return ENCODERS[name]
 
 

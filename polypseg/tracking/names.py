@@ -9,7 +9,7 @@ name goes into an experiment tag key and run names.
 
 from __future__ import annotations
 
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 # A study's UI view is the experiment tag `mlflow.sharedViewState.study-<name>` (MLflow caps tag
 # keys at 250 characters, MAX_EXPERIMENT_TAG_KEY_LENGTH) and its parent runs are named
@@ -34,7 +34,7 @@ def check_study_name(name: str) -> None:
     else:
         reason = _unquotable(name)
     if reason is not None:
-        raise ConfigError(
+        raise PolypsegError(
             f"study name {_shown(name)!r} cannot be used with MLflow: {reason}; choose another "
             "with --study-name or the spec's [study] name"
         )
@@ -58,7 +58,7 @@ def check_registered_model(name: str) -> None:
     else:
         reason = _unquotable(name)
     if reason is not None:
-        raise ConfigError(
+        raise PolypsegError(
             f"tracking.registered_model = {_shown(name)!r}: {reason}; choose another name "
             "(--set tracking.registered_model=NAME)"
         )
@@ -70,7 +70,7 @@ def check_experiment(name: str) -> None:
 
     if not name or len(name) > LIMIT:
         why = f"over {LIMIT} characters" if name else "an experiment needs a name"
-        raise ConfigError(
+        raise PolypsegError(
             f"tracking.experiment = {_shown(name)!r}: {why}; choose another name "
             "(tracking.experiment in the config)"
         )

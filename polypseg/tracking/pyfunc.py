@@ -18,7 +18,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from polypseg.errors import ModelError, first_line
+from polypseg.errors import PolypsegError, first_line
 from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
 from polypseg.models.encoders import FrozenEncoder, encoder_architecture
 from polypseg.models.segmenter import Segmenter
@@ -124,13 +124,13 @@ def log_segmenter_model(
 
 
 def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
-    """`mlflow.pyfunc.load_model` with a missing model or alias as a one-line `ModelError`."""
+    """`mlflow.pyfunc.load_model` with a missing model or alias as a one-line `PolypsegError`."""
     from mlflow.exceptions import MlflowException
 
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
-        raise ModelError(
+        raise PolypsegError(
             f"cannot load model {uri} ({first_line(err, 200)}); check the name, version or alias "
             "(e.g. models:/polypseg@champion) and MLFLOW_TRACKING_URI"
         ) from None

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 
 from polypseg.config import DecoderConfig, TrainConfig
-from polypseg.errors import TrainingError
+from polypseg.errors import PolypsegError
 from polypseg.features.cache import FeatureSet
 from polypseg.interrupts import deferred, interrupt_point
 from polypseg.metrics import dice_iou, dice_over_thresholds, mean_scores, scores
@@ -184,7 +184,7 @@ def fit(
             train_loss = torch.stack(losses).mean().item()  # the epoch's one wait for the device
             trained = time.perf_counter()
             if not math.isfinite(train_loss):
-                raise TrainingError(
+                raise PolypsegError(
                     f"the training loss became {train_loss} in epoch {epoch} "
                     f"(train.lr = {config.lr}, train.weight_decay = {config.weight_decay}); "
                     "lower train.lr, or train.weight_decay"

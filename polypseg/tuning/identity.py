@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 
 if TYPE_CHECKING:  # the spec loads this module before torch and mlflow are imported
     import optuna
@@ -100,7 +100,7 @@ def check_base(study: optuna.Study, base: StudyBase) -> None:
     if differ:
         was = ", ".join(f"{key} {_shown(stored[key])}" for key in differ)
         now = ", ".join(f"{key} {_shown(record[key])}" for key in differ)
-        raise ConfigError(
+        raise PolypsegError(
             f"study {study.study_name!r} was made for {was}; this run has {now}: a study compares "
             "trials by one metric on one data set and encoder; resume it with the config and spec "
             "it was made with, or start another study with --study-name NAME"

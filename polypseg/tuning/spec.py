@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from polypseg.config import SEED_MAX, Config
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.toml_checks import Bounds, check_range, read_toml, typed
 from polypseg.tuning.identity import fixed_key_reason
 
@@ -133,7 +133,7 @@ class StudySpec:
         for param in self.space:
             before, now = stored.get(param.key), param.distribution()
             if before is not None and before != now:
-                raise ConfigError(
+                raise PolypsegError(
                     f"study {study.study_name!r} searched {param.key} as {_describe(before)}, "
                     f"the spec now as {_describe(now)}; keep the stored space or start a new "
                     "study with --study-name"
@@ -155,25 +155,27 @@ def _describe(distribution: Any) -> str:
 
 def _param(key: str, table: Any, where: str, config: Config) -> Param:
     if not isinstance(table, dict):
-        raise ConfigError(
+        raise PolypsegError(
             f'{where}: space entry "{key}" = {table!r} is not a table; write '
             f'[space."{key}"] with type = "float", low = ..., high = ...'
         )
     kind = table.get("type")
     if kind not in PARAM_TYPES:
-        raise ConfigError(
+        raise PolypsegError(
             f"{where}: space.{key}.type = {kind!r}; use one of {', '.join(PARAM_TYPES)}"
         )
     known = {"type", "low", "high", "log", "choices"}
     if unknown := set(table) - known:
-        raise ConfigError(f"{where}: space.{key} has unknown fields {sorted(unknown)}")
+        raise PolypsegError(f"{where}: space.{key} has unknown fields {sorted(unknown)}")
     if kind == "categorical":
         choices = table.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}: space.{key} (categorical) needs a non-empty choices list")
+            raise PolypsegError(
+                f"{where}: space.{key} (categorical) needs a non-empty choices list"
+            )
         for choice in choices:  # Optuna stores numbers, strings and booleans, nothing else
             if not isinstance(choice, (bool, int, float, str)):
-                raise ConfigError(
+                raise PolypsegError(
                     f"{where}: space.{key}.choices holds {choice!r}; each choice must be a "
                     "number, a string or a boolean, like choices = [64, 128]"
                 )
@@ -181,20 +183,20 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
         probes = param.choices
     else:
         if "low" not in table or "high" not in table:
-            raise ConfigError(f"{where}: space.{key} ({kind}) needs low and high")
+            raise PolypsegError(f"{where}: space.{key} ({kind}) needs low and high")
         number = int if kind == "int" else float
         low, high = (
             typed(table[end], number, f"{where}: space.{key}.{end}") for end in ("low", "high")
         )
         log = typed(table.get("log", False), bool, f"{where}: space.{key}.log")
         if low >= high:
-            raise ConfigError(f"{where}: space.{key} ({kind}) needs low < high")
+            raise PolypsegError(f"{where}: space.{key} ({kind}) needs low < high")
         if log and low <= 0:
-            raise ConfigError(f"{where}: space.{key} is log-scaled, so low must be > 0")
+            raise PolypsegError(f"{where}: space.{key} is log-scaled, so low must be > 0")
         param = Param(key, kind, low, high, log)
         probes = (low, high)
     if reason := fixed_key_reason(key):  # a value that would not act is refused, not shown
-        raise ConfigError(f"{where}: space.{key} cannot be searched: {reason}")
+        raise PolypsegError(f"{where}: space.{key} cannot be searched: {reason}")
     for value in probes:  # every value the space can produce must be a valid config value
         config.with_overrides({key: value}, origin=f"{where}: space")
     return param
@@ -203,7 +205,7 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
 def _table(spec: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     value = spec.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {name} = {value!r} must be a [{name}] table")
+        raise PolypsegError(f"{path}: {name} = {value!r} must be a [{name}] table")
     return value
 
 
@@ -212,7 +214,7 @@ def _check_options(section: str, options: dict[str, Any], allowed: dict, path: P
         if key == "name":
             continue
         if key not in allowed:
-            raise ConfigError(
+            raise PolypsegError(
                 f"{path}: [{section}] {key} is not an option of {options.get('name', section)}; "
                 f"use {', '.join(allowed)}"
             )
@@ -224,13 +226,13 @@ def _check_options(section: str, options: dict[str, Any], allowed: dict, path: P
 def _check_sampler(options: dict[str, Any], path: Path) -> None:
     name = options.get("name", "tpe")
     if name not in SAMPLERS:
-        raise ConfigError(f"{path}: [sampler] name = {name!r}; use {' or '.join(SAMPLERS)}")
+        raise PolypsegError(f"{path}: [sampler] name = {name!r}; use {' or '.join(SAMPLERS)}")
     _check_options("sampler", options, sampler_options(name), path)
 
 
 def _check_pruner(options: dict[str, Any], path: Path) -> None:
     if options.get("name", "median") not in PRUNERS:
-        raise ConfigError(
+        raise PolypsegError(
             f"{path}: [pruner] name = {options['name']!r}; use median, hyperband or none"
         )
     _check_options("pruner", options, PRUNER_OPTIONS, path)
@@ -239,23 +241,23 @@ def _check_pruner(options: dict[str, Any], path: Path) -> None:
 def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str, Any]:
     """`[study]` over the defaults (the name: the file's), checked."""
     if unknown := set(study) - {"name", "metric", "direction", "epochs"}:
-        raise ConfigError(f"{path}: [study] has unknown keys {sorted(unknown)}")
+        raise PolypsegError(f"{path}: [study] has unknown keys {sorted(unknown)}")
     defaults = {key: getattr(StudySpec, key) for key in ("metric", "epochs")}
     values = {"name": path.stem, **defaults, **study}
     if not isinstance(values["name"], str) or not values["name"].strip():
-        raise ConfigError(f"{path}: [study] name must be a non-empty string")
+        raise PolypsegError(f"{path}: [study] name must be a non-empty string")
     if (metric := values["metric"]) not in tuple(METRICS):
-        raise ConfigError(f"{path}: [study] metric must be val_dice, val_iou or val_loss")
+        raise PolypsegError(f"{path}: [study] metric must be val_dice, val_iou or val_loss")
     if values.setdefault("direction", METRICS[metric]) not in ("maximize", "minimize"):
-        raise ConfigError(f"{path}: [study] direction must be maximize or minimize")
+        raise PolypsegError(f"{path}: [study] direction must be maximize or minimize")
     if values["direction"] != METRICS[metric]:  # the study would pick its worst trial as best
-        raise ConfigError(
+        raise PolypsegError(
             f"{path}: [study] metric = {metric!r} with direction = {values['direction']!r} "
             f"would pick the worst trial; set direction = {METRICS[metric]!r} or leave it out"
         )
     epochs = typed(values["epochs"], int, f"{path}: [study] epochs")
     if epochs < 1:
-        raise ConfigError(f"{path}: [study] epochs = {epochs} must be at least 1")
+        raise PolypsegError(f"{path}: [study] epochs = {epochs} must be at least 1")
     config.with_overrides({"train.epochs": epochs}, origin=f"{path}: [study] epochs")
     return values
 
@@ -266,7 +268,7 @@ def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
     config = config or Config()
     table = read_toml(path, "study spec", "studies/*.toml")
     if unknown := set(table) - {"study", "sampler", "pruner", "space"}:
-        raise ConfigError(
+        raise PolypsegError(
             f"{path}: unknown sections {sorted(unknown)}; use study, sampler, pruner, space"
         )
     study, sampler, pruner = (_table(table, name, path) for name in ("study", "sampler", "pruner"))
@@ -275,7 +277,7 @@ def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
     _check_pruner(pruner, path)
     space = tuple(_param(k, v, str(path), config) for k, v in _table(table, "space", path).items())
     if not space:
-        raise ConfigError(f'{path}: the search space is empty; add [space."train.lr"] etc.')
+        raise PolypsegError(f'{path}: the search space is empty; add [space."train.lr"] etc.')
     spec = StudySpec(
         **values,
         sampler={**DEFAULT_SAMPLER, **sampler},
@@ -285,5 +287,5 @@ def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
     try:  # Optuna's own checks, should a new version add some
         spec.make_sampler(), spec.make_pruner()
     except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise PolypsegError(f"{path}: {err}") from None
     return spec

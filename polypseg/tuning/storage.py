@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from polypseg.atomic import refused_write, remedy
-from polypseg.errors import ConfigError, StoreError, first_line
+from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
@@ -102,12 +102,12 @@ def check_storage_url(url: str) -> None:
     would vanish at exit, no other worker could share it) or names no usable file (a device
     takes the study's first write and fails at the `fsync` of the next, mid-trial)."""
     if not url.strip():
-        raise ConfigError(
+        raise PolypsegError(
             "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
             "leave the option out for that default"
         )
     if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
-        raise ConfigError(
+        raise PolypsegError(
             f"--storage {url} is an in-memory database: the study would vanish at exit and no "
             "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
         )
@@ -158,7 +158,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     except StoreError:
         raise
     except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
-        raise ConfigError(
+        raise PolypsegError(
             f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
             f"{first_line(err)}); check --storage"
         ) from None

@@ -20,7 +20,7 @@ import mlflow
 import optuna
 
 from polypseg.config import Config
-from polypseg.errors import ConfigError
+from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
 from polypseg.progress import trial_lines
 from polypseg.tracking.ending import kill_dead_runs, kill_orphaned_runs
@@ -96,12 +96,12 @@ def _check_arguments(
     """The door: each argument checked once, in the order `tune` reads them, before a store,
     study or cache is touched; nothing is created here."""
     if not name.strip():
-        raise ConfigError(
+        raise PolypsegError(
             "--study-name is empty; give the study a name, or leave the option out to use the "
             "spec's"
         )
     if timeout is not None and not timeout > 0:
-        raise ConfigError(f"--timeout {timeout:g} must be a positive number of seconds")
+        raise PolypsegError(f"--timeout {timeout:g} must be a positive number of seconds")
     check_storage_url(storage_url)
     check_tracking_uri(tracking_uri)
     check_names(config.tracking.experiment, config.tracking.registered_model, name)
