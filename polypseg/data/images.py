@@ -161,25 +161,6 @@ def unit_range(array: np.ndarray) -> np.ndarray:
     return np.clip(values, 0.0, 1.0)
 
 
-def has_image_header(path: str | Path) -> bool:
-    """Whether Pillow or, for a TIFF, tifffile recognises the file (headers only: fast)."""
-    path = Path(path)
-    try:
-        with Image.open(path):
-            return True
-    except DECODE_ERRORS:
-        pass
-    if not (path.is_file() and _is_tiff(path)):
-        return False
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            return len(tiff.pages) > 0
-    except Exception:  # tifffile raises many types for files that are not TIFFs
-        return False
-
-
 DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 
 
