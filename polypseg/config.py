@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -154,6 +155,21 @@ RANGES: dict[str, Bounds] = {
 NAMES = ("encoder.name", "train.device", "tracking.experiment", "tracking.registered_model")
 
 
+def ratios_problem(ratios: Sequence[float]) -> str | None:
+    """Why `ratios` are not a train/val/test split (the config's and `data split --ratios`)."""
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
+        return f"{list(ratios)} must be three finite fractions >= 0, like 0.8,0.1,0.1"
+    if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
+        return f"{list(ratios)} must sum to 1 with a train part > 0"
+    return None
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """A seed numpy and Optuna take; checked at the door: numpy's refusal is a traceback."""
+    if not 0 <= seed <= SEED_MAX:
+        raise PolypsegError(f"{option} {seed}: expected a whole number from 0 to {SEED_MAX}")
+
+
 def _check_numbers(flat: dict[str, Any], origin: str) -> None:
     size = flat["data.image_size"]
     if size % PATCH or size < RANGES["data.image_size"][0]:
@@ -163,16 +179,8 @@ def _check_numbers(flat: dict[str, Any], origin: str) -> None:
         )
     for key, bounds in RANGES.items():
         check_range(flat[key], bounds, f"{origin}: {key}")
-    ratios = flat["data.ratios"]
-    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
-        raise PolypsegError(
-            f"{origin}: data.ratios = {list(ratios)} must be three finite fractions >= 0, "
-            "like [0.8, 0.1, 0.1]"
-        )
-    if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
-        raise PolypsegError(
-            f"{origin}: data.ratios = {list(ratios)} must sum to 1 with a train part > 0"
-        )
+    if problem := ratios_problem(flat["data.ratios"]):
+        raise PolypsegError(f"{origin}: data.ratios = {problem}")
 
 
 def _check_protocol(data: DataConfig, origin: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from polypseg.cli.app import data_app
-from polypseg.config import SEED_MAX, DataConfig
+from polypseg.config import DataConfig, check_seed
 from polypseg.errors import PolypsegError
 
 PRANET_MIN_N = 5  # one test image per training set, and enough left to train and validate
@@ -19,12 +19,6 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise PolypsegError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
-
-
-def _check_seed(seed: int) -> None:
-    # Checked here, not by typer's min/max: click's range error is four lines without the value.
-    if not 0 <= seed <= SEED_MAX:
-        raise PolypsegError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
 
 
 @data_app.command("download")
@@ -91,7 +85,7 @@ def data_synth(
     from polypseg.data.synthetic import make_pranet_layout, make_synthetic
     from polypseg.outputs import check_output_dir, check_output_file
 
-    _check_seed(seed)
+    check_seed(seed)  # not typer's min/max: click's error is four lines
     if layout not in ("kvasir", "pranet"):
         raise PolypsegError(f"--layout {layout!r}: use kvasir or pranet")
     if (out is None) == (video is None):
@@ -165,7 +159,7 @@ def data_split(
     from polypseg.data.split import split_names
     from polypseg.outputs import check_output_file
 
-    _check_seed(seed)
+    check_seed(seed)
     if out is not None:
         check_output_file(out)  # no data set, store or cache, whichever the protocol
     if protocol not in ("seed", "pranet"):

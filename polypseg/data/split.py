@@ -17,12 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polypseg.config import DataConfig
+from polypseg.config import DataConfig, ratios_problem
 from polypseg.errors import DataError
 
-# The protocol's split, as a config's `[data]` defaults it.
-DEFAULT_SEED = DataConfig.split_seed
-DEFAULT_RATIOS = DataConfig.ratios
+DEFAULT_SEED = DataConfig.split_seed  # evaluation/compare.py's
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,8 @@ class Split:
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0):
-        raise DataError(
-            f"ratios {list(ratios)} must be three non-negative numbers summing to 1, "
-            "e.g. 0.8,0.1,0.1"
-        )
-    if ratios[0] == 0:
-        raise DataError(f"ratios {list(ratios)} leave nothing to train on; the first must be > 0")
+    if problem := ratios_problem(ratios):
+        raise DataError(f"ratios {problem}")
     return (float(ratios[0]), float(ratios[1]), float(ratios[2]))
 
 
@@ -109,7 +102,9 @@ def hold_out(names: Iterable[str], fraction: float, seed: int) -> tuple[list[str
 
 
 def split_names(
-    names: Iterable[str], seed: int = DEFAULT_SEED, ratios: Sequence[float] = DEFAULT_RATIOS
+    names: Iterable[str],
+    seed: int = DataConfig.split_seed,
+    ratios: Sequence[float] = DataConfig.ratios,
 ) -> Split:
     """Split file names into train/val/test; depends only on the set of names, seed and ratios."""
     ratios = check_ratios(ratios)

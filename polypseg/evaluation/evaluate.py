@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypseg.config import SEED_MAX
+from polypseg.config import DataConfig, check_seed
 from polypseg.data.sets import find_dataset_root
-from polypseg.data.split import DEFAULT_SEED
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
@@ -199,7 +198,7 @@ def evaluate(
     *,
     predictions: str | Path | None = None,
     protocol: str = "default",
-    seed: int = DEFAULT_SEED,
+    seed: int = DataConfig.split_seed,
     progress: bool = True,
     tracking_uri: str | None = None,
     engine: str = "torch",
@@ -217,8 +216,7 @@ def evaluate(
         raise DataError("pass either --model URI or --predictions DIR (one of them)")
     if predictions is not None and split not in (None, "all"):
         raise DataError(f"--split {split}: --predictions scores every map it holds; drop --split")
-    if not 0 <= seed <= SEED_MAX:  # numpy would refuse it with a traceback, mid-evaluation
-        raise DataError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
+    check_seed(seed)
     out = Path(out) if out is not None else None
     if sets[0].named and out is not None and out.suffix == ".json":
         raise DataError(f"--out {out}: with NAME=DIR roots, --out is a folder")

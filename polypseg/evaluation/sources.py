@@ -26,7 +26,7 @@ from polypseg.data.pairs import (
     refuse_implausible_masks,
 )
 from polypseg.data.sets import SETS, find_dataset_root
-from polypseg.data.split import DEFAULT_RATIOS, split_names
+from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import pair_maps, read_map, resize_map
 from polypseg.evaluation.scoring import SetScorer
@@ -76,7 +76,7 @@ def select_pairs(root: Path, split: str, seed: int) -> list[Pair]:
         return pairs
     if split != "test":
         raise DataError(f"--split {split!r}: use test (the held-out 10%) or all")
-    names = set(split_names([p.name for p in pairs], seed, DEFAULT_RATIOS).names("test"))
+    names = set(split_names([p.name for p in pairs], seed).names("test"))
     return [p for p in pairs if p.name in names]
 
 
