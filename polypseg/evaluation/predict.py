@@ -8,7 +8,7 @@ before the model loads: none may land among the inputs, no two may share a name.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,27 +50,12 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def input_folders(images: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
-    """`check_outputs`' `folders` (each image's own, as given and behind a link) and `trees` (a
-    data set's `images/` and `masks/`: the ground truth there has our masks' stems)."""
-    folders: dict[Path, str] = {}
-    trees: dict[Path, str] = {}
-    for image in images:
-        for folder in (image.parent, Path(os.path.realpath(image)).parent):
-            folders.setdefault(folder, "input images")
-            root = folder.parent
-            if folder.name == "images" and (root / "masks").is_dir():
-                trees.setdefault(folder, f"the images of data set {root}")
-                trees.setdefault(root / "masks", f"the ground-truth masks of data set {root}")
-    return folders, trees
-
-
 def plan_outputs(
     images: Sequence[Path], out_dir: Path, overlay: bool
 ) -> list[tuple[Path, Path, Path | None]]:
     """Each image with the mask (and overlay) it will write; refused before any work when one
     would land among the inputs, or two would have one name (`a.png` and `a.jpg`, or `a.png`'s
-    overlay and `a_overlay.png`)."""
+    overlay and `a_overlay.png`). A data set's folders are refused by `check_outputs` itself."""
     plan = [
         (image, out_dir / f"{image.stem}.png", out_dir / f"{image.stem}_overlay.png")
         for image in images
@@ -78,8 +63,11 @@ def plan_outputs(
     outputs = [(mask, str(image)) for image, mask, _ in plan]
     if overlay:
         outputs += [(tinted, f"{image} (--overlay)") for image, _, tinted in plan]
-    folders, trees = input_folders(images)
-    check_outputs(outputs, out_dir, "rename one of them", folders=folders, trees=trees)
+    # Each image's own folder, as given and behind a link.
+    folders = {
+        f: "input images" for i in images for f in (i.parent, Path(os.path.realpath(i)).parent)
+    }
+    check_outputs(outputs, out_dir, "rename one of them", folders=folders)
     return [(image, mask, tinted if overlay else None) for image, mask, tinted in plan]
 
 
@@ -147,20 +135,28 @@ def predict(
             overlays.append(tinted)
             row["overlay"] = str(tinted)
         rows.append(row)
-    run_id, run_url = _log_prediction(predictor, out_dir, rows, maps, tta)
+    import mlflow
+
+    out = out_dir.resolve()
+    params = {"n_images": len(rows), "out_dir": str(out), "maps": maps, "tta": tta}
+    record = {"model": predictor.describe(), "outputs": rows}
+    run_id, run_url = log_prediction(
+        predictor, out.name, params, lambda: mlflow.log_dict(record, "predictions.json")
+    )
     return Prediction(outputs + overlays, run_id, run_url)
 
 
-def _log_prediction(predictor: MapPredictor, out_dir: Path, rows: list[dict], maps: bool, tta: str):
+def log_prediction(
+    predictor: MapPredictor, name: str, params: dict, log: Callable[[], None]
+) -> tuple[str, str]:
+    """One run named `predict-<name>` tagged with the model (`model_tags`), `params` logged and
+    `log` called inside it (the outputs' record); its id and URL."""
     import mlflow
 
     from polypseg.tracking.runs import tracked_run
     from polypseg.tracking.store import runs_url
 
-    described = predictor.describe()
-    tags = model_tags(described)
-    with tracked_run(run_name=f"predict-{out_dir.resolve().name}", tags=tags) as run:
-        out = str(out_dir.resolve())
-        mlflow.log_params({"n_images": len(rows), "out_dir": out, "maps": maps, "tta": tta})
-        mlflow.log_dict({"model": described, "outputs": rows}, "predictions.json")
+    with tracked_run(run_name=f"predict-{name}", tags=model_tags(predictor.describe())) as run:
+        mlflow.log_params(params)
+        log()
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

@@ -193,28 +193,20 @@ def predict_video(
             seconds = time.perf_counter() - start
     finally:
         reader.close()
-    run_id, run_url = _log_video(predictor, video, engine, tta, frames, seconds, table)
+    import mlflow
+
+    from polypseg.evaluation.predict import log_prediction
+
+    params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
+
+    def log() -> None:
+        mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
+        mlflow.log_artifact(str(table))
+
+    run_id, run_url = log_prediction(predictor, video.stem, params, log)
     if reader.broken is not None:
         raise DataError(
             f"video {video} breaks off after {frames} frames ({reader.broken}); the frames read "
             f"are in {overlay} and {table}"
         )
     return VideoPrediction(overlay, table, frames, seconds, run_id, run_url)
-
-
-def _log_video(
-    predictor: Any, video: Path, engine: str, tta: str, frames: int, seconds: float, table: Path
-) -> tuple[str, str]:
-    import mlflow
-
-    from polypseg.evaluation.predict import model_tags
-    from polypseg.tracking.runs import tracked_run
-    from polypseg.tracking.store import runs_url
-
-    tags = model_tags(predictor.describe())
-    with tracked_run(run_name=f"predict-{video.stem}", tags=tags) as run:
-        params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
-        mlflow.log_params(params)
-        mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
-        mlflow.log_artifact(str(table))
-    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
