@@ -9,8 +9,7 @@ import pytest
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from polypseg.data.images import read_image, unit_range
-from polypseg.data.images import read_pixels as read_array
+from polypseg.data.images import decode, pixels, read_image, unit_range
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import (
     pair_maps,
@@ -19,6 +18,10 @@ from polypseg.evaluation.maps import (
     resize_map,
 )
 from polypseg.metrics import pranet_image_scores
+
+
+def read_array(path: Path) -> np.ndarray:
+    return pixels(decode(path))
 
 
 def _pillow_fails(path: Path) -> None:

@@ -5,7 +5,7 @@ masks, `predict`'s inputs and the data checks. Real polyp sets ship as TIFF (CVC
 frames and masks), and TIFF allows sample layouts Pillow refuses (float or 32-bit RGB, signed
 samples, more than four samples per pixel): those come from `tifffile` as channels-last arrays in
 their own dtype. `read_image` turns either into RGB, `masks.read_mask` into a mask by the mask
-rule, and `read_pixels` keeps the values as stored; `unit_range` reads any of them as floats in
+rule, and `pixels` keeps the values as stored; `unit_range` reads any of them as floats in
 [0, 1] (MATLAB's `im2double`, which PraNet's evaluation applies to maps). Pillow's own
 decompression-bomb guard is silenced: our pixel limit (`data.max_megapixels`) is checked first.
 """
@@ -13,8 +13,6 @@ decompression-bomb guard is silenced: our pixel limit (`data.max_megapixels`) is
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +32,6 @@ def _is_tiff(path: Path) -> bool:
         return True
     with open(path, "rb") as handle:
         return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-@contextmanager
-def pixel_guard(path: Path) -> Iterator[None]:
-    """Pillow's decompression-bomb warning silenced and its error turned into one line.
-
-    Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error remains
-    for files beyond Pillow's hard limit, which is above any limit the config allows.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            yield
-        except Image.DecompressionBombError:
-            raise DataError(
-                f"image {path} is over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
-                "downscale it or leave it out"
-            ) from None
 
 
 def _tiff_array(path: Path) -> np.ndarray:
@@ -80,10 +60,19 @@ def decode(path: str | Path) -> Decoded:
     a DataError naming the file when neither can."""
     path = Path(path)
     try:
-        with pixel_guard(path), Image.open(path) as image:
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # a camera's sideways pixels, upright
-            return image
+        # Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error
+        # remains for files beyond its hard limit, above any limit the config allows.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # a camera's sideways pixels
+                return image
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image {path} is over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels; "
+            "downscale it or leave it out"
+        ) from None
     except DECODE_ERRORS as err:
         if path.is_file() and _is_tiff(path):
             return _tiff_array(path)
@@ -111,11 +100,6 @@ def pixels(decoded: Decoded) -> np.ndarray:
         transparent = decoded.mode == "PA" or "transparency" in decoded.info
         return np.asarray(decoded.convert("RGBA" if transparent else "RGB"))
     return np.asarray(decoded.convert("RGB"))
-
-
-def read_pixels(path: str | Path) -> np.ndarray:
-    """An image file's pixels, H×W or H×W×C, in their own dtype (16-bit stays 16-bit)."""
-    return pixels(decode(path))
 
 
 def to_rgb(decoded: Decoded) -> np.ndarray:
@@ -164,13 +148,11 @@ def unit_range(array: np.ndarray) -> np.ndarray:
 DEFAULT_MAX_MEGAPIXELS = DataConfig.max_megapixels  # for commands without a config
 
 
-def pixel_problem(width: int, height: int, limit: float | None = None) -> str | None:
-    """Why a `width`×`height` image is refused (over `limit` megapixels, default the data
-    config's), or None."""
-    limit = DEFAULT_MAX_MEGAPIXELS if limit is None else limit
-    if width * height <= limit * 1e6:
+def pixel_problem(width: int, height: int) -> str | None:
+    """Why a `width`×`height` frame or served image is refused (over the default limit), or None."""
+    if width * height <= DEFAULT_MAX_MEGAPIXELS * 1e6:
         return None
     return (
-        f"{width}x{height} is {width * height / 1e6:.3g} megapixels, over the {limit:g}-megapixel "
-        "limit; downscale it"
+        f"{width}x{height} is {width * height / 1e6:.3g} megapixels, over the "
+        f"{DEFAULT_MAX_MEGAPIXELS:g}-megapixel limit; downscale it"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypseg.data.images import IMAGE_SUFFIXES, read_pixels, unit_range
+from polypseg.data.images import IMAGE_SUFFIXES, decode, pixels, unit_range
 from polypseg.data.masks import read_mask
 from polypseg.data.pairs import Pair, files_by_stem
 from polypseg.errors import DataError, listing
@@ -25,7 +25,7 @@ PRANET_MASK_THRESHOLD = 128
 
 def read_map(path: str | Path) -> np.ndarray:
     """A prediction map as float64 in [0, 1]: the first channel, as MATLAB's `im2double`."""
-    array = read_pixels(path)
+    array = pixels(decode(path))
     return unit_range(array[..., 0] if array.ndim == 3 else array)
 
 
