@@ -107,7 +107,7 @@ FILE_CAUSES = (
 )
 
 
-def foreground_problem(fractions: Sequence[float], where: str, cause: str = FILE_CAUSES) -> str:
+def foreground_problem(fractions: Sequence[float], where: str) -> str:
     """Why these masks' foreground fractions cannot be polyp annotations, or "" when they can.
 
     All empty is refused at any count; a mean above `MOSTLY_POLYP` from two masks on (one
@@ -115,7 +115,7 @@ def foreground_problem(fractions: Sequence[float], where: str, cause: str = FILE
     """
     n = len(fractions)
     if n and max(fractions) == 0:
-        return f"all {n} masks in {where} are empty: {cause}"
+        return f"all {n} masks in {where} are empty: {FILE_CAUSES}"
     if n >= 2 and (mean := float(np.mean(fractions))) > MOSTLY_POLYP:
         return (
             f"the {n} masks in {where} are {mean:.0%} polyp on average: are they inverted "

@@ -298,17 +298,15 @@ def pair_problems(
     return _phrases(found, max_megapixels)
 
 
-def refuse_bad_images(
-    paths: Sequence[Path], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-) -> None:
+def refuse_bad_images(paths: Sequence[Path]) -> None:
     """Single images (predict's inputs) checked like pairs: links, the pixel limit, decoding."""
     if broken := [p for p in paths if is_broken_link(p)]:
         raise DataError(broken_links_problem(broken) + "; fix or remove them")
     found: dict[str, list[str]] = {"large": [], "undecodable": []}
-    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode=True)
+    verdicts = _inspect_all(paths, DEFAULT_MAX_MEGAPIXELS * 1e6, decode=True)
     for path, verdict in zip(paths, verdicts, strict=True):
         _note(found, str(path), *verdict[:2])
-    if problems := _phrases(found, max_megapixels):
+    if problems := _phrases(found, DEFAULT_MAX_MEGAPIXELS):
         raise DataError("; ".join(problems) + "; pass image files that decode")
 
 

@@ -49,12 +49,12 @@ def _last_change(folder: Path) -> float:
     return max(times)
 
 
-def is_stale(folder: Path, now: float | None = None) -> bool:
+def is_stale(folder: Path) -> bool:
     """Whether a build folder's owner is gone (see the module docstring)."""
     owner = _owner(folder)
     if owner is not None and owner.machine == this_machine():
         return owner.is_gone(last_beat=None, grace=STALE_AFTER_S)
-    return (now if now is not None else time.time()) - _last_change(folder) > STALE_AFTER_S
+    return time.time() - _last_change(folder) > STALE_AFTER_S
 
 
 def clean_stale_builds(directory: Path) -> list[Path]:
