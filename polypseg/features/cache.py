@@ -8,12 +8,9 @@ features; hashing the images is cheap next to the rest (1000 synthetic pairs: 0.
 An augmentation entry (`variants`, from `data.augment`) holds the training images' features
 under each named dihedral variant, one row per `<variant>/<name>`; its key covers the variants.
 
-A hit checks the entry cheaply, at a cost independent of its size (the index's own digest, the
-arrays' sizes, headers and first and last MiB) and maps the arrays; `verify=True`
-(`polypseg cache --verify`) re-reads every byte. A damaged entry is deleted and rebuilt, never
-used. Entries are built in a temporary folder (`encode.py`: the feature pass) and renamed into
-place when whole; the folders of builds that were killed are removed by the next build
-(`builds.py`); a full or read-only disk is one `PolypsegError` line.
+A hit runs the cheap check of `npy.py` (`verify=True`, `polypseg cache --verify`: every byte);
+a damaged entry is deleted and rebuilt, never used. Entries are built in a temporary folder
+(`encode.py`) and renamed into place when whole; killed builds are cleaned by `builds.py`.
 """
 
 from __future__ import annotations
