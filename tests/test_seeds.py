@@ -97,3 +97,24 @@ def test_tune_registers_a_version_with_its_seed_spread_and_a_card(
         assert named in card
     assert "test_dice " + version.tags["polypseg.test_dice_mean"] in card
     assert "not a medical device" in card and "Not evaluated yet" in card
+
+
+def test_a_pranet_tune_prints_the_champions_table_and_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polypseg.config import Config
+    from polypseg.tracking.registry import Registration
+    from polypseg.tuning.finish import literature_table
+
+    monkeypatch.chdir(tmp_path)
+    table = Path("evaluation") / "m-v3" / "table.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("| Data set | n | mDice |\n| kvasir | 2 | 0.5 |\n")
+    champion = Registration("m", "3", champion=True, new=True)
+    pranet = Config().with_overrides({"data.protocol": "pranet"})
+    assert literature_table(pranet, champion) == [
+        "| Data set | n | mDice |",
+        "| kvasir | 2 | 0.5 |",
+        f"the champion's table: {table}",
+    ]
+    assert literature_table(Config(), champion) == []  # the default protocol has none

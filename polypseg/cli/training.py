@@ -158,8 +158,9 @@ def tune(
     import mlflow
 
     from polypseg.tracking.views import ui_instructions
+    from polypseg.tuning.finish import literature_table
 
-    for line in result.best_trials_table():
+    for line in [*result.best_trials_table(), *literature_table(cfg, result.registration)]:
         typer.echo(line)
     for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
         typer.echo(line, err=True)

@@ -84,6 +84,18 @@ def score_on_literature_sets(
         evaluate_champion(config, registration.name, registration.version, tracking_uri, progress)
 
 
+def literature_table(config: Config, registration: Registration | None) -> list[str]:
+    """Under `data.protocol = "pranet"`, the champion's five-set table and where it lies."""
+    from pathlib import Path
+
+    if config.data.protocol != "pranet" or registration is None or not registration.champion:
+        return []
+    table = Path("evaluation") / f"{registration.name}-v{registration.version}" / "table.md"
+    if not table.is_file():
+        return []
+    return [*table.read_text().splitlines(), f"the champion's table: {table}"]
+
+
 def check_literature_sets(config: Config) -> None:
     """Under `data.protocol = "pranet"`, every test set's folder found (or downloaded) before
     any trial: a missing set is one line now, not a failure after the study has run."""
