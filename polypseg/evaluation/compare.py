@@ -167,20 +167,10 @@ def compare(
     return comparison
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, float]:
-    """`{"delta": {"mdice": {"mean": x}}}` as `{"delta_mdice_mean": x}`, Nones left out."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}_"))
-        elif value is not None:
-            flat[prefix + key] = float(value)
-    return flat
-
-
 def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tuple[str, str]:
     """One run: `<set>/delta_mdice_mean` (plain names for one unnamed set), the JSON."""
     import mlflow
+    import pandas as pd
 
     from polypseg.tracking.runs import tracked_run
     from polypseg.tracking.store import runs_url
@@ -188,8 +178,9 @@ def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tu
     tags = {f"polypseg.{side}": value for side, value in zip(SIDES, values, strict=True)}
     tags["polypseg.protocol"] = protocol
     with tracked_run(run_name=f"compare-{'+'.join(results)}-{protocol}", tags=tags) as run:
-        for name, result in results.items():
-            mlflow.log_metrics(_flat(result, f"{name}/" if named else ""))
+        for name, result in results.items():  # delta.mdice.mean as <set>/delta_mdice_mean
+            flat = pd.json_normalize(result, sep="_").iloc[0].items()
+            mlflow.log_metrics({f"{name}/" * named + k: v for k, v in flat if v is not None})
         mlflow.log_dict(results, "comparison.json")
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
 
