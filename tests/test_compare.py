@@ -125,3 +125,25 @@ def test_a_side_short_of_images_is_refused_in_one_line_naming_them(
     assert f"the candidate {short} has none for" in line
     assert all(stem in line for stem in missing), line
     assert not Path(mlflow_store.removeprefix("sqlite:///")).exists()  # refused before any run
+
+
+def test_comparing_a_registered_version_puts_the_result_on_its_card(
+    runner: CliRunner, model_env: dict, tmp_path: Path
+) -> None:
+    maps = _noisy_maps(model_env["root"], tmp_path / "maps", 0.3, seed=1)
+    args = [
+        "compare",
+        str(maps),
+        "models:/polypseg-eval@champion",
+        "--root",
+        str(model_env["root"]),
+    ]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "c.json").read_text())
+    version = mlflow.MlflowClient().get_model_version("polypseg-eval", model_env["version"])
+    assert f"as the candidate, against {maps} (candidate − baseline)" in version.description
+    wins = f"images won {found['candidate_better']} / {found['baseline_better']}"
+    assert (
+        f"(n {found['n_images']}) Δ mDice " in version.description and wins in version.description
+    )

@@ -71,6 +71,9 @@ def test_sets_pranet_gives_the_table_the_metrics_and_the_versions_record(
         assert version.tags[f"pranet.{name}.mdice_ci"] == interval
         assert f"{run.data.metrics[f'{name}/mdice']:.3f}" == row["mdice"]
     assert run.data.tags["polypseg.protocol"] == "pranet"
+    card = version.description  # the model card holds the table with its intervals
+    assert f"| kvasir | {rows[0]['n_images']} | {version.tags['pranet.kvasir.mdice']} [" in card
+    assert "not a medical device" in card
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"table.md", "table.csv", "kvasir", "cvc300"} <= artifacts
 

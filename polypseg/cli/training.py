@@ -43,27 +43,45 @@ def train(
     log_model: Annotated[
         bool, typer.Option(help="Log the full pyfunc model (encoder included) as `model`.")
     ] = True,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Train N times on the same features, seeds train.seed to train.seed+N-1, as "
+            "children of one run that logs the spread (test_dice_mean, test_dice_sd, ...).",
+        ),
+    ] = 1,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Train the decoder once on cached features: one MLflow run; prints run_id and test_dice."""
+    """Train the decoder on cached features: one MLflow run (--seeds N: one parent of N runs);
+    prints run_id and test_dice (the mean over the seeds)."""
     cfg = load_cli_config(config, set_)  # a bad config is refused before torch and mlflow load
+    from polypseg.tuning.spec import check_seeds
+
+    check_seeds(seeds, cfg, "--seeds")
     import mlflow
 
     from polypseg.features.prepare import prepare
     from polypseg.progress import EpochLines
     from polypseg.tracking.runs import tracked_run
     from polypseg.tracking.store import setup
-    from polypseg.training.run import train_and_log
+    from polypseg.training.run import train_and_log, train_seeds
 
     experiment_id = setup(cfg.tracking.experiment, tracking_uri)  # a bad store fails before work
-    prepared = prepare(cfg)
-    with tracked_run(run_name=config.stem):
+    prepared = prepare(cfg)  # once: every seed trains on the same cached features
+    with tracked_run(run_name=config.stem) as run:
         # One line per epoch, on a terminal or in a log: train has no bar to show progress.
         epochs = EpochLines(interval_s=0)
-        outcome = train_and_log(prepared, cfg, on_epoch=epochs, log_model=log_model)
-    for line in _run_instructions(experiment_id, outcome.run_id, mlflow.get_tracking_uri()):
+        if seeds == 1:
+            test_dice = train_and_log(prepared, cfg, epochs, log_model).metrics["test_dice"]
+        else:
+            outcome = train_seeds(prepared, cfg, seeds, epochs, log_model)
+            test_dice = outcome.spread["test_dice_mean"]
+            for line in outcome.lines():
+                typer.echo(line)
+    for line in _run_instructions(experiment_id, run.info.run_id, mlflow.get_tracking_uri()):
         typer.echo(line, err=True)
-    typer.echo(f"run_id={outcome.run_id} test_dice={outcome.metrics['test_dice']:.4f}")
+    typer.echo(f"run_id={run.info.run_id} test_dice={test_dice:.4f}")
 
 
 @app.command("tune")
@@ -140,8 +158,9 @@ def tune(
     import mlflow
 
     from polypseg.tracking.views import ui_instructions
+    from polypseg.tuning.finish import literature_table
 
-    for line in result.best_trials_table():
+    for line in [*result.best_trials_table(), *literature_table(cfg, result.registration)]:
         typer.echo(line)
     for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
         typer.echo(line, err=True)

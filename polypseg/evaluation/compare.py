@@ -9,6 +9,7 @@ differences of mDice and mIoU get a paired-bootstrap interval and Wilcoxon's p
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from polypseg.outputs import check_output_file, check_outputs
 from polypseg.uncertainty import RESAMPLES, check_resamples, format_interval, paired_difference
 
 SIDES = ("baseline", "candidate")
+SIDE_WINS = operator.itemgetter("candidate_better", "baseline_better")
 FIGURES = ("mdice", "miou")  # the names of `SetScorer.interval_keys` in the comparison
 
 
@@ -52,11 +54,9 @@ class Comparison:
         for name, result in self.sets.items():
             cells = [name, str(result["n_images"])]
             for key in FIGURES:
-                delta = result["delta"][key]
-                interval = None if delta["ci_low"] is None else (delta["ci_low"], delta["ci_high"])
                 cells += [f"{result[side][key]:.3f}" for side in SIDES]
-                cells += [format_interval(delta["mean"], interval), f"{delta['p_value']:.2g}"]
-            cells.append(f"{result['candidate_better']} / {result['baseline_better']}")
+                cells += _delta(result["delta"][key])
+            cells.append("{} / {}".format(*SIDE_WINS(result)))
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -157,6 +157,7 @@ def compare(
         results[data.name] = _compare_set(scorers[0].rows, scorers[1].rows, keys, resamples)
     named = sets[0].named
     run_id, run_url = _log(results, named, values, protocol)
+    _record_on_versions(results, values, run_id)
     comparison = Comparison(results, named, run_id, run_url)
     if out is not None:
         from polypseg.atomic import atomic_path
@@ -166,20 +167,10 @@ def compare(
     return comparison
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, float]:
-    """`{"delta": {"mdice": {"mean": x}}}` as `{"delta_mdice_mean": x}`, Nones left out."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}_"))
-        elif value is not None:
-            flat[prefix + key] = float(value)
-    return flat
-
-
 def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tuple[str, str]:
     """One run: `<set>/delta_mdice_mean` (plain names for one unnamed set), the JSON."""
     import mlflow
+    import pandas as pd
 
     from polypseg.tracking.runs import tracked_run
     from polypseg.tracking.store import runs_url
@@ -187,7 +178,31 @@ def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tu
     tags = {f"polypseg.{side}": value for side, value in zip(SIDES, values, strict=True)}
     tags["polypseg.protocol"] = protocol
     with tracked_run(run_name=f"compare-{'+'.join(results)}-{protocol}", tags=tags) as run:
-        for name, result in results.items():
-            mlflow.log_metrics(_flat(result, f"{name}/" if named else ""))
+        for name, result in results.items():  # delta.mdice.mean as <set>/delta_mdice_mean
+            flat = pd.json_normalize(result, sep="_").iloc[0].items()
+            mlflow.log_metrics({f"{name}/" * named + k: v for k, v in flat if v is not None})
         mlflow.log_dict(results, "comparison.json")
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
+
+
+def _record_on_versions(results: dict, values: Sequence[str], run_id: str) -> None:
+    """The comparison on the card of each side that is a registered version (the latest one)."""
+    from polypseg.evaluation.predictors import registered_version
+    from polypseg.tracking.registry import update_card
+
+    for side, value, other in zip(SIDES, values, values[::-1], strict=True):
+        if found := registered_version(value, strict=False):
+            sets = "; ".join(
+                "{} (n {}) Δ mDice {}, p {}, images won {} / {}".format(
+                    name, r["n_images"], *_delta(r["delta"]["mdice"]), *SIDE_WINS(r)
+                )
+                for name, r in results.items()
+            )
+            text = f"as the {side}, against {other} (candidate − baseline): {sets}; run {run_id}"
+            update_card(found[0], found[1], {"polypseg.comparison": text})
+
+
+def _delta(delta: dict) -> list[str]:
+    """A paired difference as `[its value [95 % CI], its p]`."""
+    interval = None if delta["ci_low"] is None else (delta["ci_low"], delta["ci_high"])
+    return [format_interval(delta["mean"], interval), f"{delta['p_value']:.2g}"]

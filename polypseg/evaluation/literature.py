@@ -2,8 +2,9 @@
 
 `evaluate_sets` scores a model on named sets' test images (`data.protocol`) as `evaluate
 --protocol pranet` scores any set, and writes the table on the registered version as tags
-(`pranet.kvasir.mdice = 0.912`), which the MLflow UI shows on the version's page; each
-evaluation replaces the whole family, so rows never mix evaluations.
+(`pranet.kvasir.mdice = 0.912`) and in its card (`tracking.registry.model_card`), which the
+MLflow UI shows on the version's page; each evaluation replaces the whole family, so rows never
+mix evaluations.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
 from polypseg.evaluation.sources import DataSet
+from polypseg.tracking.registry import TABLE_FIGURES, TABLE_PREFIX, update_card
 
 ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
-TAG_PREFIX = "pranet."  # the model version's tags that hold one evaluation's table
-RECORDED = ("n_images", "mdice", "miou", "wfm", "s_alpha", "mean_em", "max_em", "mae")
 
 
 def parse_sets(text: str) -> list[str]:
@@ -57,32 +57,24 @@ def test_sets(names: Sequence[str], roots: Mapping[str, str | Path]) -> list[Dat
 
 
 def record_on_version(result: Evaluation) -> dict[str, str]:
-    """The table as tags of the registered model version scored (none for a run's model)."""
-    import mlflow
-
+    """The table as tags of the registered model version scored (none for a run's model), and
+    the version's card rewritten with it."""
     first = result.sets[0].summary
     name, version = first.get("model_name"), first.get("model_version")
     if not name or not version:
         return {}
     tags = {}
     for report in result.sets:
-        for key in RECORDED:
+        for key in TABLE_FIGURES:
             value = report.summary[key]
-            tags[f"{TAG_PREFIX}{report.name}.{key}"] = (
+            tags[f"{TABLE_PREFIX}{report.name}.{key}"] = (
                 str(value) if key == "n_images" else f"{value:.3f}"
             )
             if interval := report.summary.get(f"{key}_ci"):  # mdice, miou: "[0.851, 0.937]"
-                tags[f"{TAG_PREFIX}{report.name}.{key}_ci"] = "[{:.3f}, {:.3f}]".format(*interval)
+                tags[f"{TABLE_PREFIX}{report.name}.{key}_ci"] = "[{:.3f}, {:.3f}]".format(*interval)
     tags["pranet.evaluation_run"] = result.run_id
     tags["pranet.tta"] = str(first.get("tta", "none"))
-    client = mlflow.MlflowClient()
-    # One evaluation's family of tags: an earlier table's rows for sets not scored now would
-    # look like this run's, so they go.
-    for key in client.get_model_version(name, version).tags:
-        if key.startswith(TAG_PREFIX) and key not in tags:
-            client.delete_model_version_tag(name, version, key)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    update_card(name, version, tags, family=TABLE_PREFIX)
     return tags
 
 

@@ -31,10 +31,11 @@ from polypseg.features.sets import FeatureSet
 from polypseg.figures import curves, mask_panel
 from polypseg.metrics import scores
 from polypseg.models.decoder import decoder_record
-from polypseg.tracking.runs import log_dataset, log_figure, truncate_tag
+from polypseg.tracking.runs import log_dataset, log_figure, tracked_run, truncate_tag
 from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
 PANEL_IMAGES = 4
+SPREAD = {"val_dice": "best_val_dice", "test_dice": "test_dice"}  # figure: the metric it spreads
 EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "epoch_train_s", "epoch_val_s")
 FLUSH_S = 10.0  # a long run still shows its progress in the UI within this many seconds
 BATCH_LIMIT = 1000  # metrics per MLflow log_batch call (the REST API's limit)
@@ -108,6 +109,7 @@ def train_and_log(
     tags = {
         "polypseg.encoder": prepared.encoder.name,
         "polypseg.weights_digest": prepared.encoder.weights_digest[:16],
+        "polypseg.precision": str(prepared.encoder.compute_dtype(prepared.device))[6:],
         "polypseg.split_digest": prepared.split.digest(),
     }
     if prepared.fallback_reason:
@@ -155,3 +157,47 @@ def train_and_log(
 
         log_segmenter_model(prepared.encoder, fitted.decoder.cpu(), config.data.image_size)
     return TrainOutcome(run.info.run_id, fitted, metrics)
+
+
+@dataclass
+class SeedsOutcome:
+    run_id: str  # the parent's
+    seeds: list[int]
+    children: list[TrainOutcome]
+    spread: dict[str, float]  # val_dice_mean, val_dice_sd, val_dice_min, ..., test_dice_max
+
+    def lines(self) -> list[str]:
+        s = self.spread
+        return [
+            f"{f} {s[f + '_mean']:.4f} ± {s[f + '_sd']:.4f} (min {s[f + '_min']:.4f}, max "
+            f"{s[f + '_max']:.4f}) over seeds {self.seeds[0]}..{self.seeds[-1]}"
+            for f in SPREAD
+        ]
+
+
+def train_seeds(
+    prepared: Prepared,
+    config: Config,
+    n: int,
+    on_epoch: EpochCallback | None = None,
+    log_model: bool = False,
+) -> SeedsOutcome:
+    """`n` trainings on the same features with seeds `train.seed` … `train.seed + n - 1`, each a
+    child run of the active run, which logs their spread: mean, sd (ddof 1), min and max. Only
+    the first child logs the full model: one encoder copy, not `n`."""
+    parent = mlflow.active_run().info.run_id
+    seeds = list(range(config.train.seed, config.train.seed + n))
+    children = []
+    for seed in seeds:
+        with tracked_run(run_name=f"seed-{seed}", parent_run_id=parent, nested=True):
+            seeded = config.with_overrides({"train.seed": seed})
+            children.append(train_and_log(prepared, seeded, on_epoch, log_model and not children))
+    spread = {}
+    for figure, metric in SPREAD.items():
+        values = np.array([child.metrics[metric] for child in children])
+        sd = values.std(ddof=1) if n > 1 else 0.0
+        stats = {"mean": values.mean(), "sd": sd, "min": values.min(), "max": values.max()}
+        spread.update({f"{figure}_{k}": float(v) for k, v in stats.items()})
+    mlflow.log_params({**flatten(config), "seeds": n})
+    mlflow.log_metrics(spread)
+    return SeedsOutcome(parent, seeds, children, spread)

@@ -1,7 +1,9 @@
 """How one `tune` invocation ends: the study's counts, plots and best trial on the parent run, the
 best model registered (scored as `tuning.identity` says, so the champion moves only past a model
-measured the same way), under `data.protocol = "pranet"` the champion's literature table, and
-what `polypseg tune` prints (`TuneResult`: the summary scripts read, the best trials' table).
+measured the same way) and, with `[study] champion_seeds = N`, its values retrained with N seeds
+and the version tagged with the spread; under `data.protocol = "pranet"` the champion's
+literature table, and what `polypseg tune` prints (`TuneResult`: the summary scripts read, the
+best trials' table).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
-from polypseg.tracking.registry import Registration, register_trial
+from polypseg.tracking.registry import Registration, register_trial, update_card
+from polypseg.tracking.runs import tracked_run
+from polypseg.training.run import train_seeds
 from polypseg.tuning.identity import StudyBase
 from polypseg.tuning.plots import log_study_plots
+from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.workers import SharedStudy
 
 
@@ -29,10 +34,11 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def finish(
-    shared: SharedStudy, prepared: Prepared, config: Config, base: StudyBase
+    shared: SharedStudy, prepared: Prepared, config: Config, base: StudyBase, spec: StudySpec
 ) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
     """Log the best trial and study plots to the parent run; register the best model, under the
-    lock: workers that end together register it once, and the champion moves in order."""
+    lock: workers that end together register it once, and the champion moves in order; a new
+    version gets its seed spread."""
     study = shared.study
     counts = trial_counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
@@ -55,6 +61,13 @@ def finish(
             score=base.score(best.value),
             test_dice=best.user_attrs.get("test_dice"),
         )
+    if registration.new and spec.champion_seeds > 1:  # a nested run of N seeds' children
+        with tracked_run(run_name=f"trial-{best.number} seeds", nested=True):
+            trained = spec.trial_config(config, best.params)
+            outcome = train_seeds(prepared, trained, spec.champion_seeds)
+        spread = {f"polypseg.{k}": f"{v:.4f}" for k, v in outcome.spread.items()}
+        seeds = {"polypseg.seeds": str(spec.champion_seeds), "polypseg.seeds_run": outcome.run_id}
+        update_card(registration.name, registration.version, {**seeds, **spread})
     return best, registration
 
 
@@ -69,6 +82,18 @@ def score_on_literature_sets(
         from polypseg.evaluation.literature import evaluate_champion
 
         evaluate_champion(config, registration.name, registration.version, tracking_uri, progress)
+
+
+def literature_table(config: Config, registration: Registration | None) -> list[str]:
+    """Under `data.protocol = "pranet"`, the champion's five-set table and where it lies."""
+    from pathlib import Path
+
+    if config.data.protocol != "pranet" or registration is None or not registration.champion:
+        return []
+    table = Path("evaluation") / f"{registration.name}-v{registration.version}" / "table.md"
+    if not table.is_file():
+        return []
+    return [*table.read_text().splitlines(), f"the champion's table: {table}"]
 
 
 def check_literature_sets(config: Config) -> None:

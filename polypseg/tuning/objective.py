@@ -58,8 +58,7 @@ def make_objective(
     """The objective: suggest, train on the cache, report every epoch, prune when told."""
 
     def objective(trial: optuna.Trial) -> float:
-        values = spec.suggest(trial)
-        trial_config = config.with_overrides({**values, "train.epochs": spec.epochs})
+        trial_config = spec.trial_config(config, spec.suggest(trial))
         trial_prepared = dataclasses.replace(prepared, device=_trial_device(prepared, trial))
 
         def report(metrics: dict[str, float]) -> None:

@@ -44,6 +44,13 @@ OPTION_RANGES: dict[str, Bounds] = {
     "reduction_factor": (2, math.inf, False),
 }
 TOML_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+SEEDS_MAX = 50  # trainings per seed spread (`train --seeds`, `[study] champion_seeds`)
+
+
+def check_seeds(n: int, config: Config, where: str) -> None:
+    """`n` seeds from `train.seed` on: at least one, at most SEEDS_MAX, the last a valid seed."""
+    check_range(n, (1, SEEDS_MAX, False), where)
+    config.with_overrides({"train.seed": config.train.seed + n - 1}, origin=where)
 
 
 @functools.cache
@@ -97,6 +104,7 @@ class StudySpec:
     metric: str = "val_dice"
     direction: str = "maximize"
     epochs: int = 15
+    champion_seeds: int = 1  # trainings of the best trial's values before it is registered
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     space: tuple[Param, ...] = ()
@@ -142,6 +150,10 @@ class StudySpec:
     def suggest(self, trial: Any) -> dict[str, Any]:
         """The trial's values, keyed by config key."""
         return {param.key: param.suggest(trial) for param in self.space}
+
+    def trial_config(self, config: Config, values: dict[str, Any]) -> Config:
+        """The config a trial with `values` (keyed by config key) trains with."""
+        return config.with_overrides({**values, "train.epochs": self.epochs})
 
 
 def _describe(distribution: Any) -> str:
@@ -240,9 +252,9 @@ def _check_pruner(options: dict[str, Any], path: Path) -> None:
 
 def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str, Any]:
     """`[study]` over the defaults (the name: the file's), checked."""
-    if unknown := set(study) - {"name", "metric", "direction", "epochs"}:
+    if unknown := set(study) - {"name", "metric", "direction", "epochs", "champion_seeds"}:
         raise PolypsegError(f"{path}: [study] has unknown keys {sorted(unknown)}")
-    defaults = {key: getattr(StudySpec, key) for key in ("metric", "epochs")}
+    defaults = {key: getattr(StudySpec, key) for key in ("metric", "epochs", "champion_seeds")}
     values = {"name": path.stem, **defaults, **study}
     if not isinstance(values["name"], str) or not values["name"].strip():
         raise PolypsegError(f"{path}: [study] name must be a non-empty string")
@@ -255,10 +267,9 @@ def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str,
             f"{path}: [study] metric = {metric!r} with direction = {values['direction']!r} "
             f"would pick the worst trial; set direction = {METRICS[metric]!r} or leave it out"
         )
-    epochs = typed(values["epochs"], int, f"{path}: [study] epochs")
-    if epochs < 1:
-        raise PolypsegError(f"{path}: [study] epochs = {epochs} must be at least 1")
-    config.with_overrides({"train.epochs": epochs}, origin=f"{path}: [study] epochs")
+    config.with_overrides({"train.epochs": values["epochs"]}, origin=f"{path}: [study] epochs")
+    seeds = typed(values["champion_seeds"], int, f"{path}: [study] champion_seeds")
+    check_seeds(seeds, config, f"{path}: [study] champion_seeds")
     return values
 
 

@@ -140,7 +140,7 @@ def tune(
     with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
         ran = _run_trials(shared, objective, workers, experiment_id, progress)
-        best, registration = finish(shared, prepared, config, base)
+        best, registration = finish(shared, prepared, config, base, spec)
     score_on_literature_sets(config, registration, tracking_uri, progress)
     return TuneResult(
         study=shared.study,
