@@ -50,12 +50,10 @@ def atomic_path(
 ) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
 
-    A file replaces what was there. A folder is only ever created: when `path` already exists
-    on success, another process finished the same deterministic work first, and ours is
-    dropped, so concurrent builders never delete a folder someone is reading. What appears gets
-    the permissions a plain `open` or `mkdir` would give (0644 and 0755 under umask 022), not
-    the temporary's private 0600/0700. With `option` (the CLI option that named the place), a
-    write the place refuses (a full disk, a read-only folder) is an `PolypsegError` naming `path`.
+    A folder is only ever created: when `path` exists by then, another process did the same
+    deterministic work and ours is dropped, so nobody's folder is deleted under them. What
+    appears gets a plain `open`'s or `mkdir`'s permissions, not the temporary's 0600/0700. With
+    `option`, a write the place refuses (a full disk) is a `PolypsegError` naming `path`.
     """
     path = Path(path)
     try:

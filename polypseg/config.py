@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from polypseg.dihedral import check_variants
-from polypseg.errors import PolypsegError
+from polypseg.errors import DataError, PolypsegError
 from polypseg.toml_checks import Bounds, check_range, parse_value, read_toml, typed
 
 DATA_SOURCES = ("kaggle", "local", "synthetic")
@@ -162,6 +162,13 @@ def ratios_problem(ratios: Sequence[float]) -> str | None:
     if not math.isclose(sum(ratios), 1.0) or ratios[0] == 0:
         return f"{list(ratios)} must sum to 1 with a train part > 0"
     return None
+
+
+def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
+    """`value` when it is one of `choices`, else a one-line `DataError` listing them."""
+    if value not in choices:
+        raise DataError(f"{option} {value!r}: choose one of {', '.join(choices)}")
+    return value
 
 
 def check_seed(seed: int, option: str = "--seed") -> None:

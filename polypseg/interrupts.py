@@ -1,17 +1,11 @@
 """Ctrl-C and SIGTERM, delivered where a run can stop cleanly.
 
-Python raises `KeyboardInterrupt` wherever the main thread happens to be. Inside a database call
-(Optuna's or MLflow's SQLite store, written every epoch) that can leave a transaction open and
-the file locked, and the clean-up that follows (the trial told FAIL, the run ended KILLED) then
-waits on that lock: `tune` stopped by SIGTERM hung for minutes. While `deferred()` is active —
-around the training loop, where a run spends its time, and around each trial of a study's
-worker — a signal only takes note, and `interrupt_point()`, called between steps and after each
-epoch's logging, raises there (else the block's end does). A second signal raises at once:
-someone who presses Ctrl-C twice means it.
-
-Only signals that already raise `KeyboardInterrupt` are deferred: SIGINT with Python's default
-handler, SIGTERM once `raise_interrupt` is installed for it (the CLI does). Signals reach only the
-main thread, so elsewhere (trials in `--n-jobs` threads) nothing changes.
+A `KeyboardInterrupt` raised inside a database call (Optuna's or MLflow's SQLite store) can leave
+the file locked, and the clean-up that follows then waits on that lock: `tune` stopped by SIGTERM
+hung for minutes. Inside `deferred()` (the training loop, each trial) a signal only takes note,
+and `interrupt_point()`, called between steps, raises there; a second signal raises at once.
+Only signals that already raise `KeyboardInterrupt` are deferred (SIGINT by default, SIGTERM once
+the CLI installs `raise_interrupt`), and only in the main thread, the one signals reach.
 """
 
 from __future__ import annotations

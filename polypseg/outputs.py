@@ -1,13 +1,9 @@
-"""Outputs checked before any work: a place that cannot be written, outputs landing among the
-inputs, in a data set, in a store or on each other, and free space (the one check of it:
-`short_of_space`).
+"""Outputs checked before any work: unwritable places, outputs among the inputs or on each
+other, and free space (`short_of_space`, the one check of it).
 
-Every writer goes through `check_output_file` or `check_output_dir` (and `check_outputs` for
-several files), and each of them refuses the places polypseg never writes, found here rather
-than passed by the command: any data set's images and masks folders (found by layout, not only
-the set the command reads), the MLflow store (`./mlruns`, the artifacts beside the database of
-`MLFLOW_TRACKING_URI`), any SQLite database (MLflow's store, Optuna's storage) and the feature
-cache (`$POLYPSEG_CACHE`). A command added later inherits these places by calling the checkers.
+Every writer goes through `check_output_file`, `check_output_dir` or `check_outputs`, which
+find the places polypseg never writes themselves (`protected_place`: any data set's images and
+masks, the MLflow store, any SQLite database, the feature cache), so a new command inherits them.
 """
 
 from __future__ import annotations
@@ -76,8 +72,7 @@ def _is_database(path: Path) -> bool:
 
 
 def protected_place(folder: Path) -> str | None:
-    """What `folder` (where an output lands) belongs to that polypseg never writes in, or None:
-    a data set's images or masks, or one of its `stores`."""
+    """The data set's images/masks or the store that `folder` is in, or None."""
     real = _real(folder)
     if inside := data_set_folder(real):
         return f"{inside}, which holds the {inside.name} of data set {inside.parent}"
@@ -101,7 +96,6 @@ def _refuse_protected(path: Path, option: str, target: Path, folder: bool = Fals
 
 
 def _writable_folder(folder: Path, option: str, target: Path) -> None:
-    """The nearest existing folder at or above `folder` must be a folder we can write in."""
     existing = folder
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
@@ -149,17 +143,10 @@ def check_outputs(
     inputs: Sequence[Path] = (),
     option: str = "--out",
 ) -> None:
-    """Refuse, before any work, outputs that would land among the inputs or on each other.
-
-    `outputs` pairs every path a command will write with what writes it (`in/a.png`, `the
-    per-image CSV of Kvasir`). No output may be written in one of `folders` (where inputs are
-    listed: a mask beside its image), nor anywhere under one of `trees` (a data set's `images/`
-    and `masks/`, the maps scored: a figure among the ground truth breaks the data set); both
-    map a folder to what it holds. No output may replace one of `inputs` (the files the
-    command reads), nor land in a data set or a store (`protected_place`). Two outputs with one
-    path are refused naming both (`fix` says what to change), and so is a name too long for the
-    file system. `target` is what the user gave as `option`.
-    """
+    """Refuse, before any work, outputs (path, what writes it) landing in one of `folders`
+    (where inputs are listed), anywhere under one of `trees` (a data set's images/ and masks/,
+    the maps scored), on one of `inputs`, in a protected place, on each other (`fix` says what
+    to change) or with a name too long for the file system. `target` is what `option` gave."""
     read = {_real(path): path for path in inputs}
     places: dict[Path, tuple[Path, str, bool]] = {}
     for held_in, whole in ((folders or {}, False), (trees or {}, True)):
@@ -192,9 +179,8 @@ def check_outputs(
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why `folder` cannot take writes (`read-only file system`, `no space left on device (12
-    KiB free)`), or None when it can: it is created if missing, a file is written in it and
-    removed, and at least `MIN_FREE_BYTES` must be free."""
+    """Why `folder` (created if missing) cannot take a file and `MIN_FREE_BYTES` (`read-only
+    file system`, `no space left on device (12 KiB free)`), or None when it can."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

@@ -1,12 +1,9 @@
 """Which process owns a run or a trial, and whether it still lives.
 
-A `polypseg` process that is killed (SIGKILL, a lost machine) cannot end its MLflow runs or its
-Optuna trials: they would stay RUNNING for good. So each run and trial records its worker: the
-host, the pid, the process's start time (a pid alone may be reused by a later process) and the
-machine (which process table the pid belongs to). Any later invocation can then tell a dead
-worker's leftovers from a live one's. On the same machine the process table answers at once; a
-process of another machine is judged by its heartbeat, which a live worker renews every interval
-(`POLYPSEG_HEARTBEAT=interval,grace`, seconds): silent for longer than the grace period is dead.
+A killed `polypseg` process cannot end its MLflow runs or Optuna trials, so each records its
+worker: host, pid, start time (pids are reused) and machine (whose process table the pid is
+in). On the same machine the process table tells a dead worker at once; on another, its
+heartbeat (`POLYPSEG_HEARTBEAT=interval,grace`, seconds) silent for longer than the grace.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ def progress_bar(*columns: str | ProgressColumn, enabled: bool = True, **kwargs:
 
 
 def track(items: Iterable[T], description: str, enabled: bool = True) -> Iterator[T]:
-    """Iterate with a progress bar on stderr that disappears when done (or on an error)."""
     items = list(items)
     with progress_bar(enabled=enabled, transient=True) as bar:
         yield from bar.track(items, description=description, total=len(items))
@@ -44,7 +43,7 @@ def stderr_is_terminal() -> bool:
 
 
 def elapsed(seconds: float) -> str:
-    """`42s`, `3m07s`, `1h02m`: short enough for a log line."""
+    """`42s`, `3m07s`, `1h02m`."""
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"

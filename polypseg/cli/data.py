@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from polypseg.cli.app import data_app
-from polypseg.config import DataConfig, check_seed
+from polypseg.config import DATA_PROTOCOLS, DataConfig, check_choice, check_seed
 from polypseg.errors import PolypsegError
 
 PRANET_MIN_N = 5  # one test image per training set, and enough left to train and validate
@@ -37,23 +37,18 @@ def data_download(
     ] = "kvasir",
 ) -> None:
     """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
-    from polypseg.data.sets import download
+    from polypseg.data.sets import download_sets
     from polypseg.errors import DownloadError
 
-    if name != "kvasir":
-        from polypseg.data.sets import download_sets
-
-        for line in download_sets(name, dest):
-            typer.echo(line)
-        return
     try:
-        typer.echo(download("kvasir", dest))
+        lines = download_sets(name, dest)
     except DownloadError as err:
         raise DownloadError(
-            f"{err}; with a copy made by hand, run "
+            f"{err}; to train on a copy made by hand, run "
             "`polypseg tune --set data.source=local --set data.root=DIR`, or work offline on a "
             "synthetic set: `polypseg data synth --out DIR`"
         ) from None
+    typer.echo("\n".join(lines))
 
 
 @data_app.command("synth")
@@ -86,8 +81,7 @@ def data_synth(
     from polypseg.outputs import check_output_dir, check_output_file
 
     check_seed(seed)  # not typer's min/max: click's error is four lines
-    if layout not in ("kvasir", "pranet"):
-        raise PolypsegError(f"--layout {layout!r}: use kvasir or pranet")
+    check_choice("--layout", layout, ("kvasir", "pranet"))
     if (out is None) == (video is None):
         raise PolypsegError("pass --out DIR (a data set) or --video FILE.mp4 (a clip), one of them")
     if video is not None:
@@ -162,8 +156,7 @@ def data_split(
     check_seed(seed)
     if out is not None:
         check_output_file(out)  # no data set, store or cache, whichever the protocol
-    if protocol not in ("seed", "pranet"):
-        raise PolypsegError(f"--protocol {protocol!r}: use seed or pranet")
+    check_choice("--protocol", protocol, DATA_PROTOCOLS)
     if protocol == "pranet":
         from polypseg.data.protocol import parse_set_roots, split_manifest
 

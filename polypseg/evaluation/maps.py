@@ -30,7 +30,6 @@ def read_map(path: str | Path) -> np.ndarray:
 
 
 def resize_map(prob_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an H×W float map to `shape` (rows, columns)."""
     if prob_map.shape == tuple(shape):
         return prob_map
     image = Image.fromarray(prob_map.astype(np.float32))
@@ -39,12 +38,8 @@ def resize_map(prob_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _matlab_above_128(values: np.ndarray) -> np.ndarray:
-    """`main.m`'s reading of plain grey or colour values: `rgb2gray` when colour, then `> 128`.
-
-    The threshold applies to the stored values (uint8 0–255, uint16 0–65535); a float mask is
-    scaled from [0, 1] to 0–255 first (MATLAB would compare its raw values with 128 and find
-    nothing).
-    """
+    """`main.m`'s `rgb2gray` (when colour), then `> 128` of the stored values; a float mask is
+    scaled to 0–255 first (MATLAB would compare its raw values with 128 and find nothing)."""
     if np.issubdtype(values.dtype, np.floating):
         values = unit_range(values) * 255.0
     if values.ndim == 3:
@@ -66,12 +61,9 @@ def read_pranet_mask(path: str | Path) -> np.ndarray:
 
 
 def pair_maps(predictions: str | Path, root: str | Path) -> tuple[list[Pair], list[str]]:
-    """Every map of `predictions` with its mask in `root/masks` as a `Pair` (the map in place of
-    the image, named for the mask), and masks that have no map.
-
-    A map without a mask is an error naming it; masks without a map are returned, to be listed
-    and left out (a method may have skipped images).
-    """
+    """Each map of `predictions` with its mask in `root/masks` as a `Pair` (the map in the
+    image's place), and the masks without a map (a method may skip images); a map without a
+    mask is an error."""
     predictions, masks_dir = Path(predictions), Path(root) / "masks"
     if not predictions.is_dir():
         raise DataError(f"--predictions {predictions} is not a folder of prediction maps")

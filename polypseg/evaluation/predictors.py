@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from polypseg.config import check_choice
 from polypseg.dihedral import TTA_VARIANTS, invert, transform
 from polypseg.errors import DataError, PolypsegError, first_line
 
@@ -24,13 +25,6 @@ ENGINES = ("torch", "onnx")
 ONNX_EXTRA = "pip install -e '.[onnx]'"
 INPUT, PROBABILITIES, LOGITS = "images", "probabilities", "logits"  # the exported graph's names
 META_PREFIX = "polypseg."  # the export's ONNX `metadata_props`: what `describe` reports
-
-
-def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
-    """`value` when it is one of `choices`, else a one-line `DataError` listing them."""
-    if value not in choices:
-        raise DataError(f"{option} {value!r}: choose one of {', '.join(choices)}")
-    return value
 
 
 class MapPredictor:
@@ -45,9 +39,6 @@ class MapPredictor:
     def proba(self, image: np.ndarray) -> np.ndarray:
         """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
         return self.proba_batch([image])[0]
-
-    def mask(self, image: np.ndarray) -> np.ndarray:
-        return (self.proba(image) >= self.threshold).astype(np.uint8)
 
 
 class Predictor(MapPredictor):

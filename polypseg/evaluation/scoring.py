@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polypseg.config import check_choice
 from polypseg.data.masks import read_mask
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import read_pranet_mask
@@ -39,16 +40,14 @@ PROTOCOLS = tuple(KEYS)
 
 
 def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise DataError(f"--protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
-    return protocol
+    return check_choice("--protocol", protocol, PROTOCOLS)
 
 
 class SetScorer:
     """Accumulates one data set's per-image rows (and PraNet curves) under a protocol."""
 
     def __init__(self, protocol: str, threshold: float = 0.5) -> None:
-        self.protocol = check_protocol(protocol)
+        self.protocol = protocol  # checked at the door (evaluate, compare)
         self.columns, self.summary_keys, self.interval_keys = KEYS[protocol]
         self.threshold = threshold
         self.rows: list[dict] = []

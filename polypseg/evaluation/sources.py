@@ -70,7 +70,6 @@ def parse_roots(roots: Sequence[str | Path | DataSet] | str | Path) -> list[Data
 
 
 def select_pairs(root: Path, split: str, seed: int) -> list[Pair]:
-    """A folder's pairs: all of them, or the test part of the training protocol's split."""
     pairs = list_pairs(root)
     if split == "all":
         return pairs
@@ -81,7 +80,6 @@ def select_pairs(root: Path, split: str, seed: int) -> list[Pair]:
 
 
 def data_digest(pairs: Sequence[Pair]) -> str:
-    """16 hex digits over every pair's name and file contents: which files were scored."""
     digest = hashlib.sha256()
     hash_pairs(digest, pairs)
     return digest.hexdigest()[:16]

@@ -159,8 +159,9 @@ def predict_video(
     tta: str = "none",
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
+    from polypseg.config import check_choice
     from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
-    from polypseg.evaluation.predictors import ENGINES, check_choice, load_predictor
+    from polypseg.evaluation.predictors import ENGINES, load_predictor
     from polypseg.progress import progress_bar
     from polypseg.tracking.store import setup
 

@@ -1,22 +1,11 @@
 """What the registered model accepts: one image or a batch, as arrays or as encoded files.
 
-In process, `predict` takes an H×W×3 uint8 array (one image, one H×W mask back), or a list of
-images of any sizes (a list of masks back). Through `mlflow models serve` the JSON request is
-parsed by MLflow before the model sees it, into a nested list, a numpy array or a pandas
-DataFrame: one image as `{"inputs": <H×W×3 nested lists>}`; a batch of any sizes as
-`{"dataframe_records": [{"image": ...}, ...]}`; and, compact, the image files' own bytes in
-base64, `{"inputs": ["<base64 PNG or JPEG>", ...]}` (a 475×336 image is 2.4 MB as nested lists,
-tens of kB as a JPEG). Every form ends here, as a list of H×W×3 uint8 arrays.
-
-An image over the pixel limit (`data.max_megapixels`' default, the one limit for files, frames
-and served images) is refused from its header, before it is decoded; floats in [0, 1] are read as
-fractions of full scale (as `data.images.unit_range` reads them), other values as 0–255.
-
-A request the model cannot read raises `ModelInputError`, one line naming the image and what
-was expected. MLflow's scoring server rewrites an `MlflowException`'s message to begin with the
-whole parsed input (megabytes of pixels, for an image) and answers any other exception with a
-generic message and a traceback; this exception keeps its own message, so the HTTP 400 says what
-was wrong and nothing else.
+In process, an H×W×3 uint8 array or a list of them. Through `mlflow models serve`, MLflow parses
+the JSON before the model sees it: `{"inputs": <H×W×3 nested lists>}`, `{"dataframe_records":
+[{"image": ...}, ...]}`, or, compact, base64 PNG/JPEG bytes, `{"inputs": ["<base64>", ...]}` (a
+475×336 image is 2.4 MB as nested lists, tens of kB as a JPEG). Every form ends as H×W×3 uint8
+arrays; floats in [0, 1] are fractions of full scale, and an image over the pixel limit is refused
+from its header, before it is decoded.
 """
 
 from __future__ import annotations
@@ -37,7 +26,11 @@ TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
 
 
 class ModelInputError(MlflowException, ValueError):
-    """A request the model cannot read; its message stays as written (see the module)."""
+    """A request the model cannot read, in one line naming the image and what was expected.
+
+    MLflow's scoring server prefixes an `MlflowException`'s message with the whole parsed input
+    (megabytes of pixels) and answers any other exception with a traceback; this one keeps its
+    own message, so the HTTP 400 says what was wrong and nothing else."""
 
     def __init__(self, message: str) -> None:
         self._own = message
