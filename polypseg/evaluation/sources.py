@@ -154,8 +154,8 @@ class MapSource:
                 return folder
         if self.several:
             raise DataError(
-                f"no folder {own} for data set {data.name}: with several data sets, maps live in "
-                f"--predictions DIR/<NAME>/ (PraNet's results/<method>/<NAME>/ layout)"
+                f"no folder {own} for data set {data.name}: with several data sets, a folder of "
+                f"maps holds one subfolder per set, DIR/<NAME>/ (PraNet's results/<method>/<NAME>/)"
             )
         return self.predictions
 
