@@ -73,6 +73,10 @@ def test_evaluate_test_split_agrees_with_metrics(
     dice = torch.cat(per_image["dice"]).numpy()  # the interval of --split test's mDice
     assert summary["dice_ci"] == pytest.approx(list(bootstrap_interval(dice)), abs=1e-9)
     assert out.with_name("eval_worst.png").stat().st_size > 0
+    card = mlflow.MlflowClient().get_model_version("polypseg-eval", model_env["version"])
+    low, high = summary["dice_ci"]  # any evaluation of a version keeps its card current
+    shown = f"{model_env['root'].name}: n=2, dice {summary['dice']:.3f} [{low:.2f}, {high:.2f}]"
+    assert shown in card.description
 
 
 def test_evaluate_all_on_png_and_tiff_set_logs_a_run(

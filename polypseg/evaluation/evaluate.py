@@ -26,11 +26,11 @@ from polypseg.evaluation.report import (
     write_folder,
     write_set,
 )
-from polypseg.evaluation.scoring import SetScorer, check_protocol
+from polypseg.evaluation.scoring import KEYS, SetScorer, check_protocol
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, data_digest, parse_roots
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
-from polypseg.uncertainty import RESAMPLES, check_resamples
+from polypseg.uncertainty import RESAMPLES, check_resamples, format_interval
 
 WORST_SHOWN = 4
 KINDS = ("images", "masks")  # a data set's folders, which reports must never land in
@@ -244,4 +244,22 @@ def evaluate(
         write_folder(reports, folder, tables=named)
     tables = table_paths(folder) if named else None
     run_id, run_url = log_evaluation(reports, tables, prefixed=named)
+    _note_on_version(reports, protocol, run_id)
     return Evaluation(reports, tables, run_id, run_url)
+
+
+def _note_on_version(reports: Sequence[SetReport], protocol: str, run_id: str) -> None:
+    """A registered version's card names its latest evaluation, whatever its protocol."""
+    from polypseg.tracking.registry import update_card
+
+    first = reports[0].summary
+    if not (first.get("model_name") and first.get("model_version")):
+        return
+    keys = KEYS[protocol][2]
+    rows = [
+        f"{r.name}: n={r.summary['n_images']}, "
+        + ", ".join(f"{k} {format_interval(r.summary[k], r.summary.get(f'{k}_ci'))}" for k in keys)
+        for r in reports
+    ]
+    note = f"{'; '.join(rows)} ({protocol} protocol, run {run_id})"
+    update_card(first["model_name"], str(first["model_version"]), {"polypseg.evaluation": note})

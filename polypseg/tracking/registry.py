@@ -133,6 +133,7 @@ def model_card(name: str, version: str, tags: dict[str, str]) -> str:
     else:
         lines.append("- **Seed spread:** not measured (one seed; `[study] champion_seeds = N`)")
     lines.append(f"- **Compared:** {tags.get('polypseg.comparison', 'not yet (polypseg compare)')}")
+    lines.append(f"- **Latest evaluation:** {tags.get('polypseg.evaluation', 'none yet')}")
     lines += ["", "## Per-set table (PraNet's protocol, 95 % bootstrap intervals)", ""]
     if any(key.startswith(TABLE_PREFIX) for key in tags):
         lines += _table(tags)
