@@ -37,23 +37,10 @@ def data_download(
     ] = "kvasir",
 ) -> None:
     """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
-    from polypseg.data.sets import download
-    from polypseg.errors import DownloadError
+    from polypseg.data.sets import download_sets
 
-    if name != "kvasir":
-        from polypseg.data.sets import download_sets
-
-        for line in download_sets(name, dest):
-            typer.echo(line)
-        return
-    try:
-        typer.echo(download("kvasir", dest))
-    except DownloadError as err:
-        raise DownloadError(
-            f"{err}; with a copy made by hand, run "
-            "`polypseg tune --set data.source=local --set data.root=DIR`, or work offline on a "
-            "synthetic set: `polypseg data synth --out DIR`"
-        ) from None
+    for line in download_sets(name, dest):
+        typer.echo(line)
 
 
 @data_app.command("synth")

@@ -146,6 +146,14 @@ def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
     return [(*found[0], False)]
 
 
+# The default data source's way on without Kaggle: `data download`, `cache`, `train`, `tune`.
+KVASIR_HINT = (
+    "with a local copy of Kvasir-SEG, add `--set data.source=local --set data.root=DIR` to "
+    "cache, train or tune, or run the offline demo: `polypseg tune --trials 4 --config "
+    "experiments/synthetic.toml --study studies/demo_search.toml`"
+)
+
+
 def local_copy_hint(name: str) -> str:
     return (
         f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` or set "
@@ -185,7 +193,8 @@ def download_sets(name: str, dest: str | Path | None = None) -> list[str]:
         try:
             folder = download(each, Path(dest) / each if dest and name == "all" else dest)
         except DownloadError as err:
-            failed.append(f"{err}; {local_copy_hint(each)}")
+            hint = KVASIR_HINT if name == "kvasir" else local_copy_hint(each)
+            failed.append(f"{err}; {hint}")
         else:
             lines.append(f"{each}={folder}" if name == "all" else str(folder))
     if failed:

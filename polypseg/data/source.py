@@ -6,7 +6,7 @@ from pathlib import Path
 
 from polypseg.caches import cache_folder
 from polypseg.config import DataConfig
-from polypseg.data.sets import download, find_dataset_root
+from polypseg.data.sets import KVASIR_HINT, download, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DownloadError
 from polypseg.outputs import check_output_dir
@@ -33,9 +33,4 @@ def resolve_root(data: DataConfig) -> Path:
     try:
         return download("kvasir")
     except DownloadError as err:
-        raise DownloadError(
-            f"{err}; to use a local copy of Kvasir-SEG add "
-            "`--set data.source=local --set data.root=DIR`, or run the offline demo: "
-            "`polypseg tune --trials 4 --config experiments/synthetic.toml "
-            "--study studies/demo_search.toml`"
-        ) from None
+        raise DownloadError(f"{err}; {KVASIR_HINT}") from None
