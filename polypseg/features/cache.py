@@ -1,16 +1,9 @@
 """The feature cache: the frozen encoder runs once per image, and every run reads its output.
 
-A cache entry is a folder under `$POLYPSEG_CACHE/features` holding `features.npy` (N×C×h×w
-float16, memory-mapped on load), `masks.npy` (N×1×S×S uint8) and `index.json` (see `entry.py`).
-Its key digests the encoder's name, weights and compute dtype, the input size and every image's
-and mask's bytes, so a changed file, another checkpoint or another precision never reuses stale
-features; hashing the images is cheap next to the rest (1000 synthetic pairs: 0.07 s).
-An augmentation entry (`variants`, from `data.augment`) holds the training images' features
-under each named dihedral variant, one row per `<variant>/<name>`; its key covers the variants.
-
-A hit runs the cheap check of `npy.py` (`verify=True`, `polypseg cache --verify`: every byte);
-a damaged entry is deleted and rebuilt, never used. Entries are built in a temporary folder
-(`encode.py`) and renamed into place when whole; killed builds are cleaned by `builds.py`.
+An entry (`entry.py`) is keyed by the encoder's name, weights and compute dtype, the input size
+and every image's and mask's bytes (1000 synthetic pairs hash in 0.07 s), so a changed file,
+checkpoint or precision never reuses stale features. A damaged entry is deleted and rebuilt,
+never used; an entry is built in a temporary folder and renamed into place when whole.
 """
 
 from __future__ import annotations
@@ -42,8 +35,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    """A loaded cache entry: memory-mapped arrays, one row per image name."""
-
     directory: Path
     names: tuple[str, ...]
     sizes: np.ndarray  # N×2 original (height, width)
@@ -58,8 +49,7 @@ class CachedFeatures:
         return np.array([index[name] for name in names], dtype=np.int64)
 
     def feature_set(self, names: Sequence[str], pinned: bool = False) -> FeatureSet:
-        """The features (float16 N×C×h×w) and masks (uint8 N×1×S×S) of `names`, in that order,
-        read from the memory map into RAM (page-locked with `pinned`, for CUDA copies)."""
+        """The rows of `names`, in that order, in RAM (page-locked with `pinned`)."""
         rows = self.rows(names)
         if not pinned:
             return FeatureSet(
@@ -115,13 +105,9 @@ class FeatureCache:
         before_build: Callable[[], None] | None = None,
         variants: Sequence[str] = (),
     ) -> CachedFeatures:
-        """The entry for these images, built first when missing or damaged.
-
-        `verify` re-hashes an existing entry in full instead of the cheap check. `before_build`
-        runs only on a miss, before anything is encoded (`prepare` checks that every file
-        decodes there: a hit's key already proves it). With `variants`, the augmentation entry:
-        the images under each variant, rows named `<variant>/<name>`.
-        """
+        """The entry for these images, built first when missing or damaged. `before_build` runs
+        only on a miss (a hit's key proves its files decoded); with `variants`, the images under
+        each variant, rows named `<variant>/<name>`."""
         device = torch.device(device)
         variants = tuple(variants)
         key = self.key(encoder, pairs, image_size, device, variants)
@@ -148,7 +134,7 @@ class FeatureCache:
         return cached
 
     def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
-        """The entry in `folder`, or None when absent; a damaged entry is deleted (None)."""
+        """The entry in `folder`; None when absent or damaged (then deleted)."""
         if not folder.exists():
             return None
         try:
@@ -174,7 +160,6 @@ class FeatureCache:
         progress: bool,
         variants: tuple[str, ...] = (),
     ) -> None:
-        """Encode every image once (per variant) into a new entry, renamed into place when whole."""
         ordered = sorted(pairs, key=lambda p: p.name)
         names = [pair.name for pair in ordered]
         if variants:
