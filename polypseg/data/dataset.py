@@ -15,11 +15,8 @@ from polypseg.transforms import resize_image, resize_mask
 
 
 class KvasirDataset(Dataset):
-    """Items are dicts: `image` (3×S×S uint8), `mask` (1×S×S uint8 0/1), `name`, `size` (H, W).
-
-    It takes pairs already listed (`list_pairs`), so a folder is listed and checked once per run.
-    `size` is the original (height, width), kept because predictions go back to it.
-    """
+    """Items are dicts: `image` (3×S×S uint8), `mask` (1×S×S uint8 0/1), `name`, and `size`,
+    the original (H, W) that predictions go back to."""
 
     def __init__(self, pairs: Sequence[Pair], image_size: int) -> None:
         self.pairs = list(pairs)
