@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -117,17 +118,7 @@ class FeatureCache:
             return cached
         if before_build is not None:
             before_build()
-        self.build(
-            folder,
-            key=key,
-            encoder=encoder,
-            pairs=pairs,
-            image_size=image_size,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            variants=variants,
-        )
+        self.build(folder, key, encoder, pairs, image_size, device, batch_size, progress, variants)
         cached = self.load(folder, key)
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
             raise RuntimeError(f"feature cache {folder} failed verification right after its build")
@@ -150,7 +141,6 @@ class FeatureCache:
     def build(
         self,
         folder: Path,
-        *,
         key: str,
         encoder: FrozenEncoder,
         pairs: Sequence[Pair],
@@ -173,15 +163,9 @@ class FeatureCache:
                 if variants:
                     description += f" × {len(variants)} variants ({', '.join(variants)})"
                 task = bar.add_task(description, total=len(names))
+                advance = partial(bar.advance, task)
                 sizes, arrays = encode_into(
-                    tmp,
-                    encoder,
-                    ordered,
-                    image_size,
-                    device,
-                    batch_size,
-                    lambda n: bar.advance(task, n),
-                    variants,
+                    tmp, encoder, ordered, image_size, device, batch_size, advance, variants
                 )
                 release(tmp)
                 body = {

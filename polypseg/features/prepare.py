@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -132,31 +133,23 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
         split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)
-    features = FeatureCache().get(
+    get = partial(
+        FeatureCache().get,
         encoder,
-        pairs,
-        config.data.image_size,
+        image_size=config.data.image_size,
         device=device,
         batch_size=config.encoder.batch_size,
         progress=progress,
         verify=verify,
-        # A hit's key proves these bytes decoded when its entry was built; before a build, every
-        # file is decoded to its end, so a damaged one is named before any encoding starts.
-        before_build=lambda: check_decoding(root, pairs, limit),
     )
+    # A hit's key proves these bytes decoded when its entry was built; before a build, every
+    # file is decoded to its end, so a damaged one is named before any encoding starts.
+    features = get(pairs, before_build=lambda: check_decoding(root, pairs, limit))
     augmented = None
     if config.data.augment:  # the training images only: validation and test never augment
         train_names = set(split.names("train"))
-        augmented = FeatureCache().get(
-            encoder,
-            [pair for pair in pairs if pair.name in train_names],
-            config.data.image_size,
-            device=device,
-            batch_size=config.encoder.batch_size,
-            progress=progress,
-            verify=verify,
-            variants=config.data.augment,
-        )
+        train = [pair for pair in pairs if pair.name in train_names]
+        augmented = get(train, variants=config.data.augment)
     # Hit or build: a part of the split whose masks (as training reads them) are all empty.
     check_split_masks(split, features.names, features.masks, str(root))
     encoder.cpu()
