@@ -77,16 +77,13 @@ def mask_from_pixels(pixels: np.ndarray, plain: PlainRule = at_half_range) -> np
     return plain(values)
 
 
-def _black_background(image: Image.Image) -> bool:
-    palette = image.getpalette()
-    return palette is None or palette[:3] == [0, 0, 0]
-
-
 def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
     """`mask_from_pixels` of a decoded image (`images.decode`), palette indices too (rule 1)."""
-    if isinstance(image, Image.Image) and image.mode in ("P", "PA") and _black_background(image):
-        indices = np.asarray(image)
-        return (indices[..., 0] if indices.ndim == 3 else indices) != 0
+    if isinstance(image, Image.Image) and image.mode in ("P", "PA"):
+        palette = image.getpalette()  # index 0 black: a label image, else read by its colours
+        if palette is None or palette[:3] == [0, 0, 0]:
+            indices = np.asarray(image)
+            return (indices[..., 0] if indices.ndim == 3 else indices) != 0
     return mask_from_pixels(pixels(image), plain)
 
 

@@ -110,13 +110,12 @@ def set_root(data: DataConfig, name: str) -> Path:
     check_set_name(name, "data.roots:")
     if name in data.roots:
         return Path(data.roots[name])
-    if data.source == "kaggle":
-        try:
-            return download(name)
-        except DownloadError as err:
-            raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
-    missing_roots([name], {})
-    raise AssertionError  # pragma: no cover - missing_roots raised
+    if data.source != "kaggle":
+        missing_roots([name], {})  # raises, naming how to point at one
+    try:
+        return download(name)
+    except DownloadError as err:
+        raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
 
 
 def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:

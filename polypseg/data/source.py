@@ -12,16 +12,11 @@ from polypseg.errors import DownloadError
 from polypseg.outputs import check_output_dir
 
 
-def synthetic_root(data: DataConfig) -> Path:
-    if data.root:
-        return Path(data.root)
-    return cache_folder("synthetic") / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
-
-
 def resolve_root(data: DataConfig) -> Path:
     """The folder holding `images/` and `masks/` for this config, downloading or generating it."""
     if data.source == "synthetic":
-        root = synthetic_root(data)
+        name = f"n{data.synthetic_n}-seed{data.synthetic_seed}"
+        root = Path(data.root) if data.root else cache_folder("synthetic") / name
         if not (root / "images").is_dir():
             option = "data.root" if data.root else None
             if option:  # a generated set lands only where an output may: not in a data set

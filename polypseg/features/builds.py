@@ -38,17 +38,12 @@ def _owner(folder: Path) -> Worker | None:
         return None
 
 
-def _last_change(folder: Path) -> float:
-    times = [folder.stat().st_mtime]
-    times.extend(path.stat().st_mtime for path in folder.iterdir())
-    return max(times)
-
-
 def is_stale(folder: Path) -> bool:
     owner = _owner(folder)
     if owner is not None and owner.machine == this_machine():
         return owner.is_gone(last_beat=None, grace=STALE_AFTER_S)
-    return time.time() - _last_change(folder) > STALE_AFTER_S
+    changed = max([folder.stat().st_mtime, *(path.stat().st_mtime for path in folder.iterdir())])
+    return time.time() - changed > STALE_AFTER_S
 
 
 def clean_stale_builds(directory: Path) -> list[Path]:

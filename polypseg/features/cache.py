@@ -42,16 +42,12 @@ class CachedFeatures:
     features: np.ndarray  # N×C×h×w float16
     masks: np.ndarray  # N×1×S×S uint8 (0/1)
 
-    def rows(self, names: Sequence[str]) -> np.ndarray:
-        index = {name: row for row, name in enumerate(self.names)}
-        missing = [name for name in names if name not in index]
-        if missing:
-            raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
-        return np.array([index[name] for name in names], dtype=np.int64)
-
     def feature_set(self, names: Sequence[str], pinned: bool = False) -> FeatureSet:
         """The rows of `names`, in that order, in RAM (page-locked with `pinned`)."""
-        rows = self.rows(names)
+        index = {name: row for row, name in enumerate(self.names)}
+        if missing := [name for name in names if name not in index]:
+            raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
+        rows = np.array([index[name] for name in names], dtype=np.int64)
         if not pinned:
             return FeatureSet(
                 torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows])

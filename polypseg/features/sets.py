@@ -58,9 +58,10 @@ class FeatureSet:
         variant, its mask and image transformed alike."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        variants = self.variants if generator is not None else ()  # evaluation draws none
         drawn = None
-        if self.variants and generator is not None:  # a plain set draws nothing more
-            drawn = torch.randint(len(self.variants) + 1, (n,), generator=generator)
+        if variants:
+            drawn = torch.randint(len(variants) + 1, (n,), generator=generator)
             drawn = drawn.to(self.features.device)
         order = order.to(self.features.device)  # once per epoch, not once per batch
         for start in range(0, n, batch_size):
@@ -68,31 +69,17 @@ class FeatureSet:
             x = _gather(self.features, rows, device)
             y = _gather(self.masks, rows, device)
             images = _gather(self.images, rows, device) if self.images is not None else None
-            if drawn is not None:
-                x, y, images = self._augment(x, y, images, rows, drawn[rows], device)
+            picks = drawn[rows].to(device) if drawn is not None else None
+            for k, variant in enumerate(variants, start=1):  # picks 0: the identity
+                chosen = (picks == k).nonzero().flatten()
+                if len(chosen) == 0:
+                    continue
+                x[chosen] = _gather(self.augmented[k - 1], rows[chosen.to(rows.device)], device)
+                y[chosen] = transform(y[chosen], variant)
+                if images is not None:
+                    images[chosen] = transform(images[chosen], variant)
             x = x.to(torch.float32, memory_format=memory_format)
             yield x, y.float(), images
-
-    def _augment(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        images: torch.Tensor | None,
-        rows: torch.Tensor,
-        picks: torch.Tensor,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        # picks[i]: row i's variant (0: the identity, k: the k-th of `variants`)
-        picks = picks.to(device)
-        for k, variant in enumerate(self.variants, start=1):
-            chosen = (picks == k).nonzero().flatten()
-            if len(chosen) == 0:
-                continue
-            x[chosen] = _gather(self.augmented[k - 1], rows[chosen.to(rows.device)], device)
-            y[chosen] = transform(y[chosen], variant)
-            if images is not None:
-                images[chosen] = transform(images[chosen], variant)
-        return x, y, images
 
 
 def _same_device(have: torch.device, want: torch.device) -> bool:

@@ -62,13 +62,9 @@ def remembered_md5(path: Path) -> str:
     except (OSError, ValueError):
         memo = {}
     memo = memo if isinstance(memo, dict) else {}
-    stat = path.stat()
-    key, identity = (
-        str(path.resolve()),
-        [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns],
-    )
-    known = memo.get(key)
-    known = known if isinstance(known, dict) else {}
+    stat, key = path.stat(), str(path.resolve())
+    identity = [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+    known = memo.get(key) if isinstance(memo.get(key), dict) else {}
     # A file changed within the clock's granularity of being hashed could keep its mtime
     # ("racy git"): trust only digests taken well after the file's last change.
     stamp = known.get("hashed_at_ns")
