@@ -1,10 +1,9 @@
 """The one image reader: Pillow first, `tifffile` for the TIFFs Pillow cannot decode.
 
-Every reader of images and masks goes through `decode`. Real polyp sets ship as TIFF
-(CVC-ClinicDB), and TIFF allows sample layouts Pillow refuses (float or 32-bit RGB, signed
-samples, more than four samples per pixel): those come from `tifffile` as arrays in their own
-dtype. Pillow's decompression-bomb guard is silenced: our own limit (`data.max_megapixels`) is
-checked first.
+Every reader of images and masks goes through `decode`. TIFF (CVC-ClinicDB's format) allows
+sample layouts Pillow refuses (float or 32-bit RGB, signed samples, more than four samples):
+those come from `tifffile` as arrays in their own dtype. Pillow's decompression-bomb guard is
+silenced: our own limit (`data.max_megapixels`) is checked first.
 """
 
 from __future__ import annotations
@@ -51,9 +50,8 @@ def _tiff_array(path: Path) -> np.ndarray:
 
 
 def decode(path: str | Path) -> Decoded:
-    """A file decoded to its end and turned upright by its EXIF orientation (images and masks
-    alike, each by its own tag): Pillow's image, or for a TIFF Pillow refuses tifffile's array;
-    a DataError naming the file when neither can."""
+    """A file decoded to its end and turned upright by its own EXIF orientation: Pillow's image,
+    or tifffile's array for a TIFF Pillow refuses."""
     path = Path(path)
     try:
         # Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error

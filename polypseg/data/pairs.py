@@ -64,10 +64,9 @@ def broken_links_problem(paths: Sequence[Path], root: Path | None = None) -> str
 def files_by_stem(
     folder: Path, broken: list[Path] | None = None, prefer_png: bool = False
 ) -> dict[str, Path]:
-    """The image files of a folder by stem. Several files for one stem (`X.jpg` beside a stale
-    `X.png`, `X.JPG` beside `X.jpg`) are refused, naming them: which one pairs is not ours to
-    guess; but with `prefer_png` a PNG beside a TIFF of its stem is the one read (the polyp
-    sets' copies). Symlinks that lead nowhere go to `broken` when given, to be named."""
+    """The image files of a folder by stem; several for one stem are refused (which one pairs is
+    not ours to guess), except that with `prefer_png` a PNG beside a TIFF of its stem is read
+    (the polyp sets' copies). Symlinks that lead nowhere go to `broken` when given."""
     groups: dict[str, list[Path]] = {}
     try:
         entries = sorted(folder.iterdir())

@@ -1,9 +1,8 @@
 """The train/val/test split: a pure function of the sorted file names, the seed and the ratios.
 
-It follows the seed notebook's protocol (scikit-learn's `train_test_split`, train vs. the rest,
-then the rest into val and test, `random_state=seed`): 1000 names give 800/100/100 on every
-machine. `_cut` does that arithmetic itself (a test holds it to scikit-learn's output): importing
-scikit-learn took 2.4 s of every command that splits.
+It follows the seed notebook's `train_test_split` (train vs. the rest, then val vs. test,
+`random_state=seed`), done by `_cut` itself (a test holds it to scikit-learn's output), since
+importing scikit-learn took 2.4 s of every command that splits.
 """
 
 from __future__ import annotations

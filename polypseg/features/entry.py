@@ -1,10 +1,9 @@
 """One feature-cache entry on disk: `features.npy`, `masks.npy` and `index.json`.
 
-The index names the images in row order, their original sizes and each array's `ArrayRecord`,
-and ends with the SHA-256 of its own other fields, so a damaged or hand-edited index is
-recognised before anything in it is trusted. `open_entry` (a hit) checks it and each array's
-size, header and sample digest; `verify_entry` re-reads every byte. Both raise `ValueError` (or
-`OSError`) naming the damage.
+The index (names in row order, original sizes, each array's `ArrayRecord`) ends with the SHA-256
+of its own other fields, so a damaged or hand-edited one is recognised before it is trusted.
+`open_entry` (a hit) costs the same at any size; `verify_entry` re-reads every byte. Both raise
+`ValueError` (or `OSError`) naming the damage.
 """
 
 from __future__ import annotations
