@@ -54,7 +54,7 @@ def decode(path: str | Path) -> Decoded:
     or tifffile's array for a TIFF Pillow refuses."""
     path = Path(path)
     try:
-        # Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error
+        # Our own limit is checked before any decoding (`pairs._check`); Pillow's error
         # remains for files beyond its hard limit, above any limit the config allows.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
