@@ -89,8 +89,8 @@ def test_download_without_network_says_how_to_go_on(
     monkeypatch.setattr(kagglehub, "dataset_download", offline)
     line = _error_line(runner.invoke(app, ["data", "download"]))
     assert "debeshjha1/kvasirseg" in line
-    assert "`polypseg tune --set data.source=local --set data.root=DIR`" in line
-    assert "`polypseg data synth --out DIR`" in line
+    assert "add `--set data.source=local --set data.root=DIR` to cache, train or tune" in line
+    assert "`polypseg tune --trials 4 --config experiments/synthetic.toml" in line
 
 
 def test_synth_refuses_to_overwrite(runner: CliRunner, synthetic_root: Path) -> None:

@@ -123,7 +123,8 @@ def test_a_hires_segmenter_survives_the_registered_models_state(tmp_path: Path) 
     loaded, _ = load_segmenter(path)
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     assert type(loaded.decoder).__name__ == "HiresDecoder"
-    np.testing.assert_array_equal(loaded.predict_proba(image), segmenter.predict_proba(image))
+    expected = segmenter.predict_proba_batch([image])
+    np.testing.assert_array_equal(loaded.predict_proba_batch([image]), expected)
 
 
 def test_deep_supervision_puts_a_loss_on_every_stage() -> None:

@@ -38,17 +38,9 @@ def data_download(
 ) -> None:
     """Download a polyp data set (default Kvasir-SEG) from Kaggle and print its folder."""
     from polypseg.data.sets import download_sets
-    from polypseg.errors import DownloadError
 
-    try:
-        lines = download_sets(name, dest)
-    except DownloadError as err:
-        raise DownloadError(
-            f"{err}; to train on a copy made by hand, run "
-            "`polypseg tune --set data.source=local --set data.root=DIR`, or work offline on a "
-            "synthetic set: `polypseg data synth --out DIR`"
-        ) from None
-    typer.echo("\n".join(lines))
+    for line in download_sets(name, dest):
+        typer.echo(line)
 
 
 @data_app.command("synth")

@@ -10,16 +10,13 @@ from torch.utils.data import Dataset
 from polypseg.data.images import read_image
 from polypseg.data.masks import read_mask
 from polypseg.data.pairs import Pair
-from polypseg.errors import DataError
 from polypseg.transforms import resize_image, resize_mask
 
 
 class KvasirDataset(Dataset):
-    """Items are dicts: `image` (3×S×S uint8), `mask` (1×S×S uint8 0/1), `name`, `size` (H, W).
-
-    It takes pairs already listed (`list_pairs`), so a folder is listed and checked once per run.
-    `size` is the original (height, width), kept because predictions go back to it.
-    """
+    """Items are dicts: `image` (3×S×S uint8), `mask` (1×S×S uint8 0/1), `name`, and `size`,
+    the original (H, W) that predictions go back to. The pairs come checked (`pairs.py`): a mask
+    is its image's size."""
 
     def __init__(self, pairs: Sequence[Pair], image_size: int) -> None:
         self.pairs = list(pairs)
@@ -32,11 +29,6 @@ class KvasirDataset(Dataset):
         pair = self.pairs[index]
         image = read_image(pair.image)
         mask = read_mask(pair.mask)
-        if mask.shape != image.shape[:2]:
-            raise DataError(
-                f"mask {pair.mask} is {mask.shape[1]}×{mask.shape[0]} but its image is "
-                f"{image.shape[1]}×{image.shape[0]}; masks must match their images"
-            )
         return {
             "image": resize_image(image, self.image_size),
             "mask": resize_mask(mask, self.image_size),

@@ -1,13 +1,9 @@
 """The one image reader: Pillow first, `tifffile` for the TIFFs Pillow cannot decode.
 
-Every reader of images and masks goes through `decode`: the data set, `evaluate`'s maps and
-masks, `predict`'s inputs and the data checks. Real polyp sets ship as TIFF (CVC-ClinicDB's
-frames and masks), and TIFF allows sample layouts Pillow refuses (float or 32-bit RGB, signed
-samples, more than four samples per pixel): those come from `tifffile` as channels-last arrays in
-their own dtype. `read_image` turns either into RGB, `masks.read_mask` into a mask by the mask
-rule, and `pixels` keeps the values as stored; `unit_range` reads any of them as floats in
-[0, 1] (MATLAB's `im2double`, which PraNet's evaluation applies to maps). Pillow's own
-decompression-bomb guard is silenced: our pixel limit (`data.max_megapixels`) is checked first.
+Every reader of images and masks goes through `decode`. TIFF (CVC-ClinicDB's format) allows
+sample layouts Pillow refuses (float or 32-bit RGB, signed samples, more than four samples):
+those come from `tifffile` as arrays in their own dtype. Pillow's decompression-bomb guard is
+silenced: our own limit (`data.max_megapixels`) is checked first.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _tiff_array(path: Path) -> np.ndarray:
-    """A TIFF's first image, channels last, with `tifffile`; DataError when it cannot."""
     import tifffile
 
     try:
@@ -55,12 +50,11 @@ def _tiff_array(path: Path) -> np.ndarray:
 
 
 def decode(path: str | Path) -> Decoded:
-    """A file decoded to its end and turned upright by its EXIF orientation (images and masks
-    alike, each by its own tag): Pillow's image, or for a TIFF Pillow refuses tifffile's array;
-    a DataError naming the file when neither can."""
+    """A file decoded to its end and turned upright by its own EXIF orientation: Pillow's image,
+    or tifffile's array for a TIFF Pillow refuses."""
     path = Path(path)
     try:
-        # Our own limit is checked before any decoding (`pairs.pair_problems`); Pillow's error
+        # Our own limit is checked before any decoding (`pairs._check`); Pillow's error
         # remains for files beyond its hard limit, above any limit the config allows.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -103,10 +97,8 @@ def pixels(decoded: Decoded) -> np.ndarray:
 
 
 def to_rgb(decoded: Decoded) -> np.ndarray:
-    """H×W×3 uint8 from any decoded image: grey, RGBA, palette, 16-bit and float included.
-
-    Grey above 8 bits is stretched to its peak (a 16-bit image holding 0–255 stays as it is);
-    float and tifffile's colour samples are read by `unit_range`."""
+    """H×W×3 uint8 from any decoded image. Grey above 8 bits is stretched to its peak (a 16-bit
+    image holding 0–255 stays as it is); floats and tifffile's colours go through `unit_range`."""
     if isinstance(decoded, Image.Image):
         if decoded.mode not in ("I", "F") and not decoded.mode.startswith("I;16"):
             return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
@@ -123,17 +115,13 @@ def to_rgb(decoded: Decoded) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as H×W×3 uint8 RGB, at its original size."""
     return to_rgb(decode(path))
 
 
 def unit_range(array: np.ndarray) -> np.ndarray:
-    """Pixels as float64 in [0, 1], like MATLAB's `im2double`.
-
-    bool is 0/1; unsigned integers are divided by their type's maximum (uint8 by 255, uint16 by
-    65535); signed ones are clipped at 0 first. Floats in [0, 1] are kept; floats beyond 1 are
-    read as 0–255 values (what float TIFFs written from 8-bit data hold) and clipped.
-    """
+    """Pixels as float64 in [0, 1], like MATLAB's `im2double` (which PraNet's evaluation
+    applies to maps); signed integers are clipped at 0, and floats beyond 1 read as 0–255 values
+    (what float TIFFs written from 8-bit data hold)."""
     if array.dtype == bool:
         return array.astype(np.float64)
     if np.issubdtype(array.dtype, np.integer):

@@ -1,13 +1,10 @@
 """Masks: the one rule that reads any mask file as polyp or background, and the sets it refuses.
 
-Polyp data sets store masks in many ways: Kvasir-SEG's RGB JPEGs (0/255 with compression
-noise), 0/1 label PNGs (8 or 16 bit), VOC-style palette PNGs, masks drawn only in an alpha
-channel. Every reader of masks goes through `mask_from_pixels` (its docstring is the rule): the
-training data (`read_mask`), `evaluate`'s ground truth under both protocols (PraNet's keeps
-MATLAB's threshold for plain grey masks: `maps.read_pranet_mask`) and the data checks. A format
-the rule cannot read shows up as empty masks, and a Dice on empty masks is 1.0 for a model that
-finds nothing; so a source set (or a split part) whose masks are all empty, or mostly polyp, is
-refused by `foreground_problem` before anything is trained or scored.
+Polyp sets store masks in many ways (RGB JPEGs with compression noise, 0/1 label PNGs of 8 or 16
+bits, palette PNGs, masks drawn only in alpha); every reader of masks goes through
+`mask_from_pixels`, whose docstring is the rule. A format the rule cannot read shows up as empty
+masks, and a Dice on empty masks is 1.0 for a model that finds nothing; so a set (or a split
+part) whose masks are all empty, or mostly polyp, is refused before anything is trained or scored.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ PlainRule = Callable[[np.ndarray], np.ndarray]  # H×W grey or H×W×3 colour va
 
 
 def _luma(colour: np.ndarray) -> np.ndarray:
-    """Grey of H×W×3 values: exactly Pillow's `convert("L")` for 8-bit, its weights otherwise."""
+    # Exactly Pillow's `convert("L")` for 8 bits, its weights otherwise.
     if colour.dtype == np.uint8:
         r, g, b = (colour[..., i].astype(np.uint32) for i in range(3))
         return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
@@ -41,13 +38,12 @@ def _luma(colour: np.ndarray) -> np.ndarray:
 
 
 def at_half_range(values: np.ndarray) -> np.ndarray:
-    """Polyp where the grey value (colour: its luma) is at least half its type's range."""
     grey = _luma(values[..., :3]) if values.ndim == 3 else values
     return unit_range(grey) >= 0.5
 
 
 def _without_alpha(pixels: np.ndarray) -> np.ndarray:
-    """H×W grey or H×W×3 colour: alpha dropped, or alone when the mask is drawn only in it."""
+    # Alpha dropped, or kept alone when the mask is drawn only in it (rule 3).
     if pixels.ndim == 2:
         return pixels
     channels = pixels.shape[2]
@@ -81,22 +77,18 @@ def mask_from_pixels(pixels: np.ndarray, plain: PlainRule = at_half_range) -> np
     return plain(values)
 
 
-def _black_background(image: Image.Image) -> bool:
-    palette = image.getpalette()
-    return palette is None or palette[:3] == [0, 0, 0]
-
-
 def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
     """`mask_from_pixels` of a decoded image (`images.decode`), palette indices too (rule 1)."""
-    if isinstance(image, Image.Image) and image.mode in ("P", "PA") and _black_background(image):
-        indices = np.asarray(image)
-        return (indices[..., 0] if indices.ndim == 3 else indices) != 0
+    if isinstance(image, Image.Image) and image.mode in ("P", "PA"):
+        palette = image.getpalette()  # index 0 black: a label image, else read by its colours
+        if palette is None or palette[:3] == [0, 0, 0]:
+            indices = np.asarray(image)
+            return (indices[..., 0] if indices.ndim == 3 else indices) != 0
     return mask_from_pixels(pixels(image), plain)
 
 
 def read_mask(path: str | Path, plain: PlainRule = at_half_range) -> np.ndarray:
-    """A mask file as an H×W uint8 array of 0/1 by the mask rule; DataError naming a file that
-    fails to decode."""
+    """A mask file as H×W uint8 0/1 by the mask rule."""
     return mask_from_image(decode(path), plain).astype(np.uint8)
 
 
@@ -108,11 +100,8 @@ FILE_CAUSES = (
 
 
 def foreground_problem(fractions: Sequence[float], where: str) -> str:
-    """Why these masks' foreground fractions cannot be polyp annotations, or "" when they can.
-
-    All empty is refused at any count; a mean above `MOSTLY_POLYP` from two masks on (one
-    close-up may fill its frame; several cannot), as inverted masks.
-    """
+    """Why these masks' foreground fractions cannot be polyp annotations, or "": all empty at
+    any count, a mean above `MOSTLY_POLYP` from two masks on (one close-up may fill its frame)."""
     n = len(fractions)
     if n and max(fractions) == 0:
         return f"all {n} masks in {where} are empty: {FILE_CAUSES}"
@@ -125,9 +114,8 @@ def foreground_problem(fractions: Sequence[float], where: str) -> str:
 
 
 def sources_problem(fractions: Mapping[str, float], where: str) -> str:
-    """`foreground_problem` of each source set's masks in turn (names `<set>/<file>`; plain
-    names are one set, `where`): all-empty ClinicDB masks beside Kvasir's are refused, not
-    averaged away."""
+    """`foreground_problem` per source set (names `<set>/<file>`; plain names: one set, `where`),
+    so all-empty ClinicDB masks beside Kvasir's are refused, not averaged away."""
     groups: dict[str, list[float]] = {}
     for name, fraction in fractions.items():
         groups.setdefault(name.rpartition("/")[0], []).append(fraction)
@@ -138,13 +126,9 @@ def sources_problem(fractions: Mapping[str, float], where: str) -> str:
 
 
 def check_split_masks(split: Split, names: Sequence[str], masks: np.ndarray, where: str) -> None:
-    """Refuse a source set whose masks are all empty or mostly polyp, and a split part (train,
-    val, test) whose masks are all empty.
-
-    `masks` holds one 0/1 mask per name (N×…, the feature cache's rows): the masks training
-    and its test score actually use. Counted row by row: `count_nonzero` of a whole row is
-    several times faster than any reduction along an axis (1000 masks of 512²: about 0.1 s).
-    """
+    """Refuse a source set of implausible masks and a split part of empty ones, judged on the
+    feature cache's masks (one per name): those training and its test score use. Counted row by
+    row: `count_nonzero` of a row is several times faster than a reduction along an axis."""
     flat = np.asarray(masks).reshape(len(names), -1)
     counts = np.fromiter((np.count_nonzero(mask) for mask in flat), np.int64, len(names))
     fractions = counts / max(1, flat.shape[1])

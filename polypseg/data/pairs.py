@@ -1,18 +1,12 @@
 """Images paired with their masks by stem, and the checks every pair passes before any work.
 
 `split`, `train`, `evaluate` and `predict` must accept and refuse the same files, so pairing and
-its checks live here and `list_pairs` runs all of them: several files for one stem, images
-without masks and masks without images, a symlink that leads nowhere (a loop, a missing target),
-an image over the pixel limit (`data.max_megapixels`, our deliberate limit instead of Pillow's
-decompression-bomb guard), a mask not its image's size, and a file that does not decode to its
-end, so a truncated JPEG is found by `split` as well as by `train`. JPEG images decode in
-Pillow's draft mode (1/8 scale): the whole compressed stream is still read, at a fraction of a
-full decode's cost. The one exception is a feature-cache hit (`features/prepare.py`): its key holds
-the SHA-256 of every file, so the bytes are the ones a build already decoded, and only headers
-are read again. Before a build the same pass measures each mask's polyp fraction by the mask
-rule at full scale, as it will be scored, so a faint mask, or a set of empty masks, is refused
-before it is encoded. A mask `p<stem>` (ETIS and CVC-ColonDB's original releases) pairs
-with image `<stem>`.
+every check of a pair live here: one file per stem, every image with a mask, links that lead
+somewhere, the pixel limit (`data.max_megapixels`, ours instead of Pillow's bomb guard), a mask
+its image's size, every file decoded to its end and every mask measured at full scale, as it is
+scored. JPEGs are checked in Pillow's draft mode (1/8 scale): the whole stream is still read, at a
+fraction of a full decode's cost. A mask `p<stem>` (ETIS and CVC-ColonDB's originals) pairs with
+image `<stem>`.
 """
 
 from __future__ import annotations
@@ -70,10 +64,9 @@ def broken_links_problem(paths: Sequence[Path], root: Path | None = None) -> str
 def files_by_stem(
     folder: Path, broken: list[Path] | None = None, prefer_png: bool = False
 ) -> dict[str, Path]:
-    """The image files of a folder by stem. Several files for one stem (`X.jpg` beside a stale
-    `X.png`, `X.JPG` beside `X.jpg`) are refused, naming them: which one pairs is not ours to
-    guess; but with `prefer_png` a PNG beside a TIFF of its stem is the one read (the polyp
-    sets' copies). Symlinks that lead nowhere go to `broken` when given, to be named."""
+    """The image files of a folder by stem; several for one stem are refused (which one pairs is
+    not ours to guess), except that with `prefer_png` a PNG beside a TIFF of its stem is read
+    (the polyp sets' copies). Symlinks that lead nowhere go to `broken` when given."""
     groups: dict[str, list[Path]] = {}
     try:
         entries = sorted(folder.iterdir())
@@ -124,20 +117,14 @@ def folder_pairs(images_dir: Path, masks_dir: Path, prefix: str = "") -> list[Pa
     return [Pair(prefix + images[s].name, images[s], masks[s]) for s in shared]
 
 
-def _refuse(root: Path, problems: list[str]) -> None:
-    if problems:
-        raise DataError(f"{root}: " + "; ".join(problems))
-
-
 def list_pairs(
     root: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, decode: bool = True
 ) -> list[Pair]:
-    """Every image of the data set at `root` (`sets.find_dataset`) with its mask, by name,
-    checked (`pair_problems`: the same verdict for split, train and evaluate). `decode=False`
-    leaves the decoding to `check_decoding`, for a caller that may know better."""
+    """Every image of the data set at `root` with its mask, checked. `decode=False` reads headers
+    only, leaving the decoding to `check_decoding`, for a caller that may know better."""
     images_dir, masks_dir = find_dataset(root)
     pairs = folder_pairs(images_dir, masks_dir)
-    _refuse(images_dir.parent, pair_problems(pairs, images_dir.parent, max_megapixels, decode))
+    _check(pairs, images_dir.parent, max_megapixels, decode)
     return pairs
 
 
@@ -147,14 +134,13 @@ def set_pairs(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     decode: bool = False,
 ) -> list[Pair]:
-    """Every pair of set `name` at `root`, named `<name>/<image file name>`, headers checked
-    (with `decode`, every file decoded to its end, as `list_pairs` does)."""
+    """Every pair of set `name` at `root`, named `<name>/<image file name>`, checked."""
     pairs = []
     for images_dir, masks_dir, mixed in set_folders(name, root):
         found = folder_pairs(images_dir, masks_dir, f"{name}/")
         if mixed:  # PraNet's TrainDataset: CVC-ClinicDB's files are numbered, Kvasir's are not
             found = [p for p in found if p.image.stem.isdigit() == (name == "clinicdb")]
-        _refuse(images_dir.parent, pair_problems(found, images_dir.parent, max_megapixels, decode))
+        _check(found, images_dir.parent, max_megapixels, decode)
         pairs += found
     if len({p.name for p in pairs}) < len(pairs):
         raise DataError(f"{root}: the same {name} file name in two folders; keep one copy")
@@ -164,33 +150,21 @@ def set_pairs(
 def check_decoding(
     root: str | Path, pairs: Sequence[Pair], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 ) -> None:
-    """The check `list_pairs(..., decode=False)` left out, before a feature-cache build: every
-    file decodes to its end, and the masks are not all empty nor nearly all polyp."""
-    fractions: dict[str, float] = {}
-    problems = pair_problems(pairs, Path(root), max_megapixels, fractions=fractions)
-    if not problems and (problem := sources_problem(fractions, "masks/")):
-        problems = [problem]
-    _refuse(Path(root), problems)
+    """What `list_pairs(..., decode=False)` left out, before a feature-cache build: every file
+    decodes to its end, and no source set's masks are all empty or nearly all polyp."""
+    _check(pairs, Path(root), max_megapixels, decode=True, fractions={})
 
 
 def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
-    """Feed every pair's name and the SHA-256 of its two files into `digest`, in order.
-
-    Both the feature cache's key and an evaluation's data digest are built this way, so a changed
-    byte in any image or mask changes both.
-    """
+    """Feed every pair's name and its two files' SHA-256 into `digest`: the feature cache's key
+    and an evaluation's data digest, so a changed byte in any file changes both."""
     for pair in pairs:
         digest.update(f"{pair.name}:{file_digest(pair.image)}:{file_digest(pair.mask)}".encode())
 
 
 def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool = False) -> Verdict:
-    """("ok", (w, h), fraction), ("large", (w, h) or None, None), ("undecodable", None, None)
-    or, for a measured mask that reads as no polyp but is not black, ("faint", (w, h), None).
-
-    Without `decode` only the header is read: the size and the pixel limit, not the data. With
-    `measure` (a mask) the fraction of polyp pixels by the mask rule comes too, else None.
-    Pillow's decompression-bomb warning is the caller's to silence (`_inspect_all`).
-    """
+    """(state, (w, h) or None, a measured mask's polyp fraction or None); state is "ok", or a
+    key of `_PHRASES`. Without `decode` only the header is read."""
     try:
         with Image.open(path) as image:
             if image.width * image.height > max_pixels:  # before EXIF, which may read on
@@ -218,8 +192,8 @@ def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool =
 
 
 def _measured(mask: Image.Image | np.ndarray, size: Any) -> Verdict:
-    """A decoded mask's polyp fraction by the mask rule; "faint" when the rule finds no polyp in
-    a mask that is not black (0/1 labels saved as JPEG, polyps drawn in dark grey)."""
+    """ "faint" when the mask rule finds no polyp in a mask that is not black (0/1 labels saved
+    as JPEG, polyps drawn in dark grey)."""
     fraction = float(mask_from_image(mask).mean())
     if fraction == 0.0 and np.asarray(mask).any():
         return "faint", size, None
@@ -229,12 +203,9 @@ def _measured(mask: Image.Image | np.ndarray, size: Any) -> Verdict:
 def _inspect_all(
     paths: Sequence[Path], max_pixels: float, decode: bool, measure: Sequence[bool] = ()
 ) -> list[Verdict]:
-    """`_inspect` of every path (`measure[i]`: path i is a mask to measure); decoding runs in
-    threads (Pillow decodes without the GIL).
-
-    The warning filter is set here, once around all threads: it is process-wide, and
-    `catch_warnings` entered and left in several threads at once can restore a stale list.
-    """
+    """`_inspect` of every path (`measure[i]`: path i is a mask), decoded in threads (Pillow
+    decodes without the GIL). The warning filter is process-wide: set once around all threads,
+    since `catch_warnings` entered and left in several threads at once can restore a stale one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if not decode:  # a header is read faster than a thread is handed the work
@@ -245,78 +216,81 @@ def _inspect_all(
             return list(work)
 
 
-def _phrases(found: dict[str, list[str]], max_megapixels: float) -> list[str]:
-    phrases = {
-        "large": f"images over the {max_megapixels:g}-megapixel limit (downscale them, or "
-        "raise data.max_megapixels in the config)",
-        "undecodable": "files that cannot be decoded",
-        "size": "masks not the size of their images",
-        "faint": "masks not black but with no pixel at half range or above",
-    }
-    causes = {"faint": f" ({FILE_CAUSES})"}
-    return [
-        f"{phrases[kind]}: {listing(names)}{causes.get(kind, '')}"
-        for kind, names in found.items()
-        if names
+_PHRASES = {  # what is wrong, by verdict, in the order a refusal names them
+    "large": "images over the {limit:g}-megapixel limit (downscale them, or raise "
+    "data.max_megapixels in the config)",
+    "undecodable": "files that cannot be decoded",
+    "size": "masks not the size of their images",
+    "faint": "masks not black but with no pixel at half range or above",
+}
+
+
+def _refusal(found: dict[str, list[str]], max_megapixels: float) -> str:
+    """One phrase per kind of problem in `found` (names by verdict), or "" when none."""
+    phrases = [
+        f"{_PHRASES[kind].format(limit=max_megapixels)}: {listing(found[kind])}"
+        + (f" ({FILE_CAUSES})" if kind == "faint" else "")
+        for kind in _PHRASES
+        if found.get(kind)
     ]
+    return "; ".join(phrases)
 
 
 def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> None:
-    if state == "large":
-        found["large"].append(f"{shown} ({size[0]}×{size[1]})" if size else shown)
-    elif state in ("undecodable", "faint"):
-        found[state].append(shown)
+    if state == "large" and size:
+        shown += f" ({size[0]}×{size[1]})"
+    found.setdefault(state, []).append(shown)
 
 
-def pair_problems(
-    pairs: Iterable[Any],
+def _check(
+    pairs: Sequence[Pair],
     root: Path,
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    decode: bool = True,
+    max_megapixels: float,
+    decode: bool,
     fractions: dict[str, float] | None = None,
-) -> list[str]:
-    """What is wrong with `pairs` (each with `.image` and `.mask` paths), one phrase per kind.
-
-    `decode=False` checks headers only (sizes, the pixel limit): for files known to decode.
-    `fractions`, when given (with `decode`), receives each decoded mask's polyp fraction by
-    pair name: the same pass measures the masks (`masks.foreground_problem` judges them).
-    """
-    found: dict[str, list[str]] = {"large": [], "undecodable": [], "size": [], "faint": []}
-    pairs = list(pairs)
+) -> None:
+    """Refuse `pairs` in one line naming every bad file. With `fractions` (a decode), the same
+    pass measures each mask, and a source set of implausible masks is refused too."""
+    found: dict[str, list[str]] = {}
     paths = [path for pair in pairs for path in (pair.image, pair.mask)]
     measure = [fractions is not None and index % 2 == 1 for index in range(len(paths))]
     verdicts = _inspect_all(paths, max_megapixels * 1e6, decode, measure)
     for pair, image, mask in zip(pairs, verdicts[0::2], verdicts[1::2], strict=True):
-        sizes = []
         for path, (state, size, _) in ((pair.image, image), (pair.mask, mask)):
             _note(found, str(path.relative_to(root)), state, size)
-            sizes.append(size)
         if fractions is not None and mask[2] is not None:
             fractions[pair.name] = mask[2]
-        if None not in sizes and sizes[0] != sizes[1]:
-            found["size"].append(f"{pair.mask.relative_to(root)} ({sizes[1][0]}×{sizes[1][1]})")
-    return _phrases(found, max_megapixels)
+        if None not in (image[1], mask[1]) and image[1] != mask[1]:
+            found.setdefault("size", []).append(
+                f"{pair.mask.relative_to(root)} ({mask[1][0]}×{mask[1][1]})"
+            )
+    problem = _refusal(found, max_megapixels)
+    if not problem and fractions is not None:
+        problem = sources_problem(fractions, "masks/")
+    if problem:
+        raise DataError(f"{root}: {problem}")
 
 
 def refuse_bad_images(paths: Sequence[Path]) -> None:
     """Single images (predict's inputs) checked like pairs: links, the pixel limit, decoding."""
     if broken := [p for p in paths if is_broken_link(p)]:
         raise DataError(broken_links_problem(broken) + "; fix or remove them")
-    found: dict[str, list[str]] = {"large": [], "undecodable": []}
+    found: dict[str, list[str]] = {}
     verdicts = _inspect_all(paths, DEFAULT_MAX_MEGAPIXELS * 1e6, decode=True)
     for path, verdict in zip(paths, verdicts, strict=True):
         _note(found, str(path), *verdict[:2])
-    if problems := _phrases(found, DEFAULT_MAX_MEGAPIXELS):
-        raise DataError("; ".join(problems) + "; pass image files that decode")
+    if problem := _refusal(found, DEFAULT_MAX_MEGAPIXELS):
+        raise DataError(problem + "; pass image files that decode")
 
 
 def refuse_implausible_masks(masks: Sequence[Path], where: str) -> None:
     """Masks about to be scored, refused when all empty or nearly all polyp: a Dice on empty
     masks is 1.0 for a model that finds nothing (`masks.foreground_problem`)."""
     verdicts = _inspect_all(masks, math.inf, decode=True, measure=[True] * len(masks))
-    states = [state for state, _, _ in verdicts]
-    if faint := [str(mask) for mask, state in zip(masks, states, strict=True) if state == "faint"]:
-        raise DataError(_phrases({"faint": faint}, math.inf)[0])
+    if faint := [
+        str(mask) for mask, (state, _, _) in zip(masks, verdicts, strict=True) if state == "faint"
+    ]:
+        raise DataError(_refusal({"faint": faint}, math.inf))
     fractions = [fraction for _, _, fraction in verdicts if fraction is not None]
     if problem := foreground_problem(fractions, where):
         raise DataError(problem)

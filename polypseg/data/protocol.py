@@ -1,13 +1,10 @@
 """PraNet's protocol (Fan et al., MICCAI 2020), the one polyp papers report, as polypseg's split.
 
-Training: Kvasir-SEG and CVC-ClinicDB minus PraNet's test images (1450 images when both sets
-are whole), named `<set>/<file>`. Validation, for pruning and model selection: a seeded
-`data.ratios[1]` share of those training images, never a test set. Test: PraNet's 100 Kvasir and
-62 ClinicDB images (`pranet_test_names.json`, with its provenance) and the whole of CVC-ColonDB,
-ETIS-LaribPolypDB and CVC-300. Test membership is by stem, without regard to case: a copy may
-store an image as `.jpg` or `.tif` where PraNet's lists name a `.png`. The sets given are
-identified, not assumed: one set named twice, or one file in two sets (the same folder given
-twice, or a copy of it), is refused before it could leak test images into training.
+Training: Kvasir-SEG and CVC-ClinicDB minus PraNet's test images, named `<set>/<file>`; a seeded
+`data.ratios[1]` share of them is validation, never a test set. Test: PraNet's 100 Kvasir and 62
+ClinicDB images (`pranet_test_names.json`), matched by stem in any case, and the whole of the
+other three sets. The sets given are identified, not assumed, so one given twice cannot leak
+test images into training.
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ NAMES_FILE = Path(__file__).with_name("pranet_test_names.json")
 
 @cache
 def test_stems() -> dict[str, frozenset[str]]:
-    """PraNet's test images of the two training sets, as file stems."""
     lists = json.loads(NAMES_FILE.read_text())
     return {
         name: frozenset(Path(file).stem.lower() for file in lists[name]) for name in TRAINING_SETS
@@ -43,9 +39,8 @@ def _stem(pair: Pair) -> str:
 
 
 def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
-    """One line when an image of a training set is also in another set, by its resolved path or
-    by its bytes: a set given twice, or under two names, would put test images into training.
-    Only files of one size in two sets are hashed."""
+    """Refuse an image of a training set that is also in another set, by resolved path or by
+    bytes (only files of one size in two sets are hashed)."""
     by_size: dict[int, list[tuple[str, Path]]] = {}
     for name, pairs in pools.items():
         for pair in pairs:
@@ -68,7 +63,6 @@ def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
 
 
 def missing_roots(names: Sequence[str], roots: Mapping[str, object]) -> None:
-    """One line naming the sets the protocol needs that `roots` lacks."""
     if lacking := [name for name in names if name not in roots]:
         shown = " ".join(f"--root {name}=DIR" for name in lacking)
         raise DataError(
@@ -83,9 +77,8 @@ def pranet_split(
     ratios: Sequence[float],
     sources: Mapping[str, str | Path] | None = None,
 ) -> Split:
-    """The training split of Kvasir + ClinicDB pairs (`set_pairs`): PraNet's test images are the
-    test part, a seeded `ratios[1]` share of the rest is val. A set holding none of PraNet's test
-    images is refused: it is not that set, or not whole."""
+    """The split of Kvasir + ClinicDB pairs; a set holding none of PraNet's test images is
+    refused: it is not that set, or not whole."""
     ratios = check_ratios(ratios)
     missing_roots(TRAINING_SETS, pools)
     rest, test = [], []
@@ -106,31 +99,28 @@ def pranet_split(
 
 
 def test_pairs(name: str, pairs: Sequence[Pair]) -> list[Pair]:
-    """The pairs of set `name` that PraNet tests on: its lists for Kvasir and ClinicDB, the
-    whole set for the others."""
+    """The pairs of set `name` that PraNet tests on."""
     if name not in TRAINING_SETS:
         return list(pairs)
     return [p for p in pairs if _stem(p) in test_stems()[name]]
 
 
 def set_root(data: DataConfig, name: str) -> Path:
-    """The folder of set `name`: `data.roots`, else the Kaggle copy when `data.source` is
-    kaggle, else a one-line error saying how to point at one."""
+    """The folder of set `name`: `data.roots`, else the Kaggle copy under `data.source` kaggle."""
     check_set_name(name, "data.roots:")
     if name in data.roots:
         return Path(data.roots[name])
-    if data.source == "kaggle":
-        try:
-            return download(name)
-        except DownloadError as err:
-            raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
-    missing_roots([name], {})
-    raise AssertionError  # pragma: no cover - missing_roots raised
+    if data.source != "kaggle":
+        missing_roots([name], {})  # raises, naming how to point at one
+    try:
+        return download(name)
+    except DownloadError as err:
+        raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
 
 
 def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
-    """What `prepare` trains on under `data.protocol = "pranet"`: the folder above every
-    source (for messages), the pairs of both training sets, and their split."""
+    """Under `data.protocol = "pranet"`: the folder above every source (for messages), the pairs
+    of both training sets, and their split."""
     roots = {name: Path(os.path.abspath(set_root(data, name))) for name in TRAINING_SETS}
     pools = {name: set_pairs(name, root, data.max_megapixels) for name, root in roots.items()}
     refuse_shared_files(pools)
@@ -141,7 +131,6 @@ def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
 
 
 def parse_set_roots(values: Sequence[str]) -> dict[str, Path]:
-    """`--root SET=DIR` values as {set: folder}; a plain DIR or an unknown set is refused."""
     roots: dict[str, Path] = {}
     for value in values:
         name, sep, folder = str(value).partition("=")
@@ -161,8 +150,8 @@ def parse_set_roots(values: Sequence[str]) -> dict[str, Path]:
 def split_manifest(
     roots: Mapping[str, Path], seed: int, ratios: Sequence[float]
 ) -> tuple[dict, str]:
-    """`data split --protocol pranet`: the manifest (`train`, `val`: `<set>/<file>`; `test`:
-    set → file names, every set given) and its counts line."""
+    """`data split --protocol pranet`: the manifest (`test`: set → file names, every set given)
+    and its counts line."""
     missing_roots(TRAINING_SETS, roots)
     # Decoded to the end, as the seed split's files are: a truncated file is found here too.
     pools = {name: set_pairs(name, roots[name], decode=True) for name in SETS if name in roots}

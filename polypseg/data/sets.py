@@ -1,15 +1,10 @@
 """The polyp data sets by name: the one table of them, the folders that hold one, the download.
 
-`SETS` is the one table (data, not logic): each set's name on the command line and in
-`data.roots`, its title, its public Kaggle copy and its folder in PraNet's `TestDataset/`.
-Kvasir-SEG, the default data set, is its first row. A data set on disk is a folder holding an
-images folder and a masks folder, found at or under the root the user gives (a download's
-nesting) by one walk, `pair_folders`. Each copy keeps its own folder names (`images/` +
-`masks/`, `image/` + `mask/`, `Original/` + `Ground Truth/`), found here without renaming
-anything. Where a copy ships PNG and TIFF folders side by side (CVC-ClinicDB's `PNG/` and
-`TIF/`), the PNGs are read: the same pixels, and the format every reader opens. PraNet's own
-distribution (`TrainDataset/{image,mask}` with both training sets mixed,
-`TestDataset/<set>/{images,masks}`) is a root for any set.
+`SETS` is the table, Kvasir-SEG its first row. A data set on disk is an images folder beside a
+masks folder under each copy's own names (`images/` + `masks/`, `image/` + `mask/`, `Original/`
++ `Ground Truth/`), found at or under the root given by one walk, `pair_folders`, without
+renaming anything. Where a copy ships PNG and TIFF folders side by side (CVC-ClinicDB), the PNGs
+are read. PraNet's own distribution (`TrainDataset/`, `TestDataset/<set>/`) is a root for any set.
 """
 
 from __future__ import annotations
@@ -62,9 +57,9 @@ def _unreadable(root: Path, err: OSError) -> None:
 
 
 def pair_folders(path: Path) -> list[tuple[Path, Path]]:
-    """The (images, masks) folders at or under `path`, by any of the known names, not looking
-    inside a data set's own folders. A folder the walk cannot read might hold a data set (or a
-    second one): it is refused, named, rather than skipped as `os.walk` would."""
+    """The (images, masks) folders at or under `path`, not looking inside a data set's own. A
+    folder the walk cannot read might hold one: it is refused, named, not skipped as `os.walk`
+    would."""
     found = []
     for folder, subfolders, _ in os.walk(path, onerror=partial(_unreadable, path)):
         subfolders.sort()
@@ -79,9 +74,8 @@ def pair_folders(path: Path) -> list[tuple[Path, Path]]:
 
 
 def find_dataset(path: str | Path) -> tuple[Path, Path]:
-    """The (images, masks) folders of the data set at or under `path` (a download's nesting
-    included). Every command finds its data this way; a folder holding several data sets is
-    refused, naming them, never the first taken."""
+    """The (images, masks) folders of the one data set at or under `path`; several are refused,
+    named, never the first taken."""
     path = Path(path)
     if not path.is_dir():
         raise DataError(
@@ -108,7 +102,6 @@ def find_dataset(path: str | Path) -> tuple[Path, Path]:
 
 
 def find_dataset_root(path: str | Path) -> Path:
-    """The folder holding the images and masks folders of the data set at or under `path`."""
     return find_dataset(path)[0].parent
 
 
@@ -146,6 +139,14 @@ def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
     return [(*found[0], False)]
 
 
+# The default data source's way on without Kaggle: `data download`, `cache`, `train`, `tune`.
+KVASIR_HINT = (
+    "with a local copy of Kvasir-SEG, add `--set data.source=local --set data.root=DIR` to "
+    "cache, train or tune, or run the offline demo: `polypseg tune --trials 4 --config "
+    "experiments/synthetic.toml --study studies/demo_search.toml`"
+)
+
+
 def local_copy_hint(name: str) -> str:
     return (
         f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` or set "
@@ -154,10 +155,8 @@ def local_copy_hint(name: str) -> str:
 
 
 def download(name: str, dest: str | Path | None = None) -> Path:
-    """Download set `name` with kagglehub (reused from its cache); returns the folder read.
-
-    A failure is one `DownloadError` line; what to do instead depends on the command, and its
-    caller adds that."""
+    """Download set `name` with kagglehub (reused from its cache); the folder read. A failure is
+    one `DownloadError` line, to which the caller adds how to go on."""
     import kagglehub
 
     polyp = check_set_name(name)
@@ -179,13 +178,14 @@ def download(name: str, dest: str | Path | None = None) -> Path:
 
 def download_sets(name: str, dest: str | Path | None = None) -> list[str]:
     """`data download --set`: one set's folder, or `<set>=<folder>` for each of `all` (each in
-    `dest/<set>`); the sets that failed are named in one line, each with how to go on."""
+    `dest/<set>`); the sets that failed in one line, each with how to go on."""
     lines, failed = [], []
     for each in SETS if name == "all" else [name]:
         try:
             folder = download(each, Path(dest) / each if dest and name == "all" else dest)
         except DownloadError as err:
-            failed.append(f"{err}; {local_copy_hint(each)}")
+            hint = KVASIR_HINT if name == "kvasir" else local_copy_hint(each)
+            failed.append(f"{err}; {hint}")
         else:
             lines.append(f"{each}={folder}" if name == "all" else str(folder))
     if failed:

@@ -6,22 +6,17 @@ from pathlib import Path
 
 from polypseg.caches import cache_folder
 from polypseg.config import DataConfig
-from polypseg.data.sets import download, find_dataset_root
+from polypseg.data.sets import KVASIR_HINT, download, find_dataset_root
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import DownloadError
 from polypseg.outputs import check_output_dir
 
 
-def synthetic_root(data: DataConfig) -> Path:
-    if data.root:
-        return Path(data.root)
-    return cache_folder("synthetic") / f"n{data.synthetic_n}-seed{data.synthetic_seed}"
-
-
 def resolve_root(data: DataConfig) -> Path:
     """The folder holding `images/` and `masks/` for this config, downloading or generating it."""
     if data.source == "synthetic":
-        root = synthetic_root(data)
+        name = f"n{data.synthetic_n}-seed{data.synthetic_seed}"
+        root = Path(data.root) if data.root else cache_folder("synthetic") / name
         if not (root / "images").is_dir():
             option = "data.root" if data.root else None
             if option:  # a generated set lands only where an output may: not in a data set
@@ -33,9 +28,4 @@ def resolve_root(data: DataConfig) -> Path:
     try:
         return download("kvasir")
     except DownloadError as err:
-        raise DownloadError(
-            f"{err}; to use a local copy of Kvasir-SEG add "
-            "`--set data.source=local --set data.root=DIR`, or run the offline demo: "
-            "`polypseg tune --trials 4 --config experiments/synthetic.toml "
-            "--study studies/demo_search.toml`"
-        ) from None
+        raise DownloadError(f"{err}; {KVASIR_HINT}") from None

@@ -1,10 +1,8 @@
 """The train/val/test split: a pure function of the sorted file names, the seed and the ratios.
 
-It follows the seed notebook's protocol (scikit-learn's `train_test_split`, first train vs. the
-rest, then the rest into val and test, `random_state=seed`), so 1000 names give 800/100/100 and
-the same files land in the same split on every machine, whatever order the file system lists.
-`_cut` does `train_test_split`'s arithmetic itself (a test holds it to scikit-learn's output):
-importing scikit-learn took 2.4 s of every command that splits, a cache hit included.
+It follows the seed notebook's `train_test_split` (train vs. the rest, then val vs. test,
+`random_state=seed`), done by `_cut` itself (a test holds it to scikit-learn's output), since
+importing scikit-learn took 2.4 s of every command that splits.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ class Split:
     sources: tuple[tuple[str, str], ...] = ()
 
     def names(self, part: str) -> tuple[str, ...]:
-        """The names of one part, or a `DataError` when that part is empty but needed."""
         if part not in ("train", "val", "test"):
             raise DataError(f"unknown split {part!r}; use train, val or test")
         names = getattr(self, part)
@@ -48,8 +45,7 @@ class Split:
         return names
 
     def manifest(self) -> dict:
-        """The file lists; under `pranet`, also the protocol, the source folders and the test
-        part as an object from set name to its file names (a seed split's stays as it was)."""
+        """The file lists; under `pranet` also the protocol, sources and test part by set."""
         manifest = {
             "seed": self.seed,
             "ratios": list(self.ratios),
@@ -82,8 +78,7 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
 
 def _cut(names: list[str], test_size: float, seed: int) -> tuple[list[str], list[str]]:
     """`train_test_split(names, test_size=test_size, random_state=seed)`, leaving small sets
-    whole instead of raising: the test part is the first ceil(test_size·n) of a permutation drawn
-    by `RandomState(seed)`, the kept part the rest, both in permutation order."""
+    whole instead of raising."""
     if test_size <= 0 or len(names) < 2:
         return names, []
     if test_size >= 1:
@@ -96,8 +91,7 @@ def _cut(names: list[str], test_size: float, seed: int) -> tuple[list[str], list
 
 
 def hold_out(names: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """The sorted `names` cut into (kept, held out): the held-out part is `ceil(fraction·n)`
-    names drawn by the seed, as `split_names` draws its val and test parts."""
+    """The sorted `names` cut into (kept, held out), as `split_names` draws val and test."""
     return _cut(sorted(set(names)), fraction, seed)
 
 
@@ -106,7 +100,6 @@ def split_names(
     seed: int = DataConfig.split_seed,
     ratios: Sequence[float] = DataConfig.ratios,
 ) -> Split:
-    """Split file names into train/val/test; depends only on the set of names, seed and ratios."""
     ratios = check_ratios(ratios)
     ordered = sorted(set(names))
     if not ordered:

@@ -1,12 +1,9 @@
 """A synthetic Kvasir-like data set: the real layout, polyp-like content, deterministic per seed.
 
-Each image is a textured reddish mucosa with lighting falloff and specular highlights, holding
-one to three irregular blobs. A blob's colour is drawn per blob, partly overlapping the
-background's range, and it is shaded like a dome, so no single pixel threshold separates it: the
-decoder has to use shape and texture. Masks are saved as RGB JPEGs, with compression noise, like
-the real ones. Sizes vary and are rarely square. The same scenes make the five sets in PraNet's
-layout, under PraNet's test names (`make_pranet_layout`), and a short clip that pans across one
-(`synthetic_clip`), so the literature's route and `predict --video` run offline.
+Blobs on textured mucosa, each tinted and shaded on its own so that no pixel threshold separates
+them (the decoder has to use shape and texture), with masks saved as RGB JPEGs like Kvasir's. The
+same scenes make the five sets in PraNet's layout and a short clip, so the literature's route and
+`predict --video` run offline.
 """
 
 from __future__ import annotations
@@ -63,15 +60,8 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         grain = 8 * _smooth_noise(rng, h, w, 3)
         shade = (0.55 + 0.6 * dome)[..., None]
         blob = (base + tint)[None, None, :] * shade + grain[..., None]
-        edge = (
-            np.asarray(
-                Image.fromarray((inside * 255).astype(np.uint8)).filter(
-                    ImageFilter.GaussianBlur(2)
-                ),
-                dtype=np.float32,
-            )[..., None]
-            / 255
-        )
+        soft = Image.fromarray((inside * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+        edge = np.asarray(soft, dtype=np.float32)[..., None] / 255
         image = image * (1 - edge) + blob * edge
         mask |= inside
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -87,10 +77,8 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_synthetic(out: str | Path, n: int = 100, seed: int = 0, option: str | None = None) -> Path:
-    """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), atomically; returns `out`.
-
-    With `option` (the CLI option that named `out`), a full disk or a read-only place is one
-    `PolypsegError` line, and nothing of the set is left behind."""
+    """Write `out/images/*.jpg` and `out/masks/*.jpg` (n pairs), whole or not at all; with
+    `option` (the CLI option that named `out`), a failed write is one line naming it."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     with atomic_path(out, directory=True, option=option) as tmp:
@@ -115,10 +103,8 @@ def _write_pairs(rng: np.random.Generator, images: Path, masks: Path, names: lis
 def make_pranet_layout(
     out: str | Path, n: int = 10, seed: int = 0, option: str | None = None
 ) -> Path:
-    """The five sets in PraNet's layout at `out`, `n` pairs each (PNG, as PraNet ships them):
-    `TrainDataset/{image,mask}` holds Kvasir's and ClinicDB's training pairs, `TestDataset/<set>/
-    {images,masks}` each set's test pairs. A fifth of Kvasir's and ClinicDB's pairs (at least
-    one) take PraNet's own test names (`protocol.NAMES_FILE`), so its split finds them."""
+    """The five sets in PraNet's layout at `out`, `n` PNG pairs each; a fifth of Kvasir's and
+    ClinicDB's (at least one) under PraNet's own test names, so its split finds them."""
     from polypseg.data.protocol import NAMES_FILE, TRAINING_SETS
     from polypseg.data.sets import SETS
 
@@ -140,8 +126,7 @@ def make_pranet_layout(
 def synthetic_clip(
     seed: int = 0, frames: int = 40, width: int = 192, height: int = 160
 ) -> Iterator[np.ndarray]:
-    """A colonoscopy-like clip: `frames` RGB frames (H×W×3 uint8) of a camera drifting across
-    one synthetic scene, its polyps passing through view."""
+    """`frames` RGB frames (H×W×3 uint8) of a camera drifting across one synthetic scene."""
     rng = np.random.default_rng(seed)
     scene, _ = make_sample(rng)
     room_y, room_x = scene.shape[0] - height, scene.shape[1] - width

@@ -1,13 +1,10 @@
 """The feature cache's build folders: who is building one, and which leftovers are stale.
 
-An entry is built in a temporary folder beside it (`.<entry>.<random>`, made by `atomic_path`)
-and renamed into place when whole. A build killed with SIGKILL (or by a power cut) cannot remove
-its folder, which would then stay forever, as large as the features written so far. So each
-build writes an owner record into its folder (`claim`): its `polypseg.processes.Worker` (host,
-pid, start time, machine). `clean_stale_builds`, called before every build, removes the folders
-whose owner is gone: at once when the owner ran on this machine and no longer exists, and after
-`STALE_AFTER_S` (longer than any build takes) when the owner ran elsewhere or left no record,
-since a process on another machine sharing the cache cannot be asked.
+A build killed with SIGKILL cannot remove its temporary folder, which would stay forever, as
+large as the features written so far. So each build records its owner in it (`claim`), and
+`clean_stale_builds`, before every build, removes a folder whose owner is gone: at once when it
+ran on this machine, after `STALE_AFTER_S` (longer than any build) when it ran elsewhere or left
+no record, since a process on another machine sharing the cache cannot be asked.
 """
 
 from __future__ import annotations
@@ -27,12 +24,10 @@ STALE_AFTER_S = 24 * 3600
 
 
 def claim(folder: Path) -> None:
-    """Record this process as the builder of `folder`."""
     (folder / OWNER).write_text(json.dumps(Worker.current().tags()))
 
 
 def release(folder: Path) -> None:
-    """Remove the owner record before the folder becomes an entry."""
     (folder / OWNER).unlink(missing_ok=True)
 
 
@@ -43,22 +38,15 @@ def _owner(folder: Path) -> Worker | None:
         return None
 
 
-def _last_change(folder: Path) -> float:
-    times = [folder.stat().st_mtime]
-    times.extend(path.stat().st_mtime for path in folder.iterdir())
-    return max(times)
-
-
 def is_stale(folder: Path) -> bool:
-    """Whether a build folder's owner is gone (see the module docstring)."""
     owner = _owner(folder)
     if owner is not None and owner.machine == this_machine():
         return owner.is_gone(last_beat=None, grace=STALE_AFTER_S)
-    return time.time() - _last_change(folder) > STALE_AFTER_S
+    changed = max([folder.stat().st_mtime, *(path.stat().st_mtime for path in folder.iterdir())])
+    return time.time() - changed > STALE_AFTER_S
 
 
 def clean_stale_builds(directory: Path) -> list[Path]:
-    """Remove the stale build folders under `directory`; returns what was removed."""
     removed = []
     for folder in directory.glob(".*"):
         try:

@@ -1,16 +1,9 @@
 """The feature cache: the frozen encoder runs once per image, and every run reads its output.
 
-A cache entry is a folder under `$POLYPSEG_CACHE/features` holding `features.npy` (N×C×h×w
-float16, memory-mapped on load), `masks.npy` (N×1×S×S uint8) and `index.json` (see `entry.py`).
-Its key digests the encoder's name, weights and compute dtype, the input size and every image's
-and mask's bytes, so a changed file, another checkpoint or another precision never reuses stale
-features; hashing the images is cheap next to the rest (1000 synthetic pairs: 0.07 s).
-An augmentation entry (`variants`, from `data.augment`) holds the training images' features
-under each named dihedral variant, one row per `<variant>/<name>`; its key covers the variants.
-
-A hit runs the cheap check of `npy.py` (`verify=True`, `polypseg cache --verify`: every byte);
-a damaged entry is deleted and rebuilt, never used. Entries are built in a temporary folder
-(`encode.py`) and renamed into place when whole; killed builds are cleaned by `builds.py`.
+An entry (`entry.py`) is keyed by the encoder's name, weights and compute dtype, the input size
+and every image's and mask's bytes (1000 synthetic pairs hash in 0.07 s), so a changed file,
+checkpoint or precision never reuses stale features. A damaged entry is deleted and rebuilt,
+never used; an entry is built in a temporary folder and renamed into place when whole.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +36,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    """A loaded cache entry: memory-mapped arrays, one row per image name."""
-
     directory: Path
     names: tuple[str, ...]
     sizes: np.ndarray  # N×2 original (height, width)
     features: np.ndarray  # N×C×h×w float16
     masks: np.ndarray  # N×1×S×S uint8 (0/1)
 
-    def rows(self, names: Sequence[str]) -> np.ndarray:
-        index = {name: row for row, name in enumerate(self.names)}
-        missing = [name for name in names if name not in index]
-        if missing:
-            raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
-        return np.array([index[name] for name in names], dtype=np.int64)
-
     def feature_set(self, names: Sequence[str], pinned: bool = False) -> FeatureSet:
-        """The features (float16 N×C×h×w) and masks (uint8 N×1×S×S) of `names`, in that order,
-        read from the memory map into RAM (page-locked with `pinned`, for CUDA copies)."""
-        rows = self.rows(names)
+        """The rows of `names`, in that order, in RAM (page-locked with `pinned`)."""
+        index = {name: row for row, name in enumerate(self.names)}
+        if missing := [name for name in names if name not in index]:
+            raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
+        rows = np.array([index[name] for name in names], dtype=np.int64)
         if not pinned:
             return FeatureSet(
                 torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows])
@@ -115,13 +102,9 @@ class FeatureCache:
         before_build: Callable[[], None] | None = None,
         variants: Sequence[str] = (),
     ) -> CachedFeatures:
-        """The entry for these images, built first when missing or damaged.
-
-        `verify` re-hashes an existing entry in full instead of the cheap check. `before_build`
-        runs only on a miss, before anything is encoded (`prepare` checks that every file
-        decodes there: a hit's key already proves it). With `variants`, the augmentation entry:
-        the images under each variant, rows named `<variant>/<name>`.
-        """
+        """The entry for these images, built first when missing or damaged. `before_build` runs
+        only on a miss (a hit's key proves its files decoded); with `variants`, the images under
+        each variant, rows named `<variant>/<name>`."""
         device = torch.device(device)
         variants = tuple(variants)
         key = self.key(encoder, pairs, image_size, device, variants)
@@ -131,24 +114,14 @@ class FeatureCache:
             return cached
         if before_build is not None:
             before_build()
-        self.build(
-            folder,
-            key=key,
-            encoder=encoder,
-            pairs=pairs,
-            image_size=image_size,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            variants=variants,
-        )
+        self.build(folder, key, encoder, pairs, image_size, device, batch_size, progress, variants)
         cached = self.load(folder, key)
         if cached is None:  # pragma: no cover - a build that does not verify is a bug
             raise RuntimeError(f"feature cache {folder} failed verification right after its build")
         return cached
 
     def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
-        """The entry in `folder`, or None when absent; a damaged entry is deleted (None)."""
+        """The entry in `folder`; None when absent or damaged (then deleted)."""
         if not folder.exists():
             return None
         try:
@@ -164,7 +137,6 @@ class FeatureCache:
     def build(
         self,
         folder: Path,
-        *,
         key: str,
         encoder: FrozenEncoder,
         pairs: Sequence[Pair],
@@ -174,7 +146,6 @@ class FeatureCache:
         progress: bool,
         variants: tuple[str, ...] = (),
     ) -> None:
-        """Encode every image once (per variant) into a new entry, renamed into place when whole."""
         ordered = sorted(pairs, key=lambda p: p.name)
         names = [pair.name for pair in ordered]
         if variants:
@@ -188,15 +159,9 @@ class FeatureCache:
                 if variants:
                     description += f" × {len(variants)} variants ({', '.join(variants)})"
                 task = bar.add_task(description, total=len(names))
+                advance = partial(bar.advance, task)
                 sizes, arrays = encode_into(
-                    tmp,
-                    encoder,
-                    ordered,
-                    image_size,
-                    device,
-                    batch_size,
-                    lambda n: bar.advance(task, n),
-                    variants,
+                    tmp, encoder, ordered, image_size, device, batch_size, advance, variants
                 )
                 release(tmp)
                 body = {

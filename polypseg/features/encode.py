@@ -1,25 +1,10 @@
 """The feature pass: every image decoded once, encoded once, and streamed into a cache entry.
 
-JPEG decoding and resizing run in DataLoader worker processes, into pinned memory on CUDA, so
-the next batch is ready (and copied with `non_blocking`) while the encoder runs. Features come
-back to the host through a pinned buffer, also without blocking, and are written one batch
-late: the disk write of batch i − 1 overlaps the encoder's work on batch i, and the GPU never
-waits for the disk. Each batch runs under `torch.cuda.device(device)` and its event is recorded
-on that device's stream, the one its copies ran on (with `train.device = cuda:1`, an event on
-the current device's stream would complete at once and the pinned buffer be read too early).
-The workers hand batches over through /dev/shm; where it is too small (containers often give
-64 MiB) fewer workers are started, with a notice. A `torch.compile`d encoder gets every batch
-at full size (the last one padded), so it never recompiles for the remainder. The arrays are
-written by `NpyWriter` (plain writes, blocks reserved up front); the free space they need is
-checked once the feature shape is known, at the first batch, before anything is written.
-
-With `variants` (`data.augment`) the pass encodes each image once per dihedral variant of it
-(`polypseg.dihedral`, applied to the image resized to the training size, and to its mask), in
-variant-major order: the free-space check and the progress bar count every (variant, image).
-
-An image that cannot be read fails the pass with its own one-line `DataError`: inside a worker
-the error travels back as data, since the DataLoader would otherwise re-raise it with the
-worker's whole traceback as its message.
+Decoding runs in DataLoader workers (pinned memory on CUDA), features come back through a pinned
+buffer, and each batch is written one batch late, so the disk write of batch i − 1 overlaps the
+encoder's work on batch i. With `variants` (`data.augment`) each image is encoded once per
+dihedral variant, variant-major. A bad file travels back from a worker as data, so the pass
+fails with the file's own one-line `DataError`, not the DataLoader's re-raised traceback.
 """
 
 from __future__ import annotations
@@ -50,8 +35,7 @@ SPACE_MARGIN = 64 << 20  # bytes kept free beyond the arrays (the index, the fil
 
 
 class _Items(Dataset):
-    """KvasirDataset items with an `error` field: "" or the one-line message of a bad file;
-    item i is image i mod N under variant i div N of `variants` (the identity alone by default)."""
+    """Item i: image i mod N under variant i div N, with `error`: "" or a bad file's line."""
 
     def __init__(self, dataset: KvasirDataset, variants: Sequence[str] = ()) -> None:
         self.dataset = dataset
@@ -84,11 +68,8 @@ SHM = Path("/dev/shm")
 
 
 def loader_workers(device: torch.device, batches: int, batch_bytes: int = 0) -> int:
-    """Decoding processes: enough to keep a GPU fed; one on a CPU, whose cores encode.
-
-    Each worker holds up to `PREFETCH` batches of `batch_bytes` in /dev/shm: fewer workers are
-    started when it has no room for them all (0: decoding in this process, no shared memory).
-    """
+    """Decoding processes: enough to keep a GPU fed, one on a CPU (whose cores encode); fewer
+    when /dev/shm (often 64 MiB in a container) cannot hold `PREFETCH` batches for each."""
     if batches < 2:
         return 0  # nothing to overlap: a worker would only cost its start-up
     wanted = min(8 if device.type == "cuda" else 1, max(1, usable_cores() - 1))
@@ -120,7 +101,7 @@ class _Batch:
 def _encode(
     encoder: FrozenEncoder, images: torch.Tensor, device: torch.device, batch_size: int
 ) -> torch.Tensor:
-    """float16 features of `images`; a compiled encoder sees only full batches (one shape)."""
+    """float16 features; a compiled encoder sees only full batches, so it never recompiles."""
     n = len(images)
     if encoder.compiled and n < batch_size:
         images = torch.cat([images, images.new_zeros(batch_size - n, *images.shape[1:])])
@@ -129,7 +110,9 @@ def _encode(
 
 
 def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_size: int) -> _Batch:
-    """Start encoding a batch; on CUDA nothing here waits for the GPU."""
+    """Start encoding a batch; on CUDA nothing here waits for the GPU. The event is recorded on
+    `device`'s stream, the one its copies ran on: with `cuda:1`, one on the current device's
+    stream would complete at once and the pinned buffer be read too early."""
     errors = [message for message in batch["error"] if message]
     if errors:
         raise DataError(errors[0])
@@ -146,7 +129,8 @@ def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_siz
 
 
 class _Sink:
-    """The entry's two arrays, opened at the first batch (when the feature shape is known)."""
+    """The entry's two arrays, opened (and their free space checked) at the first batch, when
+    the feature shape is known."""
 
     def __init__(self, folder: Path, n: int, image_size: int) -> None:
         self.folder, self.n, self.image_size = folder, n, image_size
@@ -196,11 +180,8 @@ def encode_into(
     advance: Callable[[int], None],
     variants: Sequence[str] = (),
 ) -> tuple[list[list[int]], dict[str, ArrayRecord]]:
-    """Encode `pairs` (in order; under each of `variants` in turn, when given) into `folder`;
-    returns the original sizes and array records, one row per (variant, image).
-
-    `advance(k)` is called as each batch of k images is stored (a progress bar's step).
-    """
+    """Encode `pairs` (under each of `variants` in turn) into `folder`; the original sizes and
+    array records, one row per (variant, image). `advance(k)`: k more images stored."""
     items = _Items(KvasirDataset(pairs, image_size), variants)
     batch_bytes = batch_size * 4 * image_size**2  # uint8 RGB images and masks
     workers = loader_workers(device, -(-len(items) // batch_size), batch_bytes)

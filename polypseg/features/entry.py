@@ -1,14 +1,9 @@
-"""One feature-cache entry on disk: its index, the cheap check that opens it, the full check.
+"""One feature-cache entry on disk: `features.npy`, `masks.npy` and `index.json`.
 
-An entry folder holds `features.npy`, `masks.npy` and `index.json`. The index names the images
-(in row order) and their original sizes, records each array (`ArrayRecord`: shape, dtype, size,
-full SHA-256, sample digest) and ends with `digest`, the SHA-256 of its own other fields, so a
-damaged or hand-edited index is recognised before anything in it is trusted.
-
-`open_entry` is what a cache hit costs, the same for 12 images or 1000: read and check the index,
-then per array its size, header and sample digest (`open_checked`), and map it read-only.
-`verify_entry` re-reads every byte against the full digests (`polypseg cache --verify`). Both
-raise `ValueError` (or `OSError`) naming the damage; the cache then deletes and rebuilds.
+The index (names in row order, original sizes, each array's `ArrayRecord`) ends with the SHA-256
+of its own other fields, so a damaged or hand-edited one is recognised before it is trusted.
+`open_entry` (a hit) costs the same at any size; `verify_entry` re-reads every byte. Both raise
+`ValueError` (or `OSError`) naming the damage.
 """
 
 from __future__ import annotations
@@ -31,21 +26,17 @@ ARRAYS = ("features.npy", "masks.npy")
 
 
 def index_digest(body: dict[str, Any]) -> str:
-    """SHA-256 of an index's fields (all but `digest`), in a canonical JSON form."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def write_index(folder: Path, body: dict[str, Any]) -> None:
-    """Write `index.json` with `body` and its own digest."""
     body = {**body, "format": FORMAT}
     (folder / INDEX).write_text(json.dumps({**body, "digest": index_digest(body)}))
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What a checked index says: names in row order, original sizes, the arrays' records."""
-
     names: tuple[str, ...]
     sizes: np.ndarray  # N×2 (height, width)
     arrays: dict[str, ArrayRecord]
@@ -62,7 +53,6 @@ def _table(folder: Path) -> dict[str, Any]:
 
 
 def read_index(folder: Path, key: str) -> Entry:
-    """The entry's checked index; ValueError when it is damaged, foreign or for another key."""
     body = _table(folder)
     if body.get("format") != FORMAT:
         raise ValueError(f"{INDEX} has format {body.get('format')!r}, not {FORMAT}")
@@ -83,14 +73,12 @@ def read_index(folder: Path, key: str) -> Entry:
 
 
 def open_entry(folder: Path, key: str) -> tuple[Entry, np.ndarray, np.ndarray]:
-    """(index, features, masks), the arrays memory-mapped after the cheap check."""
     entry = read_index(folder, key)
     features, masks = (open_checked(folder / name, entry.arrays[name]) for name in ARRAYS)
     return entry, features, masks
 
 
 def verify_entry(folder: Path, key: str) -> None:
-    """Re-hash every array in full against its recorded digest; ValueError on a mismatch."""
     entry = read_index(folder, key)
     for name in ARRAYS:
         if file_digest(folder / name) != entry.arrays[name].sha256:

@@ -1,15 +1,10 @@
 """A cache entry's arrays on disk: `.npy` files written as a stream, opened memory-mapped.
 
-`NpyWriter` writes an array block by block after its header, with plain `write` calls: a full
-disk is then an `OSError` at the write, where a memory-mapped write would kill the process with
-SIGBUS (the free space is checked before the build: `outputs.short_of_space`). It hashes the
-bytes as it writes them, so the file's full SHA-256 costs no second read. Each array is described
-by an `ArrayRecord` (shape, dtype, size, full digest, sample digest) that the entry's index keeps.
-
-Opening an entry (`open_checked`) costs the same whatever its size: the file size, the header's
-shape and dtype, and the digest of the first and last MiB (`sample_digest`), which catch a
-truncated, extended or end-damaged file. Damage in the middle of an array is found by the full
-digest, which `verify_entry` (`polypseg cache --verify`) re-reads.
+`NpyWriter` writes with plain `write` calls, so a full disk is an `OSError` where a memory-mapped
+write would kill the process with SIGBUS, and hashes as it writes, so the full SHA-256 costs no
+second read. `open_checked` costs the same at any size: the file size, the header and the digest
+of the first and last MiB, which catch a truncated, extended or end-damaged file; damage in the
+middle is found by the full digest (`polypseg cache --verify`).
 """
 
 from __future__ import annotations
@@ -27,8 +22,6 @@ SAMPLE_BYTES = 1 << 20  # read from each end of a file by the cheap check on loa
 
 @dataclass(frozen=True)
 class ArrayRecord:
-    """What an entry's index says about one of its `.npy` files."""
-
     shape: tuple[int, ...]
     dtype: str  # numpy's dtype.str, e.g. "<f2"
     nbytes: int  # the whole file, header included
@@ -54,7 +47,6 @@ class ArrayRecord:
 
 
 def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    """The `.npy` header (format 1.0) of a C-ordered array of `shape` and `dtype`."""
     buffer = io.BytesIO()
     header = {
         "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
@@ -66,7 +58,6 @@ def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 
 def npy_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """The size of the `.npy` file holding an array of `shape` and `dtype`."""
     return (
         len(npy_header(shape, dtype))
         + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -85,8 +76,6 @@ def sample_digest(path: Path) -> str:
 
 
 class NpyWriter:
-    """Writes an array of a known `shape` and `dtype` into `path`, a block of rows at a time."""
-
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.path = path
         self.shape = tuple(shape)
@@ -106,7 +95,6 @@ class NpyWriter:
         self._digest.update(data)
 
     def write(self, block: np.ndarray) -> None:
-        """Append rows; `block` is k×shape[1:], cast to the array's dtype."""
         if tuple(block.shape[1:]) != self.shape[1:] or self.rows + len(block) > self.shape[0]:
             raise ValueError(
                 f"{self.path.name}: a block of {block.shape} does not fit rows "
@@ -117,7 +105,6 @@ class NpyWriter:
         self.rows += len(block)
 
     def close(self) -> ArrayRecord:
-        """Finish the file (every row written) and describe it."""
         self._handle.close()
         if self.rows != self.shape[0]:
             raise ValueError(f"{self.path.name}: {self.rows} of {self.shape[0]} rows written")
@@ -130,12 +117,11 @@ class NpyWriter:
         )
 
     def abandon(self) -> None:
-        """Close without finishing (the build failed); the caller removes the folder."""
         self._handle.close()
 
 
 def open_checked(path: Path, record: ArrayRecord) -> np.ndarray:
-    """The array memory-mapped read-only, after the cheap check; ValueError when it fails."""
+    """The array memory-mapped read-only after the cheap check; ValueError when it fails."""
     size = path.stat().st_size
     if size != record.nbytes:
         raise ValueError(f"{path.name} is {size} bytes where its index says {record.nbytes}")

@@ -1,17 +1,10 @@
 """From a config to what training needs: the data folder, its split, the encoder, the cache.
 
-`prepare` is the one place that resolves a config's data source, splits it, builds the encoder
-(with its fallback) and gets the feature cache, so `polypseg cache`, `train` and `tune` share it;
-a study calls it once and every trial reads the same cached features. `Prepared.feature_set`
-reads each part of the split from the cache once and keeps it (on the device when it fits)
-in `SharedSets`, which every `dataclasses.replace` copy of a `Prepared` shares: a study's trials
-and `--n-jobs` threads all train on one read-only copy, instead of one read per trial.
-
-With `data.augment`, `prepare` also gets the augmentation entry: the training images' features
-under each named variant (one more encoder pass per image and variant, once); `feature_set`
-attaches any subset of those variants to the training set, so a study prepared with the union
-of its trials' variants serves each trial the ones it drew. A decoder that reads pixels gets
-the images too, decoded and resized once per part (`images=True`), kept as uint8.
+`prepare` is the one place that resolves a config's data, splits it, builds the encoder and gets
+the feature cache (and with `data.augment` the training images' variants), so `cache`, `train`
+and `tune` share it. A study prepares once: `Prepared.feature_set` keeps each part it reads in
+`SharedSets`, which every `dataclasses.replace` copy shares, so trials and `--n-jobs` threads
+train on one read-only copy instead of one read per trial.
 """
 
 from __future__ import annotations
@@ -19,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,8 +49,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SharedSets:
-    """Feature sets loaded once per key and shared read-only: by threads too (one lock; a set
-    is loaded by the first thread that asks, the others wait for it rather than load it too)."""
+    """Feature sets loaded once per key and shared read-only, by threads too: the first thread
+    that asks loads a set, the others wait for it rather than load it too."""
 
     def __init__(self) -> None:
         self._sets: dict[tuple[str, str], FeatureSet] = {}
@@ -85,12 +79,9 @@ class Prepared:
     def feature_set(
         self, part: str, augment: tuple[str, ...] = (), images: bool = False
     ) -> FeatureSet:
-        """The cached features and masks of one part of the split (train, val or test), with
-        the features of `augment`'s variants (train only) and the images when asked.
-
-        Read from the cache once (into pinned memory for a CUDA device), moved to `device` once
-        when they fit (`FeatureSet.to`); the same tensors for every caller: never modify them.
-        """
+        """One part of the split (train, val or test), with `augment`'s variants (train only)
+        and the images when asked: read once, moved to `device` once when it fits, the same
+        tensors for every caller (never modify them)."""
         pinned = self.device.type == "cuda"
         where = "pinned" if pinned else "host"
         names = self.split.names(part)
@@ -118,8 +109,7 @@ class Prepared:
         return torch.stack([items[i]["image"] for i in range(len(items))])
 
     def _augmented(self, part: str, augment: tuple[str, ...], pinned: bool) -> torch.Tensor:
-        """V×N×C×h×w float16: the part's features under each variant, from the augmentation
-        entry (which holds the training images only)."""
+        """V×N×C×h×w float16: the part's features under each variant (training images only)."""
         held = self.augmented.names if self.augmented is not None else ()
         wanted = [f"{variant}/{name}" for variant in augment for name in self.split.names(part)]
         if part != "train" or not set(wanted) <= set(held):
@@ -133,10 +123,7 @@ class Prepared:
 
 
 def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prepared:
-    """Resolve the data, split it, build the encoder and load (or build) the feature cache.
-
-    `verify` re-hashes an existing cache entry in full (a damaged one is rebuilt).
-    """
+    """The config's data, split, encoder and feature cache; `verify` re-hashes a cache hit."""
     limit = config.data.max_megapixels
     if config.data.protocol == "pranet":  # several folders: names `<set>/<file>`, see its split
         root, pairs, split = training_data(config.data)
@@ -146,31 +133,23 @@ def prepare(config: Config, progress: bool = True, verify: bool = False) -> Prep
         split = split_names([p.name for p in pairs], config.data.split_seed, config.data.ratios)
     encoder, reason = build_encoder(config.encoder)
     device = resolve_device(config.train.device)
-    features = FeatureCache().get(
+    get = partial(
+        FeatureCache().get,
         encoder,
-        pairs,
-        config.data.image_size,
+        image_size=config.data.image_size,
         device=device,
         batch_size=config.encoder.batch_size,
         progress=progress,
         verify=verify,
-        # A hit's key proves these bytes decoded when its entry was built; before a build, every
-        # file is decoded to its end, so a damaged one is named before any encoding starts.
-        before_build=lambda: check_decoding(root, pairs, limit),
     )
+    # A hit's key proves these bytes decoded when its entry was built; before a build, every
+    # file is decoded to its end, so a damaged one is named before any encoding starts.
+    features = get(pairs, before_build=lambda: check_decoding(root, pairs, limit))
     augmented = None
     if config.data.augment:  # the training images only: validation and test never augment
         train_names = set(split.names("train"))
-        augmented = FeatureCache().get(
-            encoder,
-            [pair for pair in pairs if pair.name in train_names],
-            config.data.image_size,
-            device=device,
-            batch_size=config.encoder.batch_size,
-            progress=progress,
-            verify=verify,
-            variants=config.data.augment,
-        )
+        train = [pair for pair in pairs if pair.name in train_names]
+        augmented = get(train, variants=config.data.augment)
     # Hit or build: a part of the split whose masks (as training reads them) are all empty.
     check_split_masks(split, features.names, features.masks, str(root))
     encoder.cpu()

@@ -1,10 +1,4 @@
-"""Feature sets: one split's cached features and masks in memory, served in batches.
-
-`FeatureSet` is what training reads: the features of a split (from the feature cache), its
-masks, optionally its images at the training size (for a decoder that reads pixels) and the
-features of its images under augmentation variants. `batches` gathers rows on the device; in
-training it draws one variant per image and epoch from the fit's own generator.
-"""
+"""`FeatureSet`: one split's cached features and masks in memory, served in batches."""
 
 from __future__ import annotations
 
@@ -18,12 +12,9 @@ from polypseg.dihedral import transform
 
 @dataclass
 class FeatureSet:
-    """Cached features (N×C×h×w, float16) and masks (N×1×S×S, uint8 0/1) of one split.
-
-    Optionally the images at the training size (N×3×S×S uint8, for a decoder that reads pixels)
-    and, for training, augmentation: the features of the same images under each of `variants`
-    (V×N×C×h×w), from which `batches` draws one variant (or the identity) per image and epoch.
-    """
+    """Features (N×C×h×w float16) and masks (N×1×S×S uint8 0/1) of one split; optionally the
+    images (N×3×S×S uint8, for a decoder that reads pixels) and the features under each of
+    `variants` (V×N×C×h×w), of which `batches` draws one (or the identity) per image and epoch."""
 
     features: torch.Tensor
     masks: torch.Tensor
@@ -62,15 +53,15 @@ class FeatureSet:
         generator: torch.Generator | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """(float32 features in `memory_format`, float32 masks, uint8 images or None) batches on
-        `device`, shuffled with `generator`. With `variants` and a generator (training), each
-        image comes under a variant drawn from `generator` (the identity among them), its
-        features the encoder's of the transformed image, its mask and image transformed alike."""
+        """(float32 features, float32 masks, uint8 images or None) on `device`, shuffled with
+        `generator`; with `variants` and a generator (training), each image under a drawn
+        variant, its mask and image transformed alike."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        variants = self.variants if generator is not None else ()  # evaluation draws none
         drawn = None
-        if self.variants and generator is not None:  # a plain set draws nothing more
-            drawn = torch.randint(len(self.variants) + 1, (n,), generator=generator)
+        if variants:
+            drawn = torch.randint(len(variants) + 1, (n,), generator=generator)
             drawn = drawn.to(self.features.device)
         order = order.to(self.features.device)  # once per epoch, not once per batch
         for start in range(0, n, batch_size):
@@ -78,31 +69,17 @@ class FeatureSet:
             x = _gather(self.features, rows, device)
             y = _gather(self.masks, rows, device)
             images = _gather(self.images, rows, device) if self.images is not None else None
-            if drawn is not None:
-                x, y, images = self._augment(x, y, images, rows, drawn[rows], device)
+            picks = drawn[rows].to(device) if drawn is not None else None
+            for k, variant in enumerate(variants, start=1):  # picks 0: the identity
+                chosen = (picks == k).nonzero().flatten()
+                if len(chosen) == 0:
+                    continue
+                x[chosen] = _gather(self.augmented[k - 1], rows[chosen.to(rows.device)], device)
+                y[chosen] = transform(y[chosen], variant)
+                if images is not None:
+                    images[chosen] = transform(images[chosen], variant)
             x = x.to(torch.float32, memory_format=memory_format)
             yield x, y.float(), images
-
-    def _augment(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        images: torch.Tensor | None,
-        rows: torch.Tensor,
-        picks: torch.Tensor,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The batch with each row `i` under variant `picks[i]` (0: the identity, k: the k-th)."""
-        picks = picks.to(device)
-        for k, variant in enumerate(self.variants, start=1):
-            chosen = (picks == k).nonzero().flatten()
-            if len(chosen) == 0:
-                continue
-            x[chosen] = _gather(self.augmented[k - 1], rows[chosen.to(rows.device)], device)
-            y[chosen] = transform(y[chosen], variant)
-            if images is not None:
-                images[chosen] = transform(images[chosen], variant)
-        return x, y, images
 
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
@@ -110,9 +87,8 @@ def _same_device(have: torch.device, want: torch.device) -> bool:
 
 
 def _gather(tensor: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor[rows]` on `device`. From a pinned host set the rows are gathered into a pinned
-    buffer, so the copy really runs without blocking; the caching host allocator keeps that
-    buffer until the copy (on `device`'s current stream) is done."""
+    """`tensor[rows]` on `device`; from a pinned set through a pinned buffer, so the copy really
+    runs without blocking (the caching host allocator keeps it until the copy is done)."""
     if device.type == "cuda" and tensor.device.type == "cpu" and tensor.is_pinned():
         shape = (len(rows), *tensor.shape[1:])
         gathered = torch.empty(shape, dtype=tensor.dtype, pin_memory=True)

@@ -1,11 +1,9 @@
 """Pretrained weights on disk: Meta's official SAM checkpoints, downloaded once and verified.
 
-An "auto" checkpoint lives in `$POLYPSEG_CACHE/checkpoints` under its official name and is checked
-against the official MD5 before every use; a file the user names is checked too when it has an
-official file's size. What torch cannot read is a `PolypsegError` naming the file. Hashing 375 MB
-to 2.6 GB would slow every start, so an MD5 is remembered with the file's identity (size, inode,
-mtime and ctime in ns: any write changes the last two, and ctime cannot be set back, as git and
-make judge files) in `checkpoints/digests.json`.
+A checkpoint is checked against the official MD5 before every use (a user's file too, when it
+has an official file's size). Hashing up to 2.6 GB would slow every start, so an MD5 is
+remembered with the file's identity (size, inode, mtime and ctime in ns: ctime cannot be set
+back, as git and make judge files) in `checkpoints/digests.json`.
 """
 
 from __future__ import annotations
@@ -58,20 +56,15 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 
 def remembered_md5(path: Path) -> str:
-    """The MD5 of `path`, read again only when the file's identity changed since last time."""
     memo_path = cache_home() / "checkpoints" / "digests.json"
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
     memo = memo if isinstance(memo, dict) else {}
-    stat = path.stat()
-    key, identity = (
-        str(path.resolve()),
-        [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns],
-    )
-    known = memo.get(key)
-    known = known if isinstance(known, dict) else {}
+    stat, key = path.stat(), str(path.resolve())
+    identity = [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+    known = memo.get(key) if isinstance(memo.get(key), dict) else {}
     # A file changed within the clock's granularity of being hashed could keep its mtime
     # ("racy git"): trust only digests taken well after the file's last change.
     stamp = known.get("hashed_at_ns")
@@ -90,7 +83,6 @@ def remembered_md5(path: Path) -> str:
 
 
 def verify(path: Path, official: OfficialCheckpoint) -> None:
-    """Raise `PolypsegError` unless `path` is the official file, byte for byte."""
     size = path.stat().st_size
     if size != official.size or remembered_md5(path) != official.md5:
         raise PolypsegError(
@@ -101,8 +93,7 @@ def verify(path: Path, official: OfficialCheckpoint) -> None:
 
 
 def download(url: str, dest: Path) -> Path:
-    """Fetch `url` to `dest` with torch hub's progress bar; an interrupted download leaves no file
-    (torch writes beside `dest` under a temporary name and renames it once complete)."""
+    """Fetch `url` to `dest`; torch hub writes a temporary file and renames it once complete."""
     # torch hub opens the URL without a timeout: a server that stops answering would hang the
     # command for good, so the sockets opened meanwhile give up after DOWNLOAD_TIMEOUT_S of silence.
     previous = socket.getdefaulttimeout()
@@ -143,7 +134,6 @@ def resolve_sam_checkpoint(variant: str, checkpoint: str) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load(weights_only=True)` with every failure turned into one line naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...

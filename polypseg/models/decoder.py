@@ -1,11 +1,8 @@
 """The trainable decoders by name (`decoder.name`), over any encoder's feature map.
 
-`simple` (the seed's small convolutional head: logits at twice the features' resolution, which
-the segmenter upsamples) and `hires` (`hires.py`: a CNN over the pixels too, logits at full
-resolution). Each takes the encoder's `out_channels` and a few sizes, is called as
-`decoder(features, images)` (uint8 B×3×S×S images at the training size, ignored by `simple`),
-lists its stages' logits (`stages`, for deep supervision) and keeps its constructor `arguments`,
-which `decoder_record` saves with its weights.
+Each takes the encoder's `out_channels` and a few sizes, is called as `decoder(features, images)`
+(uint8 B×3×S×S images at the training size, ignored by `simple`), lists its stages' logits
+(`stages`, for deep supervision) and keeps its constructor `arguments` for `decoder_record`.
 """
 
 from __future__ import annotations
@@ -20,11 +17,7 @@ from polypseg.models.hires import HiresDecoder
 
 
 class SimpleDecoder(nn.Module):
-    """B×`in_channels`×h×w features → B×1×2h×2w logits.
-
-    Conv3×3-BN-ReLU, Conv3×3-BN-ReLU (`width` channels), a ×2 transposed convolution, and a 1×1
-    convolution to one logit channel.
-    """
+    """The seed's head: B×`in_channels`×h×w features → B×1×2h×2w logits."""
 
     name = "simple"
 
@@ -77,12 +70,8 @@ def decoder_arguments(
 
 
 def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:
-    """Decoder `name` with PyTorch's default initialisation drawn from its own generator.
-
-    The weights equal those of `torch.manual_seed(seed); DECODERS[name](...)` (the same draws in
-    the same order) without touching the global RNG, which another thread's fit may be using:
-    the modules are built without storage ("meta") and initialised here.
-    """
+    """`torch.manual_seed(seed); DECODERS[name](**arguments)`, the same draws in the same order,
+    without touching the global RNG, which another thread's fit may be using."""
     with torch.device("meta"):
         decoder = DECODERS[name](**arguments)
     decoder.to_empty(device="cpu")

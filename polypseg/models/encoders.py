@@ -1,10 +1,8 @@
 """Frozen image encoders: one registry of named builders, each giving a `FrozenEncoder`.
 
-The registry maps `encoder.name` to an `EncoderEntry` (architecture builder + how to get
-pretrained weights), in the manner of segment-anything's `sam_model_registry`: adding a variant is
-one line. The tiny variants are built from the same classes with small sizes and have random
-weights only; they exist for the tests and the offline demo and must be asked for explicitly.
-SAM's ViT runs its attention through torch's fused SDPA (`sam_attention.use_sdpa`).
+As segment-anything's `sam_model_registry`, adding a variant is one line. The tiny variants are
+built from the same classes with small sizes and random weights only, for the tests and the
+offline demo, and must be asked for explicitly.
 """
 
 from __future__ import annotations
@@ -161,7 +159,7 @@ def _entry(name: str) -> EncoderEntry:
 
 
 def encoder_architecture(name: str) -> FrozenEncoder:
-    """The named encoder with deterministic random weights (seed 0); never downloads."""
+    """The named encoder with random weights (seed 0); never downloads."""
     entry = _entry(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -182,19 +180,15 @@ def _pretrained(name: str, checkpoint: str) -> FrozenEncoder:
 
 
 def build_encoder(config: EncoderConfig) -> tuple[FrozenEncoder, str | None]:
-    """The configured encoder (see `_choose`), set to run at `encoder.precision`."""
     encoder, reason = _choose(config)
     encoder.precision, encoder.compiled = config.precision, config.compile
     return encoder, reason
 
 
 def _choose(config: EncoderConfig) -> tuple[FrozenEncoder, str | None]:
-    """The configured encoder with pretrained weights, or the fallback; and why one applied.
-
-    Unavailable weights (no file, download failed) lead to `config.fallback`; a corrupt or
-    mismatched checkpoint is an error, never a silent fallback. Random weights are used only
-    when `allow_random_weights` is set, and the returned reason says so.
-    """
+    """The configured encoder, else `config.fallback` when weights are unavailable (a corrupt
+    checkpoint is an error, never a silent fallback), else random weights when allowed; and
+    why one applied."""
     if _entry(config.name).load_pretrained is None:
         if not config.allow_random_weights:
             raise WeightsUnavailable(

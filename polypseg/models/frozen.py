@@ -1,16 +1,10 @@
 """`FrozenEncoder`: a frozen backbone with its preprocessing, run at the precision it is set to.
 
-Every encoder of the registry (`encoders.py`) is one: it owns its preprocessing (uint8 images
-in), returns a B×C×h×w feature map, says its `out_channels`, and carries a `weights_digest` that
-keys the feature cache. The backbone's fp32 weights are the master copy (the digest, the
-checkpoints, the logged model); the features may come from a bf16 copy of it (`compute_copy`),
-optionally `torch.compile`d (`encoder.compile`).
-
-A frozen encoder only runs forward, so its weights themselves can be bf16, not only autocast's
-(which keeps fp32 weights and re-casts them on every call; measured on an H200 for SAM ViT-B:
-fp32 32.7 ms/img, bf16 autocast 17.3, bf16 weights 13.3). `encoder.precision` "auto" is bf16 on
-a GPU with native bf16 (compute capability 8.0+; older cards emulate it, slower than fp32) and
-fp32 elsewhere. The cache key includes the compute dtype, so fp32 and bf16 features never mix.
+The backbone's fp32 weights are the master copy (the digest that keys the feature cache, the
+checkpoints, the logged model). A frozen encoder only runs forward, so the features may come from
+a copy whose weights themselves are bf16, not autocast's (measured on an H200 for SAM ViT-B:
+fp32 32.7 ms/img, bf16 autocast 17.3, bf16 weights 13.3). "auto" is bf16 on a GPU with native
+bf16 (older cards emulate it, slower than fp32) and fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ from polypseg.processes import usable_cores
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype the encoder's weights and inputs take on `device` under `encoder.precision`."""
     if precision == "auto":
         # `torch.cuda.is_bf16_supported(including_emulation=False)`'s rule, asked of `device`
         # itself: that function asks the current GPU, not the one the encoder runs on.
@@ -41,7 +34,6 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def compute_copy(module: nn.Module, dtype: torch.dtype, compiled: bool = False) -> nn.Module:
-    """A frozen inference copy of `module` in `dtype`, optionally compiled; `module` untouched."""
     clone = copy.deepcopy(module).to(dtype).requires_grad_(False).eval()
     return torch.compile(clone, dynamic=False) if compiled else clone
 
@@ -56,12 +48,8 @@ class Preprocessing:
 
 
 class FrozenEncoder(nn.Module):
-    """A frozen backbone with its preprocessing: B×3×H×W uint8 → B×`out_channels`×h×w float32.
-
-    Parameters never require grad, BatchNorm statistics never move (`train()` keeps eval mode),
-    and features are computed under `torch.inference_mode()`, with the weights in
-    `compute_dtype(device)` (`precision`: "auto" is bf16 on CUDA; `compiled`: torch.compile).
-    """
+    """B×3×H×W uint8 → B×`out_channels`×h×w float32; parameters never require grad and
+    BatchNorm statistics never move (`train()` keeps eval mode)."""
 
     def __init__(
         self, name: str, backbone: nn.Module, out_channels: int, preprocessing: Preprocessing
@@ -129,9 +117,8 @@ def _tensor_sha256(tensor: torch.Tensor) -> str:
 
 
 def state_digest(module: nn.Module) -> str:
-    """SHA-256 over a module's parameters and buffers (names, dtypes, shapes, each tensor's
-    SHA-256): the same weights, the same digest. The tensors are hashed in threads (hashlib
-    releases the GIL), since every start of a cache hit pays for it: ViT-B is 360 MB."""
+    """SHA-256 over a module's state (names, dtypes, shapes, bytes), hashed in threads (hashlib
+    releases the GIL): every cache hit pays for it, and ViT-B is 360 MB."""
     state = sorted(module.state_dict().items())
     with ThreadPoolExecutor(max_workers=min(8, usable_cores())) as pool:
         hashes = list(pool.map(_tensor_sha256, (tensor for _, tensor in state)))

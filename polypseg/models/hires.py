@@ -1,12 +1,9 @@
 """The high-resolution decoder: SAM's semantics, boundaries from a small CNN over the pixels.
 
-ASPS (Li et al., 2024) keeps SAM frozen and adds a small trainable CNN over the image; its
-detail is what a 1/16-resolution feature map cannot draw. Here the cached encoder features are
-refined, then upsampled ×2 `steps` times to the full training size S; before each step's
-convolution they are concatenated with the image branch's features at that resolution (a
-U-Net's skip connections, with the image itself as the encoder). Every stage has a 1×1 head, so
-training can put a loss on each (`decoder.deep_supervision`, as PraNet, Polyp-PVT and SAM2-UNet
-do); prediction uses the last, at S. Like `SimpleDecoder` it knows nothing of encoders.
+As in ASPS (Li et al., 2024), a small trainable CNN over the image draws the detail that a
+1/16-resolution feature map cannot: the refined features are upsampled ×2 `steps` times, each
+step fused with the image branch at that resolution (a U-Net's skips, the image as encoder). Each
+stage has a head, for deep supervision (as PraNet, Polyp-PVT and SAM2-UNet); prediction is the last.
 """
 
 from __future__ import annotations

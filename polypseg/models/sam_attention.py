@@ -1,15 +1,11 @@
 """SAM's ViT attention through torch's fused `scaled_dot_product_attention` (SDPA), bias folded.
 
 segment_anything's `Attention` materialises `softmax(q·kᵀ·scale + rel) @ v` by hand. Here the
-decomposed relative-position term of MViTv2, `rel[ij, kl] = q_ij·Rh[i−k] + q_ij·Rw[j−l]`, is folded
-into the dot product (`fold_rel_pos`): each query gets its h + w bias values appended and each key
-the one-hot indicators of its row and column, so `q'·k' = scale·q·k + rel` exactly. No
-B×heads×HW×HW bias is built (384 MiB per image per global block of ViT-B in bf16), and the flash
-kernels, which take no float mask, stay eligible. The tables depend only on the frozen weights and
-the token grid, so they are built once (indices on the table's device: segment_anything's
-`get_rel_pos` indexes with a CPU `arange`, a blocking copy on CUDA twice per block) and reused.
-`SDPAttention` holds the very same parameters under the same names, so state dicts, checkpoints
-and `weights_digest` are unchanged; `use_sdpa` swaps every block of an `ImageEncoderViT` in place.
+decomposed relative-position term, `rel[ij, kl] = q_ij·Rh[i−k] + q_ij·Rw[j−l]`, is folded into
+the dot product (`fold_rel_pos`), so `q'·k' = scale·q·k + rel` exactly: no B×heads×HW×HW bias
+is built (384 MiB per image per global block of ViT-B in bf16), and the flash kernels, which take
+no float mask, stay eligible. `SDPAttention` holds the very same parameters under the same names,
+so state dicts, checkpoints and `weights_digest` are unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +17,8 @@ from torch import nn
 
 
 def relative_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    """segment_anything's `get_rel_pos(size, size, rel_pos)`, indices on the table's device.
+    """segment_anything's `get_rel_pos(size, size, rel_pos)`, indices on the table's device (its
+    CPU `arange` is a blocking copy on CUDA twice per block).
 
     `rel_pos` is L×C (resized linearly to 2·size − 1 rows when L differs, as the reference
     does); returns size×size×C, entry [i, k] being the embedding of the offset i − k.
@@ -56,13 +53,9 @@ def relative_terms(
 def fold_rel_pos(
     q: torch.Tensor, k: torch.Tensor, terms: RelativeTerms, size: tuple[int, int], scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q', k') with `q'·k' = scale·q·k + q·Rh[i−k] + q·Rw[j−l]`: the biased logits, no mask.
-
-    `q`, `k` are B×heads×HW×C; q' = [scale·q, rel_h, rel_w, 0], k' = [k, row, column, 0], each
-    B×heads×HW×(C + h + w + pad). rel_h and rel_w are segment_anything's two einsums (with the
-    unscaled q, as the reference uses it); the one-hot indicators pick, for key (k, l), the
-    entries k of rel_h and l of rel_w.
-    """
+    """(q', k') with `q'·k' = scale·q·k + q·Rh[i−k] + q·Rw[j−l]`, from B×heads×HW×C `q`, `k`:
+    q' = [scale·q, rel_h, rel_w, 0] (segment_anything's two einsums, with the unscaled q) and
+    k' = [k, row, column, 0], whose one-hot indicators pick entries k of rel_h and l of rel_w."""
     (h, w), (rh, rw, keys) = size, terms
     batch, heads, tokens, _ = q.shape
     r_q = q.reshape(batch, heads, h, w, -1)
@@ -74,8 +67,7 @@ def fold_rel_pos(
 
 
 def _stamp(tensor: torch.Tensor) -> tuple[int, int]:
-    """Which storage and which in-place version a table was built from (inference tensors, as
-    a compute copy made under inference mode holds, have no version counter)."""
+    # Inference tensors (a compute copy made under inference mode) have no version counter.
     return tensor.data_ptr(), 0 if tensor.is_inference() else tensor._version
 
 

@@ -1,9 +1,7 @@
 """The segmenter: a frozen encoder and a trainable decoder, with pre- and post-processing.
 
-Training runs the decoder on cached features and calls `upsample_logits` itself; prediction runs
-the whole chain on images of any size: resize to the training size, encode, decode (a decoder
-that reads pixels gets the resized image too), upsample the probability map back to the image's
-own size and threshold it.
+Training runs the decoder on cached features; prediction runs the whole chain on images of any
+size and brings the probabilities back to each image's own size.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from polypseg.transforms import resize_image
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of B×1×h×w logits to B×1×`size`."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -52,10 +49,6 @@ class Segmenter(nn.Module):
         logits = self.decoder(self.encoder(x), x).float()
         return torch.sigmoid(upsample_logits(logits, (h, w)))[:, 0].cpu().numpy()
 
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
-        return self.predict_proba_batch([image])[0]
-
     def predict_mask(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """H×W×3 uint8 image → H×W uint8 mask of 0/1 at the image's own size."""
-        return (self.predict_proba(image) >= threshold).astype(np.uint8)
+        return (self.predict_proba_batch([image])[0] >= threshold).astype(np.uint8)
