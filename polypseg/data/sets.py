@@ -148,7 +148,8 @@ def set_folders(name: str, root: str | Path) -> list[tuple[Path, Path, bool]]:
 
 def local_copy_hint(name: str) -> str:
     return (
-        f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` or set "
+        f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` (evaluate, data "
+        f"split) or `--set data.roots={name}=DIR` (train, tune), or set "
         f'data.roots = {{{name} = "DIR"}} in the config'
     )
 
