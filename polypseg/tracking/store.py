@@ -31,8 +31,9 @@ STORE_DIR = "mlruns"
 # maintenance mode and refuses new runs.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 SERVER_RETRIES, SERVER_TIMEOUT_S = 2, 2.0  # a tracking server gets 3 tries of 2 s at most
-# MLflow 3's UI opens an experiment by this tag: without it, on the GenAI overview (traces,
-# tokens); "custom_model_development" (the UI's "Model training") opens the runs table.
+# The experiment's type in MLflow 3's UI ("Machine learning"), so the UI neither infers one
+# nor asks. In 3.17.2 it does not choose the first page: every experiment opens on its GenAI
+# overview, and the runs table is at `runs_url`.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
