@@ -186,9 +186,8 @@ def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
     database = sqlite_file(uri)
-    # Workers starting at once on a fresh SQLite store would all run MLflow's migrations on it
-    # and break it (measured: 7 of 9 processes, started in threes): the first creates it while
-    # the others wait. Servers handle this.
+    # Workers starting at once on a fresh SQLite store broke it migrating it together (7 of 9
+    # processes, started in threes): one builds it while the others wait. Servers handle this.
     lock = database and file_lock(database.with_name(database.name + ".lock"))
     with lock or nullcontext():
         if database is not None:
