@@ -229,3 +229,21 @@ def test_the_demo_prints_the_readme_lines_after_it_and_each_runs_as_written(
         run(line)
     assert (tmp_path / "polypseg-demo.onnx").is_file()
     assert len(list((tmp_path / "predictions" / "polypseg-demo").glob("*_overlay.png"))) == 3
+
+
+def test_next_commands_name_a_real_jobs_version_data_and_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from polypseg.cli.app import next_commands
+    from polypseg.export import onnx
+    from polypseg.tracking.registry import Registration
+
+    monkeypatch.setattr(onnx, "training_roots", lambda model, run_id: ["/data/Kvasir-SEG"])
+    kept = Registration("polypseg", "7", champion=False, new=True)  # the champion stayed put
+    lines = next_commands(kept, "http://tracking:5000")
+    store = " --tracking-uri http://tracking:5000"  # not this shell's default store
+    assert (
+        lines[1] == f"polypseg evaluate --model models:/polypseg/7 --root /data/Kvasir-SEG{store}"
+    )
+    assert lines[2].endswith(f"--overlay /data/Kvasir-SEG{store}")  # its folder: not here
+    assert "mlflow.set_tracking_uri('http://tracking:5000')" in lines[-1]

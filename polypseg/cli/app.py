@@ -116,7 +116,13 @@ def next_commands(registration: Registration, tracking_uri: str) -> list[str]:
 
     name, version = registration.name, registration.version
     model = f"models:/{name}@champion" if registration.champion else f"models:/{name}/{version}"
-    if not (roots := training_roots(model, None)):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        roots = training_roots(model, None)
+    except MlflowException:  # a server gone since: the study's own lines are printed already
+        return []
+    if not roots:
         return []
     data = Path(roots[0])
     images = sorted((data / "images").glob("*"))[:3] if (data / "images").is_dir() else [data]
