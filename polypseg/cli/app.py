@@ -111,13 +111,13 @@ TrackingOption = Annotated[
 def next_commands(registration: Registration, tracking_uri: str) -> list[str]:
     """What to run next on a registered model and the data it trained on, ready to paste (the
     README's "After the demo"): evaluate, predict with overlays, export, a video, the pyfunc."""
+    from mlflow.exceptions import MlflowException
+
     from polypseg.export.onnx import training_roots
     from polypseg.tracking.store import default_tracking_uri, mask_password
 
     name, version = registration.name, registration.version
     model = f"models:/{name}@champion" if registration.champion else f"models:/{name}/{version}"
-    from mlflow.exceptions import MlflowException
-
     try:
         roots = training_roots(model, None)
     except MlflowException:  # a server gone since: the study's own lines are printed already
@@ -126,11 +126,12 @@ def next_commands(registration: Registration, tracking_uri: str) -> list[str]:
         return []
     data = Path(roots[0])
     images = sorted((data / "images").glob("*"))[:3] if (data / "images").is_dir() else [data]
-    store = "" if tracking_uri == default_tracking_uri() else f" --tracking-uri {tracking_uri}"
+    shown = mask_password(tracking_uri)
+    store = "" if tracking_uri == default_tracking_uri() else f" --tracking-uri {shown}"
     if tracking_uri == f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}":
-        tracking_uri = "sqlite:///mlruns/mlflow.db"  # as the README shows it: run from here
+        shown = "sqlite:///mlruns/mlflow.db"  # as the README shows it: run from here
     snippet = (
-        f"import mlflow, numpy as np; mlflow.set_tracking_uri('{mask_password(tracking_uri)}'); "
+        f"import mlflow, numpy as np; mlflow.set_tracking_uri('{shown}'); "
         f"model = mlflow.pyfunc.load_model('{model}'); "
         "print(model.predict(np.zeros((240, 320, 3), np.uint8)).shape)"
     )
