@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+from conftest import copy_migrated_stores, unavailable
 from typer.testing import CliRunner
 
 from polypseg.cli import app
@@ -232,3 +232,45 @@ def test_a_journal_path_that_cannot_be_created_is_one_line(
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert "journal:/proc/nope" in result.stderr and "--storage" in result.stderr, result.stderr
+
+
+def test_a_kill_while_mlflow_makes_a_fresh_store_leaves_one_the_next_run_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_store: Path
+) -> None:
+    """`kill -9` mid-migration (seconds into a fresh store) left a half-migrated store, refused
+    next time as another MLflow version's; the store is built aside and moved in whole."""
+    from polypseg.tracking.store import setup
+
+    database = tmp_path / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    code = f"from polypseg.tracking.store import setup; setup('demo', {uri!r})"
+    creator = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    aside = database.with_name("mlflow.db.creating")
+    while not aside.exists() and creator.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into MLflow's migrations (8-10 s here)
+    creator.kill()
+    creator.wait()
+    assert aside.exists() and not database.exists()  # killed while building, not after
+    copy_migrated_stores(monkeypatch, migrated_store)  # the rebuild as a copy: seconds sooner
+    experiment_id = setup("demo", uri)
+    assert experiment_id and not aside.exists()
+    assert {
+        row[0] for row in sqlite3.connect(database).execute("SELECT name FROM experiments")
+    } >= {"demo"}
+
+
+def test_a_half_made_study_storage_is_made_again(tmp_path: Path) -> None:
+    """Optuna's fresh SQLite file is built aside the same way: a creator's leftovers (a partial
+    file and its journal) are discarded, and the storage opens whole."""
+    import optuna
+
+    from polypseg.tuning.storage import make_storage
+
+    database = tmp_path / "optuna.db"
+    for leftover in ("optuna.db.creating", "optuna.db.creating-journal"):
+        (tmp_path / leftover).write_bytes(b"half made")
+    storage = make_storage(f"sqlite:///{database}")
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, n_trials=1)
+    assert not (tmp_path / "optuna.db.creating").exists()
+    assert not (tmp_path / "optuna.db.creating-journal").exists()

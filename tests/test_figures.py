@@ -239,3 +239,34 @@ def test_mask_panel_of_portrait_and_landscape_images_leaves_no_blank_bands(tmp_p
     figure.savefig(path, format="png", dpi=100)  # as `report.write_set` writes it
     top, bottom = _blank_rows(path)
     assert top < 30 and bottom < 30, (top, bottom)
+
+
+def test_study_plots_show_pruned_trials_a_caveat_and_plain_ticks():
+    import optuna
+
+    from polypseg.tuning.plots import study_figures
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    for number in range(6):
+        trial = study.ask()
+        trial.suggest_categorical("decoder.width", [64, 128])
+        value = trial.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 50
+        trial.report(value, 0)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if number % 2 else study.tell(
+            trial, value
+        )
+    figures = study_figures(study, "val_dice")
+    history = figures["optimization_history"].axes[0]
+    pruned = [c for c in history.collections if c.get_label() == "pruned (last reported)"]
+    assert len(pruned) == 1 and len(pruned[0].get_offsets()) == 3
+    importances = figures["param_importances"].axes[0]
+    assert "from 3 complete trials" in importances.get_title()
+    importances.figure.canvas.draw()
+    renderer = importances.figure.canvas.get_renderer()
+    axis_x = importances.get_window_extent(renderer).x0
+    for text in importances.texts:  # "<0.01" included: clear of the axis
+        assert text.get_window_extent(renderer).x0 > axis_x + 2, text.get_text()
+    parallel = figures["parallel_coordinate"]
+    parallel.canvas.draw()
+    labels = [label.get_text() for axes in parallel.axes for label in axes.get_yticklabels()]
+    assert labels and all(float(label) >= 0 for label in labels if label)  # no "×10⁻³" or $...$

@@ -3,6 +3,7 @@ real job, progress that reaches a log file, refusals that answer at once, quiet 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -182,12 +183,67 @@ def test_predict_usage_names_its_images_plainly(runner: CliRunner) -> None:
     assert usage.endswith(" predict [OPTIONS] [IMAGE]...")  # not typer's `{IMAGE}...`
 
 
-def test_polypseg_experiments_open_on_the_runs_table(mlflow_store: str) -> None:
+def test_polypseg_experiments_are_of_the_machine_learning_kind(mlflow_store: str) -> None:
     import mlflow
 
     from polypseg.tracking.store import setup
 
     experiment_id = setup("kind", mlflow_store)
     tags = mlflow.get_experiment(experiment_id).tags
-    # MLflow 3's UI: "custom_model_development" ("Model training") opens the runs table.
+    # MLflow 3's UI labels it "Machine learning"; it opens on the GenAI overview all the same.
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _after_the_demo() -> list[str]:
+    section = (REPO / "README.md").read_text().split("\n## After the demo\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_the_demo_prints_the_readme_lines_after_it_and_each_runs_as_written(
+    tmp_path: Path,
+) -> None:
+    """A newcomer's next hour: the demo (one trial of one epoch here) ends by printing the
+    README's "After the demo" lines, and each runs as written, `~` the home folder."""
+    for folder, name in (("experiments", "synthetic.toml"), ("studies", "demo_search.toml")):
+        (tmp_path / folder).mkdir()
+        text = (REPO / folder / name).read_text().replace("epochs = 8 ", "epochs = 1 ")
+        (tmp_path / folder / name).write_text(text)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("POLYPSEG_CACHE", "MLFLOW_TRACKING_URI")
+    }
+    env |= {"HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # polypseg, python
+
+    def run(line: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
+        return done
+
+    demo = "polypseg tune --trials 1 --config experiments/synthetic.toml"
+    printed = run(f"{demo} --study studies/demo_search.toml").stderr.splitlines()
+    after = printed[printed.index("# next, with models:/polypseg-demo@champion and its data:") :]
+    assert after[1:] == _after_the_demo()
+    for line in _after_the_demo():
+        run(line)
+    assert (tmp_path / "polypseg-demo.onnx").is_file()
+    assert len(list((tmp_path / "predictions" / "polypseg-demo").glob("*_overlay.png"))) == 3
+
+
+def test_next_commands_name_a_real_jobs_version_data_and_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from polypseg.cli.app import next_commands
+    from polypseg.export import onnx
+    from polypseg.tracking.registry import Registration
+
+    monkeypatch.setattr(onnx, "training_roots", lambda model, run_id: ["/data/Kvasir-SEG"])
+    kept = Registration("polypseg", "7", champion=False, new=True)  # the champion stayed put
+    lines = next_commands(kept, "http://tracking:5000")
+    store = " --tracking-uri http://tracking:5000"  # not this shell's default store
+    assert (
+        lines[1] == f"polypseg evaluate --model models:/polypseg/7 --root /data/Kvasir-SEG{store}"
+    )
+    assert lines[2].endswith(f"--overlay /data/Kvasir-SEG{store}")  # its folder: not here
+    assert "mlflow.set_tracking_uri('http://tracking:5000')" in lines[-1]

@@ -105,6 +105,7 @@ def test_offline_download_says_how_to_use_a_local_copy(
     line = one_error_line(runner.invoke(app, ["data", "download", "--set", "clinicdb"]))
     assert "balraj98/cvcclinicdb" in line and "no connection" in line
     assert "--root clinicdb=DIR" in line and 'data.roots = {clinicdb = "DIR"}' in line
+    assert "--set data.roots=clinicdb=DIR` (train, tune)" in line  # the form tune has
     line = one_error_line(runner.invoke(app, ["data", "download", "--set", "all"]))
     assert all(f"--root {name}=DIR" in line for name in SETS)
 

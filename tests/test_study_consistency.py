@@ -30,7 +30,7 @@ from polypseg.models.encoders import encoder_architecture
 from polypseg.tracking.registry import Score, register_trial
 from polypseg.tracking.store import setup
 from polypseg.tracking.views import study_view_state
-from polypseg.tuning.identity import BASE_ATTR, StudyBase, check_base
+from polypseg.tuning.identity import BASE_ATTR, StudyBase, check_base, check_space
 from polypseg.tuning.spec import load_spec
 from polypseg.tuning.study import tune
 from polypseg.tuning.workers import WORKERS_ATTR
@@ -245,3 +245,34 @@ def test_a_loss_study_registers_its_loss_and_writes_plain_progress(
     err = capsys.readouterr().err
     assert "trial 0  epoch   1  train_loss " in err and "trial 1  epoch   1  " in err
     assert "trial 0 COMPLETE  value " in err and "trial 1 COMPLETE  value " in err
+
+
+def test_a_worker_joining_a_running_study_with_other_choices_is_refused(tmp_path: Path) -> None:
+    """No trial has finished while the first worker runs: the stored space decides, not them."""
+    width = '[space."decoder.width"]\ntype = "categorical"\nchoices = {}\n'
+    first = load_spec(_spec(tmp_path, width.format("[8, 16]")))
+    study = optuna.create_study(study_name="s", direction="maximize")
+    check_space(study, first)
+    first.space[0].suggest(study.ask())  # the first worker's trial, RUNNING
+    check_space(study, first)  # the same space joins
+    with pytest.raises(PolypsegError) as refused:
+        check_space(study, load_spec(_spec(tmp_path, width.format("[8, 32]"))))
+    assert str(refused.value).startswith(
+        "study 's' searches decoder.width as one of [8, 16], the spec now as one of [8, 32]; "
+    )
+
+
+def test_the_cli_refuses_a_second_worker_with_other_choices_in_one_line(
+    runner: CliRunner, tiny_config: Path, mlflow_store: str, study_spec: Callable[..., Path]
+) -> None:
+    spec = study_spec()
+    Path("studies").mkdir()
+    storage = "sqlite:///studies/optuna.db"
+    running = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    check_space(running, load_spec(spec))
+    running.ask()  # its worker trains it; nothing has finished
+    spec.write_text(spec.read_text().replace("choices = [8, 16]", "choices = [8, 32]"))
+    args = ["tune", "--trials", "1", "--config", str(tiny_config), "--study", str(spec)]
+    line = one_error_line(runner.invoke(app, args))
+    assert line.startswith("error: study 's' searches decoder.width as one of [8, 16], the spec")
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 1

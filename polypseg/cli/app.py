@@ -16,6 +16,7 @@ from polypseg.errors import PolypsegError
 
 if TYPE_CHECKING:
     from polypseg.config import Config
+    from polypseg.tracking.registry import Registration
 
 
 WORKFLOW = ("data", "cache", "train", "tune", "evaluate", "compare", "predict", "export")
@@ -105,6 +106,52 @@ TrackingOption = Annotated[
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).",
     ),
 ]
+
+
+def next_commands(registration: Registration, tracking_uri: str) -> list[str]:
+    """What to run next on a registered model and the data it trained on, ready to paste (the
+    README's "After the demo"): evaluate, predict with overlays, export, a video, the pyfunc."""
+    from mlflow.exceptions import MlflowException
+
+    from polypseg.export.onnx import training_roots
+    from polypseg.tracking.store import default_tracking_uri, mask_password
+
+    name, version = registration.name, registration.version
+    model = f"models:/{name}@champion" if registration.champion else f"models:/{name}/{version}"
+    try:
+        roots = training_roots(model, None)
+    except MlflowException:  # a server gone since: the study's own lines are printed already
+        return []
+    if not roots:
+        return []
+    data = Path(roots[0])
+    images = sorted((data / "images").glob("*"))[:3] if (data / "images").is_dir() else [data]
+    shown = mask_password(tracking_uri)
+    store = "" if tracking_uri == default_tracking_uri() else f" --tracking-uri {shown}"
+    if tracking_uri == f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}":
+        shown = "sqlite:///mlruns/mlflow.db"  # as the README shows it: run from here
+    snippet = (
+        f"import mlflow, numpy as np; mlflow.set_tracking_uri('{shown}'); "
+        f"model = mlflow.pyfunc.load_model('{model}'); "
+        "print(model.predict(np.zeros((240, 320, 3), np.uint8)).shape)"
+    )
+    return [
+        f"# next, with {model} and its data:",
+        f"polypseg evaluate --model {model} --root {_home(data)}{store}",
+        f"polypseg predict --model {model} --out predictions/{name} --overlay "
+        + " ".join(_home(image) for image in images)
+        + store,
+        f"polypseg export --model {model} --out {name}.onnx{store}",
+        "polypseg data synth --video demo.mp4",
+        f"polypseg predict --model {model} --video demo.mp4 --out predictions/{name}-video{store}",
+        f'python -c "{snippet}"',
+    ]
+
+
+def _home(path: Path) -> str:
+    """`~/...` for a path under the home folder, as a user types it."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 def main() -> None:  # pragma: no cover - the console script

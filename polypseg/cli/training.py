@@ -157,6 +157,7 @@ def tune(
     )
     import mlflow
 
+    from polypseg.cli.app import next_commands
     from polypseg.tracking.views import ui_instructions
     from polypseg.tuning.finish import literature_table
 
@@ -166,6 +167,9 @@ def tune(
         typer.echo(line, err=True)
     for line in result.summary():
         typer.echo(line)
+    if result.registration is not None:
+        for line in next_commands(result.registration, mlflow.get_tracking_uri()):
+            typer.echo(line, err=True)
     if result.best is None:
         raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
 

@@ -65,8 +65,10 @@ def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
 def missing_roots(names: Sequence[str], roots: Mapping[str, object]) -> None:
     if lacking := [name for name in names if name not in roots]:
         shown = " ".join(f"--root {name}=DIR" for name in lacking)
+        option = ",".join(f"{name}=DIR" for name in lacking)
         raise DataError(
-            f"no folder for {', '.join(lacking)}: pass {shown}, or download with "
+            f"no folder for {', '.join(lacking)}: pass {shown} (--set data.roots={option} to "
+            f"train and tune), or download with "
             f"`polypseg data download --set {lacking[0]}`"
         )
 

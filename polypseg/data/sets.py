@@ -149,7 +149,8 @@ KVASIR_HINT = (
 
 def local_copy_hint(name: str) -> str:
     return (
-        f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` or set "
+        f"with a local copy of {SETS[name].title}, pass `--root {name}=DIR` (evaluate, data "
+        f"split) or `--set data.roots={name}=DIR` (train, tune), or set "
         f'data.roots = {{{name} = "DIR"}} in the config'
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -30,8 +31,9 @@ STORE_DIR = "mlruns"
 # maintenance mode and refuses new runs.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 SERVER_RETRIES, SERVER_TIMEOUT_S = 2, 2.0  # a tracking server gets 3 tries of 2 s at most
-# MLflow 3's UI opens an experiment by this tag: without it, on the GenAI overview (traces,
-# tokens); "custom_model_development" (the UI's "Model training") opens the runs table.
+# The experiment's type in MLflow 3's UI ("Machine learning"), so the UI neither infers one
+# nor asks. In 3.17.2 it does not choose the first page: every experiment opens on its GenAI
+# overview, and the runs table is at `runs_url`.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -184,11 +186,12 @@ def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
     database = sqlite_file(uri)
-    # Workers starting at once on a fresh SQLite store would all run MLflow's migrations on it
-    # and break it (measured: 7 of 9 processes, started in threes): the first creates it while
-    # the others wait. Servers handle this.
+    # Workers starting at once on a fresh SQLite store broke it migrating it together (7 of 9
+    # processes, started in threes): one builds it while the others wait. Servers handle this.
     lock = database and file_lock(database.with_name(database.name + ".lock"))
     with lock or nullcontext():
+        if database is not None:
+            build_aside(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise _deleted(uri, found.experiment_id, experiment)
@@ -205,6 +208,20 @@ def _set_experiment(uri: str, experiment: str) -> str:
             experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def build_aside(database: Path, build: Callable[[str], object]) -> None:
+    """Create a missing SQLite store whole, under its creation lock: `build(uri)` migrates a file
+    beside it, which then takes its place. A process killed while migrating leaves only that
+    file, remade next time; in place it left a half-migrated store, refused as another version's.
+    """
+    if database.exists():
+        return
+    aside = database.with_name(database.name + ".creating")
+    for leftover in ("", "-journal", "-wal", "-shm"):  # a stale journal would roll back into it
+        Path(f"{aside}{leftover}").unlink(missing_ok=True)
+    build(sqlite_uri(aside))
+    os.replace(aside, database)
 
 
 def _deleted(uri: str, experiment_id: str, experiment: str) -> StoreError:

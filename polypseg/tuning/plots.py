@@ -1,7 +1,6 @@
 """The study's plots (history, importances, parallel coordinates), drawn by Optuna and made
-readable: the metric named instead of "Objective Value", whole-trial ticks, no one-entry legend,
-and a parallel plot whose worst line stays visible (colours from a visible blue), whose axes
-leave a margin, whose labels sit on a pale patch and leave room for the colour bar. Optuna's
+readable: the metric named, pruned trials in the history, a caveat on importances from few
+trials, and a parallel plot with plain ticks, visible lines and room for its colour bar. Optuna's
 ggplot style is kept to these plots.
 """
 
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from polypseg.tracking.runs import log_figure
 
@@ -23,38 +23,53 @@ PARALLEL_AXES = (0.08, 0.26, 0.68, 0.6)
 COLOUR_BAR_AXES = (0.88, 0.26, 0.025, 0.6)
 # Margin above and below the parallel plot's lines, as a fraction of each axis's range.
 PARALLEL_MARGIN = 0.06
+FEW_TRIALS = 5  # importances from fewer complete trials carry a caveat in their title
 
 
 def _readable_history(ax: Any, study: optuna.Study, metric: str) -> None:
+    """Optuna draws complete trials only: pruned ones are added at their last reported value."""
     from matplotlib.ticker import MaxNLocator
 
+    pruned = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if t.intermediate_values]
+    if pruned:
+        values = [t.intermediate_values[t.last_step] for t in pruned]
+        ax.scatter([t.number for t in pruned], values, marker="x", color="grey", zorder=3)
+        ax.collections[-1].set_label("pruned (last reported)")
+        ax.legend(bbox_to_anchor=(1.05, 1.0), loc="upper left")
     ax.set_title(f"study {study.study_name}: {metric} by trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.tight_layout()
 
 
 def _readable_importances(ax: Any, study: optuna.Study, metric: str) -> None:
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    caveat = f"\n(from {complete} complete trials: a rough guide)" if complete < FEW_TRIALS else ""
     ax.set_title("", loc="left")  # Optuna's, replaced by one centred over the bars
-    ax.set_title(f"study {study.study_name}: param importances")
+    ax.set_title(f"study {study.study_name}: param importances{caveat}")
     ax.set_xlabel(f"importance for {metric}")
     ax.set_ylabel("")
+    right = ax.get_xlim()[1]
+    for text in ax.texts:  # the values, clear of their bars' ends (and of the axis: "<0.01")
+        text.set_x(text.get_position()[0] + right * 0.015)
+    ax.set_xlim(right=right * 1.08)
     legend = ax.get_legend()
     if legend is not None and len(legend.get_texts()) == 1:
         legend.remove()
     ax.figure.tight_layout()
 
 
-def _pad_limits(axes: Any) -> None:
-    """Widen an axis's range by `PARALLEL_MARGIN` each side in its own scale (a log axis in
-    decades); ticks stay within the values searched."""
+def _plain_axis(axes: Any) -> None:
+    """Five ticks across the values searched, written plainly (Optuna's log axes wrote
+    "×10⁻³" on each), then a margin of `PARALLEL_MARGIN` each side in the axis's own scale (a
+    log axis in decades). A categorical axis keeps its choices' ticks."""
+    from matplotlib.ticker import LogFormatter, ScalarFormatter
+
     low, high = axes.get_ylim()
-    slack = abs(high - low) * 1e-9
-    for minor in (False, True):
-        ticks = list(axes.get_yticks(minor=minor))
-        inside = [tick for tick in ticks if low - slack <= tick <= high + slack]
-        if inside != ticks:  # categorical axes' fixed ticks all lie inside: left as they are
-            axes.set_yticks(inside, minor=minor)
     log = axes.get_yscale() == "log"
+    if isinstance(axes.yaxis.get_major_formatter(), (LogFormatter, ScalarFormatter)):
+        ticks = np.unique(np.geomspace(low, high, 5) if log else np.linspace(low, high, 5))
+        axes.set_yticks(ticks, [f"{tick:.3g}" for tick in ticks])
+        axes.set_yticks([], minor=True)
     if log:
         low, high = np.log10(low), np.log10(high)
     pad = (high - low) * PARALLEL_MARGIN
@@ -73,7 +88,7 @@ def _readable_parallel(ax: Any, study: optuna.Study, metric: str) -> None:
         return
     for axes in figure.axes:
         if axes is not ax.collections[0].colorbar.ax:
-            _pad_limits(axes)
+            _plain_axis(axes)
             if axes is not ax:  # one grid, the metric's: the twins' own doubled its lines
                 axes.grid(False)
             for label in axes.get_yticklabels():

@@ -32,7 +32,7 @@ from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
-from polypseg.tracking.store import mask_password
+from polypseg.tracking.store import build_aside, mask_password
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         except OSError as err:  # a file it may not open
             raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if path is not None:  # a fresh SQLite file made whole, as MLflow's store is
+        with file_lock(path.with_name(path.name + ".lock")):
+            build_aside(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": SQLITE_LOCK_WAIT_S}  # wait for a lock, not fail
     interval, grace = heartbeat_settings()

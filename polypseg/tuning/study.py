@@ -40,7 +40,7 @@ from polypseg.tuning.finish import (
     score_on_literature_sets,
     trial_counts,
 )
-from polypseg.tuning.identity import StudyBase, check_base
+from polypseg.tuning.identity import StudyBase, check_base, check_space
 from polypseg.tuning.objective import make_objective
 from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.storage import (
@@ -172,6 +172,7 @@ def _check_stored_space(
     except KeyError:  # no such study yet
         return opened
     spec.check_resumable(stored)
+    check_space(stored, spec, record=False)
     return opened
 
 
@@ -188,6 +189,7 @@ def _open_study(
 
     def check(study: optuna.Study) -> None:
         spec.check_resumable(study)
+        check_space(study, spec)
         check_base(study, base)
 
     return open_shared_study(

@@ -74,12 +74,10 @@ class SharedStudy:
     def _any(self, state: TrialState) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(state,)))
 
-    def heartbeat_interval(self) -> int | None:
-        """Seconds between heartbeats; None where the storage has none (Optuna 5's journal)."""
+    def heartbeat_interval(self) -> int | None:  # None: no heartbeats (Optuna 5's journal)
         return getattr(self.storage, "get_heartbeat_interval", lambda: None)()
 
-    def fail_dead_trials(self) -> list[int]:
-        """Under the lock: fail (and queue for a retry) the trials of workers that died here."""
+    def fail_dead_trials(self) -> list[int]:  # under the lock
         return fail_dead_trials(self.study, self.storage, self.lock is not nullcontext)
 
     def take_trial(self) -> optuna.Trial:
