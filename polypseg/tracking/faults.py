@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException, RestException
 
 from polypseg.errors import StoreError, first_line
 
@@ -32,8 +33,6 @@ def store_fault(
 ) -> StoreError | None:
     """`err` as one line when it says the store cannot be used; None for anything else.
     `database`: the SQLite file, if any; `place`: the store's folder or URI; `uri`: masked."""
-    from mlflow.exceptions import MlflowException, RestException
-
     text, code = str(err), _sqlite_error(err)
     # MLflow's schema check says which revisions only in its message.
     if schema := re.search(r"found version (\w+), but expected (\w+)", text):

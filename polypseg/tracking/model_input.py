@@ -1,11 +1,6 @@
-"""What the registered model accepts: one image or a batch, as arrays or as encoded files.
-
-In process, an H×W×3 uint8 array or a list of them. Through `mlflow models serve`, MLflow parses
-the JSON before the model sees it: `{"inputs": <H×W×3 nested lists>}`, `{"dataframe_records":
-[{"image": ...}, ...]}`, or, compact, base64 PNG/JPEG bytes, `{"inputs": ["<base64>", ...]}` (a
-475×336 image is 2.4 MB as nested lists, tens of kB as a JPEG). Every form ends as H×W×3 uint8
-arrays; floats in [0, 1] are fractions of full scale, and an image over the pixel limit is refused
-from its header, before it is decoded.
+"""What the registered model accepts: one H×W×3 image or a batch, as arrays, a DataFrame column or
+base64 PNG/JPEG bytes (a 475×336 image is 2.4 MB as JSON lists, tens of kB as a JPEG). Floats in
+[0, 1] are fractions of full scale; an image over the pixel limit is refused from its header.
 """
 
 from __future__ import annotations
@@ -21,16 +16,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from polypseg.data.images import pixel_problem
 
-EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
 TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
+EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
 
 
 class ModelInputError(MlflowException, ValueError):
-    """A request the model cannot read, in one line naming the image and what was expected.
-
-    MLflow's scoring server prefixes an `MlflowException`'s message with the whole parsed input
-    (megabytes of pixels) and answers any other exception with a traceback; this one keeps its
-    own message, so the HTTP 400 says what was wrong and nothing else."""
+    """A request the model cannot read, in one line. MLflow's scoring server prefixes an
+    `MlflowException`'s message with the whole parsed input (megabytes of pixels) and answers any
+    other exception with a traceback: this one keeps its own message for the HTTP 400."""
 
     def __init__(self, message: str) -> None:
         self._own = message
@@ -91,8 +84,7 @@ def _image(value: Any, where: str) -> np.ndarray:
 
 
 def read_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
-    """The images in `model_input` as H×W×3 uint8 arrays, and whether it was a batch (a list,
-    a DataFrame column, an N×H×W×3 array) rather than one image."""
+    """The images as H×W×3 uint8 arrays, and whether `model_input` was a batch."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):

@@ -1,10 +1,8 @@
 """The registered model: an MLflow pyfunc that segments H×W×3 uint8 images of any size.
 
-The model carries one artifact, `segmenter.pt` (encoder name and weights, the decoder's name,
-arguments and weights, input size, threshold), loaded with `torch.load(weights_only=True)` and
-rebuilt from the encoder and decoder registries with no download, so it loads in a fresh
-process with only polypseg installed and no network. We use a `PythonModel` rather than
-`mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
+Its one artifact, `segmenter.pt`, is plain tensors and numbers (`weights_only=True`), rebuilt from
+the encoder and decoder registries, so it loads with only polypseg installed and no network. A
+`PythonModel`, not `mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
 """
 
 from __future__ import annotations
@@ -17,6 +15,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from polypseg.errors import PolypsegError, first_line
 from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
@@ -27,11 +28,12 @@ from polypseg.tracking.runs import quiet_model_logging
 
 FORMAT = 1
 ARTIFACT = "segmenter.pt"
+# `segmenter.pt`'s names for keys of the decoder's record (`decoder_record`); models logged before
+# a key was recorded lack it, and `decoder_from_record` reads them as a `simple` decoder.
+FILE_KEYS = {"name": "decoder", "arguments": "decoder_arguments", "state": "decoder_state"}
 
 
 def segmenter_state(encoder: FrozenEncoder, decoder: Decoder, image_size: int) -> dict:
-    """Everything needed to rebuild the segmenter, as plain tensors and numbers."""
-    record = decoder_record(decoder)
     return {
         "format": FORMAT,
         "encoder": encoder.name,
@@ -39,39 +41,26 @@ def segmenter_state(encoder: FrozenEncoder, decoder: Decoder, image_size: int) -
         # "bf16" once `prepare` ran): served the same way, whatever the serving GPU would pick.
         "precision": encoder.precision,
         "encoder_state": encoder.backbone.state_dict(),
-        "decoder": record["name"],  # simple | hires; absent from models logged before it
-        "decoder_arguments": record["arguments"],
-        "in_channels": decoder.in_channels,
-        "width": decoder.width,
-        "decoder_state": record["state"],
+        **{FILE_KEYS.get(key, key): value for key, value in decoder_record(decoder).items()},
         "image_size": image_size,
         "threshold": 0.5,
     }
 
 
 def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[Segmenter, float]:
-    """Rebuild a `Segmenter` from a `segmenter.pt`; returns it with its threshold."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     encoder = encoder_architecture(state["encoder"])
     encoder.backbone.load_state_dict(state["encoder_state"])
     encoder.weights_digest = ""  # not needed for prediction; skip rehashing the weights
     encoder.precision = state.get("precision", "auto")  # models logged before it was recorded
-    decoder = decoder_from_record(
-        {
-            "name": state.get("decoder", "simple"),
-            "arguments": state.get("decoder_arguments"),
-            "in_channels": state["in_channels"],
-            "width": state["width"],
-            "state": state["decoder_state"],
-        }
-    )
+    names = {file_key: key for key, file_key in FILE_KEYS.items()}
+    decoder = decoder_from_record({names.get(key, key): value for key, value in state.items()})
     segmenter = Segmenter(encoder, decoder, state["image_size"]).to(device).eval()
     return segmenter, float(state["threshold"])
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: an H×W×3 uint8 image → an H×W uint8 mask of 0/1; a batch of images of any sizes
-    (a list, a DataFrame column, base64 PNG/JPEG bytes: `model_input.py`) → a list of masks."""
+    """An image (`model_input.py`'s forms) → an H×W uint8 mask of 0/1; a batch → a list of them."""
 
     def load_context(self, context: Any) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,10 +88,6 @@ def _requirements() -> list[str]:
 def log_segmenter_model(
     encoder: FrozenEncoder, decoder: Decoder, image_size: int, name: str = "model"
 ) -> mlflow.models.model.ModelInfo:
-    """Log the whole segmenter as a pyfunc model into the active run."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     # Outputs only. An input schema cannot admit both forms the model takes: a TensorSpec makes
     # the scoring server build one array of the whole request, which a batch of images of
     # different sizes cannot be (HTTP 400 before the model runs), and a ColSpec turns an
@@ -125,8 +110,6 @@ def log_segmenter_model(
 
 def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
     """`mlflow.pyfunc.load_model` with a missing model or alias as a one-line `PolypsegError`."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:

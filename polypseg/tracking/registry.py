@@ -1,12 +1,8 @@
-"""The MLflow Model Registry: a study's best trial becomes a version; the champion alias moves;
-every version carries a model card.
-
-The best trial's decoder and the shared encoder become one pyfunc model, logged into the study's
-parent run and registered, tagged with what it was scored by (`Score`) and its trial run's record
-(encoder precision, decoder, recipe). `champion` moves to it only when it beats the champion by
-the same metric on the same data and split; otherwise the champion stays, with the reason
-(`Registration.kept`). The card, the version's description, is built from its tags alone
-(`model_card`): a writer (`tune`, `evaluate --sets`, `compare`) sets tags through `update_card`.
+"""The MLflow Model Registry: a study's best trial becomes a version, tagged with what it was scored
+by (`Score`). `champion` moves to it only when it beats the champion by the same metric on the same
+data and split, or stays with the reason (`Registration.kept`). The model card, the version's
+description, is built from its tags alone, so writers (`tune`, `evaluate`, `compare`) only set tags
+through `update_card`.
 """
 
 from __future__ import annotations
@@ -17,8 +13,11 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-from polypseg.models.decoder import Decoder, decoder_from_record
+from polypseg.models.decoder import decoder_from_record
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.tracking.pyfunc import log_segmenter_model
 
@@ -44,8 +43,6 @@ class Registration:
 
 @dataclass(frozen=True)
 class Score:
-    """What a version is compared by: `metric`'s `value` on data set `data`, split `split`."""
-
     metric: str
     value: float
     direction: str = "maximize"
@@ -69,9 +66,9 @@ def _params(params: dict[str, str], prefixes: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k.startswith(prefixes))
 
 
-def update_card(name: str, version: str, tags: dict[str, str], family: str = "") -> str:
-    """Set `tags` on a version (first dropping its other tags starting with `family`, when
-    given: one evaluation's rows never mix with an earlier one's), then rewrite its card."""
+def update_card(name: str, version: str, tags: dict[str, str], family: str = "") -> None:
+    """Set `tags` on a version, first dropping its other `family` tags (one evaluation's rows
+    never mix with an earlier one's), then rewrite its card."""
     client = mlflow.MlflowClient()
     for key in client.get_model_version(name, version).tags if family else ():
         if key.startswith(family) and key not in tags:
@@ -80,11 +77,9 @@ def update_card(name: str, version: str, tags: dict[str, str], family: str = "")
         client.set_model_version_tag(name, version, key, value)
     card = model_card(name, version, client.get_model_version(name, version).tags)
     client.update_model_version(name, version, description=card)
-    return card
 
 
 def _table(tags: dict[str, str]) -> list[str]:
-    """The per-set table from `pranet.<set>.<figure>` tags, an interval after its figure."""
     from polypseg.data.sets import SETS
 
     rows: dict[str, dict[str, str]] = {}
@@ -102,8 +97,7 @@ def _table(tags: dict[str, str]) -> list[str]:
 
 
 def model_card(name: str, version: str, tags: dict[str, str]) -> str:
-    """A version's card (Markdown), from its tags alone: data, split, encoder, decoder, recipe,
-    the per-set table with its 95 % intervals, the seed spread, the comparison, the limits."""
+    """A version's card (Markdown), from its tags alone."""
 
     def t(key: str) -> str:
         return tags.get(key, "not recorded")
@@ -145,33 +139,20 @@ def model_card(name: str, version: str, tags: dict[str, str]) -> str:
     return "\n".join([*lines, "", USE]) + "\n"
 
 
-def load_decoder(run_id: str) -> Decoder:
-    """A trial's decoder, from its run's `decoder/decoder.pt` artifact."""
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="decoder/decoder.pt")
-    return decoder_from_record(torch.load(Path(path), map_location="cpu", weights_only=True))
-
-
-def _existing(
-    name: str, study: str, trial: int
-) -> mlflow.entities.model_registry.ModelVersion | None:
-    client = mlflow.MlflowClient()
-    query = (
-        f"name = '{name}' and tag.`polypseg.study` = '{study}' and tag.`polypseg.trial` = '{trial}'"
-    )
-    found = client.search_model_versions(query)
+def _existing(name: str, study: str, trial: int) -> ModelVersion | None:
+    tags = f"tag.`polypseg.study` = '{study}' and tag.`polypseg.trial` = '{trial}'"
+    found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and {tags}")
     return found[0] if found else None
 
 
-def _champion(name: str) -> mlflow.entities.model_registry.ModelVersion | None:
-    from mlflow.exceptions import MlflowException
-
+def _champion(name: str) -> ModelVersion | None:
     try:
         return mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
 
 
-def _why_kept(champion: mlflow.entities.model_registry.ModelVersion, score: Score) -> str:
+def _why_kept(champion: ModelVersion, score: Score) -> str:
     """Why `score` does not take the champion's place; empty when it beats it."""
     tags = champion.tags
     metric = tags.get("polypseg.metric", "val_dice")  # versions tagged before the metric was
@@ -206,7 +187,9 @@ def register_trial(
     version = _existing(name, study, trial)
     new = version is None
     if new:
-        info = log_segmenter_model(encoder, load_decoder(run_id), image_size, name=f"trial-{trial}")
+        path = download_artifacts(run_id=run_id, artifact_path="decoder/decoder.pt")
+        decoder = decoder_from_record(torch.load(Path(path), map_location="cpu", weights_only=True))
+        info = log_segmenter_model(encoder, decoder, image_size, name=f"trial-{trial}")
         run = client.get_run(run_id).data
         tags = {
             "polypseg.study": study,

@@ -1,14 +1,12 @@
-"""How one `tune` invocation ends: the study's counts, plots and best trial on the parent run, the
-best model registered (scored as `tuning.identity` says, so the champion moves only past a model
-measured the same way) and, with `[study] champion_seeds = N`, its values retrained with N seeds
-and the version tagged with the spread; under `data.protocol = "pranet"` the champion's
-literature table, and what `polypseg tune` prints (`TuneResult`: the summary scripts read, the
-best trials' table).
+"""How one `tune` invocation ends: the study's record on the parent run, the best model registered
+(scored as `tuning.identity` says, so the champion moves only past a model measured the same way),
+its seed spread when `[study] champion_seeds` asks, and what `polypseg tune` prints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -26,7 +24,6 @@ from polypseg.tuning.workers import SharedStudy
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """The study's trials by state name, every state present (0 when none)."""
     counts = {state.name: 0 for state in optuna.trial.TrialState}
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] += 1
@@ -36,16 +33,14 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 def finish(
     shared: SharedStudy, prepared: Prepared, config: Config, base: StudyBase, spec: StudySpec
 ) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
-    """Log the best trial and study plots to the parent run; register the best model, under the
-    lock: workers that end together register it once, and the champion moves in order; a new
-    version gets its seed spread."""
+    """Register the best model under the lock: workers that end together register it once, and
+    the champion moves in order."""
     study = shared.study
     counts = trial_counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
     mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
     log_study_plots(study, base.metric)
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
+    if not counts["COMPLETE"]:
         return None, None
     best = study.best_trial
     mlflow.log_params({f"best.{key}": value for key, value in best.params.items()})
@@ -85,9 +80,6 @@ def score_on_literature_sets(
 
 
 def literature_table(config: Config, registration: Registration | None) -> list[str]:
-    """Under `data.protocol = "pranet"`, the champion's five-set table and where it lies."""
-    from pathlib import Path
-
     if config.data.protocol != "pranet" or registration is None or not registration.champion:
         return []
     table = Path("evaluation") / f"{registration.name}-v{registration.version}" / "table.md"
@@ -107,13 +99,8 @@ def check_literature_sets(config: Config) -> None:
             set_root(config.data, name)
 
 
-TABLE_ROWS = 10
-
-
 @dataclass(kw_only=True)
 class TuneResult:
-    """What one `tune` invocation ended with (built by keyword: its fields are many)."""
-
     study: optuna.Study
     best: FrozenTrial | None
     registration: Registration | None
@@ -128,7 +115,6 @@ class TuneResult:
     ran: dict[str, int] = field(default_factory=dict)  # trials this invocation ran, by state
 
     def summary(self) -> list[str]:
-        """What `polypseg tune` prints last: the study, the best trial, the registered version."""
         c = self.counts
         lines = [
             f"study {self.study.study_name} ({self.storage}): {sum(c.values())} trials, "
@@ -148,48 +134,39 @@ class TuneResult:
             lines.append(f"registered model {reg.name} version {reg.version}{champion}")
         return lines
 
-    def best_trials_table(self, rows: int = TABLE_ROWS) -> list[str]:
-        """The study's best trials (those with a value), best first, as aligned text lines."""
-        return best_trials_table(self.study, self.metric, rows, self.measured_on)
+    def best_trials_table(self) -> list[str]:
+        """The best trials with a value (a pruned one's: its last report), best first."""
+        study, metric = self.study, self.metric
+        states = (TrialState.COMPLETE, TrialState.PRUNED)
+        scored = [t for t in study.get_trials(deepcopy=False, states=states) if t.value is not None]
+        if not scored:
+            return []
+        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        best = sorted(scored, key=lambda t: (sign * t.value, t.number))[:10]
+        params = list(dict.fromkeys(key for t in best for key in t.params))  # the spec's order
+        header = ["trial", "state", metric, *params]
+        body = [
+            [
+                str(t.number),
+                t.state.name,
+                f"{t.value:.4f}",
+                *(_value(t.params.get(p, "-")) for p in params),
+            ]
+            for t in best
+        ]
+        widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
+        # Numbers right-aligned, the state left-aligned: columns read down like a spreadsheet.
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 1 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in (header, *body)
+        ]
+        on = f"; {self.measured_on}" if self.measured_on else ""
+        title = f"best {len(best)} of {len(study.trials)} trials (by {metric}{on}):"
+        return [title, *lines]
 
 
 def _value(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def best_trials_table(
-    study: optuna.Study, metric: str, rows: int = TABLE_ROWS, measured_on: str = ""
-) -> list[str]:
-    """Up to `rows` trials with a value (a pruned one's: its last report), best first."""
-    scored = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.value is not None
-    ]
-    if not scored:
-        return []
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    best = sorted(scored, key=lambda t: (sign * t.value, t.number))[:rows]
-    params = list(dict.fromkeys(key for t in best for key in t.params))  # the spec's order
-    header = ["trial", "state", metric, *params]
-    body = [
-        [
-            str(t.number),
-            t.state.name,
-            f"{t.value:.4f}",
-            *(_value(t.params.get(p, "-")) for p in params),
-        ]
-        for t in best
-    ]
-    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-    # Numbers right-aligned, the state left-aligned: columns read down like a spreadsheet.
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 1 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in (header, *body)
-    ]
-    on = f"; {measured_on}" if measured_on else ""
-    title = f"best {len(best)} of {len(study.trials)} trials (by {metric}{on}):"
-    return [title, *lines]

@@ -1,9 +1,6 @@
-"""The objective of a study: one trial is one logged training run on the shared feature cache.
-
-As in optuna-examples: suggest config values, start the trial's nested run, train on the cached
-features, report the metric every epoch, stop when the pruner says so. The run ends as the trial
-is about to be told. A trial's value is its metric at the epoch whose weights it keeps, so the
-value a registered version is tagged with describes that model.
+"""The objective of a study: one trial is one nested training run on the shared feature cache,
+reporting every epoch to the pruner. A trial's value is its metric at the epoch whose weights it
+keeps, so the value a registered version is tagged with describes that model.
 """
 
 from __future__ import annotations
@@ -44,21 +41,14 @@ def _trial_run_end(err: BaseException | None) -> RunEnd:
 
 def _kept_value(history: list[dict[str, float]], best_epoch: int, metric: str) -> float:
     """`metric` at the epoch whose weights training kept (its last, if none was better)."""
-    kept = [h for h in history if int(h["epoch"]) == best_epoch] or history[-1:]
-    return kept[0][metric]
+    return next((h for h in history if int(h["epoch"]) == best_epoch), history[-1])[metric]
 
 
 def make_objective(
-    prepared: Prepared,
-    config: Config,
-    spec: StudySpec,
-    parent_run_id: str,
-    progress: bool = True,
+    prepared: Prepared, config: Config, spec: StudySpec, parent_run_id: str, progress: bool
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: suggest, train on the cache, report every epoch, prune when told."""
-
     def objective(trial: optuna.Trial) -> float:
-        trial_config = spec.trial_config(config, spec.suggest(trial))
+        trial_config = spec.trial_config(config, {p.key: p.suggest(trial) for p in spec.space})
         trial_prepared = dataclasses.replace(prepared, device=_trial_device(prepared, trial))
 
         def report(metrics: dict[str, float]) -> None:

@@ -78,11 +78,7 @@ class Param:
 
     def distribution(self) -> Any:
         """The Optuna distribution `suggest` draws from (what a stored trial records)."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.type == "categorical":
             return CategoricalDistribution(list(self.choices))
@@ -134,10 +130,8 @@ class StudySpec:
         Optuna would fail every new trial or mix two spaces in one history."""
         from optuna.trial import TrialState
 
-        stored: dict[str, Any] = {}
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        for trial in finished:
-            stored.update(trial.distributions)
+        stored = {key: d for trial in finished for key, d in trial.distributions.items()}
         for param in self.space:
             before, now = stored.get(param.key), param.distribution()
             if before is not None and before != now:
@@ -147,12 +141,7 @@ class StudySpec:
                     "study with --study-name"
                 )
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """The trial's values, keyed by config key."""
-        return {param.key: param.suggest(trial) for param in self.space}
-
     def trial_config(self, config: Config, values: dict[str, Any]) -> Config:
-        """The config a trial with `values` (keyed by config key) trains with."""
         return config.with_overrides({**values, "train.epochs": self.epochs})
 
 
@@ -176,8 +165,7 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
         raise PolypsegError(
             f"{where}: space.{key}.type = {kind!r}; use one of {', '.join(PARAM_TYPES)}"
         )
-    known = {"type", "low", "high", "log", "choices"}
-    if unknown := set(table) - known:
+    if unknown := set(table) - {"type", "low", "high", "log", "choices"}:
         raise PolypsegError(f"{where}: space.{key} has unknown fields {sorted(unknown)}")
     if kind == "categorical":
         choices = table.get("choices")
@@ -235,21 +223,6 @@ def _check_options(section: str, options: dict[str, Any], allowed: dict, path: P
             check_range(value, OPTION_RANGES[key], f"{path}: [{section}] {key}")
 
 
-def _check_sampler(options: dict[str, Any], path: Path) -> None:
-    name = options.get("name", "tpe")
-    if name not in SAMPLERS:
-        raise PolypsegError(f"{path}: [sampler] name = {name!r}; use {' or '.join(SAMPLERS)}")
-    _check_options("sampler", options, sampler_options(name), path)
-
-
-def _check_pruner(options: dict[str, Any], path: Path) -> None:
-    if options.get("name", "median") not in PRUNERS:
-        raise PolypsegError(
-            f"{path}: [pruner] name = {options['name']!r}; use median, hyperband or none"
-        )
-    _check_options("pruner", options, PRUNER_OPTIONS, path)
-
-
 def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str, Any]:
     """`[study]` over the defaults (the name: the file's), checked."""
     if unknown := set(study) - {"name", "metric", "direction", "epochs", "champion_seeds"}:
@@ -258,11 +231,9 @@ def _check_study(study: dict[str, Any], path: Path, config: Config) -> dict[str,
     values = {"name": path.stem, **defaults, **study}
     if not isinstance(values["name"], str) or not values["name"].strip():
         raise PolypsegError(f"{path}: [study] name must be a non-empty string")
-    if (metric := values["metric"]) not in tuple(METRICS):
+    if (metric := values["metric"]) not in METRICS:
         raise PolypsegError(f"{path}: [study] metric must be val_dice, val_iou or val_loss")
-    if values.setdefault("direction", METRICS[metric]) not in ("maximize", "minimize"):
-        raise PolypsegError(f"{path}: [study] direction must be maximize or minimize")
-    if values["direction"] != METRICS[metric]:  # the study would pick its worst trial as best
+    if values.setdefault("direction", METRICS[metric]) != METRICS[metric]:
         raise PolypsegError(
             f"{path}: [study] metric = {metric!r} with direction = {values['direction']!r} "
             f"would pick the worst trial; set direction = {METRICS[metric]!r} or leave it out"
@@ -284,8 +255,12 @@ def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
         )
     study, sampler, pruner = (_table(table, name, path) for name in ("study", "sampler", "pruner"))
     values = _check_study(study, path, config)
-    _check_sampler(sampler, path)
-    _check_pruner(pruner, path)
+    if (name := sampler.get("name", "tpe")) not in SAMPLERS:
+        raise PolypsegError(f"{path}: [sampler] name = {name!r}; use {' or '.join(SAMPLERS)}")
+    _check_options("sampler", sampler, sampler_options(name), path)
+    if (name := pruner.get("name", "median")) not in PRUNERS:
+        raise PolypsegError(f"{path}: [pruner] name = {name!r}; use median, hyperband or none")
+    _check_options("pruner", pruner, PRUNER_OPTIONS, path)
     space = tuple(_param(k, v, str(path), config) for k, v in _table(table, "space", path).items())
     if not space:
         raise PolypsegError(f'{path}: the search space is empty; add [space."train.lr"] etc.')
