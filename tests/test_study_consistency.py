@@ -30,8 +30,8 @@ from polypseg.models.encoders import encoder_architecture
 from polypseg.tracking.registry import Score, register_trial
 from polypseg.tracking.store import setup
 from polypseg.tracking.views import study_view_state
-from polypseg.tuning.identity import BASE_ATTR, StudyBase, check_base, check_space
-from polypseg.tuning.spec import load_spec
+from polypseg.tuning.identity import BASE_ATTR, StudyBase, check_base
+from polypseg.tuning.spec import check_space, load_spec
 from polypseg.tuning.study import tune
 from polypseg.tuning.workers import WORKERS_ATTR
 

@@ -4,8 +4,8 @@ Trials are compared with each other, so all are scored by one metric on one data
 over one encoder's features at one image size. `FIXED_KEYS`: the config keys a search space may
 not touch, with why. `StudyBase`: what a new study records (user attribute `polypseg.base`) and
 every later worker must match (`check_base`); it also tags each registered version (`score`).
-`check_space`: the same for the search space, so a worker joining a running study with other
-choices is refused before any of its trials fails in Optuna.
+`spec.check_space` does the same for the search space, so a worker joining a running study
+with other choices is refused before any of its trials fails in Optuna.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # the spec loads this module before torch and mlflow are impo
     from polypseg.config import Config
     from polypseg.features.prepare import Prepared
     from polypseg.tracking.registry import Score
-    from polypseg.tuning.spec import StudySpec
 
 # Keys (a section ends with ".") a trial cannot change, and the reason a spec searching one is
 # refused with: a value that never acts would show in the table while no trial used it.
@@ -38,7 +37,6 @@ FIXED_KEYS = {
 }
 SEARCHABLE = ("data.augment",)  # the study caches the union of its choices (tuning.study)
 BASE_ATTR = "polypseg.base"
-SPACE_ATTR = "polypseg.space"
 
 
 def fixed_key_reason(key: str) -> str | None:
@@ -111,29 +109,6 @@ def check_base(study: optuna.Study, base: StudyBase) -> None:
         )
     if BASE_ATTR not in study.user_attrs:
         study.set_user_attr(BASE_ATTR, record)
-
-
-def check_space(study: optuna.Study, spec: StudySpec, record: bool = True) -> None:
-    """Refuse a spec drawing a parameter from other values than the study's own space (recorded
-    by its first worker), as a resume is refused: while the study runs no trial may have finished,
-    and a worker with other choices would fail each trial in Optuna. `record`: store the space on
-    a study that has none (under the study lock)."""
-    from optuna.distributions import distribution_to_json, json_to_distribution
-
-    from polypseg.tuning.spec import _describe as describe
-
-    stored = study.user_attrs.get(SPACE_ATTR)
-    now = {p.key: distribution_to_json(p.distribution()) for p in spec.space}
-    for key, before in (stored or {}).items():
-        if key in now and now[key] != before:
-            raise PolypsegError(
-                f"study {study.study_name!r} searches {key} as "
-                f"{describe(json_to_distribution(before))}, the spec now as "
-                f"{describe(json_to_distribution(now[key]))}; keep the stored space or start a "
-                "new study with --study-name"
-            )
-    if stored is None and record:
-        study.set_user_attr(SPACE_ATTR, now)
 
 
 def _shown(value: Any) -> str:

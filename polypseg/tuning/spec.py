@@ -12,12 +12,15 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polypseg.config import SEED_MAX, Config
 from polypseg.errors import PolypsegError
 from polypseg.toml_checks import Bounds, check_range, read_toml, typed
 from polypseg.tuning.identity import fixed_key_reason
+
+if TYPE_CHECKING:
+    import optuna
 
 PARAM_TYPES = ("categorical", "float", "int")
 # Each metric a trial reports, and the direction that improves it (the default `direction`).
@@ -65,6 +68,10 @@ def sampler_options(name: str) -> dict[str, type]:
         if kind := TOML_TYPES.get(str(annotation).removesuffix(" | None")):
             options[key] = kind
     return options
+
+
+# The study user attribute holding the space its first worker drew from (`check_space`).
+SPACE_ATTR = "polypseg.space"
 
 
 @dataclass(frozen=True)
@@ -136,16 +143,38 @@ class StudySpec:
             before, now = stored.get(param.key), param.distribution()
             if before is not None and before != now:
                 raise PolypsegError(
-                    f"study {study.study_name!r} searched {param.key} as {_describe(before)}, "
-                    f"the spec now as {_describe(now)}; keep the stored space or start a new "
-                    "study with --study-name"
+                    f"study {study.study_name!r} searched {param.key} as "
+                    f"{describe_distribution(before)}, the spec now as "
+                    f"{describe_distribution(now)}; keep the stored space or start a new study "
+                    "with --study-name"
                 )
 
     def trial_config(self, config: Config, values: dict[str, Any]) -> Config:
         return config.with_overrides({**values, "train.epochs": self.epochs})
 
 
-def _describe(distribution: Any) -> str:
+def check_space(study: optuna.Study, spec: StudySpec, record: bool = True) -> None:
+    """Refuse a spec drawing a parameter from other values than the study's own space (recorded
+    by its first worker), as a resume is refused: while the study runs no trial may have finished,
+    and a worker with other choices would fail each trial in Optuna. `record`: store the space on
+    a study that has none (under the study lock)."""
+    from optuna.distributions import distribution_to_json, json_to_distribution
+
+    stored = study.user_attrs.get(SPACE_ATTR)
+    now = {p.key: distribution_to_json(p.distribution()) for p in spec.space}
+    for key, before in (stored or {}).items():
+        if key in now and now[key] != before:
+            raise PolypsegError(
+                f"study {study.study_name!r} searches {key} as "
+                f"{describe_distribution(json_to_distribution(before))}, the spec now as "
+                f"{describe_distribution(json_to_distribution(now[key]))}; keep the stored space "
+                "or start a new study with --study-name"
+            )
+    if stored is None and record:
+        study.set_user_attr(SPACE_ATTR, now)
+
+
+def describe_distribution(distribution: Any) -> str:
     """`float in [0.001, 0.01], log-scaled`: an Optuna distribution as a spec would write it."""
     if hasattr(distribution, "choices"):
         return f"one of {list(distribution.choices)}"

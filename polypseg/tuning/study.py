@@ -40,9 +40,9 @@ from polypseg.tuning.finish import (
     score_on_literature_sets,
     trial_counts,
 )
-from polypseg.tuning.identity import StudyBase, check_base, check_space
+from polypseg.tuning.identity import StudyBase, check_base
 from polypseg.tuning.objective import make_objective
-from polypseg.tuning.spec import StudySpec
+from polypseg.tuning.spec import StudySpec, check_space
 from polypseg.tuning.storage import (
     check_storage_url,
     default_storage,
