@@ -171,8 +171,8 @@ def tune(
 
 
 def _run_instructions(experiment_id: str, run_id: str, tracking_uri: str) -> list[str]:
-    """How to see the run, as `tune` says how to see its trials: the command that serves the
-    store (none for a tracking server), then the run's page."""
+    """How to see the run, as `tune` says for its trials: the command serving the store (none
+    for a tracking server), then the run's page."""
     from polypseg.tracking.store import mask_password, runs_url
 
     if tracking_uri.startswith(("http://", "https://")):
