@@ -178,19 +178,6 @@ def check_seed(seed: int) -> None:
         raise PolypsegError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
 
 
-def _check_numbers(flat: dict[str, Any], origin: str) -> None:
-    size = flat["data.image_size"]
-    if size % PATCH or size < RANGES["data.image_size"][0]:
-        raise PolypsegError(
-            f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
-            "patch size) and >= 64, like 256 or 512"
-        )
-    for key, bounds in RANGES.items():
-        check_range(flat[key], bounds, f"{origin}: {key}")
-    if problem := ratios_problem(flat["data.ratios"]):
-        raise PolypsegError(f"{origin}: data.ratios = {problem}")
-
-
 def _check_protocol(data: DataConfig, origin: str) -> None:
     if unknown := [name for name in data.roots if name not in POLYP_SETS]:
         raise PolypsegError(
@@ -221,7 +208,16 @@ def _validate(config: Config, origin: str) -> None:
     for key in NAMES:
         if not flat[key].strip():
             raise PolypsegError(f"{origin}: {key} is empty; give it a name")
-    _check_numbers(flat, origin)
+    size = flat["data.image_size"]
+    if size % PATCH or size < RANGES["data.image_size"][0]:
+        raise PolypsegError(
+            f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
+            "patch size) and >= 64, like 256 or 512"
+        )
+    for key, bounds in RANGES.items():
+        check_range(flat[key], bounds, f"{origin}: {key}")
+    if problem := ratios_problem(flat["data.ratios"]):
+        raise PolypsegError(f"{origin}: data.ratios = {problem}")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

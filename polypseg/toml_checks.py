@@ -51,8 +51,7 @@ def _is_number(value: Any) -> bool:
 
 def typed(value: Any, kind: Any, where: str) -> Any:
     """`value` as `kind` (ints become floats, lists tuples), else a PolypsegError. A tuple of
-    strings may be one comma-separated string (`"hflip,rot90"`, `""`: none), as `--set` and a
-    study's categorical choices give it."""
+    strings may be one comma-separated string (`"hflip,rot90"`), as `--set` gives it."""
     if kind is float:
         ok = _is_number(value)
         value = float(value) if ok else value
@@ -95,17 +94,15 @@ def _number(bound: float) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)  # seeds' 2**32 - 1 exactly
 
 
-def _range_text(low: float, high: float, open_low: bool) -> str:
-    if math.isinf(high):
-        if (low, open_low) in ((0, True), (1, False)):
-            return "positive"
-        return f"{'>' if open_low else '>='} {_number(low)}"
-    return f"in {'(' if open_low else '['}{_number(low)}, {_number(high)}]"
-
-
 def check_range(value: float, bounds: Bounds, where: str) -> None:
     low, high, open_low = bounds
     below = value <= low if open_low else value < low
     if not math.isfinite(value) or below or value > high:
+        if not math.isinf(high):
+            valid = f"in {'(' if open_low else '['}{_number(low)}, {_number(high)}]"
+        elif (low, open_low) in ((0, True), (1, False)):
+            valid = "positive"
+        else:
+            valid = f"{'>' if open_low else '>='} {_number(low)}"
         finite = "" if math.isfinite(value) else "a finite number, "
-        raise PolypsegError(f"{where} = {value} must be {finite}{_range_text(low, high, open_low)}")
+        raise PolypsegError(f"{where} = {value} must be {finite}{valid}")
