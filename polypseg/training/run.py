@@ -88,13 +88,6 @@ def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
     log_figure(figure, "figures/val_masks.png")
 
 
-def _curves_title(run: mlflow.ActiveRun) -> str:
-    # A trial names its study: `trial-3 of study decoder_search`.
-    name = run.info.run_name or run.info.run_id
-    study = run.data.tags.get("optuna.study_name")
-    return f"{name} of study {study}" if study else name
-
-
 def train_and_log(
     prepared: Prepared,
     config: Config,
@@ -146,7 +139,10 @@ def train_and_log(
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)
-    log_figure(curves(fitted.history, title=_curves_title(run)), "figures/curves.png")
+    title = run.info.run_name or run.info.run_id
+    if study := run.data.tags.get("optuna.study_name"):  # `trial-3 of study decoder_search`
+        title = f"{title} of study {study}"
+    log_figure(curves(fitted.history, title=title), "figures/curves.png")
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(decoder_record(fitted.decoder), Path(tmp) / "decoder.pt")
         mlflow.log_artifact(str(Path(tmp) / "decoder.pt"), "decoder")
@@ -180,8 +176,8 @@ def train_seeds(
     on_epoch: EpochCallback | None = None,
     log_model: bool = False,
 ) -> SeedsOutcome:
-    """`n` child runs, seeds `train.seed` onwards; the parent logs their spread (sd: ddof 1).
-    Only the first child logs the full model: one encoder copy, not `n`."""
+    """`n` child runs from seed `train.seed`, their spread (sd: ddof 1) on the active run; only
+    the first child logs the full model: one encoder copy, not `n`."""
     parent = mlflow.active_run().info.run_id
     seeds = list(range(config.train.seed, config.train.seed + n))
     children = []
