@@ -92,10 +92,9 @@ def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
 def _counts_over_thresholds(
     probs: Tensor, truth: Tensor, ascending: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Per row of B×N `probs` and 0/1 `truth`, the pixels with `p >= t` for each ascending
-    threshold, and the true ones among them: two B×n float64 tensors. Each pixel is counted
-    once, in the bin of how many thresholds it clears, then a reverse cumulative sum gives every
-    threshold's counts: memory O(B·N + B·n), not O(B·N·n)."""
+    """Per row of B×N `probs` and 0/1 `truth`, the pixels with `p >= t` per ascending threshold
+    and the true ones among them (B×n float64 each). Each pixel is binned once by how many
+    thresholds it clears; a reverse cumsum gives the counts: memory O(B·N + B·n), not O(B·N·n)."""
     n, batch = len(ascending), probs.shape[0]
     cleared = torch.bucketize(probs, ascending, right=True)  # thresholds t with t <= p
     flat = (cleared + torch.arange(batch, device=probs.device).unsqueeze(1) * (n + 1)).flatten()
@@ -153,8 +152,8 @@ def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
 
 
 def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) -> dict[str, float]:
-    """S-α (α = 0.5) and mean E-measure of an H×W uint8 map (the library min-max stretches it
-    unless constant) against an H×W uint8 mask (foreground > 128)."""
+    """S-α and mean E-measure of an H×W uint8 map (the library min-max stretches it unless
+    constant) against an H×W uint8 mask (foreground > 128)."""
     from py_sod_metrics import Emeasure
 
     for name, array in (("pred_prob_uint8", pred_prob_uint8), ("gt_uint8", gt_uint8)):

@@ -33,7 +33,6 @@ FIGURES = ("mdice", "miou")  # the names of `SetScorer.interval_keys` in the com
 @dataclass
 class Comparison:
     sets: dict[str, dict]
-    named: bool
     run_id: str
     run_url: str
 
@@ -117,8 +116,7 @@ def compare(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> Comparison:
-    """Score both sides on each data set (`roots`: as `evaluate` takes them), compare them
-    image by image, log one run and write `out` (JSON)."""
+    """Both sides scored on each data set (`roots`: as `evaluate` takes them), image by image."""
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)
@@ -148,7 +146,7 @@ def compare(
     named = sets[0].named
     run_id, run_url = _log(results, named, values, protocol)
     _record_on_versions(results, values, run_id)
-    comparison = Comparison(results, named, run_id, run_url)
+    comparison = Comparison(results, run_id, run_url)
     if out is not None:
         from polypseg.atomic import atomic_path
 

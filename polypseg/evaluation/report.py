@@ -60,8 +60,7 @@ class SetReport:
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
-    """CSV, figure and JSON (in `into`, else at their paths), all written before any replaces
-    its earlier version: a full disk leaves an earlier report as it was."""
+    """CSV, figure and JSON, all written before any replaces its old one (a full disk)."""
     with ExitStack() as stack:
 
         def temporary(path: Path) -> Path:
@@ -135,8 +134,7 @@ def figures(report: SetReport) -> dict[str, float | None]:
 
 
 def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
-    """`table.md` in the papers' layout (sets as rows, metrics as columns), `table.csv` with
-    machine keys as its header."""
+    """`table.md` as papers lay it out (sets as rows), `table.csv` headed by machine keys."""
     markdown, table_csv = table_paths(folder)
     keys = reports[0].summary_keys
     header = ["Data set", "n", *(LABELS.get(k, k) for k in keys)]
