@@ -96,10 +96,14 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def with_overrides(self, overrides: dict[str, Any], origin: str = "--set") -> Config:
-        """A copy with `section.key` values replaced, each checked like a file's value."""
         sections = {f.name: getattr(self, f.name) for f in fields(self)}
         for dotted, value in overrides.items():
-            section, key = _split_key(dotted, origin)
+            section, _, key = dotted.partition(".")
+            if not key or section not in SECTIONS:
+                raise PolypsegError(
+                    f"{origin}: '{dotted}' is not section.key with a section among: "
+                    f"{', '.join(SECTIONS)}"
+                )
             current = sections[section]
             hints = get_type_hints(type(current))
             if key not in hints:
@@ -114,15 +118,6 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
-
-
-def _split_key(dotted: str, origin: str) -> tuple[str, str]:
-    section, _, key = dotted.partition(".")
-    if not key or section not in SECTIONS:
-        raise PolypsegError(
-            f"{origin}: '{dotted}' is not section.key with a section among: {', '.join(SECTIONS)}"
-        )
-    return section, key
 
 
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and Optuna's samplers take seeds in [0, 2**32 - 1]
@@ -153,6 +148,13 @@ RANGES: dict[str, Bounds] = {
     "train.patience": (0, math.inf, False),
 }
 NAMES = ("encoder.name", "train.device", "tracking.experiment", "tracking.registered_model")
+CHOICES = {
+    "data.source": DATA_SOURCES,
+    "encoder.precision": ENCODER_PRECISIONS,
+    "decoder.name": DECODERS,
+    "train.loss": LOSSES,
+    "data.protocol": DATA_PROTOCOLS,
+}
 
 
 def ratios_problem(ratios: Sequence[float]) -> str | None:
@@ -165,36 +167,18 @@ def ratios_problem(ratios: Sequence[float]) -> str | None:
 
 
 def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
-    """`value` when it is one of `choices`, else a one-line `DataError` listing them."""
     if value not in choices:
         raise DataError(f"{option} {value!r}: choose one of {', '.join(choices)}")
     return value
 
 
-def check_seed(seed: int, option: str = "--seed") -> None:
+def check_seed(seed: int) -> None:
     """A seed numpy and Optuna take; checked at the door: numpy's refusal is a traceback."""
     if not 0 <= seed <= SEED_MAX:
-        raise PolypsegError(f"{option} {seed}: expected a whole number from 0 to {SEED_MAX}")
-
-
-def _check_numbers(flat: dict[str, Any], origin: str) -> None:
-    size = flat["data.image_size"]
-    if size % PATCH or size < RANGES["data.image_size"][0]:
-        raise PolypsegError(
-            f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
-            "patch size) and >= 64, like 256 or 512"
-        )
-    for key, bounds in RANGES.items():
-        check_range(flat[key], bounds, f"{origin}: {key}")
-    if problem := ratios_problem(flat["data.ratios"]):
-        raise PolypsegError(f"{origin}: data.ratios = {problem}")
+        raise PolypsegError(f"--seed {seed}: expected a whole number from 0 to {SEED_MAX}")
 
 
 def _check_protocol(data: DataConfig, origin: str) -> None:
-    if data.protocol not in DATA_PROTOCOLS:
-        raise PolypsegError(
-            f"{origin}: data.protocol = {data.protocol!r}; use one of {', '.join(DATA_PROTOCOLS)}"
-        )
     if unknown := [name for name in data.roots if name not in POLYP_SETS]:
         raise PolypsegError(
             f"{origin}: data.roots names {', '.join(unknown)}; the sets are {', '.join(POLYP_SETS)}"
@@ -211,16 +195,7 @@ def _check_protocol(data: DataConfig, origin: str) -> None:
 
 def _validate(config: Config, origin: str) -> None:
     flat = flatten(config)
-    if config.data.source not in DATA_SOURCES:
-        raise PolypsegError(
-            f"{origin}: data.source = {config.data.source!r}; use one of {', '.join(DATA_SOURCES)}"
-        )
-    if config.encoder.precision not in ENCODER_PRECISIONS:
-        raise PolypsegError(
-            f"{origin}: encoder.precision = {config.encoder.precision!r}; use one of "
-            f"{', '.join(ENCODER_PRECISIONS)}"
-        )
-    for key, choices in (("decoder.name", DECODERS), ("train.loss", LOSSES)):
+    for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise PolypsegError(f"{origin}: {key} = {flat[key]!r}; use one of {', '.join(choices)}")
     try:
@@ -233,7 +208,16 @@ def _validate(config: Config, origin: str) -> None:
     for key in NAMES:
         if not flat[key].strip():
             raise PolypsegError(f"{origin}: {key} is empty; give it a name")
-    _check_numbers(flat, origin)
+    size = flat["data.image_size"]
+    if size % PATCH or size < RANGES["data.image_size"][0]:
+        raise PolypsegError(
+            f"{origin}: data.image_size = {size} must be a multiple of {PATCH} (the encoders' "
+            "patch size) and >= 64, like 256 or 512"
+        )
+    for key, bounds in RANGES.items():
+        check_range(flat[key], bounds, f"{origin}: {key}")
+    if problem := ratios_problem(flat["data.ratios"]):
+        raise PolypsegError(f"{origin}: data.ratios = {problem}")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -248,7 +232,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a TOML config (defaults when `path` is None), then apply `overrides`."""
     config = Config()
     if path is not None:
         path = Path(path)

@@ -54,9 +54,8 @@ def mask_panel(
     titles: list[str] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """One row per H×W×3 uint8 image: the image | its H×W 0/1 mask | the prediction (a mask or
-    probabilities) as a green fill whose opacity is the probability, contoured green at 0.5 and
-    red for the truth; `titles` name the rows, `title` the panel."""
+    """One row per H×W×3 uint8 image: the image | its H×W 0/1 mask | the prediction (mask or
+    probabilities), contoured green at 0.5 and red for the truth."""
     n = len(images)
     if n == 0 or len(masks) != n or len(preds) != n:
         raise ValueError(
@@ -84,36 +83,29 @@ def mask_panel(
         image_ax.imshow(image)
         truth_ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         _draw_prediction(pred_ax, image, mask, pred)
-        image_ax.set_title(titles[row] if titles is not None else "image", fontsize=8)
-        truth_ax.set_title("ground truth", fontsize=8)
-        pred_ax.set_title("prediction", fontsize=8)
-        for ax in axes[row]:
+        name = titles[row] if titles is not None else "image"
+        for ax, label in zip(axes[row], (name, "ground truth", "prediction"), strict=True):
+            ax.set_title(label, fontsize=8)
             ax.set_axis_off()
-    _legend(figure)
-    return figure
-
-
-def _legend(figure: Figure) -> None:
-    """What the colours in the prediction column mean, once, under the panel."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [
+    handles = [  # what the prediction column's colours mean, once, under the panel
         Patch(facecolor=(*PRED_COLOUR, 0.4), edgecolor=PRED_COLOUR, label="prediction (p ≥ 0.5)"),
         Line2D([0], [0], color=TRUTH_COLOUR, linewidth=1.2, label="ground truth"),
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return figure
 
 
 def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
-    """(epochs, values) of the entries that have `key`; an epoch without validation is a gap."""
+    # An epoch without validation is a gap.
     rows = [row for row in history if key in row]
     return [row["epoch"] for row in rows], [row[key] for row in rows]
 
 
 def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
-    """Losses (left) and validation Dice/IoU (right) of `train.fit`'s per-epoch `history` (a
-    missing key leaves that point out), the best `val_dice`'s epoch marked on both."""
+    """Losses and validation Dice/IoU of `fit`'s `history`, the best `val_dice`'s epoch marked."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _agg_figure(9.0, 3.4 if title else 3.2, "tight")

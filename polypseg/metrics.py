@@ -34,7 +34,7 @@ def _check_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """numerator / denominator with 0/0 = 1 (the module's convention for empty sets)."""
+    # 0/0 = 1: the module's convention for empty sets.
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.where(denominator > 0, numerator / safe, torch.ones_like(numerator))
 
@@ -52,18 +52,13 @@ def confusion(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return tp.double(), fp.double(), fn.double(), tn.double()
 
 
-def _dice(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-def _iou(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
-    return _ratio(tp, tp + fp + fn)
+def _dice_iou(tp: Tensor, fp: Tensor, fn: Tensor) -> tuple[Tensor, Tensor]:
+    return _ratio(2 * tp, 2 * tp + fp + fn), _ratio(tp, tp + fp + fn)
 
 
 def dice_iou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Per-image Dice and IoU of 0/1 maps, (B,) each: validation's, without `scores`' cost."""
-    tp, fp, fn, _ = confusion(pred, target)
-    return _dice(tp, fp, fn), _iou(tp, fp, fn)
+    return _dice_iou(*confusion(pred, target)[:3])
 
 
 def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
@@ -72,9 +67,10 @@ def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, T
     probs, target = _check_pair(probs, target)
     probs, target = probs.double(), target.double()
     tp, fp, fn, tn = confusion(probs >= threshold, target)
+    dice, iou = _dice_iou(tp, fp, fn)
     return {
-        "dice": _dice(tp, fp, fn),
-        "iou": _iou(tp, fp, fn),
+        "dice": dice,
+        "iou": iou,
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
@@ -83,8 +79,8 @@ def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, T
 
 
 def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
-    """Each per-image score's mean over images (mDice, mIoU, ...); the caller concatenates
-    batches first, so every image weighs the same whatever batch it came in."""
+    """Each per-image score's mean (mDice, ...), of batches concatenated: every image weighs the
+    same."""
     means = {}
     for name, values in per_image.items():
         if values.numel() == 0:
@@ -96,12 +92,9 @@ def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
 def _counts_over_thresholds(
     probs: Tensor, truth: Tensor, ascending: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Per image (rows of B×N `probs` and 0/1 `truth`), how many pixels reach each of the
-    ascending thresholds (`p >= t`) and how many of those are true: two B×n float64 tensors.
-
-    Each pixel is counted once into the bin of how many thresholds it clears, then a reverse
-    cumulative sum gives every threshold's counts: memory O(B·N + B·n), not O(B·N·n).
-    """
+    """Per row of B×N `probs` and 0/1 `truth`, the pixels with `p >= t` per ascending threshold
+    and the true ones among them (B×n float64 each). Each pixel is binned once by how many
+    thresholds it clears; a reverse cumsum gives the counts: memory O(B·N + B·n), not O(B·N·n)."""
     n, batch = len(ascending), probs.shape[0]
     cleared = torch.bucketize(probs, ascending, right=True)  # thresholds t with t <= p
     flat = (cleared + torch.arange(batch, device=probs.device).unsqueeze(1) * (n + 1)).flatten()
@@ -159,9 +152,8 @@ def emeasure_over_pixels(values: Any, pixels: int) -> np.ndarray:
 
 
 def structure_and_emeasure(pred_prob_uint8: np.ndarray, gt_uint8: np.ndarray) -> dict[str, float]:
-    """S-α (`s_alpha`, α = 0.5; Fan et al., ICCV 2017) and mean E-measure (`e_measure`, over 256
-    thresholds; Fan et al., IJCAI 2018) of an H×W uint8 map in 0–255 (the library min-max
-    stretches it unless constant) against an H×W uint8 mask (foreground > 128)."""
+    """S-α and mean E-measure of an H×W uint8 map (the library min-max stretches it unless
+    constant) against an H×W uint8 mask (foreground > 128)."""
     from py_sod_metrics import Emeasure
 
     for name, array in (("pred_prob_uint8", pred_prob_uint8), ("gt_uint8", gt_uint8)):
@@ -191,7 +183,6 @@ def quantize_map(proba: np.ndarray) -> np.ndarray:
 
 
 def default_image_scores(proba: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
-    """`DEFAULT_KEYS` for an H×W map and 0/1 mask."""
     p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float64))[None]
     m = torch.from_numpy(mask)[None].double()
     row = {k: float(v[0]) for k, v in scores(p, m, threshold).items()}
@@ -274,7 +265,6 @@ class PranetScores:
     mae: float
 
     def row(self) -> dict[str, float]:
-        """`PRANET_ROW_KEYS`: the curves' means over thresholds, the scalars."""
         return {
             "mdice": float(self.dice.mean()),
             "miou": float(self.iou.mean()),
@@ -314,7 +304,7 @@ def pranet_image_scores(prob_map: np.ndarray, mask: np.ndarray) -> PranetScores:
 
 
 def pranet_summary(images: Sequence[PranetScores]) -> dict[str, float]:
-    """`PRANET_SUMMARY_KEYS`: curves averaged over images first, then mean or max."""
+    """Curves averaged over images first, then their mean or max."""
     if not images:
         raise ValueError("no images to summarize")
     dice = np.mean([s.dice for s in images], axis=0)

@@ -24,8 +24,7 @@ Bounds = tuple[float, float, bool]
 
 
 def read_toml(path: Path, noun: str, examples: str) -> dict[str, Any]:
-    """The table in `path`; a missing, unreadable or malformed file is a one-line PolypsegError
-    naming it as `noun` ("config file") and pointing at `examples` ("experiments/*.toml")."""
+    """The table in `path`; a bad file is a one-line PolypsegError naming it as `noun`."""
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -51,10 +50,8 @@ def _is_number(value: Any) -> bool:
 
 
 def typed(value: Any, kind: Any, where: str) -> Any:
-    """`value` if it is a TOML value of `kind` (bool, int, float, str, a tuple of floats or of
-    strings), else a PolypsegError; ints pass for floats and become floats, lists tuples. A tuple
-    of strings may also be written as one comma-separated string (`"hflip,rot90"`, `""`: none),
-    the form a study's categorical choices and `--set` can give."""
+    """`value` as `kind` (ints become floats, lists tuples), else a PolypsegError. A tuple of
+    strings may be one comma-separated string (`"hflip,rot90"`), as `--set` gives it."""
     if kind is float:
         ok = _is_number(value)
         value = float(value) if ok else value
@@ -81,8 +78,7 @@ def typed(value: Any, kind: Any, where: str) -> Any:
 
 
 def _names_to_text(value: Any, where: str) -> dict[str, str]:
-    """A table of names to strings (`{kvasir = "/data/kvasir"}`), or the `--set` form
-    `"kvasir=/data/kvasir,clinicdb=/data/cvc"`."""
+    """A table of names to strings, or the `--set` form `"kvasir=/data/kvasir,clinicdb=DIR"`."""
     if isinstance(value, str):
         items = [part.partition("=") for part in value.split(",") if part.strip()]
         if all(sep and name.strip() for name, sep, _ in items):
@@ -98,18 +94,15 @@ def _number(bound: float) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)  # seeds' 2**32 - 1 exactly
 
 
-def _range_text(low: float, high: float, open_low: bool) -> str:
-    if math.isinf(high):
-        if (low, open_low) in ((0, True), (1, False)):
-            return "positive"
-        return f"{'>' if open_low else '>='} {_number(low)}"
-    return f"in {'(' if open_low else '['}{_number(low)}, {_number(high)}]"
-
-
 def check_range(value: float, bounds: Bounds, where: str) -> None:
-    """A PolypsegError unless `value` is finite and within `bounds`, saying which range is valid."""
     low, high, open_low = bounds
     below = value <= low if open_low else value < low
     if not math.isfinite(value) or below or value > high:
+        if not math.isinf(high):
+            valid = f"in {'(' if open_low else '['}{_number(low)}, {_number(high)}]"
+        elif (low, open_low) in ((0, True), (1, False)):
+            valid = "positive"
+        else:
+            valid = f"{'>' if open_low else '>='} {_number(low)}"
         finite = "" if math.isfinite(value) else "a finite number, "
-        raise PolypsegError(f"{where} = {value} must be {finite}{_range_text(low, high, open_low)}")
+        raise PolypsegError(f"{where} = {value} must be {finite}{valid}")

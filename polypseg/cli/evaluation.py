@@ -36,8 +36,6 @@ EngineOption = Annotated[
     str,
     typer.Option(metavar="torch|onnx", help="torch, or onnx: --model is a `polypseg export` file."),
 ]
-
-
 RootOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -213,9 +211,8 @@ def predict(
 
 
 def _refuse_missing_roots(roots: list[str]) -> None:
-    """A --root folder that does not exist, refused before torch and mlflow load (~5 s): in
-    `evaluate` it is found only once the store is set up. Only existence: what else is wrong with
-    a data set is told where it is read, in the order `evaluate` checks things."""
+    """A missing --root folder, refused before torch and mlflow load (~5 s); anything else wrong
+    with a data set is told where it is read, in the order `evaluate` checks things."""
     from polypseg.data.sets import find_dataset_root
 
     for value in roots:

@@ -144,16 +144,9 @@ def tune(
     spec = load_spec(study, cfg)  # both refused before torch, mlflow and the study load
     from polypseg.tuning.study import tune as run_tune
 
+    options = {"max_trials": max_trials, "n_jobs": n_jobs, "timeout": timeout, "storage": storage}
     result = run_tune(
-        cfg,
-        spec,
-        trials,
-        max_trials=max_trials,
-        n_jobs=n_jobs,
-        timeout=timeout,
-        study_name=study_name,
-        storage=storage,
-        tracking_uri=tracking_uri,
+        cfg, spec, trials, study_name=study_name, tracking_uri=tracking_uri, **options
     )
     import mlflow
 
@@ -175,8 +168,7 @@ def tune(
 
 
 def _run_instructions(experiment_id: str, run_id: str, tracking_uri: str) -> list[str]:
-    """How to see the run, as `tune` says how to see its trials: the command that serves the
-    store (none for a tracking server), then the run's page."""
+    """The command serving the store (none for a tracking server), then the run's page."""
     from polypseg.tracking.store import mask_password, runs_url
 
     if tracking_uri.startswith(("http://", "https://")):

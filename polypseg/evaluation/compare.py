@@ -32,20 +32,11 @@ FIGURES = ("mdice", "miou")  # the names of `SetScorer.interval_keys` in the com
 
 @dataclass
 class Comparison:
-    """Each set's comparison (the `--out` object), and the MLflow run it went to."""
-
     sets: dict[str, dict]
-    named: bool
     run_id: str
     run_url: str
 
-    @property
-    def document(self) -> dict:
-        """`--out`'s JSON: one set's object, or each set's under its name."""
-        return self.sets if self.named else next(iter(self.sets.values()))
-
     def table(self) -> str:
-        """The printed table: each side's figures, the difference [95 % CI], p, the wins."""
         header = ["Data set", "n"]
         for label in ("mDice", "mIoU"):
             header += [f"{label} baseline", f"{label} candidate", f"Δ {label} [95 % CI]", "p"]
@@ -74,8 +65,7 @@ def side_source(value: str, several: bool) -> Source:
 
 
 def _same_images(data: DataSet, sides: dict[str, Source], values: Sequence[str]) -> list:
-    """Both sides' pairs of `data`, in one order; a side short of images is refused in one line
-    naming them."""
+    """Both sides' pairs of `data`, in one order; a side short of images is refused."""
     pairs = {side: source.pairs(data)[0] for side, source in sides.items()}
     stems = {side: {Path(p.name).stem: p for p in found} for side, found in pairs.items()}
     lacking = [
@@ -94,7 +84,6 @@ def _same_images(data: DataSet, sides: dict[str, Source], values: Sequence[str])
 def _compare_set(
     baseline: list[dict], candidate: list[dict], keys: tuple[str, str], resamples: int
 ) -> dict:
-    """The `--out` object of one set from both sides' per-image rows, in one image order."""
     result: dict = {"n_images": len(baseline)}
     per_side = {
         side: {
@@ -127,8 +116,7 @@ def compare(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> Comparison:
-    """Score both sides on each data set (`roots`: as `evaluate` takes them), compare them
-    image by image, log one run and write `out` (JSON) when given."""
+    """Both sides scored on each data set (`roots`: as `evaluate` takes them), image by image."""
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)
@@ -158,12 +146,13 @@ def compare(
     named = sets[0].named
     run_id, run_url = _log(results, named, values, protocol)
     _record_on_versions(results, values, run_id)
-    comparison = Comparison(results, named, run_id, run_url)
+    comparison = Comparison(results, run_id, run_url)
     if out is not None:
         from polypseg.atomic import atomic_path
 
         with atomic_path(out, option="--out") as tmp:
-            tmp.write_text(json.dumps(comparison.document, indent=2) + "\n")
+            document = results if named else next(iter(results.values()))
+            tmp.write_text(json.dumps(document, indent=2) + "\n")
     return comparison
 
 
@@ -203,6 +192,5 @@ def _record_on_versions(results: dict, values: Sequence[str], run_id: str) -> No
 
 
 def _delta(delta: dict) -> list[str]:
-    """A paired difference as `[its value [95 % CI], its p]`."""
     interval = None if delta["ci_low"] is None else (delta["ci_low"], delta["ci_high"])
     return [format_interval(delta["mean"], interval), f"{delta['p_value']:.2g}"]

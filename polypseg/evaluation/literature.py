@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from polypseg.config import Config
+from polypseg.config import Config, load_config
 from polypseg.data.pairs import set_pairs
-from polypseg.data.protocol import missing_roots, set_root, test_pairs
+from polypseg.data.protocol import missing_roots, parse_set_roots, set_root, test_pairs
 from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
@@ -26,7 +26,6 @@ ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
 
 
 def parse_sets(text: str) -> list[str]:
-    """`pranet` or comma-separated set names, in order, each once; unknown names refused."""
     names = list(SETS) if text.strip() == ALL else []
     for name in (part.strip() for part in text.split(",") if text.strip() != ALL):
         if name not in SETS:
@@ -42,7 +41,6 @@ def parse_sets(text: str) -> list[str]:
 
 
 def test_sets(names: Sequence[str], roots: Mapping[str, str | Path]) -> list[DataSet]:
-    """Each named set's test images under PraNet's protocol, as the table's rows."""
     missing_roots(names, roots)
     sets = []
     for name in names:
@@ -57,8 +55,7 @@ def test_sets(names: Sequence[str], roots: Mapping[str, str | Path]) -> list[Dat
 
 
 def record_on_version(result: Evaluation) -> dict[str, str]:
-    """The table as tags of the registered model version scored (none for a run's model), and
-    the version's card rewritten with it."""
+    """The table as tags and card of the registered version scored (none for a run's model)."""
     first = result.sets[0].summary
     name, version = first.get("model_name"), first.get("model_version")
     if not name or not version:
@@ -85,8 +82,7 @@ def evaluate_sets(
     out: str | Path | None = None,
     **options: Any,
 ) -> Evaluation:
-    """Score `model_uri` on each named test set under PraNet's protocol, write and log the
-    table, and record it on the model version (`record_on_version`); `options`: `evaluate`'s."""
+    """Score, write, log and record on the version the table; `options`: `evaluate`'s."""
     names = parse_sets(sets) if isinstance(sets, str) else list(sets)
     data = test_sets(names, roots)
     result = evaluate(model_uri, data, "pranet", out, protocol="pranet", **options)
@@ -101,9 +97,8 @@ def evaluate_champion(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """The five-set table of a registered version, with the config's `data.roots` (Kaggle
-    copies when `data.source` is kaggle): what `tune` does for the champion it registers under
-    `data.protocol = "pranet"`, into `evaluation/<name>-v<version>/`."""
+    """The five-set table of a registered version with the config's roots (Kaggle copies when
+    `data.source` is kaggle): what `tune` does for its champion under `data.protocol = pranet`."""
     roots = {set_name: set_root(config.data, set_name) for set_name in SETS}
     uri = f"models:/{name}/{version}"
     return evaluate_sets(uri, list(SETS), roots, tracking_uri=tracking_uri, progress=progress)
@@ -112,10 +107,7 @@ def evaluate_champion(
 def set_roots(
     root_values: Sequence[str], config_path: str | Path | None = None
 ) -> dict[str, str | Path]:
-    """`--sets`' roots: the config's `data.roots`, then `--root SET=DIR`."""
-    from polypseg.config import load_config
-    from polypseg.data.protocol import parse_set_roots
-
+    """The config's `data.roots`, then `--root SET=DIR`."""
     roots: dict[str, str | Path] = {}
     if config_path is not None:
         roots.update(load_config(config_path).data.roots)

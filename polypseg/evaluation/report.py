@@ -48,8 +48,6 @@ LABELS = {
 
 @dataclass
 class SetReport:
-    """One data set's results and the files they were written to."""
-
     name: str
     summary: dict
     rows: list[dict]
@@ -62,8 +60,7 @@ class SetReport:
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
-    """CSV, figure and JSON, in `into` or the report's paths, each written whole before any
-    replaces its earlier version: a full disk leaves an earlier report as it was."""
+    """CSV, figure and JSON, all written before any replaces its old one (a full disk)."""
     with ExitStack() as stack:
 
         def temporary(path: Path) -> Path:
@@ -84,8 +81,7 @@ def write_set(report: SetReport, into: Path | None = None) -> None:
 
 
 def check_report_folder(folder: Path) -> None:
-    """Refuse, before any work, a report folder that holds anything an evaluation did not write
-    (`--out .`, a data set, a store): the whole folder is replaced."""
+    """Refuse a folder holding what no evaluation wrote (`--out .`): it is replaced whole."""
     if folder.exists() and not folder.is_dir():
         raise PolypsegError(f"--out {folder} is a file; give a folder for the reports")
     for entry in folder.iterdir() if folder.is_dir() else ():
@@ -97,8 +93,7 @@ def check_report_folder(folder: Path) -> None:
 
 
 def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> None:
-    """Every set's files (and the tables) staged beside `folder`, then swapped in whole; a
-    killed evaluation's staged folders are removed first."""
+    """Staged beside `folder`, then swapped in whole; a killed evaluation's leftovers go first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for left in folder.parent.glob(f".{folder.name}.*.{STAGED}"):
         pid = left.name[len(folder.name) + 2 :].split(".")[0]
@@ -124,29 +119,11 @@ def write_folder(reports: Sequence[SetReport], folder: Path, tables: bool) -> No
 
 
 def table_paths(folder: Path) -> tuple[Path, Path]:
-    """Where `write_tables` puts `table.md` and `table.csv`."""
     return folder / "table.md", folder / "table.csv"
 
 
-def table_markdown(reports: Sequence[SetReport]) -> str:
-    """The papers' layout: data sets as rows, metrics as columns, three decimals."""
-    keys = reports[0].summary_keys
-    header = ["Data set", "n", *(LABELS.get(k, k) for k in keys)]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" + "--:|" * (len(header) - 1),
-    ]
-    for report in reports:
-        values = [format_interval(report.summary[k], report.summary.get(f"{k}_ci")) for k in keys]
-        lines.append(
-            f"| {report.name} | {report.summary['n_images']} | " + " | ".join(values) + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def figures(report: SetReport) -> dict[str, float | None]:
-    """The set's figures as plain numbers, each interval as `<key>_ci_low`, `<key>_ci_high`
-    after its figure (None for one image): the columns of table.csv and the run's metrics."""
+    """table.csv's columns and the run's metrics: each figure, then `<key>_ci_low`/`_ci_high`."""
     flat = {}
     for key in report.summary_keys:
         flat[key] = float(report.summary[key])
@@ -157,10 +134,16 @@ def figures(report: SetReport) -> dict[str, float | None]:
 
 
 def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
-    """`table.md` and `table.csv` (machine keys as the CSV header) in `folder`."""
+    """`table.md` as papers lay it out (sets as rows), `table.csv` headed by machine keys."""
     markdown, table_csv = table_paths(folder)
+    keys = reports[0].summary_keys
+    header = ["Data set", "n", *(LABELS.get(k, k) for k in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "--:|" * (len(header) - 1)]
+    for report in reports:
+        values = [format_interval(report.summary[k], report.summary.get(f"{k}_ci")) for k in keys]
+        lines.append(f"| {report.name} | {report.summary['n_images']} | {' | '.join(values)} |")
     with atomic_path(markdown, option="--out") as tmp:
-        tmp.write_text(table_markdown(reports))
+        tmp.write_text("\n".join(lines) + "\n")
     with atomic_path(table_csv, option="--out") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["dataset", "n_images", *figures(reports[0])])

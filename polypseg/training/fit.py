@@ -1,18 +1,12 @@
 """Training the decoder over cached features: `fit` is one plain loop, readable top to bottom.
 
-Epochs, shuffled batches, loss, step, validation, the epoch callback (logging, pruning), and the
-best epoch's weights kept. `fit` never knows whether it runs inside a study; it takes feature
-tensors, never images, so the encoder is not in the loop. The decoder is `decoder.name`'s; the
-loss is `train.loss`, on the last stage's logits or, with `decoder.deep_supervision`, summed over
-every stage's (as PraNet sums its side outputs' losses).
-
-The device is never waited for within an epoch: losses stay on it until the epoch's mean is
-read, and validation and test scoring run batch by batch on the device (per-image counts in
-float64, as `metrics` defines them) and hand the host a few numbers. A fit owns its randomness:
-the initial weights, the batch order and the augmentation variants come from generators seeded
-with `train.seed`, never the global RNG, so trials in threads (`tune --n-jobs`) get the weights
-a lone run gets. On CUDA the step takes fused AdamW, channels-last and cuDNN's autotuner: the
-same training up to summation order (`SPEEDUP_TOLERANCE`); CPU runs stay bit-reproducible.
+`fit` takes feature tensors, never images (the encoder is not in the loop), and never knows
+whether it runs in a study. With `decoder.deep_supervision` the loss is summed over every stage's
+logits, as PraNet sums its side outputs'. The device is never waited for within an epoch: losses
+stay on it until the epoch's mean is read, and scoring hands the host a few numbers. Randomness
+comes from generators seeded with `train.seed`, never the global RNG, so trials in threads get
+the weights a lone run gets. On CUDA: fused AdamW, channels-last and cuDNN's autotuner, the same
+training up to summation order (`SPEEDUP_TOLERANCE`); CPU runs stay bit-reproducible.
 """
 
 from __future__ import annotations
@@ -46,8 +40,7 @@ SPEEDUP_TOLERANCE = 1e-3
 
 
 def speedups(device: torch.device) -> tuple[bool, torch.memory_format]:
-    """(fused AdamW, memory format): on CUDA, one AdamW kernel per step for all parameters and
-    channels-last tensors (cuDNN's NHWC kernels, no transposes); elsewhere neither."""
+    """(fused AdamW, memory format): both on CUDA only (cuDNN's NHWC kernels, no transposes)."""
     cuda = device.type == "cuda"
     return cuda, torch.channels_last if cuda else torch.contiguous_format
 
@@ -73,8 +66,7 @@ def train_step(
     images: torch.Tensor | None = None,
     deep_supervision: bool = False,
 ) -> torch.Tensor:
-    """One optimisation step on a batch of features; returns the loss, detached and on the
-    device (reading it would make the host wait for the GPU at every step)."""
+    """One step; the loss stays on the device (reading it would wait for the GPU each step)."""
     size = tuple(y.shape[-2:])
     with _autocast(x.device):
         stages = decoder.stages(x, images) if deep_supervision else [decoder(x, images)]
@@ -117,12 +109,8 @@ def predict_probs(
 def validate(
     decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device, loss_fn: Loss
 ) -> dict[str, float]:
-    """`val_loss`, `val_dice`, `val_iou` over the whole set, computed in batches on the device.
-
-    The loss is `loss_fn`'s over the whole set: each batch's weighted by its size, which is
-    exact since images share a size. Dice and IoU are per image, as `metrics.scores` defines
-    them at the 0.5 threshold. The host reads the three numbers once.
-    """
+    """`val_loss` (batches weighted by size: exact, images share a size), per-image `val_dice`
+    and `val_iou` at 0.5, computed on the device; the host reads the three numbers once."""
     scoring = _scoring_device(device)
     loss = torch.zeros((), device=device)
     dice, iou = [], []
@@ -147,11 +135,8 @@ def fit(
     callback: EpochCallback | None = None,
     decoder_config: DecoderConfig | None = None,
 ) -> FitResult:
-    """Train a fresh decoder (`decoder_config`'s, default `SimpleDecoder(in_channels, width)`;
-    `width` wins over the config's); early-stop on `val_dice`.
-
-    `train` and `val` are only read (a study's threads share them).
-    """
+    """Train a fresh decoder (`width` wins over `decoder_config`'s), early-stopping on
+    `val_dice`; `train` and `val` are only read (a study's threads share them)."""
     spec = dataclasses.replace(decoder_config or DecoderConfig(), width=width)
     fused, memory_format = speedups(device)
     generator = torch.Generator().manual_seed(config.seed)  # the batch order, the variants
@@ -210,12 +195,8 @@ def fit(
 def split_scores(
     decoder: Decoder, data: FeatureSet, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Mean per-image scores (`test_dice`, `test_iou`, ...) and `test_mdice_thr` of a split.
-
-    Scored batch by batch where the probabilities are (the device), each image's counts in
-    float64 as `metrics` defines them: no N×S×S map travels to the host, and the values are
-    those of scoring the whole split at once (per image, then averaged).
-    """
+    """Mean per-image `test_*` scores and `test_mdice_thr`, scored batch by batch on the device:
+    no N×S×S map travels to the host, and the values equal scoring the split at once."""
     scoring = _scoring_device(device)
     per_image: dict[str, list[torch.Tensor]] = {}
     for logits, masks in _logits(decoder, data, batch_size, device):

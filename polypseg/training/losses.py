@@ -19,16 +19,9 @@ SMOOTH = 1.0
 
 
 def bce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float) -> Tensor:
-    """`(1 − dice_weight)·BCE + dice_weight·(1 − soft Dice)`, a scalar.
+    """`(1 − dice_weight)·BCE + dice_weight·(1 − soft Dice)` of B×1×H×W logits and 0/1 target.
 
-    Args:
-        logits: B×1×H×W raw decoder outputs (any float dtype).
-        target: B×1×H×W, 0/1 floats (or bool), same shape as `logits`.
-        dice_weight: in [0, 1] (`train.dice_weight`); 0 is pure BCE, 1 pure soft Dice.
-
-    BCE is the mean over all pixels of the batch. Soft Dice is
-    `(2·Σ p·t + 1) / (Σ p + Σ t + 1)` over each image's sigmoid probabilities `p`, then averaged
-    over the batch, so that a small polyp counts as much as a large one (as mDice does).
+    Soft Dice is per image, then averaged, so a small polyp counts as much as a large one.
     """
     # Under bf16/fp16 autocast the sums over 512×512 pixels lose most of their digits, and
     # sigmoid saturates early: compute the whole loss in float32 whatever the caller's dtype.

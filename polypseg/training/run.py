@@ -1,11 +1,9 @@
 """One training run, logged: what `polypseg train` does and what every trial of a study does.
 
-`train_and_log` trains a decoder on prepared (cached) features and logs into the active MLflow
-run: params, tags, the data set and split, per-epoch metrics (step = epoch), test metrics, mask
-panel and curves, and the decoder's weights (`decoder/decoder.pt`, small). The pyfunc model with
-the encoder inside only when asked (`train --log-model`, or a study's best trial): a study does
-not copy a 375 MB encoder into every trial. Epoch metrics go out in batches (`EpochLog`), at
-most every `FLUSH_S` seconds and when training ends, however it ends.
+The decoder's weights are always logged (small); the pyfunc model with the encoder inside only
+when asked (`train --log-model`, a study's best trial): a study does not copy a 375 MB encoder
+into every trial. Epoch metrics go out in batches (`EpochLog`), at most every `FLUSH_S` seconds
+and when training ends, however it ends.
 
 Not MLflow's `log_metrics(..., synchronous=False)`: it measured no faster
 (`benchmarks/bench_epoch_log.py`), and any run's end shuts down the one queue all of a process's
@@ -90,13 +88,6 @@ def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
     log_figure(figure, "figures/val_masks.png")
 
 
-def _curves_title(run: mlflow.ActiveRun) -> str:
-    """Which run the curves are of: a trial names its study (`trial-3 of study decoder_search`)."""
-    name = run.info.run_name or run.info.run_id
-    study = run.data.tags.get("optuna.study_name")
-    return f"{name} of study {study}" if study else name
-
-
 def train_and_log(
     prepared: Prepared,
     config: Config,
@@ -148,7 +139,10 @@ def train_and_log(
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
     _log_panel(prepared, fitted, config.data.image_size)
-    log_figure(curves(fitted.history, title=_curves_title(run)), "figures/curves.png")
+    title = run.info.run_name or run.info.run_id
+    if study := run.data.tags.get("optuna.study_name"):  # `trial-3 of study decoder_search`
+        title = f"{title} of study {study}"
+    log_figure(curves(fitted.history, title=title), "figures/curves.png")
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(decoder_record(fitted.decoder), Path(tmp) / "decoder.pt")
         mlflow.log_artifact(str(Path(tmp) / "decoder.pt"), "decoder")
@@ -182,8 +176,7 @@ def train_seeds(
     on_epoch: EpochCallback | None = None,
     log_model: bool = False,
 ) -> SeedsOutcome:
-    """`n` trainings on the same features with seeds `train.seed` … `train.seed + n - 1`, each a
-    child run of the active run, which logs their spread: mean, sd (ddof 1), min and max. Only
+    """`n` child runs from seed `train.seed`, their spread (sd: ddof 1) on the active run; only
     the first child logs the full model: one encoder copy, not `n`."""
     parent = mlflow.active_run().info.run_id
     seeds = list(range(config.train.seed, config.train.seed + n))
