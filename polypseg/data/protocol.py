@@ -62,15 +62,24 @@ def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
                 )
 
 
-def missing_roots(names: Sequence[str], roots: Mapping[str, object]) -> None:
+def missing_roots(
+    names: Sequence[str], roots: Mapping[str, object], form: str = "--root {0}=DIR"
+) -> None:
+    """One line naming the sets `roots` lacks; `form` says how the caller's user names a set's
+    folder (a command's `--root`, or the config's `data.roots`)."""
     if lacking := [name for name in names if name not in roots]:
-        shown = " ".join(f"--root {name}=DIR" for name in lacking)
-        option = ",".join(f"{name}=DIR" for name in lacking)
+        shown = " ".join(form.format(name) for name in lacking)
         raise DataError(
-            f"no folder for {', '.join(lacking)}: pass {shown} (--set data.roots={option} to "
-            f"train and tune), or download with "
+            f"no folder for {', '.join(lacking)}: pass {shown}, or download with "
             f"`polypseg data download --set {lacking[0]}`"
         )
+
+
+# How a config names a set's folder, for commands that read one (train, tune, compare --config).
+CONFIG_FORM = (
+    'data.roots = {{{0} = "DIR"}} in the config (on the command line: '
+    "`polypseg tune --set data.roots={0}=DIR`)"
+)
 
 
 def pranet_split(
@@ -113,7 +122,7 @@ def set_root(data: DataConfig, name: str) -> Path:
     if name in data.roots:
         return Path(data.roots[name])
     if data.source != "kaggle":
-        missing_roots([name], {})  # raises, naming how to point at one
+        missing_roots([name], {}, CONFIG_FORM)  # raises, naming how to point at one
     try:
         return download(name)
     except DownloadError as err:
