@@ -132,44 +132,36 @@ class StudySpec:
             options["max_resource"] = self.epochs
         return getattr(optuna.pruners, name)(**options)  # Optuna's defaults for the rest
 
-    def check_resumable(self, study: Any) -> None:
-        """Refuse a stored study whose finished trials drew a parameter from another space:
-        Optuna would fail every new trial or mix two spaces in one history."""
-        from optuna.trial import TrialState
-
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        stored = {key: d for trial in finished for key, d in trial.distributions.items()}
-        for param in self.space:
-            before, now = stored.get(param.key), param.distribution()
-            if before is not None and before != now:
-                raise PolypsegError(
-                    f"study {study.study_name!r} searched {param.key} as "
-                    f"{describe_distribution(before)}, the spec now as "
-                    f"{describe_distribution(now)}; keep the stored space or start a new study "
-                    "with --study-name"
-                )
-
     def trial_config(self, config: Config, values: dict[str, Any]) -> Config:
         return config.with_overrides({**values, "train.epochs": self.epochs})
 
 
 def check_space(study: optuna.Study, spec: StudySpec, record: bool = True) -> None:
-    """Refuse a spec drawing a parameter from other values than the study's own space (recorded
-    by its first worker), as a resume is refused: while the study runs no trial may have finished,
-    and a worker with other choices would fail each trial in Optuna. `record`: store the space on
-    a study that has none (under the study lock)."""
+    """Refuse a spec drawing a parameter from other values than the study's: its finished trials'
+    (Optuna would fail every new trial or mix two spaces in one history), else the space recorded
+    by its first worker (while the study runs no trial may have finished, and a worker with other
+    choices would fail each trial in Optuna). `record`: store the space on a study that has none
+    (under the study lock)."""
     from optuna.distributions import distribution_to_json, json_to_distribution
+    from optuna.trial import TrialState
 
+    def refuse(verb: str, key: str, before: Any, now: Any) -> None:
+        if before is not None and before != now:
+            raise PolypsegError(
+                f"study {study.study_name!r} {verb} {key} as {describe_distribution(before)}, the "
+                f"spec now as {describe_distribution(now)}; keep the stored space or start a new "
+                "study with --study-name"
+            )
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    drawn = {key: d for trial in finished for key, d in trial.distributions.items()}
+    for param in spec.space:
+        refuse("searched", param.key, drawn.get(param.key), param.distribution())
     stored = study.user_attrs.get(SPACE_ATTR)
     now = {p.key: distribution_to_json(p.distribution()) for p in spec.space}
     for key, before in (stored or {}).items():
-        if key in now and now[key] != before:
-            raise PolypsegError(
-                f"study {study.study_name!r} searches {key} as "
-                f"{describe_distribution(json_to_distribution(before))}, the spec now as "
-                f"{describe_distribution(json_to_distribution(now[key]))}; keep the stored space "
-                "or start a new study with --study-name"
-            )
+        if key in now:
+            refuse("searches", key, json_to_distribution(before), json_to_distribution(now[key]))
     if stored is None and record:
         study.set_user_attr(SPACE_ATTR, now)
 

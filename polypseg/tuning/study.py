@@ -171,7 +171,6 @@ def _check_stored_space(
         stored = optuna.load_study(study_name=name, storage=opened)
     except KeyError:  # no such study yet
         return opened
-    spec.check_resumable(stored)
     check_space(stored, spec, record=False)
     return opened
 
@@ -188,7 +187,6 @@ def _open_study(
     its space changed or it was made for another metric, data set or encoder."""
 
     def check(study: optuna.Study) -> None:
-        spec.check_resumable(study)
         check_space(study, spec)
         check_base(study, base)
 
