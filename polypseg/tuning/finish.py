@@ -15,10 +15,10 @@ from optuna.trial import FrozenTrial, TrialState
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
 from polypseg.tracking.registry import Registration, register_trial, update_card
-from polypseg.tracking.runs import tracked_run
+from polypseg.tracking.runs import log_figure, tracked_run
 from polypseg.training.run import train_seeds
 from polypseg.tuning.identity import StudyBase
-from polypseg.tuning.plots import log_study_plots
+from polypseg.tuning.plots import study_figures
 from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.workers import SharedStudy
 
@@ -39,7 +39,8 @@ def finish(
     counts = trial_counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
     mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
-    log_study_plots(study, base.metric)
+    for name, figure in study_figures(study, base.metric).items():
+        log_figure(figure, f"figures/{name}.png")
     if not counts["COMPLETE"]:
         return None, None
     best = study.best_trial

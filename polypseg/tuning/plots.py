@@ -14,8 +14,6 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from polypseg.tracking.runs import log_figure
-
 log = logging.getLogger(__name__)
 
 # Axes of the parallel-coordinate plot, in figure fractions: the plot, then the colour bar.
@@ -129,9 +127,3 @@ def study_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
             readable(ax, study, metric)
         figures[name] = ax.figure
     return figures
-
-
-def log_study_plots(study: optuna.Study, metric: str) -> None:
-    """Log the study's figures as `figures/<name>.png` into the active run."""
-    for name, figure in study_figures(study, metric).items():
-        log_figure(figure, f"figures/{name}.png")
