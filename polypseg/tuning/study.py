@@ -251,14 +251,12 @@ def _run_trials(
     experiment_id: str,
     progress: bool,
 ) -> Counter[str]:
-    """This worker's trials, then the runs that workers dying meanwhile left RUNNING killed;
-    returns how many trials it ran, by state."""
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
     with tracker.bar:
         run_worker(shared, objective, workers, callbacks=[tracker])
-    kill_orphaned_runs(shared.study, experiment_id)
+    kill_orphaned_runs(shared.study, experiment_id)  # left by workers that died meanwhile
     kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
     return tracker.ran
