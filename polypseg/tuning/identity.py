@@ -1,11 +1,8 @@
 """What a study studies, fixed for its whole life: one objective, one data set, one encoder.
 
 Trials are compared with each other, so all are scored by one metric on one data set and split,
-over one encoder's features at one image size. `FIXED_KEYS`: the config keys a search space may
-not touch, with why. `StudyBase`: what a new study records (user attribute `polypseg.base`) and
-every later worker must match (`check_base`); it also tags each registered version (`score`).
-`spec.check_space` does the same for the search space, so a worker joining a running study
-with other choices is refused before any of its trials fails in Optuna.
+over one encoder's features at one image size: a search space may not touch the keys that fix
+them (`FIXED_KEYS`), and every later worker must match what a new study recorded (`StudyBase`).
 """
 
 from __future__ import annotations
