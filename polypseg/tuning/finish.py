@@ -5,7 +5,7 @@ its seed spread when `[study] champion_seeds` asks, and what `polypseg tune` pri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -113,7 +113,6 @@ class TuneResult:
     metric: str = "val_dice"  # the study's objective, as the spec names it
     measured_on: str = ""  # the data set and encoder: `data Kvasir-SEG, encoder sam_vit_b`
     view_key: str = ""  # the MLflow UI's saved view of the study's trials
-    ran: dict[str, int] = field(default_factory=dict)  # trials this invocation ran, by state
 
     def summary(self) -> list[str]:
         c = self.counts

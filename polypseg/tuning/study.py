@@ -139,7 +139,7 @@ def tune(
     view = _save_view(shared, experiment_id, spec)
     with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
-        ran = _run_trials(shared, objective, workers, experiment_id, progress)
+        _run_trials(shared, objective, workers, experiment_id, progress)
         best, registration = finish(shared, prepared, config, base, spec)
     score_on_literature_sets(config, registration, tracking_uri, progress)
     return TuneResult(
@@ -154,7 +154,6 @@ def tune(
         metric=spec.metric,
         measured_on=f"data {base.data}, encoder {base.encoder}",
         view_key=view,
-        ran=dict(ran),
     )
 
 
@@ -250,7 +249,7 @@ def _run_trials(
     workers: WorkerOptions,
     experiment_id: str,
     progress: bool,
-) -> Counter[str]:
+) -> None:
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
@@ -259,7 +258,6 @@ def _run_trials(
     kill_orphaned_runs(shared.study, experiment_id)  # left by workers that died meanwhile
     kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
-    return tracker.ran
 
 
 def _cache_config(config: Config, spec: StudySpec) -> Config:
