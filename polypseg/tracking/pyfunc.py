@@ -7,6 +7,7 @@ the encoder and decoder registries, so it loads with only polypseg installed and
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,7 +25,6 @@ from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
 from polypseg.models.encoders import FrozenEncoder, encoder_architecture
 from polypseg.models.segmenter import Segmenter
 from polypseg.tracking.model_input import read_images
-from polypseg.tracking.runs import quiet_model_logging
 
 FORMAT = 1
 ARTIFACT = "segmenter.pt"
@@ -94,10 +94,15 @@ def log_segmenter_model(
     # in-process H×W×3 array into a DataFrame and refuses it. `read_images` checks instead.
     signature = ModelSignature(outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
     example = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    # MLflow's advice to log models from code is silenced: our pyfunc is an importable class,
+    # so cloudpickle stores a reference to it, not code.
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ARTIFACT
         torch.save(segmenter_state(encoder.cpu(), decoder.cpu(), image_size), path)
-        with quiet_model_logging():
+        try:
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=SegmenterModel(),
@@ -106,6 +111,8 @@ def log_segmenter_model(
                 input_example=example,
                 pip_requirements=_requirements(),
             )
+        finally:
+            logger.setLevel(level)
 
 
 def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:

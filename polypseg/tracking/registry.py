@@ -139,19 +139,6 @@ def model_card(name: str, version: str, tags: dict[str, str]) -> str:
     return "\n".join([*lines, "", USE]) + "\n"
 
 
-def _existing(name: str, study: str, trial: int) -> ModelVersion | None:
-    tags = f"tag.`polypseg.study` = '{study}' and tag.`polypseg.trial` = '{trial}'"
-    found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and {tags}")
-    return found[0] if found else None
-
-
-def _champion(name: str) -> ModelVersion | None:
-    try:
-        return mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
 def _why_kept(champion: ModelVersion, score: Score) -> str:
     """Why `score` does not take the champion's place; empty when it beats it."""
     tags = champion.tags
@@ -184,7 +171,9 @@ def register_trial(
 ) -> Registration:
     """Register a trial's model (once); move `champion` to it, or say why it stays."""
     client = mlflow.MlflowClient()
-    version = _existing(name, study, trial)
+    query = f"tag.`polypseg.study` = '{study}' and tag.`polypseg.trial` = '{trial}'"
+    found = client.search_model_versions(f"name = '{name}' and {query}")
+    version = found[0] if found else None
     new = version is None
     if new:
         path = download_artifacts(run_id=run_id, artifact_path="decoder/decoder.pt")
@@ -206,7 +195,10 @@ def register_trial(
             tags["test_dice"] = f"{test_dice:.6f}"
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         update_card(name, str(version.version), {})
-    champion = _champion(name)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
     if champion is not None and str(champion.version) == str(version.version):
         return Registration(name, str(version.version), True, new)
     kept = "" if champion is None else _why_kept(champion, score)

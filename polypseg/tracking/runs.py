@@ -40,7 +40,12 @@ def tracked_run(
             yield run
     except BaseException as err:
         end = ending(err)
-        _end_after_error(end)
+        try:
+            _end_active(end)
+        except Exception as refused:
+            # The store refused even that (a full disk): the error that got us here is the one
+            # to report, and the next invocation ends the run KILLED.
+            log.info("could not end the run %s: %s", end.status, first_line(refused))
         if end.status == "FAILED":
             _raise_refused(err)
         raise
@@ -52,7 +57,6 @@ def tracked_run(
 
 
 def _raise_refused(err: BaseException) -> None:
-    """Raise `err` as one `StoreError` line when it is a write the store refused."""
     refused = store_error(err)
     if refused is not None:
         raise refused from None
@@ -62,15 +66,6 @@ def _end_active(end: RunEnd) -> None:
     if end.tags:
         mlflow.set_tags(end.tags)
     mlflow.end_run(end.status)
-
-
-def _end_after_error(end: RunEnd) -> None:
-    """End the active run after an error. When the store refuses even that (a full disk), the
-    error that got us here is the one to report; the next invocation ends the run KILLED."""
-    try:
-        _end_active(end)
-    except Exception as err:
-        log.info("could not end the run %s: %s", end.status, first_line(err))
 
 
 def _beating(run_id: str) -> AbstractContextManager[None]:
@@ -91,6 +86,7 @@ def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> 
     """The split's file lists as `split.json` and the data set as the run's input; a split of
     several folders (`split.sources`) names them all, as source and name."""
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
     mlflow.log_dict(split.manifest(), "split.json")
     rows = [
@@ -109,21 +105,15 @@ def log_dataset(root: Path, split: Split, sizes: dict[str, tuple[int, int]]) -> 
             name="+".join(k for k, _ in split.sources) or root.name or "data",
             digest=split.digest(),
         )
-        _log_input_once_more_on_a_race(dataset)
-
-
-def _log_input_once_more_on_a_race(dataset: Any) -> None:
-    """`mlflow.log_input`; workers logging the same data set at the same moment race on its row
-    in the store (a server answers `duplicate key ... dataset_pk`): the loser logs it again, and
-    finds the row the winner made."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.log_input(dataset, context="training")
-    except MlflowException as err:
-        if "dataset_pk" not in str(err):
-            raise
-        mlflow.log_input(dataset, context="training")
+        try:
+            mlflow.log_input(dataset, context="training")
+        except MlflowException as err:
+            # Workers logging the same data set at the same moment race on its row in the store
+            # (a server answers `duplicate key ... dataset_pk`): the loser logs it again, and
+            # finds the row the winner made.
+            if "dataset_pk" not in str(err):
+                raise
+            mlflow.log_input(dataset, context="training")
 
 
 def log_figure(figure: Any, path: str) -> None:
@@ -132,19 +122,6 @@ def log_figure(figure: Any, path: str) -> None:
 
     mlflow.log_figure(figure, path)
     plt.close(figure)
-
-
-@contextmanager
-def quiet_model_logging() -> Iterator[None]:
-    """Silence MLflow's advice to log models from code: our pyfunc is an importable class, so
-    cloudpickle stores a reference to it, not code."""
-    logger = logging.getLogger("mlflow.pyfunc")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def truncate_tag(value: str, limit: int = 5000) -> str:

@@ -25,6 +25,7 @@ from polypseg.outputs import unwritable
 from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
+from polypseg.tracking.names import check_experiment
 
 STORE_DIR = "mlruns"
 # The schemes MLflow 3 keeps runs at. `file:` is left out on purpose: that store is in
@@ -149,8 +150,6 @@ def _check_sqlite_file(uri: str) -> None:
 
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
     """Check the experiment's name and the store, then `open_experiment`; returns its id."""
-    from polypseg.tracking.names import check_experiment
-
     check_experiment(experiment)
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     check_tracking_uri(uri)
@@ -194,7 +193,15 @@ def _set_experiment(uri: str, experiment: str) -> str:
             build_aside(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
-            raise _deleted(uri, found.experiment_id, experiment)
+            # MLflow's own commands, in forms without long options (polypseg has no such ones).
+            shown, gone = mask_password(uri), found.experiment_id
+            raise StoreError(
+                f"MLflow experiment {experiment!r} (id {gone}) in {_store_place(uri)} is deleted "
+                f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
+                f"mlflow experiments restore -x {gone}), delete the store's deleted "
+                f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
+                "experiment name"
+            )
         if found is None:
             try:
                 experiment_id = mlflow.create_experiment(
@@ -222,18 +229,6 @@ def build_aside(database: Path, build: Callable[[str], object]) -> None:
         Path(f"{aside}{leftover}").unlink(missing_ok=True)
     build(sqlite_uri(aside))
     os.replace(aside, database)
-
-
-def _deleted(uri: str, experiment_id: str, experiment: str) -> StoreError:
-    # MLflow's own commands, in forms without long options (polypseg has no such options).
-    shown = mask_password(uri)
-    return StoreError(
-        f"MLflow experiment {experiment!r} (id {experiment_id}) in {_store_place(uri)} is deleted "
-        f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
-        f"mlflow experiments restore -x {experiment_id}), delete the store's deleted "
-        f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
-        "experiment name"
-    )
 
 
 def _check_artifact_folder(experiment_id: str) -> None:

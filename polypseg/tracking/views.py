@@ -69,9 +69,7 @@ def _charts(metric: str, params: list[str]) -> tuple[list[dict], list[dict]]:
     return [curves, parallel], sections
 
 
-def study_view_state(
-    study_name: str, params: list[str], metric: str = "val_dice", direction: str = "maximize"
-) -> dict:
+def study_view_state(study_name: str, params: list[str], metric: str, direction: str) -> dict:
     """The runs page's state (search facets and UI state) that compares the study's trials,
     best first: by `best_<metric>`, ascending for a metric the study minimizes."""
     best = f"best_{metric}"
@@ -104,8 +102,8 @@ def save_study_view(
     experiment_id: str,
     study_name: str,
     params: list[str],
-    metric: str = "val_dice",
-    direction: str = "maximize",
+    metric: str,
+    direction: str,
 ) -> str:
     """Write the study's saved view in the experiment, unless the same is saved; returns its
     id."""
@@ -132,16 +130,12 @@ def save_study_view(
     return key
 
 
-def view_url(experiment_id: str, key: str, tracking_uri: str) -> str:
-    """The runs page on a saved view: on the tracking server, else at `mlflow ui`'s address."""
-    host = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_HOST
-    return f"{host}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
-
-
 def ui_instructions(experiment_id: str, key: str, tracking_uri: str) -> list[str]:
     """How to see the view: the command that serves the store (none for a server), the URL."""
-    url = view_url(experiment_id, key, tracking_uri)
-    if tracking_uri.startswith(("http://", "https://")):
+    server = tracking_uri.startswith(("http://", "https://"))
+    host = tracking_uri.rstrip("/") if server else UI_HOST
+    url = f"{host}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
+    if server:
         return [f"compare the trials: {url}"]
     return [
         f"compare the trials: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
