@@ -96,8 +96,7 @@ class ModelSource:
         engine: str = "torch",
         tta: str = "none",
     ) -> None:
-        self.model_uri, self.engine = model_uri, engine  # engine: torch, or onnx (a file)
-        self.tta = tta  # none | flip | dihedral: test-time augmentation
+        self.model_uri, self.engine, self.tta = model_uri, engine, tta
         self.split, self.seed = split, seed
 
     @cached_property
