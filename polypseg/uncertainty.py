@@ -24,9 +24,7 @@ def check_resamples(resamples: int) -> int:
 
 
 def bootstrap_interval(
-    values: Sequence[float] | np.ndarray,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
+    values: Sequence[float] | np.ndarray, resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[float, float] | None:
     """The percentile-bootstrap interval of the mean of per-image `values`; None for fewer than
     two images, where resampling says nothing."""
