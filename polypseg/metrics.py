@@ -79,8 +79,7 @@ def scores(probs: Tensor, target: Tensor, threshold: float = 0.5) -> dict[str, T
 
 
 def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
-    """Each per-image score's mean (mDice, ...), of batches concatenated: every image weighs the
-    same."""
+    """Each per-image score's mean (mDice, ...): every image weighs the same."""
     means = {}
     for name, values in per_image.items():
         if values.numel() == 0:

@@ -24,10 +24,7 @@ def check_resamples(resamples: int) -> int:
 
 
 def bootstrap_interval(
-    values: Sequence[float] | np.ndarray,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    values: Sequence[float] | np.ndarray, resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[float, float] | None:
     """The percentile-bootstrap interval of the mean of per-image `values`; None for fewer than
     two images, where resampling says nothing."""
@@ -40,7 +37,7 @@ def bootstrap_interval(
         (values,),
         np.mean,
         n_resamples=resamples,
-        confidence_level=level,
+        confidence_level=LEVEL,
         method="percentile",
         rng=np.random.default_rng(seed),
     )
@@ -63,13 +60,12 @@ def paired_difference(
     candidate: Sequence[float] | np.ndarray,
     resamples: int = RESAMPLES,
     seed: int = SEED,
-    level: float = LEVEL,
 ) -> PairedDifference:
     """Compares two methods' per-image scores, given in the same image order."""
     from scipy.stats import wilcoxon
 
     difference = np.asarray(candidate, np.float64) - np.asarray(baseline, np.float64)
-    interval = bootstrap_interval(difference, resamples, seed, level)
+    interval = bootstrap_interval(difference, resamples, seed)
     low, high = interval if interval else (None, None)
     # Wilcoxon drops zero differences; with none left there is no evidence either way (SciPy
     # would divide by zero and warn).
@@ -77,10 +73,8 @@ def paired_difference(
     return PairedDifference(float(difference.mean()), low, high, p_value)
 
 
-def format_interval(value: float, interval: tuple[float, float] | None, digits: int = 3) -> str:
-    """`0.899 [0.87, 0.92]`: the figure at `digits` places, its interval at one fewer."""
-    text = f"{value:.{digits}f}"
+def format_interval(value: float, interval: tuple[float, float] | None) -> str:
+    """`0.899 [0.87, 0.92]`: the figure at three places, its interval at two."""
     if interval is None:
-        return text
-    low, high = interval
-    return f"{text} [{low:.{digits - 1}f}, {high:.{digits - 1}f}]"
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"

@@ -52,8 +52,7 @@ def data_synth(
         int, typer.Option(min=1, metavar="N", help="Image/mask pairs (pranet: per set).")
     ] = 100,
     seed: Annotated[
-        int,
-        typer.Option(metavar="N", help="Random seed; the same seed gives the same set."),
+        int, typer.Option(metavar="N", help="Random seed; the same seed gives the same set.")
     ] = 0,
     layout: Annotated[
         str,
@@ -126,10 +125,7 @@ def data_split(
     ] = "seed",
     seed: Annotated[
         int,
-        typer.Option(
-            metavar="N",
-            help=f"Split seed (the protocol's is {DataConfig.split_seed}).",
-        ),
+        typer.Option(metavar="N", help=f"Split seed (the protocol's is {DataConfig.split_seed})."),
     ] = DataConfig.split_seed,
     ratios: Annotated[
         str, typer.Option(metavar="TRAIN,VAL,TEST", help="train,val,test fractions.")
@@ -152,8 +148,7 @@ def data_split(
     if protocol == "pranet":
         from polypseg.data.protocol import parse_set_roots, split_manifest
 
-        roots = parse_set_roots(root)
-        manifest, counts = split_manifest(roots, seed, _parse_ratios(ratios))
+        manifest, counts = split_manifest(parse_set_roots(root), seed, _parse_ratios(ratios))
         if out is not None:
             write_json(out, manifest, option="--out")
         typer.echo(counts)

@@ -55,8 +55,7 @@ ConfigRootsOption = Annotated[
     typer.Option("--config", metavar="FILE", help="Experiment TOML whose data.roots --sets uses."),
 ]
 ProtocolOption = Annotated[
-    str | None,
-    typer.Option(metavar="default|pranet", help="default, or pranet: as papers report."),
+    str | None, typer.Option(metavar="default|pranet", help="default, or pranet: as papers report.")
 ]
 
 

@@ -54,12 +54,12 @@ def test_sets(names: Sequence[str], roots: Mapping[str, str | Path]) -> list[Dat
     return sets
 
 
-def record_on_version(result: Evaluation) -> dict[str, str]:
+def record_on_version(result: Evaluation) -> None:
     """The table as tags and card of the registered version scored (none for a run's model)."""
     first = result.sets[0].summary
     name, version = first.get("model_name"), first.get("model_version")
     if not name or not version:
-        return {}
+        return
     tags = {}
     for report in result.sets:
         for key in TABLE_FIGURES:
@@ -72,7 +72,6 @@ def record_on_version(result: Evaluation) -> dict[str, str]:
     tags["pranet.evaluation_run"] = result.run_id
     tags["pranet.tta"] = str(first.get("tta", "none"))
     update_card(name, version, tags, family=TABLE_PREFIX)
-    return tags
 
 
 def evaluate_sets(
@@ -91,11 +90,7 @@ def evaluate_sets(
 
 
 def evaluate_champion(
-    config: Config,
-    name: str,
-    version: str,
-    tracking_uri: str | None = None,
-    progress: bool = True,
+    config: Config, name: str, version: str, tracking_uri: str | None = None, progress: bool = True
 ) -> Evaluation:
     """The five-set table of a registered version with the config's roots (Kaggle copies when
     `data.source` is kaggle): what `tune` does for its champion under `data.protocol = pranet`."""
@@ -104,9 +99,7 @@ def evaluate_champion(
     return evaluate_sets(uri, list(SETS), roots, tracking_uri=tracking_uri, progress=progress)
 
 
-def set_roots(
-    root_values: Sequence[str], config_path: str | Path | None = None
-) -> dict[str, str | Path]:
+def set_roots(root_values: Sequence[str], config_path: str | Path | None) -> dict[str, str | Path]:
     """The config's `data.roots`, then `--root SET=DIR`."""
     roots: dict[str, str | Path] = {}
     if config_path is not None:

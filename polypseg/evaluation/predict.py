@@ -149,8 +149,7 @@ def predict(
 def log_prediction(
     predictor: MapPredictor, name: str, params: dict, log: Callable[[], None]
 ) -> tuple[str, str]:
-    """One run named `predict-<name>` tagged with the model (`model_tags`), `params` logged and
-    `log` called inside it (the outputs' record); its id and URL."""
+    """One run `predict-<name>`, tagged with the model, of `params` and what `log` logs."""
     import mlflow
 
     from polypseg.tracking.runs import tracked_run

@@ -133,7 +133,7 @@ def figures(report: SetReport) -> dict[str, float | None]:
     return flat
 
 
-def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path]:
+def write_tables(reports: Sequence[SetReport], folder: Path) -> None:
     """`table.md` as papers lay it out (sets as rows), `table.csv` headed by machine keys."""
     markdown, table_csv = table_paths(folder)
     keys = reports[0].summary_keys
@@ -150,7 +150,6 @@ def write_tables(reports: Sequence[SetReport], folder: Path) -> tuple[Path, Path
         for report in reports:
             values = ["" if v is None else f"{v:.3f}" for v in figures(report).values()]
             writer.writerow([report.name, report.summary["n_images"], *values])
-    return markdown, table_csv
 
 
 def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:

@@ -63,7 +63,7 @@ class SetScorer:
         """A model's probability map as this protocol scores it (see the module docstring)."""
         return proba if self.protocol == "default" else quantize_map(proba) / 255.0
 
-    def add(self, name: str, prob_map: np.ndarray, mask: np.ndarray) -> dict:
+    def add(self, name: str, prob_map: np.ndarray, mask: np.ndarray) -> None:
         """Score one image (map and mask at the same H×W) and keep its row."""
         if self.protocol == "default":
             figures = default_image_scores(prob_map, mask, self.threshold)
@@ -71,9 +71,7 @@ class SetScorer:
             curves = pranet_image_scores(prob_map, mask)
             self._curves.append(curves)
             figures = curves.row()
-        row = {"name": name, "height": mask.shape[0], "width": mask.shape[1], **figures}
-        self.rows.append(row)
-        return row
+        self.rows.append({"name": name, "height": mask.shape[0], "width": mask.shape[1], **figures})
 
     def summary(self, resamples: int = RESAMPLES) -> dict:
         """`n_images` and the set's figures, in `summary_keys` order, each of `interval_keys`

@@ -89,15 +89,9 @@ class ModelSource:
     """A model's maps: its probability map of each image, at the image's own size."""
 
     def __init__(
-        self,
-        model_uri: str,
-        split: str,
-        seed: int,
-        engine: str = "torch",
-        tta: str = "none",
+        self, model_uri: str, split: str, seed: int, engine: str = "torch", tta: str = "none"
     ) -> None:
-        self.model_uri, self.engine = model_uri, engine  # engine: torch, or onnx (a file)
-        self.tta = tta  # none | flip | dihedral: test-time augmentation
+        self.model_uri, self.engine, self.tta = model_uri, engine, tta
         self.split, self.seed = split, seed
 
     @cached_property
