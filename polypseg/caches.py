@@ -37,10 +37,10 @@ def cache_folder(*parts: str) -> Path:
     return folder
 
 
-def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes, read in chunks (checkpoints are gigabytes)."""
     digest = hashlib.new(algorithm, usedforsecurity=False)
     with path.open("rb") as handle:
-        while block := handle.read(chunk):
+        while block := handle.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()

@@ -60,10 +60,9 @@ def typed(value: Any, kind: Any, where: str) -> Any:
     elif str(kind) == "tuple[str, ...]":
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
-        if not ok:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise PolypsegError(f"{where} = {value!r} is not a valid list of names")
+        return tuple(value)
     elif str(kind) == "dict[str, str]":
         return _names_to_text(value, where)
     elif str(kind).startswith("tuple"):

@@ -31,15 +31,11 @@ def release(folder: Path) -> None:
     (folder / OWNER).unlink(missing_ok=True)
 
 
-def _owner(folder: Path) -> Worker | None:
-    try:
-        return Worker.from_tags(json.loads((folder / OWNER).read_text()))
-    except (OSError, ValueError, TypeError):  # missing, torn or not a record of ours
-        return None
-
-
 def is_stale(folder: Path) -> bool:
-    owner = _owner(folder)
+    try:
+        owner = Worker.from_tags(json.loads((folder / OWNER).read_text()))
+    except (OSError, ValueError, TypeError):  # missing, torn or not a record of ours
+        owner = None
     if owner is not None and owner.machine == this_machine():
         return owner.is_gone(last_beat=None, grace=STALE_AFTER_S)
     changed = max([folder.stat().st_mtime, *(path.stat().st_mtime for path in folder.iterdir())])

@@ -10,7 +10,7 @@ train on one read-only copy instead of one read per trial.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,7 +90,7 @@ class Prepared:
         )
         extra = {}
         if images:
-            extra["images"] = self.shared.get((part, "images"), lambda: self._images(names))
+            extra["images"] = self.shared.get((part, "images"), lambda: self.images(names))
         if augment:
             extra["variants"] = augment
             extra["augmented"] = self.shared.get(
@@ -103,7 +103,8 @@ class Prepared:
         key = (part, str(self.device), *augment, "images" if images else "")
         return self.shared.get(key, lambda: host.to(self.device))
 
-    def _images(self, names: tuple[str, ...]) -> torch.Tensor:
+    def images(self, names: Sequence[str]) -> torch.Tensor:
+        """N×3×S×S uint8: the named images as the cache's features saw them."""
         by_name = {pair.name: pair for pair in self.pairs}
         items = KvasirDataset([by_name[name] for name in names], self.features.masks.shape[-1])
         return torch.stack([items[i]["image"] for i in range(len(items))])

@@ -53,20 +53,16 @@ def decoder_arguments(
 ) -> dict[str, int]:
     """The constructor arguments of decoder `name` (a config's, checked there) for these sizes;
     `hires` takes as many ×2 steps as lead from the features' side to the image's."""
+    arguments = {"in_channels": in_channels, "width": width}
     if name == "simple":
-        return {"in_channels": in_channels, "width": width}
+        return arguments
     steps = round(math.log2(image_size / feature_size)) if feature_size < image_size else 0
     if steps < 1 or feature_size << steps != image_size:
         raise ValueError(
             f"the hires decoder needs features at 1/2^k of the image; got {feature_size} px "
             f"features for {image_size} px images"
         )
-    return {
-        "in_channels": in_channels,
-        "width": width,
-        "branch_width": branch_width,
-        "steps": steps,
-    }
+    return {**arguments, "branch_width": branch_width, "steps": steps}
 
 
 def seeded_decoder(name: str, arguments: dict[str, int], seed: int) -> Decoder:

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The image branch normalises uint8 pixels itself (ImageNet statistics): it owns its input.
-PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-PIXEL_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from polypseg.models.encoders import IMAGENET_MEAN, IMAGENET_STD
+
 BRANCH_GROWTH = 4  # the branch's widest level: 4 × `branch_width` channels
 
 
@@ -61,10 +60,10 @@ class HiresDecoder(nn.Module):
 
     def stages(self, features: torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
         """Each step's logits, from h·2×w·2 up to S×S (the last is the prediction)."""
-        # Constants, not buffers: `seeded_decoder` builds decoders on "meta" and initialises
-        # parameters only; and they need no place in the state dict.
+        # The branch normalises its own input, by ImageNet's statistics as constants, not buffers:
+        # `seeded_decoder` builds on "meta" and initialises parameters only; no state dict entry.
         x = images.to(features.dtype)
-        mean, std = (x.new_tensor(v).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
+        mean, std = (x.new_tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
         x = (x - mean) / std
         skips = []
         for level in self.branch:

@@ -41,11 +41,8 @@ STRUCTURE_GAIN = 5.0
 
 
 def structure_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """PraNet's structure loss, a scalar: weighted BCE + weighted IoU, averaged over images.
-
-    Each pixel weighs `w = 1 + 5·|avg_pool(mask, 31, stride 1, pad 15) − mask|` (more near a
-    boundary, where the local mean differs from the pixel); per image, `Σ w·bce / Σ w` plus
-    `1 − (Σ w·p·t + 1) / (Σ w·(p + t) − Σ w·p·t + 1)` with sigmoid probabilities `p`.
+    """PraNet's structure loss, a scalar: weighted BCE + weighted IoU, averaged over images;
+    a pixel weighs more near a boundary, where its local mean differs from it.
 
     This is the formula of PraNet's paper (Fan et al., MICCAI 2020, eq. 4–5), weighting both
     terms. PraNet's code (`MyTrain.py`) passes `reduce='none'` to BCE, PyTorch's legacy flag: a

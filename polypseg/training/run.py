@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from polypseg.config import Config, flatten
-from polypseg.data.dataset import KvasirDataset
 from polypseg.features.prepare import Prepared
 from polypseg.features.sets import FeatureSet
 from polypseg.figures import curves, mask_panel
@@ -69,11 +68,9 @@ class TrainOutcome:
     metrics: dict[str, float]  # best_val_dice, best_epoch, test_*
 
 
-def _log_panel(prepared: Prepared, fitted: FitResult, image_size: int) -> None:
+def _log_panel(prepared: Prepared, fitted: FitResult) -> None:
     names = list(prepared.split.names("val"))[:PANEL_IMAGES]
-    by_name = {pair.name: pair for pair in prepared.pairs}
-    items = KvasirDataset([by_name[name] for name in names], image_size)
-    pixels = torch.stack([items[i]["image"] for i in range(len(names))])
+    pixels = prepared.images(names)
     cached = prepared.features.feature_set(names)
     data = FeatureSet(cached.features, cached.masks, images=pixels)  # for a hires decoder
     probs, masks = predict_probs(fitted.decoder, data, len(names), prepared.device)
@@ -138,7 +135,7 @@ def train_and_log(
     test = prepared.feature_set("test", images=pixels)
     metrics.update(split_scores(fitted.decoder, test, config.train.batch_size, prepared.device))
     mlflow.log_metrics(metrics)
-    _log_panel(prepared, fitted, config.data.image_size)
+    _log_panel(prepared, fitted)
     title = run.info.run_name or run.info.run_id
     if study := run.data.tags.get("optuna.study_name"):  # `trial-3 of study decoder_search`
         title = f"{title} of study {study}"
@@ -157,7 +154,6 @@ def train_and_log(
 class SeedsOutcome:
     run_id: str  # the parent's
     seeds: list[int]
-    children: list[TrainOutcome]
     spread: dict[str, float]  # val_dice_mean, val_dice_sd, val_dice_min, ..., test_dice_max
 
     def lines(self) -> list[str]:
@@ -193,4 +189,4 @@ def train_seeds(
         spread.update({f"{figure}_{k}": float(v) for k, v in stats.items()})
     mlflow.log_params({**flatten(config), "seeds": n})
     mlflow.log_metrics(spread)
-    return SeedsOutcome(parent, seeds, children, spread)
+    return SeedsOutcome(parent, seeds, spread)
