@@ -9,6 +9,7 @@ any predictor's maps over dihedral variants of the image (nnU-Net's mirroring).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
@@ -27,14 +28,14 @@ INPUT, PROBABILITIES, LOGITS = "images", "probabilities", "logits"  # the export
 META_PREFIX = "polypseg."  # the export's ONNX `metadata_props`: what `describe` reports
 
 
-class MapPredictor:
+class MapPredictor(ABC):
     """The shared half of every predictor: one image's map and mask from `proba_batch`."""
 
     threshold = 0.5
 
+    @abstractmethod
     def proba_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """N H×W×3 uint8 images of one size → N×H×W float32 probabilities at that size."""
-        raise NotImplementedError
 
     def proba(self, image: np.ndarray) -> np.ndarray:
         """H×W×3 uint8 image of any size → H×W float32 polyp probability at that size."""
