@@ -7,6 +7,8 @@ import cannot hide an upward edge or a circle.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import polypseg
@@ -33,6 +35,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@cache
 def _imports() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
@@ -64,26 +67,17 @@ def _rank(module: str) -> int:
     return len(LAYERS)
 
 
+def _edges(keep: Callable[[str, str], bool]) -> list[str]:
+    """The import edges `importer -> imported` that `keep` selects, sorted."""
+    return sorted(f"{a} -> {b}" for a, targets in _imports().items() for b in targets if keep(a, b))
+
+
 def test_no_room_imports_a_room_above_it() -> None:
-    graph = _imports()
-    upward = sorted(
-        f"{a} -> {b}"
-        for a, targets in graph.items()
-        for b in targets
-        if a != "polypseg" and _rank(b) < _rank(a)
-    )
-    assert upward == []
+    assert _edges(lambda a, b: a != "polypseg" and _rank(b) < _rank(a)) == []
 
 
 def test_data_and_models_know_nothing_of_each_other() -> None:
-    graph = _imports()
-    crossing = sorted(
-        f"{a} -> {b}"
-        for a, targets in graph.items()
-        for b in targets
-        if {_room(a), _room(b)} == {"data", "models"}
-    )
-    assert crossing == []
+    assert _edges(lambda a, b: {_room(a), _room(b)} == {"data", "models"}) == []
 
 
 def test_no_import_circle() -> None:
