@@ -48,15 +48,11 @@ class CachedFeatures:
         if missing := [name for name in names if name not in index]:
             raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
         rows = np.array([index[name] for name in names], dtype=np.int64)
-        if not pinned:
-            return FeatureSet(
-                torch.from_numpy(self.features[rows]), torch.from_numpy(self.masks[rows])
-            )
         arrays = []
         for array in (self.features, self.masks):
-            shape, dtype = (len(rows), *array.shape[1:]), torch.from_numpy(array[:0]).dtype
-            tensor = torch.empty(shape, dtype=dtype, pin_memory=True)
-            np.take(array, rows, axis=0, out=tensor.numpy())  # straight into the pinned pages
+            shape, dtype = (len(rows), *array.shape[1:]), torch.from_numpy(array[:0].copy()).dtype
+            tensor = torch.empty(shape, dtype=dtype, pin_memory=pinned)
+            np.take(array, rows, axis=0, out=tensor.numpy())  # straight into the (pinned) pages
             arrays.append(tensor)
         return FeatureSet(*arrays)
 
