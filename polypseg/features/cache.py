@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -167,7 +167,7 @@ class FeatureCache:
                     "image_size": image_size,
                     "names": names,
                     "sizes": sizes,
-                    "arrays": {name: record.to_json() for name, record in arrays.items()},
+                    "arrays": {name: asdict(record) for name, record in arrays.items()},
                 }
                 write_index(tmp, body)
         except OSError as err:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,6 @@ class ArrayRecord:
     nbytes: int  # the whole file, header included
     sha256: str  # of the whole file
     sample: str  # `sample_digest` of the file
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "shape": list(self.shape)}
 
     @classmethod
     def from_json(cls, table: dict[str, Any]) -> ArrayRecord:
