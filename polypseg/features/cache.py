@@ -63,28 +63,24 @@ class FeatureCache:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory else cache_home() / "features"
 
-    def key(
+    def locate(
         self,
         encoder: FrozenEncoder,
         pairs: Sequence[Pair],
         image_size: int,
-        device: str | torch.device = "cpu",
-        variants: Sequence[str] = (),
-    ) -> str:
+        device: torch.device,
+        variants: tuple[str, ...],
+    ) -> tuple[str, Path]:
+        """The entry's key (all its features depend on) and its folder."""
         digest = hashlib.sha256()
-        dtype = str(encoder.compute_dtype(torch.device(device))).removeprefix("torch.")
+        dtype = str(encoder.compute_dtype(device)).removeprefix("torch.")
         header = [FORMAT, encoder.name, encoder.weights_digest, image_size, dtype]
         if variants:  # the identity's key stays what it was before augmentation existed
             header.append(list(variants))
         digest.update(json.dumps(header).encode())
         hash_pairs(digest, sorted(pairs, key=lambda p: p.name))
-        return digest.hexdigest()
-
-    def entry_dir(
-        self, encoder: FrozenEncoder, image_size: int, key: str, variants: Sequence[str] = ()
-    ) -> Path:
-        augment = "".join(f"{variant}+" for variant in variants)
-        return self.directory / f"{encoder.name}-{image_size}px-{augment}{key[:16]}"
+        key, augment = digest.hexdigest(), "".join(f"{variant}+" for variant in variants)
+        return key, self.directory / f"{encoder.name}-{image_size}px-{augment}{key[:16]}"
 
     def get(
         self,
@@ -103,8 +99,7 @@ class FeatureCache:
         each variant, rows named `<variant>/<name>`."""
         device = torch.device(device)
         variants = tuple(variants)
-        key = self.key(encoder, pairs, image_size, device, variants)
-        folder = self.entry_dir(encoder, image_size, key, variants)
+        key, folder = self.locate(encoder, pairs, image_size, device, variants)
         cached = self.load(folder, key, verify=verify)
         if cached is not None:
             return cached
