@@ -37,7 +37,6 @@ from polypseg.data.sets import find_dataset, set_folders
 from polypseg.errors import DataError, listing
 from polypseg.processes import usable_cores
 
-_CLASHES_SHOWN = 3  # stems named in one error line
 _THREADS = 8  # decoding threads for the check, at most one per core
 Verdict = tuple[str, Any, "float | None"]  # state, (w, h) or None, a mask's polyp fraction
 
@@ -82,13 +81,11 @@ def files_by_stem(
         if prefer_png and len(files) > 1 and any(f.suffix.lower() == ".png" for f in files):
             groups[stem] = [f for f in files if f.suffix.lower() not in TIFF_SUFFIXES]
     if clashes := [files for files in groups.values() if len(files) > 1]:
-        shown = "; ".join(
+        shown = listing(
             f"{' and '.join(f'{folder.name}/{f.name}' for f in files)} share the stem "
             f"{files[0].stem}"
-            for files in clashes[:_CLASHES_SHOWN]
+            for files in clashes
         )
-        if len(clashes) > _CLASHES_SHOWN:
-            shown += f" ... and {len(clashes) - _CLASHES_SHOWN} more stems"
         fix = "remove one" if len(clashes) == 1 and len(clashes[0]) == 2 else "keep one per stem"
         raise DataError(f"{folder.parent}: {shown}: {fix}")
     return {stem: files[0] for stem, files in groups.items()}
