@@ -29,10 +29,9 @@ PlainRule = Callable[[np.ndarray], np.ndarray]  # H×W grey or H×W×3 colour va
 
 
 def _luma(colour: np.ndarray) -> np.ndarray:
-    # Exactly Pillow's `convert("L")` for 8 bits, its weights otherwise.
+    # Pillow's own `convert("L")` for 8 bits, its weights otherwise.
     if colour.dtype == np.uint8:
-        r, g, b = (colour[..., i].astype(np.uint32) for i in range(3))
-        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+        return np.asarray(Image.fromarray(np.ascontiguousarray(colour)).convert("L"))
     grey = colour.astype(np.float64) @ _LUMA
     return np.round(grey).astype(colour.dtype) if colour.dtype.kind in "iu" else grey
 
