@@ -117,8 +117,7 @@ def test_pairs(name: str, pairs: Sequence[Pair]) -> list[Pair]:
 
 
 def set_root(data: DataConfig, name: str) -> Path:
-    """The folder of set `name`: `data.roots`, else the Kaggle copy under `data.source` kaggle."""
-    check_set_name(name, "data.roots:")
+    """Set `name`'s folder (a row of `SETS`): `data.roots`, else its Kaggle copy (source kaggle)."""
     if name in data.roots:
         return Path(data.roots[name])
     if data.source != "kaggle":
