@@ -149,7 +149,7 @@ def check_decoding(
 ) -> None:
     """What `list_pairs(..., decode=False)` left out, before a feature-cache build: every file
     decodes to its end, and no source set's masks are all empty or nearly all polyp."""
-    _check(pairs, Path(root), max_megapixels, decode=True, fractions={})
+    _check(pairs, Path(root), max_megapixels, decode=True, measure=True)
 
 
 def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
@@ -244,27 +244,24 @@ def _check(
     root: Path,
     max_megapixels: float,
     decode: bool,
-    fractions: dict[str, float] | None = None,
+    measure: bool = False,
 ) -> None:
-    """Refuse `pairs` in one line naming every bad file. With `fractions` (a decode), the same
+    """Refuse `pairs` in one line naming every bad file. With `measure` (a decode), the same
     pass measures each mask, and a source set of implausible masks is refused too."""
     found: dict[str, list[str]] = {}
+    fractions: dict[str, float] = {}
     paths = [path for pair in pairs for path in (pair.image, pair.mask)]
-    measure = [fractions is not None and index % 2 == 1 for index in range(len(paths))]
-    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode, measure)
+    verdicts = _inspect_all(paths, max_megapixels * 1e6, decode, [False, measure] * len(pairs))
     for pair, image, mask in zip(pairs, verdicts[0::2], verdicts[1::2], strict=True):
         for path, (state, size, _) in ((pair.image, image), (pair.mask, mask)):
             _note(found, str(path.relative_to(root)), state, size)
-        if fractions is not None and mask[2] is not None:
+        if mask[2] is not None:
             fractions[pair.name] = mask[2]
         if None not in (image[1], mask[1]) and image[1] != mask[1]:
             found.setdefault("size", []).append(
                 f"{pair.mask.relative_to(root)} ({mask[1][0]}×{mask[1][1]})"
             )
-    problem = _refusal(found, max_megapixels)
-    if not problem and fractions is not None:
-        problem = sources_problem(fractions, "masks/")
-    if problem:
+    if problem := _refusal(found, max_megapixels) or sources_problem(fractions, "masks/"):
         raise DataError(f"{root}: {problem}")
 
 
