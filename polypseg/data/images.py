@@ -90,9 +90,8 @@ def pixels(decoded: Decoded) -> np.ndarray:
         return values.astype(np.uint16) if in_16_bits else values
     if decoded.mode in ("1", "L", "LA", "RGB", "RGBA", "F") or decoded.mode.startswith("I;16"):
         return np.asarray(decoded)
-    if decoded.mode in ("P", "PA"):
-        transparent = decoded.mode == "PA" or "transparency" in decoded.info
-        return np.asarray(decoded.convert("RGBA" if transparent else "RGB"))
+    if decoded.mode in ("P", "PA"):  # an opaque palette's alpha is flat, which the rule drops
+        return np.asarray(decoded.convert("RGBA"))
     return np.asarray(decoded.convert("RGB"))
 
 
