@@ -88,10 +88,10 @@ def pranet_split(
     ratios: Sequence[float],
     sources: Mapping[str, str | Path] | None = None,
 ) -> Split:
-    """The split of Kvasir + ClinicDB pairs; a set holding none of PraNet's test images is
-    refused: it is not that set, or not whole."""
+    """The split of `pools` (Kvasir and ClinicDB, whose roots the callers required); refused: an
+    image in two sets, a training set with none of PraNet's test images (not it, or not whole)."""
     ratios = check_ratios(ratios)
-    missing_roots(TRAINING_SETS, pools)
+    refuse_shared_files(pools)
     rest, test = [], []
     for name in TRAINING_SETS:
         tests = test_stems()[name]
@@ -133,7 +133,6 @@ def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
     of both training sets, and their split."""
     roots = {name: Path(os.path.abspath(set_root(data, name))) for name in TRAINING_SETS}
     pools = {name: set_pairs(name, root, data.max_megapixels) for name, root in roots.items()}
-    refuse_shared_files(pools)
     split = pranet_split(pools, data.split_seed, data.ratios, roots)
     pairs = tuple(p for name in TRAINING_SETS for p in pools[name])
     folders = [str(path.parent) for p in pairs for path in (p.image, p.mask)]  # all absolute
@@ -165,7 +164,6 @@ def split_manifest(
     missing_roots(TRAINING_SETS, roots)
     # Decoded to the end, as the seed split's files are: a truncated file is found here too.
     pools = {name: set_pairs(name, roots[name], decode=True) for name in SETS if name in roots}
-    refuse_shared_files(pools)
     split = pranet_split(pools, seed, ratios, {name: roots[name] for name in TRAINING_SETS})
     manifest = split.manifest()
     for name in (n for n in pools if n not in TRAINING_SETS):
