@@ -42,8 +42,7 @@ def is_stale(folder: Path) -> bool:
     return time.time() - changed > STALE_AFTER_S
 
 
-def clean_stale_builds(directory: Path) -> list[Path]:
-    removed = []
+def clean_stale_builds(directory: Path) -> None:
     for folder in directory.glob(".*"):
         try:
             stale = folder.is_dir() and is_stale(folder)
@@ -52,5 +51,3 @@ def clean_stale_builds(directory: Path) -> list[Path]:
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("removed %s, left by a feature-cache build that did not finish", folder)
-            removed.append(folder)
-    return removed
