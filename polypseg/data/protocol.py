@@ -46,13 +46,11 @@ def refuse_shared_files(pools: Mapping[str, Sequence[Pair]]) -> None:
         for pair in pairs:
             real = Path(os.path.realpath(pair.image))
             by_size.setdefault(real.stat().st_size, []).append((name, real))
-    digests: dict[Path, str] = {}
+    digest = cache(file_digest)  # a file that two sets list is hashed once
     for group in (g for g in by_size.values() if len({name for name, _ in g}) > 1):
         owners: dict[str, tuple[str, Path]] = {}
         for name, real in group:
-            if real not in digests:
-                digests[real] = file_digest(real)
-            first, where = owners.setdefault(digests[real], (name, real))
+            first, where = owners.setdefault(digest(real), (name, real))
             # Test sets may share frames (CVC-300 came from CVC-ColonDB): no training leak.
             if first != name and {first, name} & set(TRAINING_SETS):
                 shown = str(real) if where == real else f"{where} and {real}"
