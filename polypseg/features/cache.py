@@ -26,7 +26,7 @@ from polypseg.data.pairs import Pair, hash_pairs
 from polypseg.errors import DataError, PolypsegError, first_line
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into
-from polypseg.features.entry import FORMAT, open_entry, verify_entry, write_index
+from polypseg.features.entry import FORMAT, open_entry, write_index
 from polypseg.features.sets import FeatureSet
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.progress import progress_bar
@@ -116,14 +116,11 @@ class FeatureCache:
         if not folder.exists():
             return None
         try:
-            if verify:
-                verify_entry(folder, key)
-            entry, features, masks = open_entry(folder, key)
+            return CachedFeatures(folder, *open_entry(folder, key, verify))
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("feature cache %s is corrupt (%s); rebuilding it", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return CachedFeatures(folder, entry.names, entry.sizes, features, masks)
 
     def build(
         self,

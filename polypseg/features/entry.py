@@ -2,7 +2,7 @@
 
 The index (names in row order, original sizes, each array's `ArrayRecord`) ends with the SHA-256
 of its own other fields, so a damaged or hand-edited one is recognised before it is trusted.
-`open_entry` (a hit) costs the same at any size; `verify_entry` re-reads every byte. Both raise
+`open_entry` costs the same at any size (a hit); with `verify` it re-reads every byte. It raises
 `ValueError` (or `OSError`) naming the damage.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +34,26 @@ def write_index(folder: Path, body: dict[str, Any]) -> None:
     (folder / INDEX).write_text(json.dumps({**body, "digest": index_digest(body)}))
 
 
-@dataclass(frozen=True)
-class Entry:
-    names: tuple[str, ...]
-    sizes: np.ndarray  # N×2 (height, width)
-    arrays: dict[str, ArrayRecord]
-
-
-def _table(folder: Path) -> dict[str, Any]:
+def open_entry(
+    folder: Path, key: str, verify: bool = False
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """The entry's names (row order), N×2 original (height, width) sizes, features and masks;
+    with `verify`, each array's every byte is checked against its SHA-256 first."""
     raw = json.loads((folder / INDEX).read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{INDEX} holds a JSON {type(raw).__name__}, not a table")
     body = {name: value for name, value in raw.items() if name != "digest"}
     if raw.get("digest") != index_digest(body):
         raise ValueError(f"{INDEX} does not match its own digest")
-    return body
-
-
-def read_index(folder: Path, key: str) -> Entry:
-    body = _table(folder)
     if body.get("format") != FORMAT:
         raise ValueError(f"{INDEX} has format {body.get('format')!r}, not {FORMAT}")
     if body.get("key") != key:
         raise ValueError("its key does not match its folder")
     # The digest matched: the body is what `write_index` wrote, its types need no second check.
-    records = {name: ArrayRecord.from_json(body["arrays"][name]) for name in ARRAYS}
-    return Entry(tuple(body["names"]), np.array(body["sizes"]), records)
-
-
-def open_entry(folder: Path, key: str) -> tuple[Entry, np.ndarray, np.ndarray]:
-    entry = read_index(folder, key)
-    features, masks = (open_checked(folder / name, entry.arrays[name]) for name in ARRAYS)
-    return entry, features, masks
-
-
-def verify_entry(folder: Path, key: str) -> None:
-    entry = read_index(folder, key)
+    arrays = []
     for name in ARRAYS:
-        if file_digest(folder / name) != entry.arrays[name].sha256:
+        record = ArrayRecord.from_json(body["arrays"][name])
+        if verify and file_digest(folder / name) != record.sha256:
             raise ValueError(f"{name} does not match its recorded SHA-256")
+        arrays.append(open_checked(folder / name, record))
+    return tuple(body["names"]), np.array(body["sizes"]), *arrays
