@@ -2,7 +2,7 @@
 
 Polyp sets store masks in many ways (RGB JPEGs with compression noise, 0/1 label PNGs of 8 or 16
 bits, palette PNGs, masks drawn only in alpha); every reader of masks goes through
-`mask_from_pixels`, whose docstring is the rule. A format the rule cannot read shows up as empty
+`mask_from_image`, whose docstring is the rule. A format the rule cannot read shows up as empty
 masks, and a Dice on empty masks is 1.0 for a model that finds nothing; so a set (or a split
 part) whose masks are all empty, or mostly polyp, is refused before anything is trained or scored.
 """
@@ -54,11 +54,12 @@ def _without_alpha(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., 0] if pixels.shape[2] < 3 else pixels[..., :3]
 
 
-def mask_from_pixels(pixels: np.ndarray, plain: PlainRule = at_half_range) -> np.ndarray:
-    """An H×W bool mask (True: polyp) from a mask file's pixels, by this rule, in order:
+def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
+    """An H×W bool mask (True: polyp) from a decoded mask file (`images.decode`), by this rule,
+    in order:
 
-    1. a palette image (VOC-style label PNG) whose index 0 is black: index ≠ 0 is polyp
-       (`mask_from_image` applies this one; other palettes are read by their colours);
+    1. a palette image (VOC-style label PNG) whose index 0 is black: index ≠ 0 is polyp (other
+       palettes are read by their colours);
     2. a 1-bit image: set pixels are polyp;
     3. an image with an alpha channel whose colour is one flat value while alpha varies (a mask
        drawn only in alpha): the alpha channel is the mask's values; otherwise alpha is ignored;
@@ -68,22 +69,18 @@ def mask_from_pixels(pixels: np.ndarray, plain: PlainRule = at_half_range) -> np
        for floats in [0, 1] (floats above 1 are 0–255 values). Half the range keeps JPEG
        compression noise of 0/255 masks on the right side.
     """
-    if pixels.dtype == bool:
-        return pixels.any(axis=-1) if pixels.ndim == 3 else pixels
-    values = _without_alpha(pixels)
-    if values.dtype.kind in "iu" and values.size and values.min() >= 0 and values.max() <= 1:
-        return (values == 1).any(axis=-1) if values.ndim == 3 else values == 1
-    return plain(values)
-
-
-def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
-    """`mask_from_pixels` of a decoded image (`images.decode`), palette indices too (rule 1)."""
     if isinstance(image, Image.Image) and image.mode in ("P", "PA"):
-        palette = image.getpalette()  # index 0 black: a label image, else read by its colours
+        palette = image.getpalette()
         if palette is None or palette[:3] == [0, 0, 0]:
             indices = np.asarray(image)
             return (indices[..., 0] if indices.ndim == 3 else indices) != 0
-    return mask_from_pixels(pixels(image), plain)
+    values = pixels(image)
+    if values.dtype == bool:
+        return values.any(axis=-1) if values.ndim == 3 else values
+    values = _without_alpha(values)
+    if values.dtype.kind in "iu" and values.size and values.min() >= 0 and values.max() <= 1:
+        return (values == 1).any(axis=-1) if values.ndim == 3 else values == 1
+    return plain(values)
 
 
 def read_mask(path: str | Path, plain: PlainRule = at_half_range) -> np.ndarray:

@@ -53,7 +53,7 @@ def _matlab_above_128(values: np.ndarray) -> np.ndarray:
 def read_pranet_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask as PraNet's `main.m` reads it, wherever `main.m` reads it right.
 
-    The format is read by polypseg's mask rule (`data.masks.mask_from_pixels`: palette, 1-bit,
+    The format is read by polypseg's mask rule (`data.masks.mask_from_image`: palette, 1-bit,
     alpha-only and 0/1 label masks, which `main.m` would read as empty); plain grey or colour
     values keep MATLAB's own threshold (`_matlab_above_128`), so published figures compare.
     """
