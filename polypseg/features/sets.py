@@ -25,19 +25,17 @@ class FeatureSet:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    def _tensors(self) -> list[torch.Tensor]:
-        tensors = (self.features, self.masks, self.images, self.augmented)
-        return [tensor for tensor in tensors if tensor is not None]
-
     def to(self, device: torch.device) -> FeatureSet:
         """On the device once, when it fits, so epochs make no host-to-device copy per batch."""
-        if _same_device(self.features.device, device):
+        have = self.features.device
+        if have.type == device.type and device.index in (None, have.index):
             return self
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             # What this process's caching allocator holds but does not use is free to it too.
             free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            needed = sum(tensor.nbytes for tensor in self._tensors())
+            tensors = (self.features, self.masks, self.images, self.augmented)
+            needed = sum(tensor.nbytes for tensor in tensors if tensor is not None)
             if needed > 0.5 * free:
                 return self  # stays on the host; batches are copied as they are used
         moved = (t.to(device) if t is not None else None for t in (self.images, self.augmented))
@@ -80,10 +78,6 @@ class FeatureSet:
                     images[chosen] = transform(images[chosen], variant)
             x = x.to(torch.float32, memory_format=memory_format)
             yield x, y.float(), images
-
-
-def _same_device(have: torch.device, want: torch.device) -> bool:
-    return have.type == want.type and want.index in (None, have.index)
 
 
 def _gather(tensor: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
