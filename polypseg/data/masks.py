@@ -55,8 +55,7 @@ def _without_alpha(pixels: np.ndarray) -> np.ndarray:
 
 
 def mask_from_image(image: Decoded, plain: PlainRule = at_half_range) -> np.ndarray:
-    """An H×W bool mask (True: polyp) from a decoded mask file (`images.decode`), by this rule,
-    in order:
+    """An H×W bool mask (True: polyp) from a decoded mask file, by this rule, in order:
 
     1. a palette image (VOC-style label PNG) whose index 0 is black: index ≠ 0 is polyp (other
        palettes are read by their colours);

@@ -160,8 +160,7 @@ def hash_pairs(digest: Any, pairs: Iterable[Pair]) -> None:
 
 
 def _inspect(path: Path, max_pixels: float, decode: bool = True, measure: bool = False) -> Verdict:
-    """(state, (w, h) or None, a measured mask's polyp fraction or None); state is "ok", or a
-    key of `_PHRASES`. Without `decode` only the header is read."""
+    """A `Verdict`, its state "ok" or a key of `_PHRASES`; without `decode`, of the header."""
     try:
         with Image.open(path) as image:
             if image.width * image.height > max_pixels:  # before EXIF, which may read on

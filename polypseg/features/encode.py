@@ -129,8 +129,7 @@ def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_siz
 
 
 class _Sink:
-    """The entry's two arrays, opened (and their free space checked) at the first batch, when
-    the feature shape is known."""
+    """The entry's arrays, opened (free space checked) once the first batch shows their shape."""
 
     def __init__(self, folder: Path, n: int, image_size: int) -> None:
         self.folder, self.n, self.image_size = folder, n, image_size
