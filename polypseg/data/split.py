@@ -18,8 +18,6 @@ import numpy as np
 from polypseg.config import DataConfig, ratios_problem
 from polypseg.errors import DataError
 
-DEFAULT_SEED = DataConfig.split_seed  # evaluation/compare.py's
-
 
 @dataclass(frozen=True)
 class Split:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polypseg.data.split import DEFAULT_SEED
+from polypseg.config import DataConfig
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.evaluate import Source, input_trees, score
 from polypseg.evaluation.report import EVALUATION_EXPERIMENT
@@ -56,7 +56,7 @@ def side_source(value: str, several: bool) -> Source:
     """A side: a folder of maps, or a model (a URI, or a local MLflow model folder)."""
     path = Path(value)
     if ":/" in value or (path / "MLmodel").is_file():
-        return ModelSource(value, "all", DEFAULT_SEED)
+        return ModelSource(value, "all", DataConfig.split_seed)
     if path.is_dir():
         return MapSource(path, several)
     raise DataError(
