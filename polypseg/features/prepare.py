@@ -98,8 +98,6 @@ class Prepared:
             )
         if extra:
             host = FeatureSet(host.features, host.masks, **extra)
-        if self.device.type == "cpu":
-            return host
         key = (part, str(self.device), *augment, "images" if images else "")
         return self.shared.get(key, lambda: host.to(self.device))
 
