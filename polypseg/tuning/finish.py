@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
@@ -137,35 +137,21 @@ class TuneResult:
     def best_trials_table(self) -> list[str]:
         """The best trials with a value (a pruned one's: its last report), best first."""
         study, metric = self.study, self.metric
-        states = (TrialState.COMPLETE, TrialState.PRUNED)
-        scored = [t for t in study.get_trials(deepcopy=False, states=states) if t.value is not None]
-        if not scored:
+        frame = study.trials_dataframe(attrs=("number", "state", "value", "params"))
+        if frame.empty or (frame := frame[frame.value.notna()]).empty:
             return []
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        best = sorted(scored, key=lambda t: (sign * t.value, t.number))[:10]
-        params = list(dict.fromkeys(key for t in best for key in t.params))  # the spec's order
-        header = ["trial", "state", metric, *params]
-        body = [
-            [
-                str(t.number),
-                t.state.name,
-                f"{t.value:.4f}",
-                *(_value(t.params.get(p, "-")) for p in params),
-            ]
-            for t in best
-        ]
-        widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-        # Numbers right-aligned, the state left-aligned: columns read down like a spreadsheet.
-        lines = [
-            "  ".join(
-                cell.ljust(w) if i == 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in (header, *body)
-        ]
+        minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+        best = frame.sort_values(["value", "number"], ascending=[minimize, True]).head(10)
+        trials = study.get_trials(deepcopy=False)  # trial n is trials[n]
+        # Optuna sorts the params by name; the spec's order reads better.
+        params = list(dict.fromkeys(key for n in best.number for key in trials[n].params))
+        best = best[["number", "state", "value", *(f"params_{key}" for key in params)]]
+        best.columns = ["trial", "state", metric, *params]
+        formats = {metric: "{:.4f}".format, **dict.fromkeys(params, _value)}
+        table = best.to_string(index=False, na_rep="-", formatters=formats)
         on = f"; {self.measured_on}" if self.measured_on else ""
         title = f"best {len(best)} of {len(study.trials)} trials (by {metric}{on}):"
-        return [title, *lines]
+        return [title, *table.splitlines()]
 
 
 def _value(value: object) -> str:
