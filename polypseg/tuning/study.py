@@ -263,11 +263,7 @@ def _run_trials(
 def _cache_config(config: Config, spec: StudySpec) -> Config:
     """The config whose cache serves every trial: `data.augment` the union of the spec's
     choices and the config's own; a trial reads the variants it drew."""
-    choices = [p.choices for p in spec.space if p.key == "data.augment"]
-    if not choices:
-        return config
-    drawn = (config.with_overrides({"data.augment": c}).data.augment for c in choices[0])
-    union = dict.fromkeys(config.data.augment)
-    for variants in drawn:
-        union.update(dict.fromkeys(variants))
+    choices = next((p.choices for p in spec.space if p.key == "data.augment"), ())
+    drawn = [config.with_overrides({"data.augment": c}).data.augment for c in choices]
+    union = dict.fromkeys([*config.data.augment, *(v for variants in drawn for v in variants)])
     return config.with_overrides({"data.augment": list(union)})
