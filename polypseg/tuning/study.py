@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 class _Progress:
-    """This invocation's trials as a progress bar, or off a terminal a plain line each."""
+    """This invocation's trials as a progress bar (off a terminal, `trial_lines` writes them)."""
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -73,11 +73,9 @@ class _Progress:
         self.bar = progress_bar(*columns, enabled=enabled)
         self.task = self.bar.add_task("trials", total=total)
         self.ran: Counter[str] = Counter()  # this invocation's trials, by state
-        self.lines = trial_lines(enabled)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran[trial.state.name] += 1
-        self.lines(study, trial)
         counts = trial_counts(study)
         try:
             best = f"{study.best_value:.4f}"
@@ -254,7 +252,7 @@ def _run_trials(
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
     with tracker.bar:
-        run_worker(shared, objective, workers, callbacks=[tracker])
+        run_worker(shared, objective, workers, callbacks=[trial_lines(progress), tracker])
     kill_orphaned_runs(shared.study, experiment_id)  # left by workers that died meanwhile
     kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
