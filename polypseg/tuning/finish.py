@@ -5,6 +5,7 @@ its seed spread when `[study] champion_seeds` asks, and what `polypseg tune` pri
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,9 @@ from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.workers import SharedStudy
 
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in optuna.trial.TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] += 1
-    return counts
+def trial_counts(study: optuna.Study) -> Counter[str]:
+    """The study's trials by state name (0 for a state none is in)."""
+    return Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
 
 
 def finish(
@@ -38,7 +37,7 @@ def finish(
     study = shared.study
     counts = trial_counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
-    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
+    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items()})
     for name, figure in study_figures(study, base.metric).items():
         log_figure(figure, f"figures/{name}.png")
     if not counts["COMPLETE"]:
@@ -107,7 +106,7 @@ class TuneResult:
     registration: Registration | None
     parent_run_id: str
     images_encoded: int  # images the encoder processed in this invocation (0 on a cache hit)
-    counts: dict[str, int]  # trials of the whole study, by state
+    counts: Counter[str]  # trials of the whole study, by state
     storage: str  # the storage URL, password masked
     experiment_id: str
     metric: str = "val_dice"  # the study's objective, as the spec names it
