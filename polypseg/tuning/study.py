@@ -164,11 +164,8 @@ def _check_stored_space(
     if path is None or not path.is_file():
         return None
     opened = make_storage(storage_url)
-    try:
-        stored = optuna.load_study(study_name=name, storage=opened)
-    except KeyError:  # no such study yet
-        return opened
-    check_space(stored, spec, record=False)
+    if name in optuna.get_all_study_names(opened):
+        check_space(optuna.load_study(study_name=name, storage=opened), spec, record=False)
     return opened
 
 
