@@ -22,7 +22,7 @@ from conftest import STUDY_SPEC, one_error_line
 from typer.testing import CliRunner
 
 from polypseg.cli import app
-from polypseg.config import load_config
+from polypseg.config import Config, load_config
 from polypseg.data.synthetic import make_synthetic
 from polypseg.errors import PolypsegError
 from polypseg.models.decoder import SimpleDecoder
@@ -32,7 +32,7 @@ from polypseg.tracking.store import setup
 from polypseg.tracking.views import study_view_state
 from polypseg.tuning.identity import BASE_ATTR, StudyBase, check_base
 from polypseg.tuning.spec import check_space, load_spec
-from polypseg.tuning.study import tune
+from polypseg.tuning.study import _cache_config, tune
 from polypseg.tuning.workers import WORKERS_ATTR
 
 LR_SPACE = '[space."train.lr"]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\n'
@@ -89,6 +89,16 @@ def test_a_key_a_trial_cannot_change_is_refused_with_the_reason(
 def test_augmentation_may_still_be_searched(tmp_path: Path) -> None:
     space = '[space."data.augment"]\ntype = "categorical"\nchoices = ["", "hflip"]\n'
     assert [p.key for p in load_spec(_spec(tmp_path, space)).space] == ["data.augment"]
+
+
+def test_the_cache_holds_the_configs_variants_and_every_searched_one(tmp_path: Path) -> None:
+    config = Config().with_overrides({"data.augment": ["vflip"]})
+    space = '[space."data.augment"]\ntype = "categorical"\nchoices = ["", "hflip", "hflip,vflip"]\n'
+    assert _cache_config(config, load_spec(_spec(tmp_path, space))).data.augment == (
+        "vflip",
+        "hflip",
+    )
+    assert _cache_config(config, load_spec(_spec(tmp_path, LR_SPACE))) == config
 
 
 def _base(**changes: object) -> StudyBase:

@@ -5,12 +5,13 @@ its seed spread when `[study] champion_seeds` asks, and what `polypseg tune` pri
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
@@ -23,11 +24,9 @@ from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.workers import SharedStudy
 
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in optuna.trial.TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] += 1
-    return counts
+def trial_counts(study: optuna.Study) -> Counter[str]:
+    """The study's trials by state name (0 for a state none is in)."""
+    return Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
 
 
 def finish(
@@ -38,7 +37,7 @@ def finish(
     study = shared.study
     counts = trial_counts(study)
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
-    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items() if n})
+    mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items()})
     for name, figure in study_figures(study, base.metric).items():
         log_figure(figure, f"figures/{name}.png")
     if not counts["COMPLETE"]:
@@ -107,7 +106,7 @@ class TuneResult:
     registration: Registration | None
     parent_run_id: str
     images_encoded: int  # images the encoder processed in this invocation (0 on a cache hit)
-    counts: dict[str, int]  # trials of the whole study, by state
+    counts: Counter[str]  # trials of the whole study, by state
     storage: str  # the storage URL, password masked
     experiment_id: str
     metric: str = "val_dice"  # the study's objective, as the spec names it
@@ -137,35 +136,21 @@ class TuneResult:
     def best_trials_table(self) -> list[str]:
         """The best trials with a value (a pruned one's: its last report), best first."""
         study, metric = self.study, self.metric
-        states = (TrialState.COMPLETE, TrialState.PRUNED)
-        scored = [t for t in study.get_trials(deepcopy=False, states=states) if t.value is not None]
-        if not scored:
+        frame = study.trials_dataframe(attrs=("number", "state", "value", "params"))
+        if frame.empty or (frame := frame[frame.value.notna()]).empty:
             return []
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        best = sorted(scored, key=lambda t: (sign * t.value, t.number))[:10]
-        params = list(dict.fromkeys(key for t in best for key in t.params))  # the spec's order
-        header = ["trial", "state", metric, *params]
-        body = [
-            [
-                str(t.number),
-                t.state.name,
-                f"{t.value:.4f}",
-                *(_value(t.params.get(p, "-")) for p in params),
-            ]
-            for t in best
-        ]
-        widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-        # Numbers right-aligned, the state left-aligned: columns read down like a spreadsheet.
-        lines = [
-            "  ".join(
-                cell.ljust(w) if i == 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in (header, *body)
-        ]
+        minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+        best = frame.sort_values(["value", "number"], ascending=[minimize, True]).head(10)
+        trials = study.get_trials(deepcopy=False)  # trial n is trials[n]
+        # Optuna sorts the params by name; the spec's order reads better.
+        params = list(dict.fromkeys(key for n in best.number for key in trials[n].params))
+        best = best[["number", "state", "value", *(f"params_{key}" for key in params)]]
+        best.columns = ["trial", "state", metric, *params]
+        formats = {metric: "{:.4f}".format, **dict.fromkeys(params, _value)}
+        table = best.to_string(index=False, na_rep="-", formatters=formats)
         on = f"; {self.measured_on}" if self.measured_on else ""
         title = f"best {len(best)} of {len(study.trials)} trials (by {metric}{on}):"
-        return [title, *lines]
+        return [title, *table.splitlines()]
 
 
 def _value(value: object) -> str:

@@ -137,33 +137,28 @@ class StudySpec:
 
 
 def check_space(study: optuna.Study, spec: StudySpec, record: bool = True) -> None:
-    """Refuse a spec drawing a parameter from other values than the study's: its finished trials'
-    (Optuna would fail every new trial or mix two spaces in one history), else the space recorded
-    by its first worker (while the study runs no trial may have finished, and a worker with other
+    """Refuse a spec drawing a parameter from other values than the study's finished trials
+    (Optuna would fail every new trial or mix two spaces in one history) or the space its first
+    worker recorded (while the study runs no trial may have finished, and a worker with other
     choices would fail each trial in Optuna). `record`: store the space on a study that has none
     (under the study lock)."""
     from optuna.distributions import distribution_to_json, json_to_distribution
     from optuna.trial import TrialState
 
-    def refuse(verb: str, key: str, before: Any, now: Any) -> None:
-        if before is not None and before != now:
-            raise PolypsegError(
-                f"study {study.study_name!r} {verb} {key} as {describe_distribution(before)}, the "
-                f"spec now as {describe_distribution(now)}; keep the stored space or start a new "
-                "study with --study-name"
-            )
-
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    drawn = {key: d for trial in finished for key, d in trial.distributions.items()}
-    for param in spec.space:
-        refuse("searched", param.key, drawn.get(param.key), param.distribution())
+    drawn = {k: d for trial in finished for k, d in trial.distributions.items()}
     stored = study.user_attrs.get(SPACE_ATTR)
-    now = {p.key: distribution_to_json(p.distribution()) for p in spec.space}
-    for key, before in (stored or {}).items():
-        if key in now:
-            refuse("searches", key, json_to_distribution(before), json_to_distribution(now[key]))
+    recorded = [(key, json_to_distribution(d)) for key, d in (stored or {}).items()]
+    now = {p.key: p.distribution() for p in spec.space}
+    for key, before in [*drawn.items(), *recorded]:
+        if key in now and before != now[key]:
+            raise PolypsegError(
+                f"study {study.study_name!r} searches {key} as {describe_distribution(before)}, "
+                f"the spec now as {describe_distribution(now[key])}; keep the stored space or "
+                "start a new study with --study-name"
+            )
     if stored is None and record:
-        study.set_user_attr(SPACE_ATTR, now)
+        study.set_user_attr(SPACE_ATTR, {k: distribution_to_json(d) for k, d in now.items()})
 
 
 def describe_distribution(distribution: Any) -> str:

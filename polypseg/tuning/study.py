@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 class _Progress:
-    """This invocation's trials as a progress bar, or off a terminal a plain line each."""
+    """This invocation's trials as a progress bar (off a terminal, `trial_lines` writes them)."""
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -73,11 +73,9 @@ class _Progress:
         self.bar = progress_bar(*columns, enabled=enabled)
         self.task = self.bar.add_task("trials", total=total)
         self.ran: Counter[str] = Counter()  # this invocation's trials, by state
-        self.lines = trial_lines(enabled)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran[trial.state.name] += 1
-        self.lines(study, trial)
         counts = trial_counts(study)
         try:
             best = f"{study.best_value:.4f}"
@@ -166,11 +164,8 @@ def _check_stored_space(
     if path is None or not path.is_file():
         return None
     opened = make_storage(storage_url)
-    try:
-        stored = optuna.load_study(study_name=name, storage=opened)
-    except KeyError:  # no such study yet
-        return opened
-    check_space(stored, spec, record=False)
+    if name in optuna.get_all_study_names(opened):
+        check_space(optuna.load_study(study_name=name, storage=opened), spec, record=False)
     return opened
 
 
@@ -254,7 +249,7 @@ def _run_trials(
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
     tracker = _Progress(total, progress)
     with tracker.bar:
-        run_worker(shared, objective, workers, callbacks=[tracker])
+        run_worker(shared, objective, workers, callbacks=[trial_lines(progress), tracker])
     kill_orphaned_runs(shared.study, experiment_id)  # left by workers that died meanwhile
     kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
@@ -263,11 +258,7 @@ def _run_trials(
 def _cache_config(config: Config, spec: StudySpec) -> Config:
     """The config whose cache serves every trial: `data.augment` the union of the spec's
     choices and the config's own; a trial reads the variants it drew."""
-    choices = [p.choices for p in spec.space if p.key == "data.augment"]
-    if not choices:
-        return config
-    drawn = (config.with_overrides({"data.augment": c}).data.augment for c in choices[0])
-    union = dict.fromkeys(config.data.augment)
-    for variants in drawn:
-        union.update(dict.fromkeys(variants))
+    choices = next((p.choices for p in spec.space if p.key == "data.augment"), ())
+    drawn = [config.with_overrides({"data.augment": c}).data.augment for c in choices]
+    union = dict.fromkeys([*config.data.augment, *(v for variants in drawn for v in variants)])
     return config.with_overrides({"data.augment": list(union)})
