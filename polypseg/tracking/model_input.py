@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
-from polypseg.data.images import pixel_problem
+from polypseg.data.images import DECODE_ERRORS, pixel_problem, to_rgb
 
 TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
 EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
@@ -39,10 +40,6 @@ class ModelInputError(MlflowException, ValueError):
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    from polypseg.data.images import DECODE_ERRORS, to_rgb
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             if problem := pixel_problem(*image.size):
