@@ -26,17 +26,12 @@ class ModelInputError(MlflowException, ValueError):
     `MlflowException`'s message with the whole parsed input (megabytes of pixels) and answers any
     other exception with a traceback: this one keeps its own message for the HTTP 400."""
 
+    # `message` stays the one given (the exception's own `str`): the scoring server's rewrite,
+    # "Failed to predict data '<the whole input>'", is dropped.
+    message = property(Exception.__str__, lambda self, value: None)
+
     def __init__(self, message: str) -> None:
-        self._own = message
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-
-    @property
-    def message(self) -> str:
-        return self._own
-
-    @message.setter
-    def message(self, value: str) -> None:
-        pass  # the scoring server's "Failed to predict data '<the whole input>'" is dropped
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
