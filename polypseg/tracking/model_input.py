@@ -11,6 +11,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
@@ -77,8 +78,6 @@ def _image(value: Any, where: str) -> np.ndarray:
 
 def read_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
     """The images as H×W×3 uint8 arrays, and whether `model_input` was a batch."""
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] != 1:
             columns = list(model_input.columns)
