@@ -28,7 +28,6 @@ from polypseg.models.segmenter import Segmenter
 from polypseg.tracking.model_input import read_images
 
 FORMAT = 1
-ARTIFACT = "segmenter.pt"
 # `segmenter.pt`'s names for keys of the decoder's record (`decoder_record`); models logged before
 # a key was recorded lack it, and `decoder_from_record` reads them as a `simple` decoder.
 FILE_KEYS = {"name": "decoder", "arguments": "decoder_arguments", "state": "decoder_state"}
@@ -101,7 +100,7 @@ def log_segmenter_model(
     # raised for good.
     quiet = re.compile("using CloudPickle|Validating input example")
     with tempfile.TemporaryDirectory() as tmp, suppress_logs("mlflow.pyfunc", quiet):
-        path = Path(tmp) / ARTIFACT
+        path = Path(tmp) / "segmenter.pt"
         torch.save(segmenter_state(encoder.cpu(), decoder.cpu(), image_size), path)
         return mlflow.pyfunc.log_model(
             name=name,
