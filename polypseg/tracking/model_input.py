@@ -54,8 +54,6 @@ def _pixels(value: Any, where: str) -> np.ndarray:
         raise ModelInputError(f"{where}: expected {EXPECTED}, got shape {array.shape}")
     if problem := pixel_problem(array.shape[1], array.shape[0]):
         raise ModelInputError(f"{where}: {problem}")
-    if array.dtype == np.uint8:
-        return array
     if array.dtype.kind not in "iuf" or not (array.min() >= 0 and array.max() <= 255):
         raise ModelInputError(f"{where}: expected {EXPECTED}, got {array.dtype} values")
     if array.dtype.kind == "f" and array.max() <= 1.0:  # fractions: rounding would make black
