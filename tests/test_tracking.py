@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -127,3 +128,21 @@ def test_fallback_is_recorded_in_tags(
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert tags["polypseg.encoder"] == "resnet50"
     assert "none.pth not found" in tags["polypseg.fallback_reason"]
+
+
+def test_logging_the_model_drops_mlflows_two_notes_and_nothing_else(
+    mlflow_store: str, capfd: pytest.CaptureFixture
+) -> None:
+    from polypseg.models.decoder import SimpleDecoder
+    from polypseg.models.encoders import encoder_architecture
+    from polypseg.tracking.pyfunc import log_segmenter_model
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    level, filters = logger.level, list(logger.filters)
+    encoder = encoder_architecture("resnet_tiny")
+    mlflow.set_experiment("notes")  # not the experiment an earlier test left active
+    with mlflow.start_run():
+        log_segmenter_model(encoder, SimpleDecoder(encoder.out_channels, 8), 64)
+    err = capfd.readouterr().err
+    assert "CloudPickle" not in err and "Validating input example" not in err
+    assert (logger.level, logger.filters) == (level, filters)  # as other threads found it

@@ -23,7 +23,6 @@ class SimpleDecoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 256) -> None:
         super().__init__()
-        self.in_channels, self.width = in_channels, width
         self.arguments = {"in_channels": in_channels, "width": width}
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
@@ -91,8 +90,8 @@ def decoder_record(decoder: Decoder) -> dict[str, Any]:
     return {
         "name": decoder.name,
         "arguments": dict(decoder.arguments),
-        "in_channels": decoder.in_channels,
-        "width": decoder.width,
+        "in_channels": decoder.arguments["in_channels"],
+        "width": decoder.arguments["width"],
         "state": state,
     }
 

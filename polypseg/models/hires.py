@@ -41,7 +41,6 @@ class HiresDecoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int, branch_width: int, steps: int) -> None:
         super().__init__()
-        self.in_channels, self.width = in_channels, width
         self.arguments = {"in_channels": in_channels, "width": width}
         self.arguments.update(branch_width=branch_width, steps=steps)
         widest = BRANCH_GROWTH * branch_width

@@ -11,10 +11,12 @@ import io
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
-from polypseg.data.images import pixel_problem
+from polypseg.data.images import DECODE_ERRORS, pixel_problem, to_rgb
 
 TEXT_KINDS = "OUS"  # numpy dtype kinds of parsed JSON strings and objects
 EXPECTED = "an HxWx3 array of 0-255 values, or base64 PNG/JPEG bytes"
@@ -25,24 +27,15 @@ class ModelInputError(MlflowException, ValueError):
     `MlflowException`'s message with the whole parsed input (megabytes of pixels) and answers any
     other exception with a traceback: this one keeps its own message for the HTTP 400."""
 
+    # `message` stays the one given (the exception's own `str`): the scoring server's rewrite,
+    # "Failed to predict data '<the whole input>'", is dropped.
+    message = property(Exception.__str__, lambda self, value: None)
+
     def __init__(self, message: str) -> None:
-        self._own = message
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-
-    @property
-    def message(self) -> str:
-        return self._own
-
-    @message.setter
-    def message(self, value: str) -> None:
-        pass  # the scoring server's "Failed to predict data '<the whole input>'" is dropped
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    from polypseg.data.images import DECODE_ERRORS, to_rgb
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             if problem := pixel_problem(*image.size):
@@ -61,8 +54,6 @@ def _pixels(value: Any, where: str) -> np.ndarray:
         raise ModelInputError(f"{where}: expected {EXPECTED}, got shape {array.shape}")
     if problem := pixel_problem(array.shape[1], array.shape[0]):
         raise ModelInputError(f"{where}: {problem}")
-    if array.dtype == np.uint8:
-        return array
     if array.dtype.kind not in "iuf" or not (array.min() >= 0 and array.max() <= 255):
         raise ModelInputError(f"{where}: expected {EXPECTED}, got {array.dtype} values")
     if array.dtype.kind == "f" and array.max() <= 1.0:  # fractions: rounding would make black
@@ -85,8 +76,6 @@ def _image(value: Any, where: str) -> np.ndarray:
 
 def read_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
     """The images as H×W×3 uint8 arrays, and whether `model_input` was a batch."""
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] != 1:
             columns = list(model_input.columns)

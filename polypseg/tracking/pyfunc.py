@@ -7,7 +7,7 @@ the encoder and decoder registries, so it loads with only polypseg installed and
 
 from __future__ import annotations
 
-import logging
+import re
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
+from mlflow.utils.logging_utils import suppress_logs
 
 from polypseg.errors import PolypsegError, first_line
 from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
@@ -27,7 +28,6 @@ from polypseg.models.segmenter import Segmenter
 from polypseg.tracking.model_input import read_images
 
 FORMAT = 1
-ARTIFACT = "segmenter.pt"
 # `segmenter.pt`'s names for keys of the decoder's record (`decoder_record`); models logged before
 # a key was recorded lack it, and `decoder_from_record` reads them as a `simple` decoder.
 FILE_KEYS = {"name": "decoder", "arguments": "decoder_arguments", "state": "decoder_state"}
@@ -94,25 +94,22 @@ def log_segmenter_model(
     # in-process H×W×3 array into a DataFrame and refuses it. `read_images` checks instead.
     signature = ModelSignature(outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
     example = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    # MLflow's advice to log models from code is silenced: our pyfunc is an importable class,
-    # so cloudpickle stores a reference to it, not code.
-    logger = logging.getLogger("mlflow.pyfunc")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ARTIFACT
+    # MLflow's advice to log models from code is silenced (our pyfunc is an importable class, so
+    # cloudpickle stores a reference to it, not code), and its note on checking the example. A
+    # filter on those messages, not the logger's level, which threads logging at once could leave
+    # raised for good.
+    quiet = re.compile("using CloudPickle|Validating input example")
+    with tempfile.TemporaryDirectory() as tmp, suppress_logs("mlflow.pyfunc", quiet):
+        path = Path(tmp) / "segmenter.pt"
         torch.save(segmenter_state(encoder.cpu(), decoder.cpu(), image_size), path)
-        try:
-            return mlflow.pyfunc.log_model(
-                name=name,
-                python_model=SegmenterModel(),
-                artifacts={"segmenter": str(path)},
-                signature=signature,
-                input_example=example,
-                pip_requirements=_requirements(),
-            )
-        finally:
-            logger.setLevel(level)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=SegmenterModel(),
+            artifacts={"segmenter": str(path)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
 
 
 def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
