@@ -180,9 +180,7 @@ def predict(
 ) -> None:
     """Predict polyp masks (or maps) for IMAGE... (image files, folders or glob patterns), each
     at its image's original size, or --video FILE frame by frame; prints the files written."""
-    from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
-    from polypseg.outputs import check_output_dir
 
     if video is not None or not images:
         if video is None:
@@ -200,9 +198,6 @@ def predict(
         )
         typer.echo(f"{video}: {speed}\nprediction run {clip.run_id}: {clip.run_url}", err=True)
         return
-    # What predict refuses first, before it loads torch and mlflow (~5 s); it checks again.
-    check_output_dir(out)
-    collect_images(images)
     options = {"maps": maps, "engine": engine, "tta": tta}
     result = run_predict(model, images or [], out, overlay, tracking_uri, **options)
     typer.echo("\n".join(str(path) for path in result.written))

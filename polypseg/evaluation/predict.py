@@ -113,13 +113,14 @@ def predict(
     tta: str = "none",
 ) -> Prediction:
     """Write `<stem>.png` at each image's size (a 0/255 mask, or the 8-bit map), log one run."""
-    from polypseg.metrics import quantize_map
-    from polypseg.tracking.store import setup
-
     out_dir = check_output_dir(out_dir)
     images = collect_images(inputs)
     plan = plan_outputs(images, out_dir, overlay)
     refuse_bad_images(images)
+    # Only now torch and mlflow (~5 s): a refusal above answers at once.
+    from polypseg.metrics import quantize_map
+    from polypseg.tracking.store import setup
+
     setup(PREDICTION_EXPERIMENT, tracking_uri)
     predictor = load_predictor(model_uri, engine, tta)
     outputs, overlays, rows = [], [], []
