@@ -8,7 +8,6 @@ differences of mDice and mIoU get a paired-bootstrap interval and Wilcoxon's p
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polypseg.atomic import write_json
 from polypseg.data.split import DEFAULT_SEED
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.evaluate import Source, input_trees, score
@@ -146,14 +146,9 @@ def compare(
     named = sets[0].named
     run_id, run_url = _log(results, named, values, protocol)
     _record_on_versions(results, values, run_id)
-    comparison = Comparison(results, run_id, run_url)
     if out is not None:
-        from polypseg.atomic import atomic_path
-
-        with atomic_path(out, option="--out") as tmp:
-            document = results if named else next(iter(results.values()))
-            tmp.write_text(json.dumps(document, indent=2) + "\n")
-    return comparison
+        write_json(out, results if named else next(iter(results.values())), option="--out")
+    return Comparison(results, run_id, run_url)
 
 
 def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tuple[str, str]:
