@@ -11,6 +11,7 @@ are refused from the header; a frame size that changes is predicted at each fram
 from __future__ import annotations
 
 import csv
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,14 +120,9 @@ class OverlayWriter:
 
 
 def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
-    batch: list[tuple[float, np.ndarray]] = []
-    for item in reader:  # a batch is of one frame size
-        if batch and (len(batch) == size or item[1].shape != batch[0][1].shape):
+    for _, frames in itertools.groupby(reader, key=lambda item: item[1].shape):  # one size each
+        while batch := list(itertools.islice(frames, size)):
             yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
 
 
 def _run(predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, bar) -> int:
