@@ -39,12 +39,9 @@ class VideoPrediction:
     table: Path
     frames: int
     seconds: float
+    frames_per_second: float
     run_id: str
     run_url: str
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
 class FrameReader:
@@ -188,6 +185,7 @@ def predict_video(
                 why = f" ({reader.broken})" if reader.broken else ""
                 raise DataError(f"video {video} holds no frame to predict{why}")
             seconds = time.perf_counter() - start
+            speed = frames / seconds if seconds > 0 else 0.0
     finally:
         reader.close()
     import mlflow
@@ -197,7 +195,7 @@ def predict_video(
     params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
 
     def log() -> None:
-        mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
+        mlflow.log_metric("frames_per_second", speed)
         mlflow.log_artifact(str(table))
 
     run_id, run_url = log_prediction(predictor, video.stem, params, log)
@@ -206,4 +204,4 @@ def predict_video(
             f"video {video} breaks off after {frames} frames ({reader.broken}); the frames read "
             f"are in {overlay} and {table}"
         )
-    return VideoPrediction(overlay, table, frames, seconds, run_id, run_url)
+    return VideoPrediction(overlay, table, frames, seconds, speed, run_id, run_url)
