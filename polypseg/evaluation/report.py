@@ -82,8 +82,6 @@ def write_set(report: SetReport, into: Path | None = None) -> None:
 
 def check_report_folder(folder: Path) -> None:
     """Refuse a folder holding what no evaluation wrote (`--out .`): it is replaced whole."""
-    if folder.exists() and not folder.is_dir():
-        raise PolypsegError(f"--out {folder} is a file; give a folder for the reports")
     for entry in folder.iterdir() if folder.is_dir() else ():
         if entry.is_symlink() or not entry.is_file() or entry.suffix not in REPORT_SUFFIXES:
             raise PolypsegError(
