@@ -148,7 +148,6 @@ def predict_video(
     out_dir: str | Path,
     engine: str = "torch",
     tracking_uri: str | None = None,
-    progress: bool = True,
     tta: str = "none",
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
@@ -173,7 +172,7 @@ def predict_video(
             atomic_path(overlay, option="--out") as tmp_video,
             atomic_path(table, option="--out") as tmp_table,
             tmp_table.open("w", newline="") as rows,
-            progress_bar(enabled=progress, transient=True) as bar,
+            progress_bar(transient=True) as bar,
         ):
             writer = OverlayWriter(tmp_video, reader.width, reader.height, reader.rate)
             start = time.perf_counter()
