@@ -84,22 +84,19 @@ def _same_images(data: DataSet, sides: dict[str, Source], values: Sequence[str])
 def _compare_set(
     baseline: list[dict], candidate: list[dict], keys: tuple[str, str], resamples: int
 ) -> dict:
-    result: dict = {"n_images": len(baseline)}
-    per_side = {
-        side: {
-            name: np.array([r[key] for r in rows]) for name, key in zip(FIGURES, keys, strict=True)
-        }
+    # Per side, one row of per-image values for each of FIGURES.
+    values = {
+        side: np.array([[r[key] for r in rows] for key in keys])
         for side, rows in zip(SIDES, (baseline, candidate), strict=True)
     }
+    result: dict = {"n_images": len(baseline)}
     for side in SIDES:
-        result[side] = {name: float(values.mean()) for name, values in per_side[side].items()}
+        result[side] = dict(zip(FIGURES, values[side].mean(axis=1).tolist(), strict=True))
     result["delta"] = {
-        name: asdict(
-            paired_difference(per_side["baseline"][name], per_side["candidate"][name], resamples)
-        )
-        for name in FIGURES
+        name: asdict(paired_difference(values["baseline"][i], values["candidate"][i], resamples))
+        for i, name in enumerate(FIGURES)
     }
-    wins = np.sign(per_side["candidate"]["mdice"] - per_side["baseline"]["mdice"])
+    wins = np.sign(values["candidate"][0] - values["baseline"][0])  # by mDice
     result["candidate_better"] = int((wins > 0).sum())
     result["baseline_better"] = int((wins < 0).sum())
     return result
