@@ -96,6 +96,7 @@ def evaluate(
     _refuse_missing_roots(root or [])
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
+    options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta, "resamples": resamples}
     if sets is not None:
         from polypseg.evaluation.literature import evaluate_sets, set_roots
 
@@ -107,13 +108,10 @@ def evaluate(
                 f"{given}: --sets scores each set's PraNet test images under PraNet's protocol; "
                 "drop it, or score folders with --root NAME=DIR"
             )
-        options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta}
-        roots = set_roots(root or [], config)
-        result = evaluate_sets(model, sets, roots, out, resamples=resamples, **options)
+        result = evaluate_sets(model, sets, set_roots(root or [], config), out, **options)
     else:
-        options = {"predictions": predictions, "seed": seed, "engine": engine}
-        options.update(protocol=protocol or "default", tta=tta, resamples=resamples)
-        result = run_evaluate(model, root or [], split, out, tracking_uri=tracking_uri, **options)
+        options.update(predictions=predictions, seed=seed, protocol=protocol or "default")
+        result = run_evaluate(model, root or [], split, out, **options)
     stdout, notes = result.printout()
     typer.echo("\n".join(notes), err=True)
     typer.echo(stdout)
