@@ -191,5 +191,4 @@ def log_evaluation(
                 log_figure(report.figure, f"figures/{prefix}worst_cases.png")
         for path in tables or ():
             mlflow.log_artifact(str(path))
-    experiment_id = run.info.experiment_id
-    return run.info.run_id, f"{runs_url(experiment_id)}/{run.info.run_id}"
+    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
