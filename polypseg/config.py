@@ -198,10 +198,7 @@ def _validate(config: Config, origin: str) -> None:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise PolypsegError(f"{origin}: {key} = {flat[key]!r}; use one of {', '.join(choices)}")
-    try:
-        check_variants(config.data.augment, f"{origin}: data.augment")
-    except ValueError as err:
-        raise PolypsegError(str(err)) from None
+    check_variants(config.data.augment, f"{origin}: data.augment")
     _check_protocol(config.data, origin)
     if config.data.source == "local" and not config.data.root and config.data.protocol == "seed":
         raise PolypsegError(f"{origin}: data.source = 'local' needs data.root (the Kvasir folder)")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from polypseg.errors import PolypsegError
+
 if TYPE_CHECKING:  # config imports this module: importing it must not load torch
     import torch
 
@@ -55,8 +57,8 @@ def invert(x: Array, variant: str, axes: tuple[int, int] = (-2, -1)) -> Array:
 
 
 def check_variants(names: tuple[str, ...], where: str) -> None:
-    """A ValueError naming `where` unless every name is a variant other than the identity, once."""
+    """A PolypsegError naming `where` unless every name is a variant but the identity, once."""
     unknown = [name for name in names if name not in VARIANTS or name == IDENTITY]
     if unknown or len(set(names)) < len(names):
         choices = ", ".join(name for name in VARIANTS if name != IDENTITY)
-        raise ValueError(f"{where} = {list(names)}: name each of {choices} at most once")
+        raise PolypsegError(f"{where} = {list(names)}: name each of {choices} at most once")

@@ -1,8 +1,8 @@
 """Figures logged with every run: image | ground truth | prediction panels, and training curves.
 
-Built with the object-oriented API on an Agg canvas, never through pyplot: no display, no global
-backend, no shared figure list, so trials in threads can draw at once (pyplot is not
-thread-safe) and figures are freed when dropped.
+Built as plain `Figure`s (saved as PNG, matplotlib draws them with Agg), never through pyplot: no
+display, no global backend, no shared figure list, so trials in threads can draw at once (pyplot
+is not thread-safe) and figures are freed when dropped.
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ if TYPE_CHECKING:
 PRED_COLOUR = (0.1, 0.9, 0.2)  # green: prediction fill and contour
 TRUTH_COLOUR = (1.0, 0.15, 0.15)  # red: ground-truth contour
 PANEL_INCHES = 2.4
-
-
-def _agg_figure(width: float, height: float, layout: str) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
 
 
 def _contour(ax: Axes, mask: np.ndarray, colour: tuple[float, float, float]) -> None:
@@ -56,6 +47,8 @@ def mask_panel(
 ) -> Figure:
     """One row per H×W×3 uint8 image: the image | its H×W 0/1 mask | the prediction (mask or
     probabilities), contoured green at 0.5 and red for the truth."""
+    from matplotlib.figure import Figure
+
     n = len(images)
     if n == 0 or len(masks) != n or len(preds) != n:
         raise ValueError(
@@ -69,7 +62,7 @@ def mask_panel(
     # bands of blank paper above and below a panel of wider images.
     aspects = [image.shape[0] / image.shape[1] for image in images]
     height = sum(PANEL_INCHES * aspect + 0.3 for aspect in aspects) + 0.35 + (0.35 if title else 0)
-    figure = _agg_figure(3 * PANEL_INCHES, height, "compressed")
+    figure = Figure(figsize=(3 * PANEL_INCHES, height), dpi=100, layout="compressed")
     if title:
         figure.suptitle(title, fontsize=10)
     axes = figure.subplots(n, 3, squeeze=False, height_ratios=aspects)
@@ -106,9 +99,10 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
 
 def curves(history: list[dict[str, float]], title: str | None = None) -> Figure:
     """Losses and validation Dice/IoU of `fit`'s `history`, the best `val_dice`'s epoch marked."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = _agg_figure(9.0, 3.4 if title else 3.2, "tight")
+    figure = Figure(figsize=(9.0, 3.4 if title else 3.2), dpi=100, layout="tight")
     if title:
         figure.suptitle(title, fontsize=10)
     loss_ax, score_ax = figure.subplots(1, 2)

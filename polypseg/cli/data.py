@@ -149,14 +149,12 @@ def data_split(
         from polypseg.data.protocol import parse_set_roots, split_manifest
 
         manifest, counts = split_manifest(parse_set_roots(root), seed, _parse_ratios(ratios))
-        if out is not None:
-            write_json(out, manifest, option="--out")
-        typer.echo(counts)
-        return
-    if len(root) != 1:
+    elif len(root) != 1:
         raise PolypsegError("--root: one folder, or --protocol pranet with SET=DIR folders")
-    root = Path(root[0])
-    split = split_names([p.name for p in list_pairs(root)], seed, _parse_ratios(ratios))
+    else:
+        names = [p.name for p in list_pairs(Path(root[0]))]
+        split = split_names(names, seed, _parse_ratios(ratios))
+        manifest, counts = split.manifest(), split.summary()
     if out is not None:
-        write_json(out, split.manifest(), option="--out")
-    typer.echo(split.summary())
+        write_json(out, manifest, option="--out")
+    typer.echo(counts)

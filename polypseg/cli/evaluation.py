@@ -96,6 +96,7 @@ def evaluate(
     _refuse_missing_roots(root or [])
     from polypseg.evaluation.evaluate import evaluate as run_evaluate
 
+    options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta, "resamples": resamples}
     if sets is not None:
         from polypseg.evaluation.literature import evaluate_sets, set_roots
 
@@ -107,13 +108,10 @@ def evaluate(
                 f"{given}: --sets scores each set's PraNet test images under PraNet's protocol; "
                 "drop it, or score folders with --root NAME=DIR"
             )
-        options = {"tracking_uri": tracking_uri, "engine": engine, "tta": tta}
-        roots = set_roots(root or [], config)
-        result = evaluate_sets(model, sets, roots, out, resamples=resamples, **options)
+        result = evaluate_sets(model, sets, set_roots(root or [], config), out, **options)
     else:
-        options = {"predictions": predictions, "seed": seed, "engine": engine}
-        options.update(protocol=protocol or "default", tta=tta, resamples=resamples)
-        result = run_evaluate(model, root or [], split, out, tracking_uri=tracking_uri, **options)
+        options.update(predictions=predictions, seed=seed, protocol=protocol or "default")
+        result = run_evaluate(model, root or [], split, out, **options)
     stdout, notes = result.printout()
     typer.echo("\n".join(notes), err=True)
     typer.echo(stdout)
@@ -180,9 +178,7 @@ def predict(
 ) -> None:
     """Predict polyp masks (or maps) for IMAGE... (image files, folders or glob patterns), each
     at its image's original size, or --video FILE frame by frame; prints the files written."""
-    from polypseg.evaluation.predict import collect_images
     from polypseg.evaluation.predict import predict as run_predict
-    from polypseg.outputs import check_output_dir
 
     if video is not None or not images:
         if video is None:
@@ -200,9 +196,6 @@ def predict(
         )
         typer.echo(f"{video}: {speed}\nprediction run {clip.run_id}: {clip.run_url}", err=True)
         return
-    # What predict refuses first, before it loads torch and mlflow (~5 s); it checks again.
-    check_output_dir(out)
-    collect_images(images)
     options = {"maps": maps, "engine": engine, "tta": tta}
     result = run_predict(model, images or [], out, overlay, tracking_uri, **options)
     typer.echo("\n".join(str(path) for path in result.written))

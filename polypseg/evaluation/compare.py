@@ -8,7 +8,6 @@ differences of mDice and mIoU get a paired-bootstrap interval and Wilcoxon's p
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polypseg.atomic import write_json
 from polypseg.config import DataConfig
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.evaluate import Source, input_trees, score
@@ -84,22 +84,19 @@ def _same_images(data: DataSet, sides: dict[str, Source], values: Sequence[str])
 def _compare_set(
     baseline: list[dict], candidate: list[dict], keys: tuple[str, str], resamples: int
 ) -> dict:
-    result: dict = {"n_images": len(baseline)}
-    per_side = {
-        side: {
-            name: np.array([r[key] for r in rows]) for name, key in zip(FIGURES, keys, strict=True)
-        }
+    # Per side, one row of per-image values for each of FIGURES.
+    values = {
+        side: np.array([[r[key] for r in rows] for key in keys])
         for side, rows in zip(SIDES, (baseline, candidate), strict=True)
     }
+    result: dict = {"n_images": len(baseline)}
     for side in SIDES:
-        result[side] = {name: float(values.mean()) for name, values in per_side[side].items()}
+        result[side] = dict(zip(FIGURES, values[side].mean(axis=1).tolist(), strict=True))
     result["delta"] = {
-        name: asdict(
-            paired_difference(per_side["baseline"][name], per_side["candidate"][name], resamples)
-        )
-        for name in FIGURES
+        name: asdict(paired_difference(values["baseline"][i], values["candidate"][i], resamples))
+        for i, name in enumerate(FIGURES)
     }
-    wins = np.sign(per_side["candidate"]["mdice"] - per_side["baseline"]["mdice"])
+    wins = np.sign(values["candidate"][0] - values["baseline"][0])  # by mDice
     result["candidate_better"] = int((wins > 0).sum())
     result["baseline_better"] = int((wins < 0).sum())
     return result
@@ -146,14 +143,9 @@ def compare(
     named = sets[0].named
     run_id, run_url = _log(results, named, values, protocol)
     _record_on_versions(results, values, run_id)
-    comparison = Comparison(results, run_id, run_url)
     if out is not None:
-        from polypseg.atomic import atomic_path
-
-        with atomic_path(out, option="--out") as tmp:
-            document = results if named else next(iter(results.values()))
-            tmp.write_text(json.dumps(document, indent=2) + "\n")
-    return comparison
+        write_json(out, results if named else next(iter(results.values())), option="--out")
+    return Comparison(results, run_id, run_url)
 
 
 def _log(results: dict, named: bool, values: Sequence[str], protocol: str) -> tuple[str, str]:

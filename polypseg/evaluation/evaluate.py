@@ -170,19 +170,17 @@ def _check_outputs(
     folder: Path | None,
 ) -> None:
     """Every report writable, none among the inputs, no two with one name (a set named table)."""
-    outputs = []
-    for data, (json_path, csv_path, figure_path) in zip(sets, paths, strict=True):
-        outputs += [
-            (json_path, f"the summary of {data.name}"),
-            (csv_path, f"the per-image CSV of {data.name}"),
-            (figure_path, f"the worst cases of {data.name}"),
-        ]
+    labels = ("the summary", "the per-image CSV", "the worst cases")  # `_paths`' order
+    outputs = [
+        (path, f"{label} of {data.name}")
+        for data, where in zip(sets, paths, strict=True)
+        for path, label in zip(where, labels, strict=True)
+    ]
     if folder is not None:
         check_output_dir(folder)
         check_report_folder(folder)
     if folder is not None and sets[0].named:
-        markdown, table_csv = table_paths(folder)
-        outputs += [(markdown, "the table"), (table_csv, "the table's CSV")]
+        outputs += zip(table_paths(folder), ("the table", "the table's CSV"), strict=True)
     maps = {} if predictions is None else {Path(predictions): "the maps scored (--predictions)"}
     fix = "rename that data set (NAME=DIR)" if sets[0].named else "give --out a .json name"
     check_outputs(outputs, out or paths[0][0], fix, trees=input_trees(sets, maps))

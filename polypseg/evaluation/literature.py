@@ -26,17 +26,14 @@ ALL = "pranet"  # --sets pranet: the five sets, in the papers' column order
 
 
 def parse_sets(text: str) -> list[str]:
-    names = list(SETS) if text.strip() == ALL else []
-    for name in (part.strip() for part in text.split(",") if text.strip() != ALL):
-        if name not in SETS:
-            raise DataError(
-                f"--sets {text}: unknown data set {name!r}; use {ALL} (all five) or names among "
-                f"{', '.join(SETS)}"
-            )
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise DataError(f"--sets {text!r}: name at least one data set, or {ALL}")
+    if text.strip() == ALL:
+        return list(SETS)
+    names = list(dict.fromkeys(part.strip() for part in text.split(",")))
+    if unknown := [name for name in names if name not in SETS]:  # "" too: `--sets ''`, `a,,b`
+        raise DataError(
+            f"--sets {text}: unknown data set {unknown[0]!r}; use {ALL} (all five) or names among "
+            f"{', '.join(SETS)}"
+        )
     return names
 
 

@@ -113,26 +113,25 @@ def predict(
     tta: str = "none",
 ) -> Prediction:
     """Write `<stem>.png` at each image's size (a 0/255 mask, or the 8-bit map), log one run."""
-    from polypseg.metrics import quantize_map
-    from polypseg.tracking.store import setup
-
     out_dir = check_output_dir(out_dir)
     images = collect_images(inputs)
     plan = plan_outputs(images, out_dir, overlay)
     refuse_bad_images(images)
+    # Only now torch and mlflow (~5 s): a refusal above answers at once.
+    from polypseg.metrics import quantize_map
+    from polypseg.tracking.store import setup
+
     setup(PREDICTION_EXPERIMENT, tracking_uri)
     predictor = load_predictor(model_uri, engine, tta)
-    outputs, overlays, rows = [], [], []
+    rows = []
     for path, target, tinted in track(plan, f"predicting {len(images)} images"):
         image = read_image(path)
         proba = predictor.proba(image)
         mask = (proba >= predictor.threshold).astype(np.uint8)
         _save_png(quantize_map(proba) if maps else mask * 255, target)
-        outputs.append(target)
         row = {"input": str(path), "output": str(target), "foreground": float(mask.mean())}
         if tinted is not None:
             _save_png(tint(image, mask), tinted)
-            overlays.append(tinted)
             row["overlay"] = str(tinted)
         rows.append(row)
     import mlflow
@@ -143,7 +142,8 @@ def predict(
     run_id, run_url = log_prediction(
         predictor, out.name, params, lambda: mlflow.log_dict(record, "predictions.json")
     )
-    return Prediction(outputs + overlays, run_id, run_url)
+    written = [target for _, target, _ in plan] + [tinted for *_, tinted in plan if tinted]
+    return Prediction(written, run_id, run_url)
 
 
 def log_prediction(

@@ -82,8 +82,6 @@ def write_set(report: SetReport, into: Path | None = None) -> None:
 
 def check_report_folder(folder: Path) -> None:
     """Refuse a folder holding what no evaluation wrote (`--out .`): it is replaced whole."""
-    if folder.exists() and not folder.is_dir():
-        raise PolypsegError(f"--out {folder} is a file; give a folder for the reports")
     for entry in folder.iterdir() if folder.is_dir() else ():
         if entry.is_symlink() or not entry.is_file() or entry.suffix not in REPORT_SUFFIXES:
             raise PolypsegError(
@@ -193,5 +191,4 @@ def log_evaluation(
                 log_figure(report.figure, f"figures/{prefix}worst_cases.png")
         for path in tables or ():
             mlflow.log_artifact(str(path))
-    experiment_id = run.info.experiment_id
-    return run.info.run_id, f"{runs_url(experiment_id)}/{run.info.run_id}"
+    return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

@@ -11,6 +11,7 @@ are refused from the header; a frame size that changes is predicted at each fram
 from __future__ import annotations
 
 import csv
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,12 +39,9 @@ class VideoPrediction:
     table: Path
     frames: int
     seconds: float
+    frames_per_second: float
     run_id: str
     run_url: str
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
 class FrameReader:
@@ -119,14 +117,9 @@ class OverlayWriter:
 
 
 def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
-    batch: list[tuple[float, np.ndarray]] = []
-    for item in reader:  # a batch is of one frame size
-        if batch and (len(batch) == size or item[1].shape != batch[0][1].shape):
+    for _, frames in itertools.groupby(reader, key=lambda item: item[1].shape):  # one size each
+        while batch := list(itertools.islice(frames, size)):
             yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
 
 
 def _run(predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, bar) -> int:
@@ -155,7 +148,6 @@ def predict_video(
     out_dir: str | Path,
     engine: str = "torch",
     tracking_uri: str | None = None,
-    progress: bool = True,
     tta: str = "none",
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
@@ -180,7 +172,7 @@ def predict_video(
             atomic_path(overlay, option="--out") as tmp_video,
             atomic_path(table, option="--out") as tmp_table,
             tmp_table.open("w", newline="") as rows,
-            progress_bar(enabled=progress, transient=True) as bar,
+            progress_bar(transient=True) as bar,
         ):
             writer = OverlayWriter(tmp_video, reader.width, reader.height, reader.rate)
             start = time.perf_counter()
@@ -192,6 +184,7 @@ def predict_video(
                 why = f" ({reader.broken})" if reader.broken else ""
                 raise DataError(f"video {video} holds no frame to predict{why}")
             seconds = time.perf_counter() - start
+            speed = frames / seconds if seconds > 0 else 0.0
     finally:
         reader.close()
     import mlflow
@@ -201,7 +194,7 @@ def predict_video(
     params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
 
     def log() -> None:
-        mlflow.log_metric("frames_per_second", frames / seconds if seconds > 0 else 0.0)
+        mlflow.log_metric("frames_per_second", speed)
         mlflow.log_artifact(str(table))
 
     run_id, run_url = log_prediction(predictor, video.stem, params, log)
@@ -210,4 +203,4 @@ def predict_video(
             f"video {video} breaks off after {frames} frames ({reader.broken}); the frames read "
             f"are in {overlay} and {table}"
         )
-    return VideoPrediction(overlay, table, frames, seconds, run_id, run_url)
+    return VideoPrediction(overlay, table, frames, seconds, speed, run_id, run_url)

@@ -100,6 +100,8 @@ def to_onnx(graph: ExportGraph, example: torch.Tensor, metadata: dict[str, str])
 def parity(path: Path, graph: ExportGraph, batch: np.ndarray) -> float:
     """Largest |p_onnx − p_torch| over the probabilities and sigmoid(logits), the whole batch
     (two images or more) at once and each image alone: the dynamic batch at two sizes."""
+    from scipy.special import expit
+
     session = open_session(path)
     with torch.no_grad():
         want = [t.numpy() for t in graph(torch.from_numpy(batch))]
@@ -110,13 +112,9 @@ def parity(path: Path, graph: ExportGraph, batch: np.ndarray) -> float:
         worst = max(
             worst,
             float(np.abs(probabilities - want[0][rows]).max()),
-            float(np.abs(_sigmoid(logits) - _sigmoid(want[1][rows])).max()),
+            float(np.abs(expit(logits) - expit(want[1][rows])).max()),
         )
     return worst
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x.astype(np.float64)))
 
 
 def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> list[Path]:

@@ -35,7 +35,6 @@ PANEL_IMAGES = 4
 SPREAD = {"val_dice": "best_val_dice", "test_dice": "test_dice"}  # figure: the metric it spreads
 EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "epoch_train_s", "epoch_val_s")
 FLUSH_S = 10.0  # a long run still shows its progress in the UI within this many seconds
-BATCH_LIMIT = 1000  # metrics per MLflow log_batch call (the REST API's limit)
 
 
 class EpochLog:
@@ -55,9 +54,8 @@ class EpochLog:
             self.flush()
 
     def flush(self) -> None:
-        client = mlflow.MlflowClient()
-        for start in range(0, len(self.pending), BATCH_LIMIT):
-            client.log_batch(self.run_id, metrics=self.pending[start : start + BATCH_LIMIT])
+        # MLflow splits a batch into calls the REST API takes (1000 metrics each) itself.
+        mlflow.MlflowClient().log_batch(self.run_id, metrics=self.pending)
         self.pending, self.sent_at = [], time.monotonic()
 
 
