@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from polypseg.config import load_config
 from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
-from polypseg.tracking.ending import kill_orphaned_runs
+from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.store import setup
 from polypseg.tuning.storage import (
     _with_installed_driver,
@@ -391,7 +391,7 @@ def test_runs_left_running_by_a_dead_worker_are_ended(mlflow_store: str) -> None
             "mlflow.parentRunId": parent,
         }
         runs[trial.number] = client.create_run(experiment_id, tags=tags).info.run_id
-    assert kill_orphaned_runs(study, experiment_id) == 1
+    assert sorted(kill_dead_runs(experiment_id, study)) == sorted([runs[dead.number], parent])
     ended = client.get_run(runs[dead.number])
     assert ended.info.status == "KILLED" and ended.data.tags["optuna.trial_state"] == "FAIL"
     assert client.get_run(parent).info.status == "KILLED"

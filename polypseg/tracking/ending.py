@@ -5,8 +5,8 @@ left RUNNING. A trial's run ends as its trial does, through one mapping, `trial_
 shape of optuna-integration's `MLflowCallback`: written in one place, from the trial's final
 state), however the trial ended. A dead worker cannot end its own runs: each run records its
 worker (`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends a dead
-worker's runs KILLED: `kill_dead_runs` over one experiment, `kill_trial_run` when a trial is
-failed for its dead worker, `kill_orphaned_runs` for runs whose trial is already over.
+worker's runs KILLED: `kill_dead_runs` over one experiment (and the runs of a study's trials
+that are already over), `kill_trial_run` when a trial is failed for its dead worker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import mlflow
 
 from polypseg.errors import first_line
-from polypseg.processes import WORKER_KEY, Worker, heartbeat_settings
+from polypseg.processes import Worker, heartbeat_settings
 
 if TYPE_CHECKING:
     import optuna
@@ -78,16 +78,23 @@ def _last_beat(run: mlflow.entities.Run) -> float:
         return run.info.start_time / 1000
 
 
-def kill_dead_runs(experiment_id: str) -> list[str]:
-    """End KILLED (a trial's run tagged FAIL) every RUNNING run of the experiment whose worker
-    is gone (`Worker.is_gone`); returns their ids. Runs that record no worker (another tool's)
-    and other experiments (other people's, on a shared server) are left alone."""
+def kill_dead_runs(experiment_id: str, study: optuna.Study | None = None) -> list[str]:
+    """End KILLED the experiment's RUNNING runs whose worker is gone (`Worker.is_gone`), a trial's
+    tagged FAIL, and those of the `study`'s trials that are over, tagged with the trial's state,
+    with their parent runs: a live worker ends a trial's run before it tells the study, so these
+    are a dead worker's, even one that recorded no worker. Other runs that record no worker
+    (another tool's) and other experiments (other people's, on a shared server) are left alone.
+    Returns the ids of the runs ended."""
     from mlflow.exceptions import MlflowException
 
     _, grace = heartbeat_settings()
-    client = mlflow.MlflowClient()
+    over = {  # (study, trial number): the state of each trial that is over
+        (study.study_name, str(t.number)): t.state.name
+        for t in (study.get_trials(deepcopy=False) if study is not None else ())
+        if t.state.is_finished()
+    }
     try:
-        running = mlflow.search_runs(
+        found = mlflow.search_runs(
             experiment_ids=[experiment_id],
             filter_string="attributes.status = 'RUNNING'",
             output_format="list",
@@ -95,58 +102,41 @@ def kill_dead_runs(experiment_id: str) -> list[str]:
     except MlflowException as err:  # a flaky server: the next invocation sweeps again
         log.warning("could not look for runs of dead workers: %s", first_line(err))
         return []
-    ended = []
-    for run in running:
-        worker = Worker.from_tags(run.data.tags)
-        if worker is None or not worker.is_gone(_last_beat(run), grace):
-            continue
-        run_id = run.info.run_id
-        is_trial = NUMBER_TAG in run.data.tags
+    running = {run.info.run_id: run for run in found}
+    dead: dict[str, RunEnd] = {}
+    for run_id, run in running.items():
+        tags, worker = run.data.tags, Worker.from_tags(run.data.tags)
+        if (state := over.get((tags.get(STUDY_TAG), tags.get(NUMBER_TAG)))) is not None:
+            dead[run_id] = trial_run_end(state, killed=True)
+            if (parent := tags.get("mlflow.parentRunId")) in running:
+                dead.setdefault(parent, KILLED)
+        elif worker is not None and worker.is_gone(_last_beat(run), grace):
+            dead[run_id] = trial_run_end("FAIL", killed=True) if NUMBER_TAG in tags else KILLED
+    client, ended = mlflow.MlflowClient(), []
+    for run_id, end in dead.items():
         try:
-            _end_other(client, run_id, trial_run_end("FAIL", killed=True) if is_trial else KILLED)
+            _end_other(client, run_id, end)
         except MlflowException as err:
             log.warning("could not end run %s of a dead worker: %s", run_id, first_line(err))
             continue
-        log.warning("ended run %s KILLED: its worker %s is gone", run_id, worker.tags()[WORKER_KEY])
+        log.warning("ended run %s of a dead worker KILLED", run_id)
         ended.append(run_id)
     return ended
 
 
-def kill_trial_run(run_id: str, state: str = "FAIL") -> None:
-    """End a dead worker's trial run KILLED, tagged with its trial's `state`, and its parent run
-    KILLED too: neither will end by itself."""
+def kill_trial_run(run_id: str) -> None:
+    """End a dead worker's trial run KILLED, tagged FAIL as its trial, and its parent run KILLED
+    too: neither will end by itself."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
         if run.info.status == "RUNNING":
-            _end_other(client, run_id, trial_run_end(state, killed=True))
+            _end_other(client, run_id, trial_run_end("FAIL", killed=True))
             log.warning("ended run %s of a dead worker KILLED", run_id)
         parent = run.data.tags.get("mlflow.parentRunId")
         if parent and client.get_run(parent).info.status == "RUNNING":
             _end_other(client, parent, KILLED)
     except MlflowException as err:  # the tracking server is down: the sweep will retry later
         log.warning("could not end run %s of a dead worker: %s", run_id, err)
-
-
-def kill_orphaned_runs(study: optuna.Study, experiment_id: str) -> int:
-    """`kill_trial_run` for the study's trial runs left RUNNING although their trial is over:
-    a live worker ends a trial's run before it tells the study, so these are a dead worker's,
-    even one that recorded no worker. Returns how many were ended."""
-    finished = {
-        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-    }
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{STUDY_TAG}` = '{study.study_name}' and attributes.status = "
-        "'RUNNING'",
-        output_format="list",
-    )
-    ended = 0
-    for run in runs:
-        number = run.data.tags.get(NUMBER_TAG)
-        if number is not None and (state := finished.get(int(number))) is not None:
-            kill_trial_run(run.info.run_id, state)
-            ended += 1
-    return ended
