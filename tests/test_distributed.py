@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from polypseg.config import load_config
 from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
-from polypseg.tracking.ending import kill_orphaned_runs
+from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.store import setup
 from polypseg.tuning.storage import (
     _with_installed_driver,
@@ -380,20 +380,24 @@ def test_runs_left_running_by_a_dead_worker_are_ended(mlflow_store: str) -> None
     experiment_id = setup("orphans")
     client = MlflowClient()
     study = optuna.create_study(study_name="s")
-    dead, alive = study.ask(), study.ask()
+    dead, alive, done = study.ask(), study.ask(), study.ask()
     study.tell(dead, state=TrialState.FAIL)
+    study.tell(done, 0.5)  # over, but its run left RUNNING
     parent = client.create_run(experiment_id, tags={"optuna.study_name": "s"}).info.run_id
     runs = {}
-    for trial in (dead, alive):
+    for trial in (dead, alive, done):
         tags = {
             "optuna.study_name": "s",
             "optuna.trial_number": str(trial.number),
             "mlflow.parentRunId": parent,
         }
         runs[trial.number] = client.create_run(experiment_id, tags=tags).info.run_id
-    assert kill_orphaned_runs(study, experiment_id) == 1
+    ended_ids = [runs[dead.number], runs[done.number], parent]
+    assert sorted(kill_dead_runs(experiment_id, study)) == sorted(ended_ids)
     ended = client.get_run(runs[dead.number])
     assert ended.info.status == "KILLED" and ended.data.tags["optuna.trial_state"] == "FAIL"
+    ended = client.get_run(runs[done.number])
+    assert ended.info.status == "KILLED" and ended.data.tags["optuna.trial_state"] == "COMPLETE"
     assert client.get_run(parent).info.status == "KILLED"
     assert client.get_run(runs[alive.number]).info.status == "RUNNING"  # its trial still runs
 

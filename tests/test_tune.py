@@ -35,21 +35,20 @@ def _children(parent_id: str) -> list:
 
 
 @pytest.mark.parametrize(
-    ("state", "killed", "status"),
+    ("error", "state", "status"),
     [
-        ("COMPLETE", False, "FINISHED"),
-        ("PRUNED", False, "FINISHED"),  # a pruned trial did what was asked
-        ("FAIL", False, "FAILED"),
-        ("FAIL", True, "KILLED"),  # Ctrl-C, SIGTERM or a dead worker
-        ("COMPLETE", True, "KILLED"),  # a run its dead worker left RUNNING, the trial over
+        (None, "COMPLETE", "FINISHED"),
+        (optuna.TrialPruned(), "PRUNED", "FINISHED"),  # a pruned trial did what was asked
+        (ValueError("x"), "FAIL", "FAILED"),
+        (KeyboardInterrupt(), "FAIL", "KILLED"),  # Ctrl-C or SIGTERM
     ],
 )
-def test_a_trial_run_ends_as_its_trial_did(state: str, killed: bool, status: str) -> None:
-    end = trial_run_end(state, killed=killed)
-    assert end.status == status and end.tags == {"optuna.trial_state": state}
-    assert (
-        trial_run_end("FAIL", reason="ValueError: x").tags["optuna.fail_reason"] == "ValueError: x"
-    )
+def test_a_trial_run_ends_as_its_trial_did(
+    error: BaseException | None, state: str, status: str
+) -> None:
+    end = trial_run_end(error)
+    reason = {"optuna.fail_reason": "ValueError: x"} if status == "FAILED" else {}
+    assert end.status == status and end.tags == {"optuna.trial_state": state, **reason}
 
 
 def test_second_invocation_resumes_the_study(

@@ -1,12 +1,12 @@
 """How a run ends, and the runs of workers that died.
 
 A run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, its worker died), never
-left RUNNING. A trial's run ends as its trial does, through one mapping, `trial_run_end` (the
-shape of optuna-integration's `MLflowCallback`: written in one place, from the trial's final
-state), however the trial ended. A dead worker cannot end its own runs: each run records its
+left RUNNING. A trial's run is tagged with its trial's final state, however the trial ended (the
+shape of optuna-integration's `MLflowCallback`): by its worker through `trial_run_end`, or by
+whoever ends a dead worker's runs. A dead worker cannot end its own runs: each run records its
 worker (`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends a dead
-worker's runs KILLED: `kill_dead_runs` over one experiment, `kill_trial_run` when a trial is
-failed for its dead worker, `kill_orphaned_runs` for runs whose trial is already over.
+worker's runs KILLED: `kill_dead_runs` over one experiment (and the runs of a study's trials
+that are already over), `kill_trial_run` when a trial is failed for its dead worker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import mlflow
 
 from polypseg.errors import first_line
-from polypseg.processes import WORKER_KEY, Worker, heartbeat_settings
+from polypseg.processes import Worker, heartbeat_settings
 
 if TYPE_CHECKING:
     import optuna
@@ -33,11 +33,8 @@ class RunEnd(NamedTuple):
     tags: dict[str, str]  # written as the run ends
 
 
-KILLED = RunEnd("KILLED", {})  # a run that is not a trial's, of a worker that died
-
-
 def run_end(err: BaseException | None) -> RunEnd:
-    """A plain run's end from what its block raised (None: nothing)."""
+    """A run's end from what its block raised (None: nothing): Ctrl-C or SIGTERM is KILLED."""
     if err is None:
         return RunEnd("FINISHED", {})
     return RunEnd("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", {})
@@ -48,15 +45,17 @@ def trial_run_tags(study_name: str, number: int) -> dict[str, str]:
     return {STUDY_TAG: study_name, NUMBER_TAG: str(number), STATE_TAG: "RUNNING"}
 
 
-def trial_run_end(state: str, *, killed: bool = False, reason: str | None = None) -> RunEnd:
-    """A trial's run end from its trial's final state (a `TrialState` name): a pruned trial did
-    what was asked (FINISHED), FAIL is FAILED with its `reason`, and `killed` (Ctrl-C, SIGTERM,
-    a dead worker) is KILLED whatever the state."""
-    status = "KILLED" if killed else "FAILED" if state == "FAIL" else "FINISHED"
-    tags = {STATE_TAG: state}
-    if reason is not None:
-        tags["optuna.fail_reason"] = reason
-    return RunEnd(status, tags)
+def trial_run_end(err: BaseException | None) -> RunEnd:
+    """`run_end`, tagged with the state the worker then tells the study (`Study.optimize`'s
+    rule): a pruned trial did what was asked (FINISHED), a failed one records why."""
+    import optuna
+
+    if isinstance(err, optuna.TrialPruned):
+        return RunEnd("FINISHED", {STATE_TAG: "PRUNED"})
+    end = run_end(err)
+    if end.status == "FAILED":
+        return RunEnd(end.status, {STATE_TAG: "FAIL", "optuna.fail_reason": fail_reason(err)})
+    return RunEnd(end.status, {STATE_TAG: "COMPLETE" if err is None else "FAIL"})
 
 
 def fail_reason(err: BaseException) -> str:
@@ -64,10 +63,11 @@ def fail_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"[:500]
 
 
-def _end_other(client: mlflow.MlflowClient, run_id: str, end: RunEnd) -> None:
-    for key, value in end.tags.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, end.status)
+def _kill(client: mlflow.MlflowClient, run_id: str, state: str | None) -> None:
+    """End a dead worker's run KILLED, a trial's tagged with its trial's `state`."""
+    if state is not None:
+        client.set_tag(run_id, STATE_TAG, state)
+    client.set_terminated(run_id, "KILLED")
 
 
 def _last_beat(run: mlflow.entities.Run) -> float:
@@ -78,16 +78,23 @@ def _last_beat(run: mlflow.entities.Run) -> float:
         return run.info.start_time / 1000
 
 
-def kill_dead_runs(experiment_id: str) -> list[str]:
-    """End KILLED (a trial's run tagged FAIL) every RUNNING run of the experiment whose worker
-    is gone (`Worker.is_gone`); returns their ids. Runs that record no worker (another tool's)
-    and other experiments (other people's, on a shared server) are left alone."""
+def kill_dead_runs(experiment_id: str, study: optuna.Study | None = None) -> list[str]:
+    """End KILLED the experiment's RUNNING runs whose worker is gone (`Worker.is_gone`), a trial's
+    tagged FAIL, and those of the `study`'s trials that are over, tagged with the trial's state,
+    with their parent runs: a live worker ends a trial's run before it tells the study, so these
+    are a dead worker's, even one that recorded no worker. Other runs that record no worker
+    (another tool's) and other experiments (other people's, on a shared server) are left alone.
+    Returns the ids of the runs ended."""
     from mlflow.exceptions import MlflowException
 
     _, grace = heartbeat_settings()
-    client = mlflow.MlflowClient()
+    over = {  # (study, trial number): the state of each trial that is over
+        (study.study_name, str(t.number)): t.state.name
+        for t in (study.get_trials(deepcopy=False) if study is not None else ())
+        if t.state.is_finished()
+    }
     try:
-        running = mlflow.search_runs(
+        found = mlflow.search_runs(
             experiment_ids=[experiment_id],
             filter_string="attributes.status = 'RUNNING'",
             output_format="list",
@@ -95,58 +102,41 @@ def kill_dead_runs(experiment_id: str) -> list[str]:
     except MlflowException as err:  # a flaky server: the next invocation sweeps again
         log.warning("could not look for runs of dead workers: %s", first_line(err))
         return []
-    ended = []
-    for run in running:
-        worker = Worker.from_tags(run.data.tags)
-        if worker is None or not worker.is_gone(_last_beat(run), grace):
-            continue
-        run_id = run.info.run_id
-        is_trial = NUMBER_TAG in run.data.tags
+    running = {run.info.run_id: run for run in found}
+    dead: dict[str, str | None] = {}  # run id: its trial's state (None: not a trial's run)
+    for run_id, run in running.items():
+        tags, worker = run.data.tags, Worker.from_tags(run.data.tags)
+        if (state := over.get((tags.get(STUDY_TAG), tags.get(NUMBER_TAG)))) is not None:
+            dead[run_id] = state
+            if (parent := tags.get("mlflow.parentRunId")) in running:
+                dead.setdefault(parent, None)
+        elif worker is not None and worker.is_gone(_last_beat(run), grace):
+            dead[run_id] = "FAIL" if NUMBER_TAG in tags else None
+    client, ended = mlflow.MlflowClient(), []
+    for run_id, state in dead.items():
         try:
-            _end_other(client, run_id, trial_run_end("FAIL", killed=True) if is_trial else KILLED)
+            _kill(client, run_id, state)
         except MlflowException as err:
             log.warning("could not end run %s of a dead worker: %s", run_id, first_line(err))
             continue
-        log.warning("ended run %s KILLED: its worker %s is gone", run_id, worker.tags()[WORKER_KEY])
+        log.warning("ended run %s of a dead worker KILLED", run_id)
         ended.append(run_id)
     return ended
 
 
-def kill_trial_run(run_id: str, state: str = "FAIL") -> None:
-    """End a dead worker's trial run KILLED, tagged with its trial's `state`, and its parent run
-    KILLED too: neither will end by itself."""
+def kill_trial_run(run_id: str) -> None:
+    """End a dead worker's trial run KILLED, tagged FAIL as its trial, and its parent run KILLED
+    too: neither will end by itself."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
         if run.info.status == "RUNNING":
-            _end_other(client, run_id, trial_run_end(state, killed=True))
+            _kill(client, run_id, "FAIL")
             log.warning("ended run %s of a dead worker KILLED", run_id)
         parent = run.data.tags.get("mlflow.parentRunId")
         if parent and client.get_run(parent).info.status == "RUNNING":
-            _end_other(client, parent, KILLED)
+            _kill(client, parent, None)
     except MlflowException as err:  # the tracking server is down: the sweep will retry later
         log.warning("could not end run %s of a dead worker: %s", run_id, err)
-
-
-def kill_orphaned_runs(study: optuna.Study, experiment_id: str) -> int:
-    """`kill_trial_run` for the study's trial runs left RUNNING although their trial is over:
-    a live worker ends a trial's run before it tells the study, so these are a dead worker's,
-    even one that recorded no worker. Returns how many were ended."""
-    finished = {
-        t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-    }
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{STUDY_TAG}` = '{study.study_name}' and attributes.status = "
-        "'RUNNING'",
-        output_format="list",
-    )
-    ended = 0
-    for run in runs:
-        number = run.data.tags.get(NUMBER_TAG)
-        if number is not None and (state := finished.get(int(number))) is not None:
-            kill_trial_run(run.info.run_id, state)
-            ended += 1
-    return ended

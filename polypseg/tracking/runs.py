@@ -32,34 +32,23 @@ def tracked_run(
     tags = {**Worker.current().tags(), **(start_kwargs.pop("tags", None) or {})}
     try:
         run = mlflow.start_run(tags=tags, **start_kwargs)
-    except Exception as err:
-        _raise_refused(err)
-        raise
-    try:
-        with _beating(run.info.run_id):
-            yield run
-    except BaseException as err:
-        end = ending(err)
         try:
-            _end_active(end)
-        except Exception as refused:
-            # The store refused even that (a full disk): the error that got us here is the one
-            # to report, and the next invocation ends the run KILLED.
-            log.info("could not end the run %s: %s", end.status, first_line(refused))
-        if end.status == "FAILED":
-            _raise_refused(err)
-        raise
-    try:
+            with _beating(run.info.run_id):
+                yield run
+        except BaseException as err:
+            end = ending(err)
+            try:
+                _end_active(end)
+            except Exception as refused:
+                # The store refused even that (a full disk): the error that got us here is the
+                # one to report, and the next invocation ends the run KILLED.
+                log.info("could not end the run %s: %s", end.status, first_line(refused))
+            raise
         _end_active(ending(None))
-    except Exception as err:
-        _raise_refused(err)
+    except Exception as err:  # not Ctrl-C: that stays an interrupt, whatever it interrupted
+        if (store := store_error(err)) is not None:
+            raise store from None
         raise
-
-
-def _raise_refused(err: BaseException) -> None:
-    refused = store_error(err)
-    if refused is not None:
-        raise refused from None
 
 
 def _end_active(end: RunEnd) -> None:

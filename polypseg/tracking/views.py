@@ -71,7 +71,8 @@ def _charts(metric: str, params: list[str]) -> tuple[list[dict], list[dict]]:
 
 def study_view_state(study_name: str, params: list[str], metric: str, direction: str) -> dict:
     """The runs page's state (search facets and UI state) that compares the study's trials,
-    best first: by `best_<metric>`, ascending for a metric the study minimizes."""
+    best first: by `best_<metric>`, ascending for a metric the study minimizes. The UI lays a
+    saved view over its defaults, so only what differs from them is written."""
     best = f"best_{metric}"
     charts, sections = _charts(metric, params)
     return {
@@ -81,10 +82,6 @@ def study_view_state(study_name: str, params: list[str], metric: str, direction:
         ),
         "orderByKey": f"metrics.`{best}`",
         "orderByAsc": direction == "minimize",
-        "startTime": "ALL",
-        "lifecycleFilter": "Active",
-        "datasetsFilter": [],
-        "modelVersionFilter": "All Runs",
         "selectedColumns": [
             "tags.`optuna.trial_state`",
             f"metrics.`{best}`",
@@ -99,24 +96,17 @@ def study_view_state(study_name: str, params: list[str], metric: str, direction:
 
 
 def save_study_view(
-    experiment_id: str,
-    study_name: str,
-    params: list[str],
-    metric: str,
-    direction: str,
+    experiment_id: str, study_name: str, params: list[str], metric: str, direction: str
 ) -> str:
-    """Write the study's saved view in the experiment, unless the same is saved; returns its
-    id."""
+    """Write the study's saved view in the experiment, unless the same is saved; returns its id."""
     key = view_key(study_name)
     state = json.dumps(study_view_state(study_name, params, metric, direction), sort_keys=True)
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
-    saved: dict[str, Any] = {}
-    if VIEW_TAG_PREFIX + key in tags:
-        try:
-            saved = json.loads(tags[VIEW_TAG_PREFIX + key])
-        except ValueError:  # written by hand or by another tool: ours replaces it
-            saved = {}
+    try:
+        saved: dict[str, Any] = json.loads(tags.get(VIEW_TAG_PREFIX + key, "{}"))
+    except ValueError:  # written by hand or by another tool: ours replaces it
+        saved = {}
     if saved.get("state") == state:
         return key
     now = int(time.time() * 1000)

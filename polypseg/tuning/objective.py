@@ -15,7 +15,7 @@ import torch
 from polypseg.config import Config
 from polypseg.features.prepare import Prepared
 from polypseg.progress import epoch_lines
-from polypseg.tracking.ending import RunEnd, fail_reason, trial_run_end, trial_run_tags
+from polypseg.tracking.ending import trial_run_end, trial_run_tags
 from polypseg.tracking.runs import tracked_run
 from polypseg.training.run import train_and_log
 from polypseg.tuning.spec import StudySpec
@@ -26,17 +26,6 @@ def _trial_device(prepared: Prepared, trial: optuna.Trial) -> torch.device:
     if prepared.device.type == "cuda" and torch.cuda.device_count() > 1:
         return torch.device("cuda", trial.number % torch.cuda.device_count())
     return prepared.device
-
-
-def _trial_run_end(err: BaseException | None) -> RunEnd:
-    """The state the worker then tells the study (`Study.optimize`'s rule); Ctrl-C: KILLED."""
-    if err is None:
-        return trial_run_end("COMPLETE")
-    if isinstance(err, optuna.TrialPruned):
-        return trial_run_end("PRUNED")
-    if isinstance(err, KeyboardInterrupt):
-        return trial_run_end("FAIL", killed=True)
-    return trial_run_end("FAIL", reason=fail_reason(err))
 
 
 def _kept_value(history: list[dict[str, float]], best_epoch: int, metric: str) -> float:
@@ -57,7 +46,7 @@ def make_objective(
                 raise optuna.TrialPruned(f"pruned at epoch {int(metrics['epoch'])}")
 
         with tracked_run(
-            ending=_trial_run_end,
+            ending=trial_run_end,
             run_name=f"trial-{trial.number}",
             parent_run_id=parent_run_id,
             nested=True,  # needed when the parent is active in this thread; other threads

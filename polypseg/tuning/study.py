@@ -23,7 +23,7 @@ from polypseg.config import Config
 from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
 from polypseg.progress import trial_lines
-from polypseg.tracking.ending import kill_dead_runs, kill_orphaned_runs
+from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.names import check_names
 from polypseg.tracking.runs import tracked_run
 from polypseg.tracking.store import (
@@ -201,7 +201,7 @@ def _recover_dead_workers(shared: SharedStudy, experiment_id: str) -> None:
     fail_stale_trials(shared.study)
     with shared.lock():
         shared.fail_dead_trials()
-    kill_orphaned_runs(shared.study, experiment_id)
+    kill_dead_runs(experiment_id, shared.study)
 
 
 def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
@@ -250,8 +250,7 @@ def _run_trials(
     tracker = _Progress(total, progress)
     with tracker.bar:
         run_worker(shared, objective, workers, callbacks=[trial_lines(progress), tracker])
-    kill_orphaned_runs(shared.study, experiment_id)  # left by workers that died meanwhile
-    kill_dead_runs(experiment_id)  # parent runs of workers that died between trials
+    kill_dead_runs(experiment_id, shared.study)  # left by workers that died meanwhile
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
 
 
