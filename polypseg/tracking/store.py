@@ -22,7 +22,7 @@ import mlflow
 from polypseg.atomic import refused_write, remedy
 from polypseg.errors import StoreError
 from polypseg.outputs import unwritable
-from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import file_lock, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
 from polypseg.tracking.names import check_experiment
@@ -125,26 +125,10 @@ def check_tracking_uri(uri: str) -> None:
         )
     if scheme in ("http", "https"):
         _check_server(uri)
-    if scheme == "sqlite":
-        _check_sqlite_file(uri)
-
-
-def _check_sqlite_file(uri: str) -> None:
-    path = uri.partition("://")[2].partition("?")[0]
-    if path in ("", "/") or ":memory:" in uri or "mode=memory" in uri:
-        what = "no file" if path == "/" else "an in-memory database: its runs would vanish at exit"
+    if scheme == "sqlite" and (kind := not_a_file(uri)) is not None:
         raise StoreError(
-            f"tracking URI {uri} names {what}; name the database file, like "
+            f"tracking URI {uri} names {kind}; name the database file, like "
             "sqlite:///mlruns/mlflow.db"
-        )
-    database = sqlite_file(uri)
-    if database is None:  # a driver's URI (`sqlite+pysqlite:///...`): SQLAlchemy reads it
-        return
-    if database.is_dir() or (database.exists() and not database.is_file()):
-        kind = "a folder" if database.is_dir() else "not a regular file"
-        raise StoreError(
-            f"tracking URI {uri}: {database} is {kind}; name the database file, like "
-            f"sqlite:///{database / 'mlflow.db' if database.is_dir() else 'mlruns/mlflow.db'}"
         )
 
 

@@ -30,7 +30,7 @@ from polypseg.atomic import refused_write, remedy
 from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
-from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import SQLITE_PREFIX, file_lock, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
 from polypseg.tracking.store import build_aside, mask_password
 
@@ -98,35 +98,20 @@ def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 
 
 def check_storage_url(url: str) -> None:
-    """Refuse, before anything is opened, a storage URL that is empty, in memory (the study
-    would vanish at exit, no other worker could share it) or names no usable file (a device
-    takes the study's first write and fails at the `fsync` of the next, mid-trial)."""
+    """Refuse, before anything is opened, a storage URL that is empty or names no file a study
+    can live in (`sqlite_files.not_a_file`)."""
     if not url.strip():
         raise PolypsegError(
             "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
             "leave the option out for that default"
         )
-    if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
-        raise PolypsegError(
-            f"--storage {url} is an in-memory database: the study would vanish at exit and no "
-            "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
-        )
-    if (path := storage_file(url)) is None:
-        return
     journal = url.startswith(JOURNAL_PREFIX)
-    if not (url[len(JOURNAL_PREFIX) :] if journal else url[len("sqlite:///") :]).strip():
-        kind = "no file"
-    elif path.is_dir():
-        kind = f"{path}, a folder"
-    elif path.exists() and not path.is_file():
-        kind = f"{path}, a device or special file"
-    else:
-        return
-    example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
-    raise StoreError(
-        f"study storage {mask_password(url)} names {kind}; name a file to keep the study in, "
-        f"like {example}"
-    )
+    if (kind := not_a_file(url, JOURNAL_PREFIX if journal else SQLITE_PREFIX)) is not None:
+        example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
+        raise StoreError(
+            f"study storage {mask_password(url)} names {kind}; name a file to keep the study "
+            f"in, like {example}, or postgresql://... for workers on many machines"
+        )
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
