@@ -5,8 +5,9 @@ process at a time creates one.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,3 +58,19 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def create_whole(database: Path, build: Callable[[str], object]) -> None:
+    """Create a missing SQLite database whole, one process at a time (under `<file>.lock`):
+    workers starting at once on a fresh MLflow store broke it migrating it together (7 of 9
+    processes, started in threes). `build(uri)` makes a file beside it, which then takes its
+    place: a process killed while migrating leaves only that file, remade next time; in place it
+    left a half-migrated store, refused as another version's."""
+    with file_lock(database.with_name(database.name + ".lock")):
+        if database.exists():
+            return
+        aside = database.with_name(database.name + ".creating")
+        for leftover in ("", "-journal", "-wal", "-shm"):  # a stale journal would roll back into it
+            Path(f"{aside}{leftover}").unlink(missing_ok=True)
+        build(sqlite_uri(aside))
+        os.replace(aside, database)

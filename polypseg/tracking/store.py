@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
@@ -22,7 +20,7 @@ import mlflow
 from polypseg.atomic import refused_write, remedy
 from polypseg.errors import StoreError
 from polypseg.outputs import unwritable
-from polypseg.sqlite_files import file_lock, not_a_file, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import create_whole, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
 from polypseg.tracking.names import check_experiment
@@ -168,51 +166,32 @@ def open_experiment(experiment: str, uri: str) -> str:
 def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    database = sqlite_file(uri)
-    # Workers starting at once on a fresh SQLite store broke it migrating it together (7 of 9
-    # processes, started in threes): one builds it while the others wait. Servers handle this.
-    lock = database and file_lock(database.with_name(database.name + ".lock"))
-    with lock or nullcontext():
-        if database is not None:
-            build_aside(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
-        found = mlflow.get_experiment_by_name(experiment)
-        if found is not None and found.lifecycle_stage == "deleted":
-            # MLflow's own commands, in forms without long options (polypseg has no such ones).
-            shown, gone = mask_password(uri), found.experiment_id
-            raise StoreError(
-                f"MLflow experiment {experiment!r} (id {gone}) in {_store_place(uri)} is deleted "
-                f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
-                f"mlflow experiments restore -x {gone}), delete the store's deleted "
-                f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
-                "experiment name"
+    if (database := sqlite_file(uri)) is not None:
+        create_whole(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == "deleted":
+        # MLflow's own commands, in forms without long options (polypseg has no such ones).
+        shown, gone = mask_password(uri), found.experiment_id
+        raise StoreError(
+            f"MLflow experiment {experiment!r} (id {gone}) in {_store_place(uri)} is deleted "
+            f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
+            f"mlflow experiments restore -x {gone}), delete the store's deleted "
+            f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
+            "experiment name"
+        )
+    if found is None:
+        try:
+            experiment_id = mlflow.create_experiment(
+                experiment,
+                artifact_location=_artifact_location(uri, experiment),
+                tags=EXPERIMENT_KIND,
             )
-        if found is None:
-            try:
-                experiment_id = mlflow.create_experiment(
-                    experiment,
-                    artifact_location=_artifact_location(uri, experiment),
-                    tags=EXPERIMENT_KIND,
-                )
-            except MlflowException:  # another worker created it a moment ago
-                experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-        else:
-            experiment_id = found.experiment_id
+        except MlflowException:  # another worker created it a moment ago
+            experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    else:
+        experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-def build_aside(database: Path, build: Callable[[str], object]) -> None:
-    """Create a missing SQLite store whole, under its creation lock: `build(uri)` migrates a file
-    beside it, which then takes its place. A process killed while migrating leaves only that
-    file, remade next time; in place it left a half-migrated store, refused as another version's.
-    """
-    if database.exists():
-        return
-    aside = database.with_name(database.name + ".creating")
-    for leftover in ("", "-journal", "-wal", "-shm"):  # a stale journal would roll back into it
-        Path(f"{aside}{leftover}").unlink(missing_ok=True)
-    build(sqlite_uri(aside))
-    os.replace(aside, database)
 
 
 def _check_artifact_folder(experiment_id: str) -> None:

@@ -30,9 +30,9 @@ from polypseg.atomic import refused_write, remedy
 from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
-from polypseg.sqlite_files import SQLITE_PREFIX, file_lock, not_a_file, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import create_whole, file_lock, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
-from polypseg.tracking.store import build_aside, mask_password
+from polypseg.tracking.store import mask_password
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def check_storage_url(url: str) -> None:
             "leave the option out for that default"
         )
     journal = url.startswith(JOURNAL_PREFIX)
-    if (kind := not_a_file(url, JOURNAL_PREFIX if journal else SQLITE_PREFIX)) is not None:
+    if (kind := not_a_file(url, JOURNAL_PREFIX) if journal else not_a_file(url)) is not None:
         example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
         raise StoreError(
             f"study storage {mask_password(url)} names {kind}; name a file to keep the study "
@@ -129,8 +129,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if path is not None:  # a fresh SQLite file made whole, as MLflow's store is
-        with file_lock(path.with_name(path.name + ".lock")):
-            build_aside(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
+        create_whole(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": SQLITE_LOCK_WAIT_S}  # wait for a lock, not fail
     interval, grace = heartbeat_settings()
