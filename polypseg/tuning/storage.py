@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
 MAX_RETRY = 3
-# How long a worker waits for another's SQLite write lock; a lock held longer is refused, not
-# retried as the table-creation race of a fresh database is.
+# How long a worker waits for another's SQLite lock; a lock held longer is refused.
 SQLITE_LOCK_WAIT_S = 60.0
 
 StudyLock = Callable[[], AbstractContextManager[Any]]
@@ -72,27 +71,17 @@ def _with_installed_driver(url: str) -> str:
 
 
 def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
-    """Several workers creating a fresh database's tables at once: the losers try again."""
+    """Workers creating a fresh PostgreSQL database's tables at once: the losers try again. (A
+    SQLite file is made whole under a lock first; one locked past SQLite's wait is refused.)"""
     import sqlalchemy.exc
 
     for attempt in range(5):
-        started = time.monotonic()
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except sqlalchemy.exc.DBAPIError as err:
             text = str(err).lower()
-            if not (
-                isinstance(err, sqlalchemy.exc.IntegrityError)
-                or "already exists" in text
-                or "database is locked" in text
-            ):
+            if not (isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text):
                 raise
-            if time.monotonic() - started >= SQLITE_LOCK_WAIT_S:  # held all along: no race
-                raise StoreError(
-                    f"study storage {mask_password(url)} is locked by another process (database "
-                    "is locked); let it finish or stop it, then run again, or choose another "
-                    "--storage"
-                ) from None
             time.sleep(0.25 * 2**attempt * random.uniform(0.5, 1.5))
     return optuna.storages.RDBStorage(url, **kwargs)
 
@@ -142,9 +131,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry_stale_trial,
             )
-    except StoreError:
-        raise
     except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
+        if "database is locked" in str(err):  # held past SQLITE_LOCK_WAIT_S
+            raise StoreError(
+                f"study storage {mask_password(url)} is locked by another process (database "
+                "is locked); let it finish or stop it, then run again, or choose another --storage"
+            ) from None
         raise PolypsegError(
             f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
             f"{first_line(err)}); check --storage"
