@@ -70,17 +70,15 @@ def _store_place(uri: str) -> str:
     return str(database.parent) if database is not None else mask_password(uri)
 
 
-def _refused(uri: str, cause: str) -> StoreError:
-    return StoreError(
-        f"cannot write to the MLflow store {_store_place(uri)}: {cause}; {remedy(cause)}, or "
-        f"pass --tracking-uri"
-    )
+def refused(what: str, cause: str, instead: str = "pass --tracking-uri") -> StoreError:
+    """A write refused where `what` lives, as one line (`cause` as `refused_write` words it)."""
+    return StoreError(f"cannot write {what}: {cause}; {remedy(cause)}, or {instead}")
 
 
 def store_error(err: BaseException) -> StoreError | None:
     """`err` as one line naming the current store, when it is a write the store refused."""
-    cause = refused_write(err)
-    return None if cause is None else _refused(mlflow.get_tracking_uri(), cause)
+    where = f"to the MLflow store {_store_place(mlflow.get_tracking_uri())}"
+    return None if (cause := refused_write(err)) is None else refused(where, cause)
 
 
 def _check_server(uri: str) -> None:
@@ -144,7 +142,7 @@ def open_experiment(experiment: str, uri: str) -> str:
     runs that dead workers left RUNNING in it are ended KILLED. Returns the experiment's id."""
     database = sqlite_file(uri)
     if database is not None and (cause := unwritable(database.parent)) is not None:
-        raise _refused(uri, cause)  # the write test creates the folder
+        raise refused(f"to the MLflow store {_store_place(uri)}", cause)  # creates the folder
     mlflow.set_tracking_uri(uri)
     try:
         experiment_id = _set_experiment(uri, experiment)
@@ -211,10 +209,7 @@ def _check_artifact_folder(experiment_id: str) -> None:
             )
         existing = existing.parent
     if (cause := unwritable(folder)) is not None:
-        raise StoreError(
-            f"cannot write MLflow artifacts to {folder}: {cause}; {remedy(cause)}, or pass "
-            "--tracking-uri"
-        )
+        raise refused(f"MLflow artifacts to {folder}", cause)
 
 
 def runs_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:

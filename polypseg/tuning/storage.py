@@ -26,13 +26,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from polypseg.atomic import refused_write, remedy
+from polypseg.atomic import refused_write
 from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.sqlite_files import create_whole, file_lock, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
-from polypseg.tracking.store import mask_password
+from polypseg.tracking.store import mask_password, refused
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     many machines may die: only RDB storages beat."""
     path = storage_file(url)
     if path is not None and (cause := unwritable(path.parent)) is not None:  # creates the folder
-        raise _refused(url, path.parent, cause)
+        raise _refused(url, cause)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:  # a file it may not open
-            raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
+            raise _refused(url, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if path is not None:  # a fresh SQLite file made whole, as MLflow's store is
         create_whole(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
@@ -143,20 +143,17 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
-def _refused(url: str, place: Path | None, cause: str) -> StoreError:
-    where = f" at {place}" if place is not None else ""
-    return StoreError(
-        f"cannot write the study storage {mask_password(url)}{where}: {cause}; "
-        f"{remedy(cause)}, or choose another --storage"
+def _refused(url: str, cause: str) -> StoreError:
+    path = storage_file(url)
+    where = f" at {path.parent}" if path is not None else ""
+    return refused(
+        f"the study storage {mask_password(url)}{where}", cause, "choose another --storage"
     )
 
 
 def storage_error(err: BaseException, url: str) -> StoreError | None:
     """`err` as one line naming the storage, when it is a write the storage's place refused."""
-    if (cause := refused_write(err)) is None:
-        return None
-    path = storage_file(url)
-    return _refused(url, path.parent if path is not None else None, cause)
+    return None if (cause := refused_write(err)) is None else _refused(url, cause)
 
 
 @contextmanager
