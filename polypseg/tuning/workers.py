@@ -88,6 +88,7 @@ class SharedStudy:
         """
         interval = self.heartbeat_interval()
         while True:
+            fail_stale_trials(self.study)  # FAIL, runs killed: as `Study.optimize` does each trial
             with self.lock():
                 self.fail_dead_trials()
                 left = self.budget_left()
@@ -105,7 +106,6 @@ class SharedStudy:
                 return None
             time.sleep(min(interval, 5))
             interrupt_point()  # Ctrl-C while waiting here stops the worker at once
-            fail_stale_trials(self.study)
 
     @contextmanager
     def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
@@ -205,7 +205,6 @@ def run_worker(
             # raised inside a storage write can leave the study's database locked (see
             # `polypseg.interrupts`), and then failing the trial and ending its runs hang.
             with deferred():
-                fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs killed
                 if (trial := shared.take_trial()) is None:
                     with guard:
                         claimed -= 1
