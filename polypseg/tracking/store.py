@@ -38,10 +38,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the embedded SQLite store under ./mlruns (an absolute path)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return sqlite_uri(Path.cwd() / STORE_DIR / "mlflow.db")
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path.cwd() / STORE_DIR / "mlflow.db")
 
 
 def mask_password(uri: str) -> str:
@@ -56,12 +53,10 @@ def mask_password(uri: str) -> str:
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Beside a SQLite store: `<store dir>/artifacts/<experiment>`; a server decides its own."""
-    database = sqlite_file(tracking_uri)
-    if database is None:
+    if (database := sqlite_file(tracking_uri)) is None:
         return None
-    store = database.parent
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", experiment).strip("-") or "experiment"
-    return (store / "artifacts" / slug).resolve().as_uri()
+    return (database.parent / "artifacts" / slug).resolve().as_uri()
 
 
 def _store_place(uri: str) -> str:
