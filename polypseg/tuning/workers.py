@@ -148,10 +148,8 @@ def open_shared_study(
         if (refused := storage_error(err, storage_url)) is None:
             raise
         raise refused from None
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=make_sampler(worker), pruner=pruner
-    )
-    return SharedStudy(study, storage, lock, max_trials, worker)
+    created.sampler, created.pruner = make_sampler(worker), pruner  # known once numbered
+    return SharedStudy(created, storage, lock, max_trials, worker)
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
