@@ -152,7 +152,7 @@ def test_an_artifact_folder_that_is_a_file_is_one_line_before_training(
         ("", "the tracking URI is empty"),
         ("sqlite:///", "names no file"),
         ("sqlite://", "in-memory database"),
-        ("FOLDER", "is a folder"),
+        ("FOLDER", ", a folder; name the database file"),
     ],
 )
 def test_tracking_uris_that_name_no_store_are_one_line(

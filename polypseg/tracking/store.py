@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
@@ -22,7 +20,7 @@ import mlflow
 from polypseg.atomic import refused_write, remedy
 from polypseg.errors import StoreError
 from polypseg.outputs import unwritable
-from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import create_whole, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
 from polypseg.tracking.names import check_experiment
@@ -40,10 +38,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the embedded SQLite store under ./mlruns (an absolute path)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return sqlite_uri(Path.cwd() / STORE_DIR / "mlflow.db")
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path.cwd() / STORE_DIR / "mlflow.db")
 
 
 def mask_password(uri: str) -> str:
@@ -58,12 +53,10 @@ def mask_password(uri: str) -> str:
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Beside a SQLite store: `<store dir>/artifacts/<experiment>`; a server decides its own."""
-    database = sqlite_file(tracking_uri)
-    if database is None:
+    if (database := sqlite_file(tracking_uri)) is None:
         return None
-    store = database.parent
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", experiment).strip("-") or "experiment"
-    return (store / "artifacts" / slug).resolve().as_uri()
+    return (database.parent / "artifacts" / slug).resolve().as_uri()
 
 
 def _store_place(uri: str) -> str:
@@ -72,17 +65,15 @@ def _store_place(uri: str) -> str:
     return str(database.parent) if database is not None else mask_password(uri)
 
 
-def _refused(uri: str, cause: str) -> StoreError:
-    return StoreError(
-        f"cannot write to the MLflow store {_store_place(uri)}: {cause}; {remedy(cause)}, or "
-        f"pass --tracking-uri"
-    )
+def refused(what: str, cause: str, instead: str = "pass --tracking-uri") -> StoreError:
+    """A write refused where `what` lives, as one line (`cause` as `refused_write` words it)."""
+    return StoreError(f"cannot write {what}: {cause}; {remedy(cause)}, or {instead}")
 
 
 def store_error(err: BaseException) -> StoreError | None:
     """`err` as one line naming the current store, when it is a write the store refused."""
-    cause = refused_write(err)
-    return None if cause is None else _refused(mlflow.get_tracking_uri(), cause)
+    where = f"to the MLflow store {_store_place(mlflow.get_tracking_uri())}"
+    return None if (cause := refused_write(err)) is None else refused(where, cause)
 
 
 def _check_server(uri: str) -> None:
@@ -125,26 +116,10 @@ def check_tracking_uri(uri: str) -> None:
         )
     if scheme in ("http", "https"):
         _check_server(uri)
-    if scheme == "sqlite":
-        _check_sqlite_file(uri)
-
-
-def _check_sqlite_file(uri: str) -> None:
-    path = uri.partition("://")[2].partition("?")[0]
-    if path in ("", "/") or ":memory:" in uri or "mode=memory" in uri:
-        what = "no file" if path == "/" else "an in-memory database: its runs would vanish at exit"
+    if scheme == "sqlite" and (kind := not_a_file(uri)) is not None:
         raise StoreError(
-            f"tracking URI {uri} names {what}; name the database file, like "
+            f"tracking URI {uri} names {kind}; name the database file, like "
             "sqlite:///mlruns/mlflow.db"
-        )
-    database = sqlite_file(uri)
-    if database is None:  # a driver's URI (`sqlite+pysqlite:///...`): SQLAlchemy reads it
-        return
-    if database.is_dir() or (database.exists() and not database.is_file()):
-        kind = "a folder" if database.is_dir() else "not a regular file"
-        raise StoreError(
-            f"tracking URI {uri}: {database} is {kind}; name the database file, like "
-            f"sqlite:///{database / 'mlflow.db' if database.is_dir() else 'mlruns/mlflow.db'}"
         )
 
 
@@ -162,7 +137,7 @@ def open_experiment(experiment: str, uri: str) -> str:
     runs that dead workers left RUNNING in it are ended KILLED. Returns the experiment's id."""
     database = sqlite_file(uri)
     if database is not None and (cause := unwritable(database.parent)) is not None:
-        raise _refused(uri, cause)  # the write test creates the folder
+        raise refused(f"to the MLflow store {_store_place(uri)}", cause)  # creates the folder
     mlflow.set_tracking_uri(uri)
     try:
         experiment_id = _set_experiment(uri, experiment)
@@ -184,51 +159,32 @@ def open_experiment(experiment: str, uri: str) -> str:
 def _set_experiment(uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    database = sqlite_file(uri)
-    # Workers starting at once on a fresh SQLite store broke it migrating it together (7 of 9
-    # processes, started in threes): one builds it while the others wait. Servers handle this.
-    lock = database and file_lock(database.with_name(database.name + ".lock"))
-    with lock or nullcontext():
-        if database is not None:
-            build_aside(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
-        found = mlflow.get_experiment_by_name(experiment)
-        if found is not None and found.lifecycle_stage == "deleted":
-            # MLflow's own commands, in forms without long options (polypseg has no such ones).
-            shown, gone = mask_password(uri), found.experiment_id
-            raise StoreError(
-                f"MLflow experiment {experiment!r} (id {gone}) in {_store_place(uri)} is deleted "
-                f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
-                f"mlflow experiments restore -x {gone}), delete the store's deleted "
-                f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
-                "experiment name"
+    if (database := sqlite_file(uri)) is not None:
+        create_whole(database, lambda aside: mlflow.MlflowClient(aside).search_experiments())
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == "deleted":
+        # MLflow's own commands, in forms without long options (polypseg has no such ones).
+        shown, gone = mask_password(uri), found.experiment_id
+        raise StoreError(
+            f"MLflow experiment {experiment!r} (id {gone}) in {_store_place(uri)} is deleted "
+            f"and MLflow makes no other of that name; restore it (MLFLOW_TRACKING_URI={shown} "
+            f"mlflow experiments restore -x {gone}), delete the store's deleted "
+            f"experiments for good (MLFLOW_TRACKING_URI={shown} mlflow gc), or choose another "
+            "experiment name"
+        )
+    if found is None:
+        try:
+            experiment_id = mlflow.create_experiment(
+                experiment,
+                artifact_location=_artifact_location(uri, experiment),
+                tags=EXPERIMENT_KIND,
             )
-        if found is None:
-            try:
-                experiment_id = mlflow.create_experiment(
-                    experiment,
-                    artifact_location=_artifact_location(uri, experiment),
-                    tags=EXPERIMENT_KIND,
-                )
-            except MlflowException:  # another worker created it a moment ago
-                experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-        else:
-            experiment_id = found.experiment_id
+        except MlflowException:  # another worker created it a moment ago
+            experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    else:
+        experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-def build_aside(database: Path, build: Callable[[str], object]) -> None:
-    """Create a missing SQLite store whole, under its creation lock: `build(uri)` migrates a file
-    beside it, which then takes its place. A process killed while migrating leaves only that
-    file, remade next time; in place it left a half-migrated store, refused as another version's.
-    """
-    if database.exists():
-        return
-    aside = database.with_name(database.name + ".creating")
-    for leftover in ("", "-journal", "-wal", "-shm"):  # a stale journal would roll back into it
-        Path(f"{aside}{leftover}").unlink(missing_ok=True)
-    build(sqlite_uri(aside))
-    os.replace(aside, database)
 
 
 def _check_artifact_folder(experiment_id: str) -> None:
@@ -248,10 +204,7 @@ def _check_artifact_folder(experiment_id: str) -> None:
             )
         existing = existing.parent
     if (cause := unwritable(folder)) is not None:
-        raise StoreError(
-            f"cannot write MLflow artifacts to {folder}: {cause}; {remedy(cause)}, or pass "
-            "--tracking-uri"
-        )
+        raise refused(f"MLflow artifacts to {folder}", cause)
 
 
 def runs_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:

@@ -26,20 +26,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from polypseg.atomic import refused_write, remedy
+from polypseg.atomic import refused_write
 from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
-from polypseg.sqlite_files import file_lock, sqlite_file, sqlite_uri
+from polypseg.sqlite_files import create_whole, file_lock, not_a_file, sqlite_file, sqlite_uri
 from polypseg.tracking.ending import kill_trial_run
-from polypseg.tracking.store import build_aside, mask_password
+from polypseg.tracking.store import mask_password, refused
 
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
 MAX_RETRY = 3
-# How long a worker waits for another's SQLite write lock; a lock held longer is refused, not
-# retried as the table-creation race of a fresh database is.
+# How long a worker waits for another's SQLite lock; a lock held longer is refused.
 SQLITE_LOCK_WAIT_S = 60.0
 
 StudyLock = Callable[[], AbstractContextManager[Any]]
@@ -72,61 +71,36 @@ def _with_installed_driver(url: str) -> str:
 
 
 def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
-    """Several workers creating a fresh database's tables at once: the losers try again."""
+    """Workers creating a fresh PostgreSQL database's tables at once: the losers try again. (A
+    SQLite file is made whole under a lock first; one locked past SQLite's wait is refused.)"""
     import sqlalchemy.exc
 
     for attempt in range(5):
-        started = time.monotonic()
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except sqlalchemy.exc.DBAPIError as err:
             text = str(err).lower()
-            if not (
-                isinstance(err, sqlalchemy.exc.IntegrityError)
-                or "already exists" in text
-                or "database is locked" in text
-            ):
+            if not (isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text):
                 raise
-            if time.monotonic() - started >= SQLITE_LOCK_WAIT_S:  # held all along: no race
-                raise StoreError(
-                    f"study storage {mask_password(url)} is locked by another process (database "
-                    "is locked); let it finish or stop it, then run again, or choose another "
-                    "--storage"
-                ) from None
             time.sleep(0.25 * 2**attempt * random.uniform(0.5, 1.5))
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
 def check_storage_url(url: str) -> None:
-    """Refuse, before anything is opened, a storage URL that is empty, in memory (the study
-    would vanish at exit, no other worker could share it) or names no usable file (a device
-    takes the study's first write and fails at the `fsync` of the next, mid-trial)."""
+    """Refuse, before anything is opened, a storage URL that is empty or names no file a study
+    can live in (`sqlite_files.not_a_file`)."""
     if not url.strip():
         raise PolypsegError(
             "--storage is empty; name a study storage, like sqlite:///studies/optuna.db, or "
             "leave the option out for that default"
         )
-    if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
-        raise PolypsegError(
-            f"--storage {url} is an in-memory database: the study would vanish at exit and no "
-            "other worker could share it; use sqlite:///studies/optuna.db or postgresql://..."
-        )
-    if (path := storage_file(url)) is None:
-        return
     journal = url.startswith(JOURNAL_PREFIX)
-    if not (url[len(JOURNAL_PREFIX) :] if journal else url[len("sqlite:///") :]).strip():
-        kind = "no file"
-    elif path.is_dir():
-        kind = f"{path}, a folder"
-    elif path.exists() and not path.is_file():
-        kind = f"{path}, a device or special file"
-    else:
-        return
-    example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
-    raise StoreError(
-        f"study storage {mask_password(url)} names {kind}; name a file to keep the study in, "
-        f"like {example}"
-    )
+    if (kind := not_a_file(url, JOURNAL_PREFIX) if journal else not_a_file(url)) is not None:
+        example = "journal:studies/optuna.journal" if journal else "sqlite:///studies/optuna.db"
+        raise StoreError(
+            f"study storage {mask_password(url)} names {kind}; name a file to keep the study "
+            f"in, like {example}, or postgresql://... for workers on many machines"
+        )
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -134,18 +108,17 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     many machines may die: only RDB storages beat."""
     path = storage_file(url)
     if path is not None and (cause := unwritable(path.parent)) is not None:  # creates the folder
-        raise _refused(url, path.parent, cause)
+        raise _refused(url, cause)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:  # a file it may not open
-            raise _refused(url, path, (err.strerror or type(err).__name__).lower()) from None
+            raise _refused(url, (err.strerror or type(err).__name__).lower()) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if path is not None:  # a fresh SQLite file made whole, as MLflow's store is
-        with file_lock(path.with_name(path.name + ".lock")):
-            build_aside(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
+        create_whole(path, lambda aside: optuna.storages.RDBStorage(aside).engine.dispose())
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": SQLITE_LOCK_WAIT_S}  # wait for a lock, not fail
     interval, grace = heartbeat_settings()
@@ -158,29 +131,29 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry_stale_trial,
             )
-    except StoreError:
-        raise
     except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
+        if "database is locked" in str(err):  # held past SQLITE_LOCK_WAIT_S
+            raise StoreError(
+                f"study storage {mask_password(url)} is locked by another process (database "
+                "is locked); let it finish or stop it, then run again, or choose another --storage"
+            ) from None
         raise PolypsegError(
             f"cannot open study storage {mask_password(url)} ({type(err).__name__}: "
             f"{first_line(err)}); check --storage"
         ) from None
 
 
-def _refused(url: str, place: Path | None, cause: str) -> StoreError:
-    where = f" at {place}" if place is not None else ""
-    return StoreError(
-        f"cannot write the study storage {mask_password(url)}{where}: {cause}; "
-        f"{remedy(cause)}, or choose another --storage"
+def _refused(url: str, cause: str) -> StoreError:
+    path = storage_file(url)
+    where = f" at {path.parent}" if path is not None else ""
+    return refused(
+        f"the study storage {mask_password(url)}{where}", cause, "choose another --storage"
     )
 
 
 def storage_error(err: BaseException, url: str) -> StoreError | None:
     """`err` as one line naming the storage, when it is a write the storage's place refused."""
-    if (cause := refused_write(err)) is None:
-        return None
-    path = storage_file(url)
-    return _refused(url, path.parent if path is not None else None, cause)
+    return None if (cause := refused_write(err)) is None else _refused(url, cause)
 
 
 @contextmanager

@@ -52,10 +52,6 @@ class WorkerOptions:
     timeout: float | None = None  # seconds after which no trial is started
 
 
-class BudgetReached(Exception):
-    """The study's budget is used up: the worker stops taking trials."""
-
-
 @dataclass
 class SharedStudy:
     """An Optuna study with what its workers share: the storage, the lock and the budget."""
@@ -80,8 +76,9 @@ class SharedStudy:
     def fail_dead_trials(self) -> list[int]:  # under the lock
         return fail_dead_trials(self.study, self.storage, self.lock is not nullcontext)
 
-    def take_trial(self) -> optuna.Trial:
-        """The next trial, under the lock: a queued retry first, else a new one within budget.
+    def take_trial(self) -> optuna.Trial | None:
+        """The next trial, under the lock: a queued retry first, else a new one within budget;
+        None when the study's budget is used up.
 
         `Study.optimize` would ask without the lock. Its `MaxTrialsCallback` checks only after
         a trial ends, so racing workers overshoot a study-wide budget, and on SQLite, which has no
@@ -91,6 +88,7 @@ class SharedStudy:
         """
         interval = self.heartbeat_interval()
         while True:
+            fail_stale_trials(self.study)  # FAIL, runs killed: as `Study.optimize` does each trial
             with self.lock():
                 self.fail_dead_trials()
                 left = self.budget_left()
@@ -104,10 +102,10 @@ class SharedStudy:
                     return trial
                 running = self._any(TrialState.RUNNING)
             if not running or interval is None:
-                raise BudgetReached(f"the study holds its {self.max_trials} trials")
+                log.info("stopping: the study holds its %d trials", self.max_trials)
+                return None
             time.sleep(min(interval, 5))
             interrupt_point()  # Ctrl-C while waiting here stops the worker at once
-            fail_stale_trials(self.study)
 
     @contextmanager
     def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
@@ -150,10 +148,8 @@ def open_shared_study(
         if (refused := storage_error(err, storage_url)) is None:
             raise
         raise refused from None
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=make_sampler(worker), pruner=pruner
-    )
-    return SharedStudy(study, storage, lock, max_trials, worker)
+    created.sampler, created.pruner = make_sampler(worker), pruner  # known once numbered
+    return SharedStudy(created, storage, lock, max_trials, worker)
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
@@ -195,27 +191,19 @@ def run_worker(
     guard = threading.Lock()
     done = threading.Event()  # the budget is used up: no thread takes another trial
 
-    def claim() -> bool:
-        nonlocal claimed
-        with guard:
-            late = options.timeout is not None and time.monotonic() - started > options.timeout
-            if done.is_set() or late or claimed >= options.n_trials:
-                return False
-            claimed += 1
-            return True
-
     def loop() -> None:
         nonlocal claimed
-        while claim():
+        while True:
+            with guard:
+                late = options.timeout is not None and time.monotonic() - started > options.timeout
+                if done.is_set() or late or claimed >= options.n_trials:
+                    return
+                claimed += 1
             # Ctrl-C and SIGTERM wait for a safe point: a training step, or the trial told. One
             # raised inside a storage write can leave the study's database locked (see
             # `polypseg.interrupts`), and then failing the trial and ending its runs hang.
             with deferred():
-                fail_stale_trials(shared.study)  # a dead worker's trial: FAIL, runs killed
-                try:
-                    trial = shared.take_trial()
-                except BudgetReached as reached:
-                    log.info("stopping: %s", reached)
+                if (trial := shared.take_trial()) is None:
                     with guard:
                         claimed -= 1
                     done.set()
