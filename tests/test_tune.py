@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 import polypseg.tuning.objective as objective_module
@@ -323,6 +324,22 @@ def test_bad_storage_is_one_line(
     assert result.exit_code == 2
     assert "cannot open study storage postgresql://u:***@127.0.0.1:1/none" in result.stderr
     assert "hunter2" not in result.output
+
+
+def test_a_pranet_tune_without_a_test_sets_folder_is_one_line_before_any_store(
+    runner: CliRunner,
+    tiny_config: Path,
+    mlflow_store: str,
+    study_spec: Callable[..., Path],
+    synthetic_root: Path,
+) -> None:
+    args = ["tune", "--trials", "1", "--config", str(tiny_config), "--study", str(study_spec())]
+    roots = f"data.roots=kvasir={synthetic_root},clinicdb={synthetic_root}"
+    line = one_error_line(
+        runner.invoke(app, [*args, "--set", "data.protocol=pranet", "--set", roots])
+    )
+    assert "no folder for colondb" in line and 'data.roots = {colondb = "DIR"}' in line
+    assert not Path("mlruns").exists() and not Path("studies/optuna.db").exists()
 
 
 def test_spec_errors_name_the_key(tmp_path: Path) -> None:

@@ -126,6 +126,11 @@ def set_root(data: DataConfig, name: str) -> Path:
         raise DownloadError(f"{err}; {local_copy_hint(name)}") from None
 
 
+def pranet_roots(data: DataConfig) -> dict[str, Path]:
+    """Every set's folder (`set_root`), in the papers' column order."""
+    return {name: set_root(data, name) for name in SETS}
+
+
 def training_data(data: DataConfig) -> tuple[Path, tuple[Pair, ...], Split]:
     """Under `data.protocol = "pranet"`: the folder above every source (for messages), the pairs
     of both training sets, and their split."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from polypseg.config import Config, load_config
 from polypseg.data.pairs import set_pairs
-from polypseg.data.protocol import missing_roots, parse_set_roots, set_root, test_pairs
+from polypseg.data.protocol import missing_roots, parse_set_roots, pranet_roots, test_pairs
 from polypseg.data.sets import SETS
 from polypseg.errors import DataError
 from polypseg.evaluation.evaluate import Evaluation, evaluate
@@ -91,9 +91,9 @@ def evaluate_champion(
 ) -> Evaluation:
     """The five-set table of a registered version with the config's roots (Kaggle copies when
     `data.source` is kaggle): what `tune` does for its champion under `data.protocol = pranet`."""
-    roots = {set_name: set_root(config.data, set_name) for set_name in SETS}
+    roots = pranet_roots(config.data)
     uri = f"models:/{name}/{version}"
-    return evaluate_sets(uri, list(SETS), roots, tracking_uri=tracking_uri, progress=progress)
+    return evaluate_sets(uri, list(roots), roots, tracking_uri=tracking_uri, progress=progress)
 
 
 def set_roots(root_values: Sequence[str], config_path: str | Path | None) -> dict[str, str | Path]:

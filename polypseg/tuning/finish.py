@@ -88,17 +88,6 @@ def literature_table(config: Config, registration: Registration | None) -> list[
     return [*table.read_text().splitlines(), f"the champion's table: {table}"]
 
 
-def check_literature_sets(config: Config) -> None:
-    """Under `data.protocol = "pranet"`, every test set's folder found (or downloaded) before
-    any trial: a missing set is one line now, not a failure after the study has run."""
-    if config.data.protocol == "pranet":
-        from polypseg.data.protocol import set_root
-        from polypseg.data.sets import SETS
-
-        for name in SETS:
-            set_root(config.data, name)
-
-
 @dataclass(kw_only=True)
 class TuneResult:
     study: optuna.Study
