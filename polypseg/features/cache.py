@@ -106,10 +106,8 @@ class FeatureCache:
         if before_build is not None:
             before_build()
         self.build(folder, key, encoder, pairs, image_size, device, batch_size, progress, variants)
-        cached = self.load(folder, key)
-        if cached is None:  # pragma: no cover - a build that does not verify is a bug
-            raise RuntimeError(f"feature cache {folder} failed verification right after its build")
-        return cached
+        # Not through `load`: an entry failing its checks right after its build is a bug, raised.
+        return CachedFeatures(folder, *open_entry(folder, key))
 
     def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
         """The entry in `folder`; None when absent or damaged (then deleted)."""
