@@ -113,14 +113,12 @@ def validate(
     and `val_iou` at 0.5, computed on the device; the host reads the three numbers once."""
     scoring = _scoring_device(device)
     loss = torch.zeros((), device=device)
-    dice, iou = [], []
+    per_batch = []  # (dice, iou) per image of each batch
     for logits, y in _logits(decoder, data, batch_size, device):
         loss += loss_fn(logits, y) * len(y)
         predicted = torch.sigmoid(logits.float()) >= 0.5
-        image_dice, image_iou = dice_iou(predicted.to(scoring), y.to(scoring))
-        dice.append(image_dice)
-        iou.append(image_iou)
-    means = [torch.cat(values).double().mean() for values in (dice, iou)]
+        per_batch.append(dice_iou(predicted.to(scoring), y.to(scoring)))
+    means = [torch.cat(values).double().mean() for values in zip(*per_batch, strict=True)]
     values = torch.stack([loss.double().to(scoring) / len(data), *means]).tolist()
     return dict(zip(("val_loss", "val_dice", "val_iou"), values, strict=True))
 
