@@ -91,7 +91,8 @@ class Worker:
 
     @staticmethod
     def current() -> Worker:
-        return _current(os.getpid())
+        pid = os.getpid()  # asked each time: a forked child is a worker of its own
+        return Worker(socket.gethostname(), pid, psutil.Process(pid).create_time(), this_machine())
 
     def tags(self) -> dict[str, str]:
         """As MLflow tags or Optuna user attributes (both hold strings)."""
@@ -125,12 +126,6 @@ class Worker:
             return True
         except psutil.AccessDenied:  # someone else's process: it exists, so it lives
             return False
-
-
-@cache
-def _current(pid: int) -> Worker:
-    # Keyed by pid: a forked child is a worker of its own.
-    return Worker(socket.gethostname(), pid, psutil.Process(pid).create_time(), this_machine())
 
 
 @cache
