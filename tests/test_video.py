@@ -101,6 +101,8 @@ def test_a_text_file_named_mp4_is_one_line_and_writes_nothing(
 def test_predict_needs_images_or_a_video(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "--model", MODEL, "--out", str(tmp_path)])
     assert "--video FILE" in one_error_line(result)
+    both = ["predict", "--model", MODEL, "--out", str(tmp_path), "--video", "a.mp4", "b.jpg"]
+    assert "takes no IMAGE" in one_error_line(runner.invoke(app, both))
 
 
 def _raw_h264(path: Path, width: int, height: int, frames: int) -> bytes:

@@ -180,11 +180,9 @@ def predict(
     at its image's original size, or --video FILE frame by frame; prints the files written."""
     from polypseg.evaluation.predict import predict as run_predict
 
-    if video is not None or not images:
-        if video is None:
-            raise DataError(
-                "nothing to predict: give IMAGE... (files, folders, globs) or --video FILE"
-            )
+    if video is None and not images:
+        raise DataError("nothing to predict: give IMAGE... (files, folders, globs) or --video FILE")
+    if video is not None:
         if images or maps:
             raise DataError("--video FILE takes no IMAGE arguments nor --maps; predict those apart")
         from polypseg.evaluation.video import predict_video
@@ -197,7 +195,7 @@ def predict(
         typer.echo(f"{video}: {speed}\nprediction run {clip.run_id}: {clip.run_url}", err=True)
         return
     options = {"maps": maps, "engine": engine, "tta": tta}
-    result = run_predict(model, images or [], out, overlay, tracking_uri, **options)
+    result = run_predict(model, images, out, overlay, tracking_uri, **options)
     typer.echo("\n".join(str(path) for path in result.written))
     typer.echo(f"prediction run {result.run_id}: {result.run_url}", err=True)
 
