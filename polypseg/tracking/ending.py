@@ -5,8 +5,8 @@ left RUNNING. A trial's run is tagged with its trial's final state, however the 
 shape of optuna-integration's `MLflowCallback`): by its worker through `trial_run_end`, or by
 whoever ends a dead worker's runs. A dead worker cannot end its own runs: each run records its
 worker (`polypseg.processes.Worker`) and renews a heartbeat tag, and whoever notices ends a dead
-worker's runs KILLED: `kill_dead_runs` over one experiment (and the runs of a study's trials
-that are already over), `kill_trial_run` when a trial is failed for its dead worker.
+worker's runs KILLED: `kill_dead_runs` over one experiment, and the runs of a study's trials
+that are already over (failed for their dead worker, say).
 """
 
 from __future__ import annotations
@@ -122,21 +122,3 @@ def kill_dead_runs(experiment_id: str, study: optuna.Study | None = None) -> lis
         log.warning("ended run %s of a dead worker KILLED", run_id)
         ended.append(run_id)
     return ended
-
-
-def kill_trial_run(run_id: str) -> None:
-    """End a dead worker's trial run KILLED, tagged FAIL as its trial, and its parent run KILLED
-    too: neither will end by itself."""
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-        if run.info.status == "RUNNING":
-            _kill(client, run_id, "FAIL")
-            log.warning("ended run %s of a dead worker KILLED", run_id)
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if parent and client.get_run(parent).info.status == "RUNNING":
-            _kill(client, parent, None)
-    except MlflowException as err:  # the tracking server is down: the sweep will retry later
-        log.warning("could not end run %s of a dead worker: %s", run_id, err)

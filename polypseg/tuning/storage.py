@@ -31,7 +31,6 @@ from polypseg.errors import PolypsegError, StoreError, first_line
 from polypseg.outputs import unwritable
 from polypseg.processes import Worker, heartbeat_settings
 from polypseg.sqlite_files import create_whole, file_lock, not_a_file, sqlite_file, sqlite_uri
-from polypseg.tracking.ending import kill_trial_run
 from polypseg.tracking.store import mask_password, refused
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 engine_kwargs=kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=retry_stale_trial,
+                heartbeat_stale_trial_callback=RETRY_STALE_TRIAL,
             )
     except Exception as err:  # sqlalchemy raises many kinds for a bad URL or an unreachable DB
         if "database is locked" in str(err):  # held past SQLITE_LOCK_WAIT_S
@@ -180,15 +179,10 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> Stu
     return nullcontext
 
 
-def retry_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's stale-trial callback, with the dead worker's runs ended first: neither its trial
-    run nor its parent run will end by itself. The retry is Optuna's (a WAITING copy with the
-    same params, at most `MAX_RETRY` per original trial)."""
-    log.warning("trial %d of study %s: its worker died", trial.number, study.study_name)
-    if run_id := trial.user_attrs.get("mlflow_run_id"):
-        kill_trial_run(run_id)
-    with quiet_experimental():
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+# Optuna's retry for a trial whose worker died: a WAITING copy with the same params, at most
+# `MAX_RETRY` per original trial. The dead worker's runs are ended by `kill_dead_runs`.
+with quiet_experimental():
+    RETRY_STALE_TRIAL = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -219,6 +213,6 @@ def fail_dead_trials(
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # it ended a moment ago
             continue
-        retry_stale_trial(study, storage.get_trial(trial_id))
+        RETRY_STALE_TRIAL(study, storage.get_trial(trial_id))
         failed.append(trial.number)
     return failed
