@@ -126,7 +126,7 @@ def tune(
     name = spec.name if study_name is None else study_name
     storage_url = default_storage() if storage is None else storage
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
-    workers = WorkerOptions(n_trials, max_trials, n_jobs, timeout)
+    workers = WorkerOptions(n_trials, n_jobs, timeout)
     _check_arguments(name, timeout, storage_url, uri, config)
     opened = _check_stored_space(name, storage_url, spec)
     prepared = prepare(_cache_config(config, spec), progress=progress)  # before any store
@@ -229,7 +229,7 @@ def _parent_run(
                 "invocation.trials": workers.n_trials,  # asked of this invocation (--trials)
                 "invocation.n_jobs": workers.n_jobs,
                 "invocation.worker": shared.worker,
-                "study.max_trials": workers.max_trials,  # the whole study's budget
+                "study.max_trials": shared.max_trials,  # the whole study's budget
                 "study.epochs": spec.epochs,
                 "study.sampler": spec.sampler.get("name", "tpe"),
                 "study.pruner": spec.pruner.get("name", "median"),

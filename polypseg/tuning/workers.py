@@ -47,7 +47,6 @@ Objective = Callable[[optuna.Trial], float]
 @dataclass(frozen=True)
 class WorkerOptions:
     n_trials: int  # trials this worker may run (Optuna's `n_trials`: per process)
-    max_trials: int | None = None  # the study's budget, shared by every worker
     n_jobs: int = 1  # trials at once in this process (threads)
     timeout: float | None = None  # seconds after which no trial is started
 
