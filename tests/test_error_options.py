@@ -38,7 +38,7 @@ Site = tuple[str, str]  # (module, function qualname)
 # `data.protocol = "pranet"` scores its new champion through `evaluate`'s library path, passing
 # the model, the sets, their roots (found before any trial) and the output folder. Messages past
 # such a call name `evaluate`'s options, checked against `evaluate`, which reaches them directly.
-DELEGATED: set[Site] = {("polypseg.tuning.finish", "score_on_literature_sets")}
+DELEGATED: set[Site] = {("polypseg.tuning.finish", "champion_table")}
 
 
 def _module_name(path: Path) -> str:

@@ -104,17 +104,17 @@ def test_a_pranet_tune_prints_the_champions_table_and_its_path(
 ) -> None:
     from polypseg.config import Config
     from polypseg.tracking.registry import Registration
-    from polypseg.tuning.finish import literature_table
+    from polypseg.tuning.finish import champion_table
 
     monkeypatch.chdir(tmp_path)
     table = Path("evaluation") / "m-v3" / "table.md"
     table.parent.mkdir(parents=True)
     table.write_text("| Data set | n | mDice |\n| kvasir | 2 | 0.5 |\n")
-    champion = Registration("m", "3", champion=True, new=True)
+    champion = Registration("m", "3", champion=True, new=False)  # its table already written
     pranet = Config().with_overrides({"data.protocol": "pranet"})
-    assert literature_table(pranet, champion) == [
+    assert champion_table(pranet, champion, None, False) == [
         "| Data set | n | mDice |",
         "| kvasir | 2 | 0.5 |",
         f"the champion's table: {table}",
     ]
-    assert literature_table(Config(), champion) == []  # the default protocol has none
+    assert champion_table(Config(), champion, None, False) == []  # the default protocol has none

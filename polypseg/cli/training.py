@@ -152,9 +152,8 @@ def tune(
 
     from polypseg.cli.app import next_commands
     from polypseg.tracking.views import ui_instructions
-    from polypseg.tuning.finish import literature_table
 
-    for line in [*result.best_trials_table(), *literature_table(cfg, result.registration)]:
+    for line in [*result.best_trials_table(), *result.champion_table]:
         typer.echo(line)
     for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
         typer.echo(line, err=True)

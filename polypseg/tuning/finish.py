@@ -6,7 +6,7 @@ its seed spread when `[study] champion_seeds` asks, and what `polypseg tune` pri
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -66,23 +66,19 @@ def finish(
     return best, registration
 
 
-def score_on_literature_sets(
+def champion_table(
     config: Config, registration: Registration | None, tracking_uri: str | None, progress: bool
-) -> None:
-    """Under `data.protocol = "pranet"`, a new champion's table on PraNet's five test sets (a
-    champion an earlier invocation registered has its table already)."""
-    if config.data.protocol != "pranet" or registration is None:
-        return
-    if registration.champion and registration.new:
-        from polypseg.evaluation.literature import evaluate_champion
-
-        evaluate_champion(config, registration.name, registration.version, tracking_uri, progress)
-
-
-def literature_table(config: Config, registration: Registration | None) -> list[str]:
+) -> list[str]:
+    """Under `data.protocol = "pranet"`, the champion's table on PraNet's five test sets, as
+    printed: scored now for a new champion, else the one an earlier invocation wrote, if here."""
     if config.data.protocol != "pranet" or registration is None or not registration.champion:
         return []
-    table = Path("evaluation") / f"{registration.name}-v{registration.version}" / "table.md"
+    from polypseg.evaluation.literature import evaluate_champion
+
+    name, version = registration.name, registration.version
+    if registration.new:
+        evaluate_champion(config, name, version, tracking_uri, progress)
+    table = Path("evaluation") / f"{name}-v{version}" / "table.md"  # `evaluate`'s report folder
     if not table.is_file():
         return []
     return [*table.read_text().splitlines(), f"the champion's table: {table}"]
@@ -101,6 +97,7 @@ class TuneResult:
     metric: str = "val_dice"  # the study's objective, as the spec names it
     measured_on: str = ""  # the data set and encoder: `data Kvasir-SEG, encoder sam_vit_b`
     view_key: str = ""  # the MLflow UI's saved view of the study's trials
+    champion_table: list[str] = field(default_factory=list)  # `champion_table`'s lines
 
     def summary(self) -> list[str]:
         c = self.counts

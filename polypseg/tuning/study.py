@@ -36,8 +36,8 @@ from polypseg.tracking.store import (
 from polypseg.tracking.views import save_study_view
 from polypseg.tuning.finish import (
     TuneResult,
+    champion_table,
     finish,
-    score_on_literature_sets,
     trial_counts,
 )
 from polypseg.tuning.identity import StudyBase, check_base
@@ -140,7 +140,7 @@ def tune(
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
         _run_trials(shared, objective, workers, experiment_id, progress)
         best, registration = finish(shared, prepared, config, base, spec)
-    score_on_literature_sets(config, registration, tracking_uri, progress)
+    table = champion_table(config, registration, tracking_uri, progress)
     return TuneResult(
         study=shared.study,
         best=best,
@@ -153,6 +153,7 @@ def tune(
         metric=spec.metric,
         measured_on=f"data {base.data}, encoder {base.encoder}",
         view_key=view,
+        champion_table=table,
     )
 
 
