@@ -3,14 +3,16 @@
 On a terminal, rich's bars. Elsewhere (a log file, `nohup`, a batch job) rich draws a bar only
 when it ends, so a long study would log nothing between its first and last line: there, plain
 lines say how far it got (`EpochLines`: a training's epochs, at most every `PLAIN_INTERVAL_S`;
-`trial_lines`: each trial of a study as it ends), each with the time elapsed.
+`trial_progress`: each trial of a study as it ends), each with the time elapsed.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -99,32 +101,38 @@ def epoch_lines(on_epoch: EpochCallback, label: str, enabled: bool = True) -> Ep
     return both
 
 
-def trial_lines(
-    enabled: bool = True, clock: Callable[[], float] = time.monotonic
-) -> Callable[[Any, Any], None]:
-    """An Optuna callback (`study.optimize(callbacks=[...])`) writing one line per trial as it
-    ends when stderr is not a terminal: `trial 3 COMPLETE  value 0.8123  best 0.8123 (trial 3)
-    elapsed 2m10s`; a pruned trial names its last epoch. Nothing on a terminal."""
-    if not enabled or stderr_is_terminal():
-        return lambda study, trial: None
-    started = clock()
+@contextmanager
+def trial_progress(
+    total: int | None, enabled: bool = True, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[[Any, Any], None]]:
+    """An Optuna callback (`study.optimize(callbacks=[...])`) showing a study's trials as they
+    end: on a terminal a bar (`trials  best 0.8123  pruned 1  failed 0`, the trials done of
+    `total`, the time), elsewhere one line per trial: `trial 3 COMPLETE  value 0.8123  best 0.8123
+    (trial 3)  elapsed 2m10s`; a pruned trial names its last epoch."""
+    from rich.progress import MofNCompleteColumn, TimeElapsedColumn
 
-    def trial_ended(study: Any, trial: Any) -> None:
-        state, outcome, step = trial.state.name, "", trial.last_step
-        if state == "COMPLETE":
-            outcome = f"value {trial.value:.4f}"
-        elif state == "PRUNED" and trial.intermediate_values:
-            outcome = f"at epoch {step}, value {trial.intermediate_values[step]:.4f}"
-        try:
-            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:  # no trial completed yet
-            best = "best -"
-        parts = [
-            f"trial {trial.number} {state}",
-            outcome,
-            best,
-            f"elapsed {elapsed(clock() - started)}",
-        ]
-        _say("  ".join(part for part in parts if part))
+    started, terminal = clock(), stderr_is_terminal()
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
+    with progress_bar(*columns, enabled=enabled and terminal) as bar:
+        task = bar.add_task("trials", total=total)
 
-    return trial_ended
+        def trial_ended(study: Any, trial: Any) -> None:
+            try:
+                best, of = f"{study.best_value:.4f}", f" (trial {study.best_trial.number})"
+            except ValueError:  # no trial completed yet
+                best, of = "-", ""
+            if terminal:
+                states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+                counts = f"pruned {states['PRUNED']}  failed {states['FAIL']}"
+                bar.update(task, advance=1, description=f"trials  best {best}  {counts}")
+                return
+            state, outcome, step = trial.state.name, "", trial.last_step
+            if state == "COMPLETE":
+                outcome = f"value {trial.value:.4f}"
+            elif state == "PRUNED" and trial.intermediate_values:
+                outcome = f"at epoch {step}, value {trial.intermediate_values[step]:.4f}"
+            parts = [f"trial {trial.number} {state}", outcome, f"best {best}{of}"]
+            if enabled:
+                _say("  ".join([*filter(None, parts), f"elapsed {elapsed(clock() - started)}"]))
+
+        yield trial_ended

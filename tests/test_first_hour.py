@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from polypseg.cli import app
 from polypseg.config import load_config
-from polypseg.progress import EpochLines, epoch_lines, track, trial_lines
+from polypseg.progress import EpochLines, epoch_lines, track, trial_progress
 from polypseg.tuning.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +112,8 @@ def test_trial_lines_say_how_each_trial_ended(capsys: pytest.CaptureFixture[str]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=4, callbacks=[trial_lines(clock=clock)], catch=(ValueError,))
+    with trial_progress(4, clock=clock) as show:
+        study.optimize(objective, n_trials=4, callbacks=[show], catch=(ValueError,))
     assert capsys.readouterr().err.splitlines() == [
         "trial 0 COMPLETE  value 0.5000  best 0.5000 (trial 0)  elapsed 1m05s",
         "trial 1 COMPLETE  value 0.8000  best 0.8000 (trial 1)  elapsed 2m10s",
@@ -121,13 +122,16 @@ def test_trial_lines_say_how_each_trial_ended(capsys: pytest.CaptureFixture[str]
     ]
 
 
-def test_trial_lines_are_silent_on_a_terminal(
+def test_a_terminal_gets_a_bar_of_the_trials_not_lines(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     study = optuna.create_study()
-    study.optimize(lambda trial: 1.0, n_trials=1, callbacks=[trial_lines()])
-    assert capsys.readouterr().err == ""
+    with trial_progress(2) as show:
+        study.optimize(lambda trial: 1.0, n_trials=1, callbacks=[show])
+    err = capsys.readouterr().err
+    assert "trials  best 1.0000  pruned 0  failed 0" in err and "1/2" in err
+    assert "trial 0 COMPLETE" not in err
 
 
 def test_a_finished_bar_leaves_no_blank_line_in_a_log(capsys: pytest.CaptureFixture[str]) -> None:

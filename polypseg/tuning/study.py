@@ -23,7 +23,7 @@ from polypseg.config import Config
 from polypseg.data.protocol import pranet_roots
 from polypseg.errors import PolypsegError
 from polypseg.features.prepare import prepare
-from polypseg.progress import trial_lines
+from polypseg.progress import trial_progress
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.names import check_names
 from polypseg.tracking.runs import tracked_run
@@ -59,33 +59,6 @@ from polypseg.tuning.workers import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class _Progress:
-    """This invocation's trials as a progress bar (off a terminal, `trial_lines` writes them)."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        from polypseg.progress import progress_bar
-
-        columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
-        self.bar = progress_bar(*columns, enabled=enabled)
-        self.task = self.bar.add_task("trials", total=total)
-        self.ran: Counter[str] = Counter()  # this invocation's trials, by state
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.ran[trial.state.name] += 1
-        counts = trial_counts(study)
-        try:
-            best = f"{study.best_value:.4f}"
-        except ValueError:
-            best = "-"
-        self.bar.update(
-            self.task,
-            advance=1,
-            description=f"trials  best {best}  pruned {counts['PRUNED']}  failed {counts['FAIL']}",
-        )
 
 
 def _check_arguments(
@@ -249,11 +222,15 @@ def _run_trials(
 ) -> None:
     left = shared.budget_left()
     total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
-    tracker = _Progress(total, progress)
-    with tracker.bar:
-        run_worker(shared, objective, workers, callbacks=[trial_lines(progress), tracker])
+    ran: Counter[str] = Counter()  # this invocation's trials, by state
+
+    def tally(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        ran[trial.state.name] += 1
+
+    with trial_progress(total, progress) as show:
+        run_worker(shared, objective, workers, callbacks=[show, tally])
     kill_dead_runs(experiment_id, shared.study)  # left by workers that died meanwhile
-    mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in tracker.ran.items()})
+    mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
 
 
 def _cache_config(config: Config, spec: StudySpec) -> Config:
