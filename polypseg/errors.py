@@ -37,6 +37,11 @@ def first_line(err: BaseException, limit: int = 120) -> str:
     return text.splitlines()[0][:limit] if text.strip() else type(err).__name__
 
 
+def shortened(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters with "..." when longer: for a message or a tag."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def listing(names: Iterable[str]) -> str:
     """`a, b, c, d, e ... and 3 more`: what one error line can show of a list."""
     names = sorted(names)

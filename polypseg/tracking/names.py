@@ -7,7 +7,7 @@ its search syntax cannot escape a quote, and a study's name goes into a tag key 
 
 from __future__ import annotations
 
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, shortened
 
 # A study's UI view is the experiment tag `mlflow.sharedViewState.study-<name>` (MLflow caps tag
 # keys at 250 characters, MAX_EXPERIMENT_TAG_KEY_LENGTH) and its parent runs are named
@@ -23,10 +23,6 @@ def _unquotable(name: str) -> str | None:
     return None
 
 
-def _shown(name: str) -> str:
-    return name if len(name) <= 60 else name[:57] + "..."
-
-
 def check_experiment(name: str) -> None:
     """Refuse an experiment name MLflow refuses (empty, over 500 characters)."""
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH as LIMIT
@@ -34,7 +30,7 @@ def check_experiment(name: str) -> None:
     if not name or len(name) > LIMIT:
         why = f"over {LIMIT} characters" if name else "an experiment needs a name"
         raise PolypsegError(
-            f"tracking.experiment = {_shown(name)!r}: {why}; choose another name "
+            f"tracking.experiment = {shortened(name)!r}: {why}; choose another name "
             "(tracking.experiment in the config)"
         )
 
@@ -54,8 +50,8 @@ def check_names(experiment: str, registered_model: str, study: str) -> None:
         reason = _unquotable(registered_model)
     if reason is not None:
         raise PolypsegError(
-            f"tracking.registered_model = {_shown(registered_model)!r}: {reason}; choose another "
-            "name (--set tracking.registered_model=NAME)"
+            f"tracking.registered_model = {shortened(registered_model)!r}: {reason}; choose "
+            "another name (--set tracking.registered_model=NAME)"
         )
     if len(study) > MAX_STUDY_NAME:
         reason = f"it has {len(study)} characters, over {MAX_STUDY_NAME}"
@@ -63,6 +59,6 @@ def check_names(experiment: str, registered_model: str, study: str) -> None:
         reason = _unquotable(study)
     if reason is not None:
         raise PolypsegError(
-            f"study name {_shown(study)!r} cannot be used with MLflow: {reason}; choose another "
-            "with --study-name or the spec's [study] name"
+            f"study name {shortened(study)!r} cannot be used with MLflow: {reason}; choose "
+            "another with --study-name or the spec's [study] name"
         )

@@ -111,7 +111,3 @@ def log_figure(figure: Any, path: str) -> None:
 
     mlflow.log_figure(figure, path)
     plt.close(figure)
-
-
-def truncate_tag(value: str, limit: int = 5000) -> str:
-    return value if len(value) <= limit else value[: limit - 3] + "..."

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from polypseg.config import Config, flatten
+from polypseg.errors import shortened
 from polypseg.features.prepare import Prepared
 from polypseg.features.sets import FeatureSet
 from polypseg.figures import curves, mask_panel
 from polypseg.metrics import scores
 from polypseg.models.decoder import decoder_record
-from polypseg.tracking.runs import log_dataset, log_figure, tracked_run, truncate_tag
+from polypseg.tracking.runs import log_dataset, log_figure, tracked_run
 from polypseg.training.fit import EpochCallback, FitResult, fit, predict_probs, split_scores
 
 PANEL_IMAGES = 4
@@ -99,7 +100,7 @@ def train_and_log(
         "polypseg.split_digest": prepared.split.digest(),
     }
     if prepared.fallback_reason:
-        tags["polypseg.fallback_reason"] = truncate_tag(prepared.fallback_reason)
+        tags["polypseg.fallback_reason"] = shortened(prepared.fallback_reason, 5000)
     mlflow.set_tags(tags)
     sizes = dict(
         zip(prepared.features.names, map(tuple, prepared.features.sizes.tolist()), strict=True)
