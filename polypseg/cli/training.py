@@ -89,19 +89,15 @@ def train(
 @app.command("tune")
 def tune(
     trials: Annotated[
-        int, typer.Option("--trials", min=1, metavar="N", help="Trials to add in this run.")
+        int, typer.Option(min=1, metavar="N", help="Trials to add in this run.")
     ] = 30,
     config: Annotated[
         Path,
-        typer.Option(
-            "--config", metavar="FILE", help="Base experiment TOML; the study overrides its keys."
-        ),
+        typer.Option(metavar="FILE", help="Base experiment TOML; the study overrides its keys."),
     ] = Path("experiments/sam_vit_b.toml"),
     study: Annotated[
         Path,
-        typer.Option(
-            "--study", metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."
-        ),
+        typer.Option(metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."),
     ] = Path("studies/decoder_search.toml"),
     study_name: Annotated[
         str | None,
@@ -127,7 +123,6 @@ def tune(
     max_trials: Annotated[
         int | None,
         typer.Option(
-            "--max-trials",
             min=1,
             metavar="N",
             help="Study-wide budget shared by every worker: stop taking trials once the study "
