@@ -1,4 +1,4 @@
-"""A saved view of MLflow's runs page that compares a study's trials, and the URL that opens it.
+"""A saved view of MLflow's runs page that compares a study's trials; how to open it, or a run.
 
 MLflow 3.17's UI keeps columns and charts in a *saved view*: the experiment tag
 `mlflow.sharedViewState.<id>` (`{"name", "createdAt", "updatedAt", "state"}`), opened by
