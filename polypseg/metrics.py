@@ -34,9 +34,8 @@ def _check_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    # 0/0 = 1: the module's convention for empty sets.
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, numerator / safe, torch.ones_like(numerator))
+    # 0/0 = 1: the module's convention for empty sets (the x/0 that `where` drops raises nothing).
+    return torch.where(denominator > 0, numerator / denominator, torch.ones_like(numerator))
 
 
 def confusion(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

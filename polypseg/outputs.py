@@ -141,12 +141,11 @@ def check_outputs(
     folders: dict[Path, str] | None = None,
     trees: dict[Path, str] | None = None,
     inputs: Sequence[Path] = (),
-    option: str = "--out",
 ) -> None:
     """Refuse, before any work, outputs (path, what writes it) landing in one of `folders`
     (where inputs are listed), anywhere under one of `trees` (a data set's images/ and masks/,
     the maps scored), on one of `inputs`, in a protected place, on each other (`fix` says what
-    to change) or with a name too long for the file system. `target` is what `option` gave."""
+    to change) or with a name too long for the file system. `target` is what --out gave."""
     read = {_real(path): path for path in inputs}
     places: dict[Path, tuple[Path, str, bool]] = {}
     for held_in, whole in ((folders or {}, False), (trees or {}, True)):
@@ -159,14 +158,14 @@ def check_outputs(
         where = _real(path)
         if where in read:
             raise PolypsegError(
-                f"{option} {target} would replace {read[where]}, one of the inputs; choose "
-                "another path"
+                f"--out {target} would replace {read[where]}, one of the inputs; choose another "
+                "path"
             )
-        _refuse_protected(path, option, target)
+        _refuse_protected(path, "--out", target)
         for real, (shown, held, whole) in places.items():
             if where.parent == real or (whole and where.parent.is_relative_to(real)):
                 raise PolypsegError(
-                    f"{option} {target} would write in {shown}, which holds {held}; polypseg "
+                    f"--out {target} would write in {shown}, which holds {held}; polypseg "
                     "never writes where its inputs live: choose another folder"
                 )
         if where in seen:

@@ -65,6 +65,13 @@ def test_train_in_a_log_writes_a_line_per_epoch_and_how_to_open_the_run(
     assert "" not in lines
 
 
+def test_on_a_tracking_server_the_run_is_one_url_and_no_command() -> None:
+    from polypseg.tracking.views import ui_instructions
+
+    lines = ui_instructions("the run", "7", "/abc", "http://tracking:5000/")
+    assert lines == ["the run: http://tracking:5000/#/experiments/7/runs/abc"]
+
+
 def test_epoch_lines_come_at_most_every_interval(capsys: pytest.CaptureFixture[str]) -> None:
     clock = Clock()
     lines = EpochLines("trial 3", interval_s=30, clock=clock)

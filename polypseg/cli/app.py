@@ -80,7 +80,7 @@ def _main(
 
 
 ConfigOption = Annotated[
-    Path, typer.Option("--config", metavar="FILE", help="Experiment TOML (see experiments/).")
+    Path, typer.Option(metavar="FILE", help="Experiment TOML (see experiments/).")
 ]
 SetOption = Annotated[
     list[str] | None,

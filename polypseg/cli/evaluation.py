@@ -13,7 +13,6 @@ from polypseg.errors import DataError, PolypsegError
 from polypseg.uncertainty import RESAMPLES
 
 ModelOption = typer.Option(
-    "--model",
     metavar="URI",
     help="MLflow model URI: models:/polypseg@champion, models:/polypseg/3, runs:/<id>/model.",
 )
@@ -52,7 +51,7 @@ SetsOption = Annotated[
 ]
 ConfigRootsOption = Annotated[
     Path | None,
-    typer.Option("--config", metavar="FILE", help="Experiment TOML whose data.roots --sets uses."),
+    typer.Option(metavar="FILE", help="Experiment TOML whose data.roots --sets uses."),
 ]
 ProtocolOption = Annotated[
     str | None, typer.Option(metavar="default|pranet", help="default, or pranet: as papers report.")

@@ -17,7 +17,7 @@ def export(
     ],
     out: Annotated[Path, typer.Option(metavar="FILE", help="The .onnx file to write.")],
     format: Annotated[  # noqa: A002 - the option's name
-        str, typer.Option("--format", metavar="onnx", help="Export format (onnx).")
+        str, typer.Option(metavar="onnx", help="Export format (onnx).")
     ] = "onnx",
     check_images: Annotated[
         list[str] | None,

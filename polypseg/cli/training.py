@@ -65,6 +65,7 @@ def train(
     from polypseg.progress import EpochLines
     from polypseg.tracking.runs import tracked_run
     from polypseg.tracking.store import setup
+    from polypseg.tracking.views import ui_instructions
     from polypseg.training.run import train_and_log, train_seeds
 
     experiment_id = setup(cfg.tracking.experiment, tracking_uri)  # a bad store fails before work
@@ -79,7 +80,8 @@ def train(
             test_dice = outcome.spread["test_dice_mean"]
             for line in outcome.lines():
                 typer.echo(line)
-    for line in _run_instructions(experiment_id, run.info.run_id, mlflow.get_tracking_uri()):
+    uri = mlflow.get_tracking_uri()
+    for line in ui_instructions("the run", experiment_id, f"/{run.info.run_id}", uri):
         typer.echo(line, err=True)
     typer.echo(f"run_id={run.info.run_id} test_dice={test_dice:.4f}")
 
@@ -87,19 +89,15 @@ def train(
 @app.command("tune")
 def tune(
     trials: Annotated[
-        int, typer.Option("--trials", min=1, metavar="N", help="Trials to add in this run.")
+        int, typer.Option(min=1, metavar="N", help="Trials to add in this run.")
     ] = 30,
     config: Annotated[
         Path,
-        typer.Option(
-            "--config", metavar="FILE", help="Base experiment TOML; the study overrides its keys."
-        ),
+        typer.Option(metavar="FILE", help="Base experiment TOML; the study overrides its keys."),
     ] = Path("experiments/sam_vit_b.toml"),
     study: Annotated[
         Path,
-        typer.Option(
-            "--study", metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."
-        ),
+        typer.Option(metavar="FILE", help="Study spec TOML (search space, sampler, pruner)."),
     ] = Path("studies/decoder_search.toml"),
     study_name: Annotated[
         str | None,
@@ -125,7 +123,6 @@ def tune(
     max_trials: Annotated[
         int | None,
         typer.Option(
-            "--max-trials",
             min=1,
             metavar="N",
             help="Study-wide budget shared by every worker: stop taking trials once the study "
@@ -155,24 +152,13 @@ def tune(
 
     for line in [*result.best_trials_table(), *result.champion_table]:
         typer.echo(line)
-    for line in ui_instructions(result.experiment_id, result.view_key, mlflow.get_tracking_uri()):
+    uri, view = mlflow.get_tracking_uri(), f"?viewStateShareKey={result.view_key}"
+    for line in ui_instructions("compare the trials", result.experiment_id, view, uri):
         typer.echo(line, err=True)
     for line in result.summary():
         typer.echo(line)
     if result.registration is not None:
-        for line in next_commands(result.registration, mlflow.get_tracking_uri()):
+        for line in next_commands(result.registration, uri):
             typer.echo(line, err=True)
     if result.best is None:
         raise PolypsegError("no trial completed, so nothing was registered; see the failed trials")
-
-
-def _run_instructions(experiment_id: str, run_id: str, tracking_uri: str) -> list[str]:
-    """The command serving the store (none for a tracking server), then the run's page."""
-    from polypseg.tracking.store import mask_password, runs_url
-
-    if tracking_uri.startswith(("http://", "https://")):
-        return [f"the run: {runs_url(experiment_id, tracking_uri.rstrip('/'))}/{run_id}"]
-    return [
-        f"the run: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
-        f"  then open {runs_url(experiment_id)}/{run_id}",
-    ]

@@ -1,4 +1,4 @@
-"""A saved view of MLflow's runs page that compares a study's trials, and the URL that opens it.
+"""A saved view of MLflow's runs page that compares a study's trials; how to open it, or a run.
 
 MLflow 3.17's UI keeps columns and charts in a *saved view*: the experiment tag
 `mlflow.sharedViewState.<id>` (`{"name", "createdAt", "updatedAt", "state"}`), opened by
@@ -16,10 +16,9 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from polypseg.tracking.store import mask_password
+from polypseg.tracking.store import mask_password, runs_url
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
-UI_HOST = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
 
 def view_key(study_name: str) -> str:
@@ -120,14 +119,12 @@ def save_study_view(
     return key
 
 
-def ui_instructions(experiment_id: str, key: str, tracking_uri: str) -> list[str]:
-    """How to see the view: the command that serves the store (none for a server), the URL."""
-    server = tracking_uri.startswith(("http://", "https://"))
-    host = tracking_uri.rstrip("/") if server else UI_HOST
-    url = f"{host}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
-    if server:
-        return [f"compare the trials: {url}"]
+def ui_instructions(what: str, experiment_id: str, page: str, tracking_uri: str) -> list[str]:
+    """How to see `page` of the experiment's runs table (`/<run id>`, `?viewStateShareKey=<key>`):
+    the command that serves the store (none for a server), then the URL."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"{what}: {runs_url(experiment_id, tracking_uri.rstrip('/'))}{page}"]
     return [
-        f"compare the trials: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
-        f"  then open {url}",
+        f"{what}: mlflow ui --backend-store-uri {mask_password(tracking_uri)}",
+        f"  then open {runs_url(experiment_id)}{page}",
     ]

@@ -12,7 +12,6 @@ training up to summation order (`SPEEDUP_TOLERANCE`); CPU runs stay bit-reproduc
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -135,7 +134,7 @@ def fit(
 ) -> FitResult:
     """Train a fresh decoder (`width` wins over `decoder_config`'s), early-stopping on
     `val_dice`; `train` and `val` are only read (a study's threads share them)."""
-    spec = dataclasses.replace(decoder_config or DecoderConfig(), width=width)
+    spec = decoder_config or DecoderConfig()
     fused, memory_format = speedups(device)
     generator = torch.Generator().manual_seed(config.seed)  # the batch order, the variants
     sizes = (train.features.shape[-1], train.masks.shape[-1])

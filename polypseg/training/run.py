@@ -62,7 +62,6 @@ class EpochLog:
 
 @dataclass
 class TrainOutcome:
-    run_id: str
     fit: FitResult
     metrics: dict[str, float]  # best_val_dice, best_epoch, test_*
 
@@ -146,7 +145,7 @@ def train_and_log(
         from polypseg.tracking.pyfunc import log_segmenter_model
 
         log_segmenter_model(prepared.encoder, fitted.decoder.cpu(), config.data.image_size)
-    return TrainOutcome(run.info.run_id, fitted, metrics)
+    return TrainOutcome(fitted, metrics)
 
 
 @dataclass
