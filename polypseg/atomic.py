@@ -127,4 +127,6 @@ def remedy(cause: str) -> str:
         return "free space there"
     if cause.startswith(("read-only", "permission denied", "operation not permitted")):
         return "make it writable"
+    if cause.endswith("is a file, not a folder"):
+        return "move it aside"
     return "check the path"

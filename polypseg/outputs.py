@@ -179,12 +179,16 @@ def check_outputs(
 
 def unwritable(folder: Path) -> str | None:
     """Why `folder` (created if missing) cannot take a file and `MIN_FREE_BYTES` (`read-only
-    file system`, `no space left on device (12 KiB free)`), or None when it can."""
+    file system`, `no space left on device (12 KiB free)`, `/x is a file, not a folder`), or None
+    when it can."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
         free = short_of_space(folder, MIN_FREE_BYTES)
+    except (FileExistsError, NotADirectoryError):  # a file, or a dangling link, in the way
+        in_way = next(p for p in (folder, *folder.parents) if p.is_symlink() or p.exists())
+        return f"{in_way} is a file, not a folder"
     except OSError as err:
         return (err.strerror or type(err).__name__).lower()
     if free is not None:

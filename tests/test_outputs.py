@@ -290,3 +290,15 @@ def test_an_empty_polypseg_cache_means_the_default(monkeypatch: pytest.MonkeyPat
     assert cache_home() == Path.home() / ".cache" / "polypseg"
     monkeypatch.setenv("POLYPSEG_CACHE", "/somewhere/else")
     assert cache_home() == Path("/somewhere/else")
+
+
+def test_unwritable_names_the_file_or_dangling_link_in_the_way(tmp_path: Path) -> None:
+    from polypseg.outputs import unwritable
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert (
+        unwritable(tmp_path / "file" / "a" / "b") == f"{tmp_path / 'file'} is a file, not a folder"
+    )
+    assert unwritable(tmp_path / "gone") == f"{tmp_path / 'gone'} is a file, not a folder"
+    assert unwritable(tmp_path / "fine" / "a") is None and (tmp_path / "fine" / "a").is_dir()

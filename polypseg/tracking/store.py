@@ -195,14 +195,6 @@ def _check_artifact_folder(experiment_id: str) -> None:
     if parts.scheme not in ("", "file"):
         return  # a server's or a bucket's: it answers for itself
     folder = Path(url2pathname(parts.path))
-    existing = folder
-    while not existing.is_dir() and existing != existing.parent:
-        if existing.exists() or existing.is_symlink():  # a file (or a dangling link) in the way
-            raise StoreError(
-                f"MLflow artifact folder {folder}: {existing} is a file, not a folder; move it "
-                "aside, or pass --tracking-uri"
-            )
-        existing = existing.parent
     if (cause := unwritable(folder)) is not None:
         raise refused(f"MLflow artifacts to {folder}", cause)
 
