@@ -100,25 +100,17 @@ class FeatureCache:
         device = torch.device(device)
         variants = tuple(variants)
         key, folder = self.locate(encoder, pairs, image_size, device, variants)
-        cached = self.load(folder, key, verify=verify)
-        if cached is not None:
-            return cached
+        if folder.exists():
+            try:
+                return CachedFeatures(folder, *open_entry(folder, key, verify))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("feature cache %s is corrupt (%s); rebuilding it", folder, err)
+                shutil.rmtree(folder, ignore_errors=True)
         if before_build is not None:
             before_build()
         self.build(folder, key, encoder, pairs, image_size, device, batch_size, progress, variants)
-        # Not through `load`: an entry failing its checks right after its build is a bug, raised.
+        # Uncaught: an entry failing its checks right after its build is a bug, raised.
         return CachedFeatures(folder, *open_entry(folder, key))
-
-    def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
-        """The entry in `folder`; None when absent or damaged (then deleted)."""
-        if not folder.exists():
-            return None
-        try:
-            return CachedFeatures(folder, *open_entry(folder, key, verify))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("feature cache %s is corrupt (%s); rebuilding it", folder, err)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
 
     def build(
         self,
