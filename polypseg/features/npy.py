@@ -44,13 +44,6 @@ def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
-def npy_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    return (
-        len(npy_header(shape, dtype))
-        + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    )
-
-
 def sample_digest(path: Path) -> str:
     """SHA-256 of a file's size, its first and its last `SAMPLE_BYTES`: constant cost."""
     size = path.stat().st_size
