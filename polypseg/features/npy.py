@@ -33,17 +33,6 @@ class ArrayRecord:
         return cls(**{**table, "shape": tuple(table["shape"])})
 
 
-def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    buffer = io.BytesIO()
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": tuple(shape),
-    }
-    np.lib.format.write_array_header_1_0(buffer, header)
-    return buffer.getvalue()
-
-
 def sample_digest(path: Path) -> str:
     """SHA-256 of a file's size, its first and its last `SAMPLE_BYTES`: constant cost."""
     size = path.stat().st_size
@@ -62,10 +51,13 @@ class NpyWriter:
         self.dtype = np.dtype(dtype)
         self.rows = 0
         self._digest = hashlib.sha256()
-        header = npy_header(self.shape, self.dtype)
+        header = io.BytesIO()
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        fields = {"descr": descr, "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(header, fields)
         self._handle = path.open("wb")
         try:
-            self._write(header)
+            self._write(header.getvalue())
         except BaseException:
             self._handle.close()
             raise
