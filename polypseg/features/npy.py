@@ -13,7 +13,6 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,10 +26,6 @@ class ArrayRecord:
     nbytes: int  # the whole file, header included
     sha256: str  # of the whole file
     sample: str  # `sample_digest` of the file
-
-    @classmethod
-    def from_json(cls, table: dict[str, Any]) -> ArrayRecord:
-        return cls(**{**table, "shape": tuple(table["shape"])})
 
 
 def sample_digest(path: Path) -> str:
@@ -92,12 +87,13 @@ class NpyWriter:
         self._handle.close()
 
 
-def open_checked(path: Path, record: ArrayRecord) -> np.ndarray:
-    """The array memory-mapped read-only after the cheap check; ValueError when it fails."""
+def open_checked(path: Path, nbytes: int, sample: str) -> np.ndarray:
+    """The array memory-mapped read-only after the cheap check against its record's `nbytes` and
+    `sample`; ValueError when it fails."""
     size = path.stat().st_size
-    if size != record.nbytes:
-        raise ValueError(f"{path.name} is {size} bytes where its index says {record.nbytes}")
-    if sample_digest(path) != record.sample:
+    if size != nbytes:
+        raise ValueError(f"{path.name} is {size} bytes where its index says {nbytes}")
+    if sample_digest(path) != sample:
         raise ValueError(f"{path.name} does not match its recorded sample digest")
     # The sampled first MiB holds the header as written from the record's shape and dtype.
     return np.load(path, mmap_mode="r")
