@@ -114,8 +114,7 @@ def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_siz
     """Start encoding a batch; on CUDA nothing here waits for the GPU. The event is recorded on
     `device`'s stream, the one its copies ran on: with `cuda:1`, one on the current device's
     stream would complete at once and the pinned buffer be read too early."""
-    errors = [message for message in batch["error"] if message]
-    if errors:
+    if errors := [message for message in batch["error"] if message]:
         raise DataError(errors[0])
     if device.type != "cuda":
         features = _encode(encoder, batch["image"], device, batch_size)
