@@ -214,22 +214,20 @@ def _inspect_all(
 
 _PHRASES = {  # what is wrong, by verdict, in the order a refusal names them
     "large": "images over the {limit:g}-megapixel limit (downscale them, or raise "
-    "data.max_megapixels in the config)",
-    "undecodable": "files that cannot be decoded",
-    "size": "masks not the size of their images",
-    "faint": "masks not black but with no pixel at half range or above",
+    "data.max_megapixels in the config): {names}",
+    "undecodable": "files that cannot be decoded: {names}",
+    "size": "masks not the size of their images: {names}",
+    "faint": "masks not black but with no pixel at half range or above: {names} ({causes})",
 }
 
 
 def _refusal(found: dict[str, list[str]], max_megapixels: float) -> str:
     """One phrase per kind of problem in `found` (names by verdict), or "" when none."""
-    phrases = [
-        f"{_PHRASES[kind].format(limit=max_megapixels)}: {listing(found[kind])}"
-        + (f" ({FILE_CAUSES})" if kind == "faint" else "")
+    return "; ".join(
+        _PHRASES[kind].format(limit=max_megapixels, names=listing(found[kind]), causes=FILE_CAUSES)
         for kind in _PHRASES
         if found.get(kind)
-    ]
-    return "; ".join(phrases)
+    )
 
 
 def _note(found: dict[str, list[str]], shown: str, state: str, size: Any) -> None:

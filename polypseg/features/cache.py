@@ -23,7 +23,7 @@ import torch
 from polypseg.atomic import atomic_path
 from polypseg.caches import cache_home
 from polypseg.data.pairs import Pair, hash_pairs
-from polypseg.errors import DataError, PolypsegError, first_line
+from polypseg.errors import PolypsegError, first_line
 from polypseg.features.builds import claim, clean_stale_builds, release
 from polypseg.features.encode import encode_into
 from polypseg.features.entry import FORMAT, open_entry, write_index
@@ -44,9 +44,8 @@ class CachedFeatures:
 
     def feature_set(self, names: Sequence[str], pinned: bool = False) -> FeatureSet:
         """The rows of `names`, in that order, in RAM (page-locked with `pinned`)."""
+        # Every caller's names come from the split the entry was built for: a KeyError is a bug.
         index = {name: row for row, name in enumerate(self.names)}
-        if missing := [name for name in names if name not in index]:
-            raise DataError(f"feature cache {self.directory} lacks {', '.join(missing[:5])}")
         rows = np.array([index[name] for name in names], dtype=np.int64)
         arrays = []
         for array in (self.features, self.masks):
@@ -100,25 +99,17 @@ class FeatureCache:
         device = torch.device(device)
         variants = tuple(variants)
         key, folder = self.locate(encoder, pairs, image_size, device, variants)
-        cached = self.load(folder, key, verify=verify)
-        if cached is not None:
-            return cached
+        if folder.exists():
+            try:
+                return CachedFeatures(folder, *open_entry(folder, key, verify))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("feature cache %s is corrupt (%s); rebuilding it", folder, err)
+                shutil.rmtree(folder, ignore_errors=True)
         if before_build is not None:
             before_build()
         self.build(folder, key, encoder, pairs, image_size, device, batch_size, progress, variants)
-        # Not through `load`: an entry failing its checks right after its build is a bug, raised.
+        # Uncaught: an entry failing its checks right after its build is a bug, raised.
         return CachedFeatures(folder, *open_entry(folder, key))
-
-    def load(self, folder: Path, key: str, verify: bool = False) -> CachedFeatures | None:
-        """The entry in `folder`; None when absent or damaged (then deleted)."""
-        if not folder.exists():
-            return None
-        try:
-            return CachedFeatures(folder, *open_entry(folder, key, verify))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("feature cache %s is corrupt (%s); rebuilding it", folder, err)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
 
     def build(
         self,

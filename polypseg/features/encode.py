@@ -10,6 +10,7 @@ fails with the file's own one-line `DataError`, not the DataLoader's re-raised t
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from polypseg.data.dataset import KvasirDataset
 from polypseg.data.pairs import Pair
 from polypseg.dihedral import IDENTITY, transform
 from polypseg.errors import DataError, PolypsegError
-from polypseg.features.npy import ArrayRecord, NpyWriter, npy_nbytes
+from polypseg.features.npy import ArrayRecord, NpyWriter
 from polypseg.models.encoders import FrozenEncoder
 from polypseg.outputs import short_of_space
 from polypseg.processes import usable_cores
@@ -31,7 +32,7 @@ from polypseg.processes import usable_cores
 log = logging.getLogger(__name__)
 
 FEATURES, MASKS = "features.npy", "masks.npy"
-SPACE_MARGIN = 64 << 20  # bytes kept free beyond the arrays (the index, the file system's own)
+SPACE_MARGIN = 64 << 20  # kept free beyond the array data: headers, index, the file system's own
 
 
 class _Items(Dataset):
@@ -113,8 +114,7 @@ def _launch(encoder: FrozenEncoder, batch: dict, device: torch.device, batch_siz
     """Start encoding a batch; on CUDA nothing here waits for the GPU. The event is recorded on
     `device`'s stream, the one its copies ran on: with `cuda:1`, one on the current device's
     stream would complete at once and the pinned buffer be read too early."""
-    errors = [message for message in batch["error"] if message]
-    if errors:
+    if errors := [message for message in batch["error"] if message]:
         raise DataError(errors[0])
     if device.type != "cuda":
         features = _encode(encoder, batch["image"], device, batch_size)
@@ -151,7 +151,7 @@ class _Sink:
             FEATURES: ((self.n, *feature_shape), np.float16),
             MASKS: ((self.n, 1, self.image_size, self.image_size), np.uint8),
         }
-        needed = sum(npy_nbytes(*spec) for spec in shapes.values())
+        needed = sum(math.prod(shape) * np.dtype(kind).itemsize for shape, kind in shapes.values())
         if (free := short_of_space(self.folder, needed + SPACE_MARGIN)) is not None:
             raise PolypsegError(
                 f"the feature cache needs {needed / 1e9:.2f} GB in {self.folder.parent} but only "

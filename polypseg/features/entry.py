@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from polypseg.caches import file_digest
-from polypseg.features.npy import ArrayRecord, open_checked
+from polypseg.features.npy import open_checked
 
 FORMAT = 4  # bump when the layout, the mask rule (data/masks.py) or the reader changes (4: EXIF
 # orientation applied by data/images.py): old entries miss
@@ -45,15 +45,13 @@ def open_entry(
     body = {name: value for name, value in raw.items() if name != "digest"}
     if raw.get("digest") != index_digest(body):
         raise ValueError(f"{INDEX} does not match its own digest")
-    if body.get("format") != FORMAT:
-        raise ValueError(f"{INDEX} has format {body.get('format')!r}, not {FORMAT}")
-    if body.get("key") != key:
+    if body.get("key") != key:  # the key hashes `FORMAT` too: an entry of another format
         raise ValueError("its key does not match its folder")
     # The digest matched: the body is what `write_index` wrote, its types need no second check.
     arrays = []
     for name in ARRAYS:
-        record = ArrayRecord.from_json(body["arrays"][name])
-        if verify and file_digest(folder / name) != record.sha256:
+        record = body["arrays"][name]  # an `ArrayRecord` as JSON
+        if verify and file_digest(folder / name) != record["sha256"]:
             raise ValueError(f"{name} does not match its recorded SHA-256")
-        arrays.append(open_checked(folder / name, record))
+        arrays.append(open_checked(folder / name, record["nbytes"], record["sample"]))
     return tuple(body["names"]), np.array(body["sizes"]), *arrays

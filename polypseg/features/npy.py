@@ -2,9 +2,9 @@
 
 `NpyWriter` writes with plain `write` calls, so a full disk is an `OSError` where a memory-mapped
 write would kill the process with SIGBUS, and hashes as it writes, so the full SHA-256 costs no
-second read. `open_checked` costs the same at any size: the file size, the header and the digest
-of the first and last MiB, which catch a truncated, extended or end-damaged file; damage in the
-middle is found by the full digest (`polypseg cache --verify`).
+second read. `open_checked` costs the same at any size: the file size and the digest of the
+first (the header's) and last MiB, which catch a truncated, extended or end-damaged file; damage
+in the middle is found by the full digest (`polypseg cache --verify`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,28 +26,6 @@ class ArrayRecord:
     nbytes: int  # the whole file, header included
     sha256: str  # of the whole file
     sample: str  # `sample_digest` of the file
-
-    @classmethod
-    def from_json(cls, table: dict[str, Any]) -> ArrayRecord:
-        return cls(**{**table, "shape": tuple(table["shape"])})
-
-
-def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    buffer = io.BytesIO()
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": tuple(shape),
-    }
-    np.lib.format.write_array_header_1_0(buffer, header)
-    return buffer.getvalue()
-
-
-def npy_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    return (
-        len(npy_header(shape, dtype))
-        + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    )
 
 
 def sample_digest(path: Path) -> str:
@@ -69,10 +46,13 @@ class NpyWriter:
         self.dtype = np.dtype(dtype)
         self.rows = 0
         self._digest = hashlib.sha256()
-        header = npy_header(self.shape, self.dtype)
+        header = io.BytesIO()
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        fields = {"descr": descr, "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(header, fields)
         self._handle = path.open("wb")
         try:
-            self._write(header)
+            self._write(header.getvalue())
         except BaseException:
             self._handle.close()
             raise
@@ -107,17 +87,13 @@ class NpyWriter:
         self._handle.close()
 
 
-def open_checked(path: Path, record: ArrayRecord) -> np.ndarray:
-    """The array memory-mapped read-only after the cheap check; ValueError when it fails."""
+def open_checked(path: Path, nbytes: int, sample: str) -> np.ndarray:
+    """The array memory-mapped read-only after the cheap check against its record's `nbytes` and
+    `sample`; ValueError when it fails."""
     size = path.stat().st_size
-    if size != record.nbytes:
-        raise ValueError(f"{path.name} is {size} bytes where its index says {record.nbytes}")
-    if sample_digest(path) != record.sample:
+    if size != nbytes:
+        raise ValueError(f"{path.name} is {size} bytes where its index says {nbytes}")
+    if sample_digest(path) != sample:
         raise ValueError(f"{path.name} does not match its recorded sample digest")
-    array = np.load(path, mmap_mode="r")
-    if array.shape != record.shape or array.dtype.str != record.dtype:
-        raise ValueError(
-            f"{path.name} holds {array.dtype.str}{array.shape}, its index says "
-            f"{record.dtype}{record.shape}"
-        )
-    return array
+    # The sampled first MiB holds the header as written from the record's shape and dtype.
+    return np.load(path, mmap_mode="r")

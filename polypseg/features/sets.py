@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,19 +30,14 @@ class FeatureSet:
         have = self.features.device
         if have.type == device.type and device.index in (None, have.index):
             return self
+        tensors = {name: value for name, value in vars(self).items() if torch.is_tensor(value)}
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             # What this process's caching allocator holds but does not use is free to it too.
             free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            tensors = (self.features, self.masks, self.images, self.augmented)
-            needed = sum(tensor.nbytes for tensor in tensors if tensor is not None)
-            if needed > 0.5 * free:
+            if sum(tensor.nbytes for tensor in tensors.values()) > 0.5 * free:
                 return self  # stays on the host; batches are copied as they are used
-        moved = (t.to(device) if t is not None else None for t in (self.images, self.augmented))
-        images, augmented = moved
-        return FeatureSet(
-            self.features.to(device), self.masks.to(device), images, self.variants, augmented
-        )
+        return replace(self, **{name: tensor.to(device) for name, tensor in tensors.items()})
 
     def batches(
         self,
