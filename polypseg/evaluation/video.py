@@ -24,7 +24,7 @@ import numpy as np
 from polypseg.atomic import atomic_path
 from polypseg.data.images import pixel_problem
 from polypseg.errors import DataError, first_line
-from polypseg.outputs import check_output_dir
+from polypseg.outputs import check_output_dir, check_outputs
 
 BATCH_SIZE = 8
 DEFAULT_RATE = Fraction(25)  # for the rare stream that states no frame rate at all
@@ -162,8 +162,8 @@ def predict_video(
     if not video.is_file():
         raise DataError(f"video {video} does not exist")
     overlay, table = out_dir / f"{video.stem}_overlay.mp4", out_dir / f"{video.stem}_frames.csv"
-    if video.resolve() in (overlay.resolve(), table.resolve()):
-        raise DataError(f"--out {out_dir} would overwrite the video {video}; choose another")
+    outputs = [(overlay, "the overlay"), (table, "the frame table")]
+    check_outputs(outputs, out_dir, "choose another --out", inputs=[video])
     reader = FrameReader(video)  # a file that is no video is refused before the model loads
     try:
         setup(PREDICTION_EXPERIMENT, tracking_uri)
