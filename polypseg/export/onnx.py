@@ -10,8 +10,6 @@ sizes before it replaces `--out`.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,23 +74,16 @@ class Export:
 def to_onnx(graph: ExportGraph, example: torch.Tensor, metadata: dict[str, str]):  # noqa: ANN202
     """The graph through the dynamo exporter, batch dynamic; `metadata` goes into the file."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # The exporter reports each pass with warnings and INFO logs: the result is checked below.
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        level = logging.getLogger("torch").level
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        try:
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                dynamo=True,
-                input_names=[INPUT],
-                output_names=[PROBABILITIES, LOGITS],
-                dynamic_shapes={"images": {0: batch}},
-                verbose=False,
-            )
-        finally:
-            logging.getLogger("torch").setLevel(level)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[PROBABILITIES, LOGITS],
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,  # the exporter's per-pass report; the result is checked below
+        )
     program.model.metadata_props.update({META_PREFIX + k: v for k, v in metadata.items()})
     return program
 
