@@ -106,10 +106,8 @@ class OverlayWriter:
     def write(self, rgb: np.ndarray) -> None:
         import av
 
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        if (frame.width, frame.height) != (self.stream.width, self.stream.height):
-            frame = frame.reformat(width=self.stream.width, height=self.stream.height)
-        self.container.mux(self.stream.encode(frame))
+        # A frame of another size (the stream's changed) is scaled to the stream's by `encode`.
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
 
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
