@@ -124,20 +124,16 @@ def require(module: str) -> ModuleType:
         ) from None
 
 
-def providers() -> list[str]:
-    """onnxruntime's CUDA provider when this install has it, then the CPU provider."""
-    available = require("onnxruntime").get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 def open_session(path: str | Path) -> Any:
     """An `onnxruntime.InferenceSession` over `path`; an unreadable file is a `PolypsegError`."""
     ort = require("onnxruntime")
     path = Path(path)
     if not path.is_file():
         raise PolypsegError(f"ONNX model {path} does not exist; write one with `polypseg export`")
+    available = ort.get_available_providers()  # CUDA when this install has it, then the CPU
+    chosen = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(str(path), providers=providers())
+        return ort.InferenceSession(str(path), providers=chosen)
     except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
         # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:WHY": the why
         why = first_line(err, 1000).rpartition("failed:")[2].strip() or type(err).__name__
