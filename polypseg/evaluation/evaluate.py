@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypseg.config import DataConfig, check_seed
+from polypseg.config import DataConfig, check_choice, check_seed
 from polypseg.data.sets import find_dataset_root
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.report import (
@@ -26,7 +26,7 @@ from polypseg.evaluation.report import (
     write_folder,
     write_set,
 )
-from polypseg.evaluation.scoring import KEYS, SetScorer, check_protocol
+from polypseg.evaluation.scoring import KEYS, SetScorer
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, data_digest, parse_roots
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
@@ -208,7 +208,7 @@ def evaluate(
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)
-    check_protocol(protocol)
+    check_choice("--protocol", protocol, tuple(KEYS))
     check_resamples(resamples)
     if (model_uri is None) == (predictions is None):
         raise DataError("pass either --model URI or --predictions DIR (one of them)")
