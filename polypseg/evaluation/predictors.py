@@ -69,22 +69,20 @@ class Predictor(MapPredictor):
 
     def describe(self) -> dict[str, str | None]:
         """Registered name, version (an alias resolved now: reports outlive it), logging run."""
-        described: dict[str, str | None] = {
-            "model": self.uri,
-            "model_name": None,
-            "model_version": None,
-            "model_run_id": self.model.metadata.run_id,
-        }
+        name, version, run_id = None, None, self.model.metadata.run_id
         if found := registered_version(self.uri):
-            name, number, run_id = found
-            described.update(model_name=name, model_version=number)
-            described["model_run_id"] = run_id or described["model_run_id"]
+            name, version, run_id = found[0], found[1], found[2] or run_id
         elif self.uri.startswith("models:/"):  # MLflow 3's `models:/m-<id>`: logged, unregistered
             import mlflow
 
             logged = mlflow.MlflowClient().get_logged_model(self.uri[len("models:/") :])
-            described["model_run_id"] = logged.source_run_id or described["model_run_id"]
-        return described
+            run_id = logged.source_run_id or run_id
+        return {
+            "model": self.uri,
+            "model_name": name,
+            "model_version": version,
+            "model_run_id": run_id,
+        }
 
 
 def registered_version(uri: str, strict: bool = True) -> tuple[str, str, str | None] | None:
