@@ -56,7 +56,7 @@ class SetReport:
     json_path: Path
     csv_path: Path
     figure_path: Path
-    figure: Any = field(default=None, repr=False)
+    figure: Any = field(repr=False)  # the worst cases, a matplotlib Figure
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
@@ -75,8 +75,7 @@ def write_set(report: SetReport, into: Path | None = None) -> None:
                 writer.writerow(
                     {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
                 )
-        if report.figure is not None:
-            report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
+        report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
         temporary(report.json_path).write_text(json.dumps(report.summary, indent=2) + "\n")
 
 
@@ -187,8 +186,7 @@ def log_evaluation(
             folder = report.name if prefixed else None
             mlflow.log_artifact(str(report.json_path), folder)
             mlflow.log_artifact(str(report.csv_path), folder)
-            if report.figure is not None:
-                log_figure(report.figure, f"figures/{prefix}worst_cases.png")
+            log_figure(report.figure, f"figures/{prefix}worst_cases.png")
         for path in tables or ():
             mlflow.log_artifact(str(path))
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"
