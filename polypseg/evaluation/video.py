@@ -24,6 +24,7 @@ import numpy as np
 from polypseg.atomic import atomic_path
 from polypseg.data.images import pixel_problem
 from polypseg.errors import DataError, first_line
+from polypseg.evaluation.predict import PREDICTION_EXPERIMENT, log_prediction, tint
 from polypseg.outputs import check_output_dir, check_outputs
 
 BATCH_SIZE = 8
@@ -122,8 +123,6 @@ def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.nd
 
 def _run(predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, bar) -> int:
     """Predict, draw and tabulate every frame; returns how many."""
-    from polypseg.evaluation.predict import tint
-
     rows = csv.writer(table)
     rows.writerow(CSV_COLUMNS)
     task = bar.add_task(f"predicting {reader.path.name}", total=reader.expected or None)
@@ -150,7 +149,6 @@ def predict_video(
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
     from polypseg.config import check_choice
-    from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
     from polypseg.evaluation.predictors import ENGINES, load_predictor
     from polypseg.progress import progress_bar
     from polypseg.tracking.store import setup
@@ -186,8 +184,6 @@ def predict_video(
     finally:
         reader.close()
     import mlflow
-
-    from polypseg.evaluation.predict import log_prediction
 
     params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
 
