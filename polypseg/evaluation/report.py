@@ -22,6 +22,7 @@ import psutil
 
 from polypseg.atomic import atomic_path, umask
 from polypseg.errors import PolypsegError
+from polypseg.evaluation.predict import model_tags
 from polypseg.uncertainty import format_interval
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
@@ -151,8 +152,6 @@ def write_tables(reports: Sequence[SetReport], folder: Path) -> None:
 
 def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
     first = reports[0].summary
-    from polypseg.evaluation.predict import model_tags
-
     described = ("model", "model_name", "model_version", "model_run_id", "predictions")
     tags = model_tags({key: first.get(key) for key in described})
     tags.update({"polypseg.protocol": first["protocol"], "polypseg.split": first["split"]})
