@@ -60,6 +60,7 @@ def test_export_reports_its_parity_and_logs_the_file_to_the_models_run(
     found = re.search(r"max probability difference (\S+)", sam_export["stderr"])
     assert found is not None and float(found.group(1)) <= PARITY_TOLERANCE
     assert "batch sizes 8 and 1" in sam_export["stderr"]
+    assert len(sam_export["stderr"].splitlines()) == 2  # and the logged file: no exporter noise
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sam_export["uri"])
     logged = mlflow.MlflowClient().list_artifacts(sam_export["run_id"], "onnx")
     assert [a.path for a in logged] == ["onnx/sam.onnx"]

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import one_error_line
+from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,7 +30,7 @@ def _report(folder: Path, name: str) -> SetReport:
     summary = {"n_images": 1, "dice": 0.5}
     rows = [{"name": "a", "height": 2, "width": 2, "dice": 0.5}]
     paths = (folder / f"{name}.json", folder / f"{name}.csv", folder / f"{name}_worst.png")
-    return SetReport(name, summary, rows, ("dice",), ("dice",), *paths)
+    return SetReport(name, summary, rows, ("dice",), ("dice",), *paths, figure=Figure())
 
 
 def _dead_pid() -> int:
@@ -52,6 +53,7 @@ def test_a_report_folder_is_replaced_whole_and_a_killed_ones_leftovers_go(tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == [
         "etis.csv",
         "etis.json",
+        "etis_worst.png",
         "table.csv",
         "table.md",
     ]

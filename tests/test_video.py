@@ -98,6 +98,20 @@ def test_a_text_file_named_mp4_is_one_line_and_writes_nothing(
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 
 
+def test_an_output_that_links_to_the_video_is_refused_and_the_video_kept(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    before = clip.read_bytes()
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "clip_overlay.mp4").symlink_to(clip)
+    args = ["predict", "--model", MODEL, "--video", str(clip), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert "one of the inputs" in one_error_line(result)
+    assert clip.read_bytes() == before
+
+
 def test_predict_needs_images_or_a_video(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "--model", MODEL, "--out", str(tmp_path)])
     assert "--video FILE" in one_error_line(result)

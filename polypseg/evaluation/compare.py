@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from polypseg.atomic import write_json
-from polypseg.config import DataConfig
+from polypseg.config import DataConfig, check_choice
 from polypseg.errors import DataError, listing
 from polypseg.evaluation.evaluate import Source, input_trees, score
 from polypseg.evaluation.report import EVALUATION_EXPERIMENT
-from polypseg.evaluation.scoring import check_protocol
+from polypseg.evaluation.scoring import KEYS
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, parse_roots
 from polypseg.outputs import check_output_file, check_outputs
 from polypseg.uncertainty import RESAMPLES, check_resamples, format_interval, paired_difference
@@ -117,7 +117,7 @@ def compare(
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)
-    check_protocol(protocol)
+    check_choice("--protocol", protocol, tuple(KEYS))
     check_resamples(resamples)
     values = (baseline, candidate)
     sides = dict(zip(SIDES, (side_source(v, len(sets) > 1) for v in values), strict=True))

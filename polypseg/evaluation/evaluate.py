@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypseg.config import DataConfig, check_seed
+from polypseg.config import DataConfig, check_choice, check_seed
 from polypseg.data.sets import find_dataset_root
 from polypseg.errors import DataError, listing
+from polypseg.evaluation.predictors import registered_version
 from polypseg.evaluation.report import (
     EVALUATION_EXPERIMENT,
     SetReport,
@@ -26,8 +27,9 @@ from polypseg.evaluation.report import (
     write_folder,
     write_set,
 )
-from polypseg.evaluation.scoring import KEYS, SetScorer, check_protocol
+from polypseg.evaluation.scoring import KEYS, SetScorer
 from polypseg.evaluation.sources import DataSet, MapSource, ModelSource, data_digest, parse_roots
+from polypseg.figures import mask_panel
 from polypseg.outputs import check_output_dir, check_output_file, check_outputs
 from polypseg.progress import track
 from polypseg.uncertainty import RESAMPLES, check_resamples, format_interval
@@ -66,8 +68,6 @@ class Evaluation:
 
 
 def _worst_figure(source: Source, pairs: list, scorer: SetScorer, name: str):  # noqa: ANN202
-    from polypseg.figures import mask_panel
-
     by_name, key = {p.name: p for p in pairs}, scorer.interval_keys[0]
     worst = sorted(scorer.rows, key=lambda r: r[key])[:WORST_SHOWN]
     images, masks, maps = [], [], []
@@ -129,8 +129,6 @@ def _paths(data: DataSet, folder: Path | None, out: Path | None) -> tuple[Path, 
 def report_folder(model_uri: str | None, predictions: str | Path | None) -> Path:
     """Where an evaluation goes without --out: `evaluation/<model>-v<version>/` for a registered
     model, `run-<id>` for a run's, the .onnx file's or the maps folder's name otherwise."""
-    from polypseg.evaluation.predictors import registered_version
-
     if predictions is not None:
         label = f"maps-{Path(predictions).resolve().name}"
     elif model_uri.startswith("runs:/"):
@@ -208,7 +206,7 @@ def evaluate(
     from polypseg.tracking.store import setup
 
     sets = parse_roots(roots)
-    check_protocol(protocol)
+    check_choice("--protocol", protocol, tuple(KEYS))
     check_resamples(resamples)
     if (model_uri is None) == (predictions is None):
         raise DataError("pass either --model URI or --predictions DIR (one of them)")

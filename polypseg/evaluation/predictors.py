@@ -69,22 +69,20 @@ class Predictor(MapPredictor):
 
     def describe(self) -> dict[str, str | None]:
         """Registered name, version (an alias resolved now: reports outlive it), logging run."""
-        described: dict[str, str | None] = {
-            "model": self.uri,
-            "model_name": None,
-            "model_version": None,
-            "model_run_id": self.model.metadata.run_id,
-        }
+        name, version, run_id = None, None, self.model.metadata.run_id
         if found := registered_version(self.uri):
-            name, number, run_id = found
-            described.update(model_name=name, model_version=number)
-            described["model_run_id"] = run_id or described["model_run_id"]
+            name, version, run_id = found[0], found[1], found[2] or run_id
         elif self.uri.startswith("models:/"):  # MLflow 3's `models:/m-<id>`: logged, unregistered
             import mlflow
 
             logged = mlflow.MlflowClient().get_logged_model(self.uri[len("models:/") :])
-            described["model_run_id"] = logged.source_run_id or described["model_run_id"]
-        return described
+            run_id = logged.source_run_id or run_id
+        return {
+            "model": self.uri,
+            "model_name": name,
+            "model_version": version,
+            "model_run_id": run_id,
+        }
 
 
 def registered_version(uri: str, strict: bool = True) -> tuple[str, str, str | None] | None:
@@ -124,20 +122,16 @@ def require(module: str) -> ModuleType:
         ) from None
 
 
-def providers() -> list[str]:
-    """onnxruntime's CUDA provider when this install has it, then the CPU provider."""
-    available = require("onnxruntime").get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 def open_session(path: str | Path) -> Any:
     """An `onnxruntime.InferenceSession` over `path`; an unreadable file is a `PolypsegError`."""
     ort = require("onnxruntime")
     path = Path(path)
     if not path.is_file():
         raise PolypsegError(f"ONNX model {path} does not exist; write one with `polypseg export`")
+    available = ort.get_available_providers()  # CUDA when this install has it, then the CPU
+    chosen = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(str(path), providers=providers())
+        return ort.InferenceSession(str(path), providers=chosen)
     except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
         # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:WHY": the why
         why = first_line(err, 1000).rpartition("failed:")[2].strip() or type(err).__name__

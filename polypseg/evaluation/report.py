@@ -22,6 +22,7 @@ import psutil
 
 from polypseg.atomic import atomic_path, umask
 from polypseg.errors import PolypsegError
+from polypseg.evaluation.predict import model_tags
 from polypseg.uncertainty import format_interval
 
 EVALUATION_EXPERIMENT = "polypseg-evaluation"
@@ -56,7 +57,7 @@ class SetReport:
     json_path: Path
     csv_path: Path
     figure_path: Path
-    figure: Any = field(default=None, repr=False)
+    figure: Any = field(repr=False)  # the worst cases, a matplotlib Figure
 
 
 def write_set(report: SetReport, into: Path | None = None) -> None:
@@ -75,8 +76,7 @@ def write_set(report: SetReport, into: Path | None = None) -> None:
                 writer.writerow(
                     {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
                 )
-        if report.figure is not None:
-            report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
+        report.figure.savefig(temporary(report.figure_path), format="png", dpi=100)
         temporary(report.json_path).write_text(json.dumps(report.summary, indent=2) + "\n")
 
 
@@ -152,8 +152,6 @@ def write_tables(reports: Sequence[SetReport], folder: Path) -> None:
 
 def _run_tags(reports: Sequence[SetReport]) -> dict[str, str]:
     first = reports[0].summary
-    from polypseg.evaluation.predict import model_tags
-
     described = ("model", "model_name", "model_version", "model_run_id", "predictions")
     tags = model_tags({key: first.get(key) for key in described})
     tags.update({"polypseg.protocol": first["protocol"], "polypseg.split": first["split"]})
@@ -187,8 +185,7 @@ def log_evaluation(
             folder = report.name if prefixed else None
             mlflow.log_artifact(str(report.json_path), folder)
             mlflow.log_artifact(str(report.csv_path), folder)
-            if report.figure is not None:
-                log_figure(report.figure, f"figures/{prefix}worst_cases.png")
+            log_figure(report.figure, f"figures/{prefix}worst_cases.png")
         for path in tables or ():
             mlflow.log_artifact(str(path))
     return run.info.run_id, f"{runs_url(run.info.experiment_id)}/{run.info.run_id}"

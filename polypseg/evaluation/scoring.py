@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from polypseg.config import check_choice
 from polypseg.data.masks import read_mask
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import read_pranet_mask
@@ -36,18 +35,13 @@ KEYS = {
     "default": (DEFAULT_KEYS, DEFAULT_KEYS, ("dice", "iou")),
     "pranet": (PRANET_ROW_KEYS, PRANET_SUMMARY_KEYS, ("mdice", "miou")),
 }
-PROTOCOLS = tuple(KEYS)
-
-
-def check_protocol(protocol: str) -> str:
-    return check_choice("--protocol", protocol, PROTOCOLS)
 
 
 class SetScorer:
     """Accumulates one data set's per-image rows (and PraNet curves) under a protocol."""
 
     def __init__(self, protocol: str, threshold: float = 0.5) -> None:
-        self.protocol = protocol  # checked at the door (evaluate, compare)
+        self.protocol = protocol  # one of KEYS, checked at the door (evaluate, compare)
         self.columns, self.summary_keys, self.interval_keys = KEYS[protocol]
         self.threshold = threshold
         self.rows: list[dict] = []

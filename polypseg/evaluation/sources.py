@@ -29,6 +29,7 @@ from polypseg.data.sets import SETS, find_dataset_root
 from polypseg.data.split import split_names
 from polypseg.errors import DataError
 from polypseg.evaluation.maps import pair_maps, read_map, resize_map
+from polypseg.evaluation.predictors import load_predictor
 from polypseg.evaluation.scoring import SetScorer
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -96,8 +97,6 @@ class ModelSource:
 
     @cached_property
     def predictor(self) -> Any:  # a Predictor, loaded on first use: the data is checked first
-        from polypseg.evaluation.predictors import load_predictor
-
         return load_predictor(self.model_uri, self.engine, self.tta)
 
     @property

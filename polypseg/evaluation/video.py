@@ -24,7 +24,8 @@ import numpy as np
 from polypseg.atomic import atomic_path
 from polypseg.data.images import pixel_problem
 from polypseg.errors import DataError, first_line
-from polypseg.outputs import check_output_dir
+from polypseg.evaluation.predict import PREDICTION_EXPERIMENT, log_prediction, tint
+from polypseg.outputs import check_output_dir, check_outputs
 
 BATCH_SIZE = 8
 DEFAULT_RATE = Fraction(25)  # for the rare stream that states no frame rate at all
@@ -106,10 +107,8 @@ class OverlayWriter:
     def write(self, rgb: np.ndarray) -> None:
         import av
 
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        if (frame.width, frame.height) != (self.stream.width, self.stream.height):
-            frame = frame.reformat(width=self.stream.width, height=self.stream.height)
-        self.container.mux(self.stream.encode(frame))
+        # A frame of another size (the stream's changed) is scaled to the stream's by `encode`.
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
 
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
@@ -124,8 +123,6 @@ def _batches(reader: FrameReader, size: int) -> Iterator[list[tuple[float, np.nd
 
 def _run(predictor: Any, reader: FrameReader, writer: OverlayWriter, table: Any, bar) -> int:
     """Predict, draw and tabulate every frame; returns how many."""
-    from polypseg.evaluation.predict import tint
-
     rows = csv.writer(table)
     rows.writerow(CSV_COLUMNS)
     task = bar.add_task(f"predicting {reader.path.name}", total=reader.expected or None)
@@ -152,7 +149,6 @@ def predict_video(
 ) -> VideoPrediction:
     """Write `<stem>_overlay.mp4` and `<stem>_frames.csv` into `out_dir`, log one run."""
     from polypseg.config import check_choice
-    from polypseg.evaluation.predict import PREDICTION_EXPERIMENT
     from polypseg.evaluation.predictors import ENGINES, load_predictor
     from polypseg.progress import progress_bar
     from polypseg.tracking.store import setup
@@ -162,8 +158,8 @@ def predict_video(
     if not video.is_file():
         raise DataError(f"video {video} does not exist")
     overlay, table = out_dir / f"{video.stem}_overlay.mp4", out_dir / f"{video.stem}_frames.csv"
-    if video.resolve() in (overlay.resolve(), table.resolve()):
-        raise DataError(f"--out {out_dir} would overwrite the video {video}; choose another")
+    outputs = [(overlay, "the overlay"), (table, "the frame table")]
+    check_outputs(outputs, out_dir, "choose another --out", inputs=[video])
     reader = FrameReader(video)  # a file that is no video is refused before the model loads
     try:
         setup(PREDICTION_EXPERIMENT, tracking_uri)
@@ -188,8 +184,6 @@ def predict_video(
     finally:
         reader.close()
     import mlflow
-
-    from polypseg.evaluation.predict import log_prediction
 
     params = {"video": str(video.resolve()), "engine": engine, "tta": tta, "n_frames": frames}
 

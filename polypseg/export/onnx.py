@@ -10,8 +10,7 @@ sizes before it replaces `--out`.
 
 from __future__ import annotations
 
-import logging
-import warnings
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,9 @@ import torch
 from torch import nn
 
 from polypseg.atomic import atomic_path
+from polypseg.data.images import read_image
 from polypseg.errors import PolypsegError
+from polypseg.evaluation.predict import collect_images
 from polypseg.evaluation.predictors import (
     INPUT,
     LOGITS,
@@ -76,23 +77,16 @@ class Export:
 def to_onnx(graph: ExportGraph, example: torch.Tensor, metadata: dict[str, str]):  # noqa: ANN202
     """The graph through the dynamo exporter, batch dynamic; `metadata` goes into the file."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # The exporter reports each pass with warnings and INFO logs: the result is checked below.
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        level = logging.getLogger("torch").level
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        try:
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                dynamo=True,
-                input_names=[INPUT],
-                output_names=[PROBABILITIES, LOGITS],
-                dynamic_shapes={"images": {0: batch}},
-                verbose=False,
-            )
-        finally:
-            logging.getLogger("torch").setLevel(level)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[PROBABILITIES, LOGITS],
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,  # the exporter's per-pass report; the result is checked below
+        )
     program.model.metadata_props.update({META_PREFIX + k: v for k, v in metadata.items()})
     return program
 
@@ -120,8 +114,6 @@ def parity(path: Path, graph: ExportGraph, batch: np.ndarray) -> float:
 def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> list[Path]:
     """The images the parity check may run: those given, else the model's own data set's (all
     of them, so the output check can refuse landing on any)."""
-    from polypseg.evaluation.predict import collect_images
-
     if images:
         return collect_images(images)
     for root in data_roots:
@@ -136,8 +128,6 @@ def check_images(images: Sequence[str] | None, data_roots: Sequence[str]) -> lis
 def training_roots(model_uri: str, run_id: str | None) -> list[str]:
     """The folders its training run logged (`DIR`, or `NAME=DIR, ...`); a study's champion's
     version names the trial's run (the parent run that logged it trained nothing)."""
-    import json
-
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -169,7 +159,6 @@ def export_onnx(
         require(module)
     import mlflow
 
-    from polypseg.data.images import read_image
     from polypseg.tracking.store import check_tracking_uri, default_tracking_uri
 
     out = check_output_file(out)
