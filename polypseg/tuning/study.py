@@ -3,9 +3,10 @@
 `tune` reads as its steps, in order: check the arguments; prepare the data, encoder and feature
 cache once (first: a data set or encoder that is not there leaves no study, experiment or worker
 number behind); open or resume the study, refusing one made for another objective, data set or
-encoder (`tuning.identity`); open the experiment; recover what dead workers left behind; save the
-UI's view of the trials (`tracking.views`); then, under a parent run named after the study and
-this invocation (`decoder_search #2`), run trials (`tuning.workers`) and finish (`tuning.finish`).
+encoder (`tuning.identity`); open the experiment and end the runs dead workers left (their trials
+fail and are queued again as this worker takes its first, `tuning.workers`); save the UI's view of
+the trials (`tracking.views`); then, under a parent run named after the study and this invocation
+(`decoder_search #2`), run trials (`tuning.workers`) and finish (`tuning.finish`).
 Any number of such workers may share one study (docs/scaling-out.md).
 """
 
@@ -46,7 +47,6 @@ from polypseg.tuning.spec import StudySpec, check_space
 from polypseg.tuning.storage import (
     check_storage_url,
     default_storage,
-    fail_stale_trials,
     make_storage,
     storage_file,
 )
@@ -107,7 +107,7 @@ def tune(
     base = StudyBase.of(spec.metric, spec.direction, config, prepared)
     shared = _open_study(name, storage_url, spec, max_trials, base, opened)
     experiment_id = open_experiment(config.tracking.experiment, uri)
-    _recover_dead_workers(shared, experiment_id)
+    kill_dead_runs(experiment_id, shared.study)  # the runs of trials already over
     view = _save_view(shared, experiment_id, spec)
     with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
@@ -169,14 +169,6 @@ def _open_study(
         on_open=check,
         storage=storage,
     )
-
-
-def _recover_dead_workers(shared: SharedStudy, experiment_id: str) -> None:
-    """Dead workers' trials FAIL (a retry queued), their runs KILLED, before any trial here."""
-    fail_stale_trials(shared.study)
-    with shared.lock():
-        shared.fail_dead_trials()
-    kill_dead_runs(experiment_id, shared.study)
 
 
 def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
