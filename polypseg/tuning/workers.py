@@ -72,9 +72,6 @@ class SharedStudy:
     def heartbeat_interval(self) -> int | None:  # None: no heartbeats (Optuna 5's journal)
         return getattr(self.storage, "get_heartbeat_interval", lambda: None)()
 
-    def fail_dead_trials(self) -> list[int]:  # under the lock
-        return fail_dead_trials(self.study, self.storage, self.lock is not nullcontext)
-
     def take_trial(self) -> optuna.Trial | None:
         """The next trial, under the lock: a queued retry first, else a new one within budget;
         None when the study's budget is used up.
@@ -89,7 +86,7 @@ class SharedStudy:
         while True:
             fail_stale_trials(self.study)  # FAIL, runs killed: as `Study.optimize` does each trial
             with self.lock():
-                self.fail_dead_trials()
+                fail_dead_trials(self.study, self.storage, self.lock is not nullcontext)
                 left = self.budget_left()
                 if left is None or left > 0 or self._any(TrialState.WAITING):
                     with warnings.catch_warnings():
