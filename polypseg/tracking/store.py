@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
@@ -24,6 +25,9 @@ from polypseg.sqlite_files import create_whole, not_a_file, sqlite_file, sqlite_
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.faults import store_fault
 from polypseg.tracking.names import check_experiment
+
+if TYPE_CHECKING:
+    import optuna
 
 STORE_DIR = "mlruns"
 # The schemes MLflow 3 keeps runs at. `file:` is left out on purpose: that store is in
@@ -131,10 +135,11 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
     return open_experiment(experiment, uri)
 
 
-def open_experiment(experiment: str, uri: str) -> str:
+def open_experiment(experiment: str, uri: str, study: optuna.Study | None = None) -> str:
     """Point MLflow at a store and experiment already checked (by `setup`, or at `tune`'s door):
     the store's folder takes writes, the store and experiment are created if need be, and the
-    runs that dead workers left RUNNING in it are ended KILLED. Returns the experiment's id."""
+    runs that dead workers left RUNNING in it (and those of `study`'s trials already over) are
+    ended KILLED (`kill_dead_runs`). Returns the experiment's id."""
     database = sqlite_file(uri)
     if database is not None and (cause := unwritable(database.parent)) is not None:
         raise refused(f"to the MLflow store {_store_place(uri)}", cause)  # creates the folder
@@ -152,7 +157,7 @@ def open_experiment(experiment: str, uri: str) -> str:
             raise
         raise fault from None
     _check_artifact_folder(experiment_id)
-    kill_dead_runs(experiment_id)
+    kill_dead_runs(experiment_id, study)
     return experiment_id
 
 

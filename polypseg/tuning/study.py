@@ -106,8 +106,7 @@ def tune(
     images_encoded = prepared.encoder.images_encoded
     base = StudyBase.of(spec.metric, spec.direction, config, prepared)
     shared = _open_study(name, storage_url, spec, max_trials, base, opened)
-    experiment_id = open_experiment(config.tracking.experiment, uri)
-    kill_dead_runs(experiment_id, shared.study)  # the runs of trials already over
+    experiment_id = open_experiment(config.tracking.experiment, uri, shared.study)
     view = _save_view(shared, experiment_id, spec)
     with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
