@@ -126,3 +126,21 @@ def test_study_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
         15,
     )
     assert spec.sampler == {"name": "tpe", "seed": 42} and spec.pruner == {"name": "median"}
+
+
+@pytest.mark.parametrize(
+    ("bounds", "named"),
+    [
+        ("low = 1e-2\nhigh = 1e-3", r"space\.train\.lr \(float\) needs low < high"),
+        (
+            "low = 0.0\nhigh = 1e-2\nlog = true",
+            r"space\.train\.lr is log-scaled, so low must be > 0",
+        ),
+    ],
+)
+def test_a_range_optuna_cannot_draw_from_is_refused(
+    tmp_path: Path, bounds: str, named: str
+) -> None:
+    path = _spec(tmp_path, HEAD + f'[space."train.lr"]\ntype = "float"\n{bounds}\n')
+    with pytest.raises(PolypsegError, match=named):
+        load_spec(path)
