@@ -117,8 +117,11 @@ def trial_progress(
         task = bar.add_task("trials", total=total)
 
         def trial_ended(study: Any, trial: Any) -> None:
+            if not enabled:
+                return
             try:
-                best, of = f"{study.best_value:.4f}", f" (trial {study.best_trial.number})"
+                best_trial = study.best_trial  # one read of the storage for its value and number
+                best, of = f"{best_trial.value:.4f}", f" (trial {best_trial.number})"
             except ValueError:  # no trial completed yet
                 best, of = "-", ""
             if terminal:
@@ -132,7 +135,6 @@ def trial_progress(
             elif state == "PRUNED" and trial.intermediate_values:
                 outcome = f"at epoch {step}, value {trial.intermediate_values[step]:.4f}"
             parts = [f"trial {trial.number} {state}", outcome, f"best {best}{of}"]
-            if enabled:
-                _say("  ".join([*filter(None, parts), f"elapsed {elapsed(clock() - started)}"]))
+            _say("  ".join([*filter(None, parts), f"elapsed {elapsed(clock() - started)}"]))
 
         yield trial_ended
