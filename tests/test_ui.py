@@ -1,5 +1,6 @@
 """The URL `polypseg tune` prints, opened in a real browser: every trial, its val_dice and its
-searched params on the first screen, and the chart view comparing the trials' val_dice curves.
+searched params on the first screen, and the chart view comparing the trials' val_dice curves and
+their params against best_val_dice.
 
 A small real study (two `polypseg tune` invocations, so two parent runs) is made in a temporary
 folder; `mlflow ui` serves its store on a free loopback port; headless Chromium (Debian's
@@ -211,3 +212,18 @@ def test_printed_url_shows_every_trial_its_val_dice_and_params(
         )
         d.save_screenshot(str(tmp_path / "charts.png"))
         assert first.text.split("\n")[0] == "val_dice"
+        # The second card: one axis per searched param, then best_val_dice (the study's only
+        # parallel-coordinate chart: its parent runs hold no PNG of it). Long names are cut.
+        second = d.find_elements(By.CSS_SELECTOR, card)[1]
+        labels = ".parcoords .dimension text.label"
+        _wait(
+            d,
+            lambda d: len(second.find_elements(By.CSS_SELECTOR, labels)) == len(SEARCHED) + 1,
+            "the parallel chart of the searched params",
+            tmp_path / "charts.png",
+        )
+        shown = [
+            label.get_attribute("textContent")
+            for label in second.find_elements(By.CSS_SELECTOR, labels)
+        ]
+        assert shown[:2] == list(SEARCHED[:2]) and shown[-1] == "best_val_dice", shown

@@ -1,7 +1,7 @@
-"""The study's plots (history, importances, parallel coordinates), drawn by Optuna and made
-readable: the metric named, pruned trials in the history, a caveat on importances from few
-trials, and a parallel plot with plain ticks, visible lines and room for its colour bar. Optuna's
-ggplot style is kept to these plots.
+"""The study's plots (history, importances), drawn by Optuna and made readable: the metric named,
+pruned trials in the history, a caveat on importances from few trials. Optuna's ggplot style is
+kept to these plots. Its parallel-coordinate plot is not drawn: the MLflow UI's saved view of the
+study (`tracking.views`) draws the same chart live, over every trial's run.
 """
 
 from __future__ import annotations
@@ -10,17 +10,11 @@ import logging
 import warnings
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
-# Axes of the parallel-coordinate plot, in figure fractions: the plot, then the colour bar.
-PARALLEL_AXES = (0.08, 0.26, 0.68, 0.6)
-COLOUR_BAR_AXES = (0.88, 0.26, 0.025, 0.6)
-# Margin above and below the parallel plot's lines, as a fraction of each axis's range.
-PARALLEL_MARGIN = 0.06
 FEW_TRIALS = 5  # importances from fewer complete trials carry a caveat in their title
 
 
@@ -56,53 +50,6 @@ def _readable_importances(ax: Any, study: optuna.Study, metric: str) -> None:
     ax.figure.tight_layout()
 
 
-def _plain_axis(axes: Any) -> None:
-    """Five ticks across the values searched, written plainly (Optuna's log axes wrote
-    "×10⁻³" on each), then a margin of `PARALLEL_MARGIN` each side in the axis's own scale (a
-    log axis in decades). A categorical axis keeps its choices' ticks."""
-    from matplotlib.ticker import LogFormatter, ScalarFormatter
-
-    low, high = axes.get_ylim()
-    log = axes.get_yscale() == "log"
-    if isinstance(axes.yaxis.get_major_formatter(), (LogFormatter, ScalarFormatter)):
-        ticks = np.unique(np.geomspace(low, high, 5) if log else np.linspace(low, high, 5))
-        axes.set_yticks(ticks, [f"{tick:.3g}" for tick in ticks])
-        axes.set_yticks([], minor=True)
-    if log:
-        low, high = np.log10(low), np.log10(high)
-    pad = (high - low) * PARALLEL_MARGIN
-    low, high = low - pad, high + pad
-    axes.set_ylim(*((10**low, 10**high) if log else (low, high)))
-
-
-def _readable_parallel(ax: Any, study: optuna.Study, metric: str) -> None:
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LinearSegmentedColormap
-
-    figure = ax.figure
-    figure.set_size_inches(8, 4.5)
-    ax.set_title(f"study {study.study_name}: searched params and {metric}", y=1.03)
-    if not ax.collections:  # no trial to draw
-        return
-    for axes in figure.axes:
-        if axes is not ax.collections[0].colorbar.ax:
-            _plain_axis(axes)
-            if axes is not ax:  # one grid, the metric's: the twins' own doubled its lines
-                axes.grid(False)
-            for label in axes.get_yticklabels():
-                label.set_bbox({"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
-    lines = ax.collections[0]
-    blues = plt.get_cmap("Blues")(np.linspace(0.35, 1.0, 256))
-    reverse = study.direction == optuna.study.StudyDirection.MINIMIZE
-    lines.set_cmap(
-        LinearSegmentedColormap.from_list("visible_blues", blues[::-1] if reverse else blues)
-    )
-    lines.set_linewidth(2)
-    colour_bar = lines.colorbar
-    for axes in figure.axes:  # the plot and its per-parameter twins share one box
-        axes.set_position(COLOUR_BAR_AXES if axes is colour_bar.ax else PARALLEL_AXES)
-
-
 def study_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     """The study's figures by name; a plot it cannot draw yet (too few trials) is left out."""
     import matplotlib.pyplot as plt
@@ -111,7 +58,6 @@ def study_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     plots = {
         "optimization_history": (vis.plot_optimization_history, _readable_history),
         "param_importances": (vis.plot_param_importances, _readable_importances),
-        "parallel_coordinate": (vis.plot_parallel_coordinate, _readable_parallel),
     }
     figures = {}
     for name, (plot, readable) in plots.items():
