@@ -28,8 +28,7 @@ from polypseg.models.decoder import (
     seeded_decoder,
 )
 from polypseg.models.encoders import encoder_architecture
-from polypseg.models.segmenter import Segmenter
-from polypseg.tracking.pyfunc import load_segmenter, segmenter_state
+from polypseg.models.segmenter import Segmenter, load_segmenter, segmenter_state
 from polypseg.training.fit import fit, split_scores, train_step
 from polypseg.training.losses import bce_dice_loss, structure_loss
 from polypseg.tuning.spec import load_spec

@@ -46,12 +46,17 @@ class Predictor(MapPredictor):
     """A logged or registered model's segmenter, loaded from its MLflow URI."""
 
     def __init__(self, uri: str) -> None:
+        import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
-        from polypseg.tracking.pyfunc import load_model
-
         self.uri = uri
-        self.model = load_model(uri)
+        try:
+            self.model = mlflow.pyfunc.load_model(uri)
+        except (MlflowException, OSError) as err:  # a missing model, version or alias
+            raise PolypsegError(
+                f"cannot load model {uri} ({first_line(err, 200)}); check the name, version or "
+                "alias (e.g. models:/polypseg@champion) and MLFLOW_TRACKING_URI"
+            ) from None
         try:
             wrapped = self.model.unwrap_python_model()
         except MlflowException:  # another flavour's model: sklearn, pytorch, ...

@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc that segments H×W×3 uint8 images of any size.
 
-Its one artifact, `segmenter.pt`, is plain tensors and numbers (`weights_only=True`), rebuilt from
-the encoder and decoder registries, so it loads with only polypseg installed and no network. A
+Its one artifact, `segmenter.pt` (`models.segmenter.segmenter_state`), is plain tensors and numbers,
+so it loads with only polypseg installed and no network. A
 `PythonModel`, not `mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
 """
 
@@ -16,47 +16,14 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.logging_utils import suppress_logs
 
-from polypseg.errors import PolypsegError, first_line
-from polypseg.models.decoder import Decoder, decoder_from_record, decoder_record
-from polypseg.models.encoders import FrozenEncoder, encoder_architecture
-from polypseg.models.segmenter import Segmenter
+from polypseg.models.decoder import Decoder
+from polypseg.models.encoders import FrozenEncoder
+from polypseg.models.segmenter import load_segmenter, segmenter_state
 from polypseg.tracking.model_input import read_images
-
-FORMAT = 1
-# `segmenter.pt`'s names for keys of the decoder's record (`decoder_record`); models logged before
-# a key was recorded lack it, and `decoder_from_record` reads them as a `simple` decoder.
-FILE_KEYS = {"name": "decoder", "arguments": "decoder_arguments", "state": "decoder_state"}
-
-
-def segmenter_state(encoder: FrozenEncoder, decoder: Decoder, image_size: int) -> dict:
-    return {
-        "format": FORMAT,
-        "encoder": encoder.name,
-        # The precision its features were computed at for training and evaluation ("fp32" or
-        # "bf16" once `prepare` ran): served the same way, whatever the serving GPU would pick.
-        "precision": encoder.precision,
-        "encoder_state": encoder.backbone.state_dict(),
-        **{FILE_KEYS.get(key, key): value for key, value in decoder_record(decoder).items()},
-        "image_size": image_size,
-        "threshold": 0.5,
-    }
-
-
-def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[Segmenter, float]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = encoder_architecture(state["encoder"])
-    encoder.backbone.load_state_dict(state["encoder_state"])
-    encoder.weights_digest = ""  # not needed for prediction; skip rehashing the weights
-    encoder.precision = state.get("precision", "auto")  # models logged before it was recorded
-    names = {file_key: key for key, file_key in FILE_KEYS.items()}
-    decoder = decoder_from_record({names.get(key, key): value for key, value in state.items()})
-    segmenter = Segmenter(encoder, decoder, state["image_size"]).to(device).eval()
-    return segmenter, float(state["threshold"])
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
@@ -110,14 +77,3 @@ def log_segmenter_model(
             input_example=example,
             pip_requirements=_requirements(),
         )
-
-
-def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
-    """`mlflow.pyfunc.load_model` with a missing model or alias as a one-line `PolypsegError`."""
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as err:
-        raise PolypsegError(
-            f"cannot load model {uri} ({first_line(err, 200)}); check the name, version or alias "
-            "(e.g. models:/polypseg@champion) and MLFLOW_TRACKING_URI"
-        ) from None
