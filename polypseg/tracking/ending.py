@@ -63,13 +63,6 @@ def fail_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"[:500]
 
 
-def _kill(client: mlflow.MlflowClient, run_id: str, state: str | None) -> None:
-    """End a dead worker's run KILLED, a trial's tagged with its trial's `state`."""
-    if state is not None:
-        client.set_tag(run_id, STATE_TAG, state)
-    client.set_terminated(run_id, "KILLED")
-
-
 def _last_beat(run: mlflow.entities.Run) -> float:
     """Unix seconds of the run's last heartbeat, or of its start before the first one."""
     try:
@@ -115,7 +108,9 @@ def kill_dead_runs(experiment_id: str, study: optuna.Study | None = None) -> lis
     client, ended = mlflow.MlflowClient(), []
     for run_id, state in dead.items():
         try:
-            _kill(client, run_id, state)
+            if state is not None:
+                client.set_tag(run_id, STATE_TAG, state)
+            client.set_terminated(run_id, "KILLED")
         except MlflowException as err:
             log.warning("could not end run %s of a dead worker: %s", run_id, first_line(err))
             continue

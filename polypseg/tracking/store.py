@@ -145,7 +145,7 @@ def open_experiment(experiment: str, uri: str, study: optuna.Study | None = None
         raise refused(f"to the MLflow store {_store_place(uri)}", cause)  # creates the folder
     mlflow.set_tracking_uri(uri)
     try:
-        experiment_id = _set_experiment(uri, experiment)
+        opened = _set_experiment(uri, experiment)
     except StoreError:
         raise
     except Exception as err:
@@ -156,12 +156,12 @@ def open_experiment(experiment: str, uri: str, study: optuna.Study | None = None
         if (fault := fault or store_error(err)) is None:
             raise
         raise fault from None
-    _check_artifact_folder(experiment_id)
-    kill_dead_runs(experiment_id, study)
-    return experiment_id
+    _check_artifact_folder(opened.artifact_location)
+    kill_dead_runs(opened.experiment_id, study)
+    return opened.experiment_id
 
 
-def _set_experiment(uri: str, experiment: str) -> str:
+def _set_experiment(uri: str, experiment: str) -> mlflow.entities.Experiment:
     from mlflow.exceptions import MlflowException
 
     if (database := sqlite_file(uri)) is not None:
@@ -188,15 +188,13 @@ def _set_experiment(uri: str, experiment: str) -> str:
             experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     else:
         experiment_id = found.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+    return mlflow.set_experiment(experiment_id=experiment_id)
 
 
-def _check_artifact_folder(experiment_id: str) -> None:
+def _check_artifact_folder(location: str | None) -> None:
     """A local artifact folder must be a folder that takes writes: a file at `mlruns/artifacts`
     was met only when the first artifact was logged, after training."""
-    location = mlflow.get_experiment(experiment_id).artifact_location or ""
-    parts = urlsplit(location)
+    parts = urlsplit(location or "")
     if parts.scheme not in ("", "file"):
         return  # a server's or a bucket's: it answers for itself
     folder = Path(url2pathname(parts.path))

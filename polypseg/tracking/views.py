@@ -32,30 +32,22 @@ def _quoted(value: str) -> str:
 
 
 def _charts(metric: str, params: list[str]) -> tuple[list[dict], list[dict]]:
-    """Chart cards and their section, in the UI's own card format (RunsChartsCardConfig)."""
+    """Chart cards and their section, in the UI's own card format (RunsChartsCardConfig). A card
+    field left out reads as the UI's default (linear axes, not deleted, not generated); the UI's
+    line chart smooths a card without `lineSmoothness`."""
     section = "polypseg-trials"
-    common = {"metricSectionId": section, "deleted": False, "isGenerated": False}
     curves = {
-        **common,
+        "metricSectionId": section,
         "uuid": "polypseg-curves",
         "type": "LINE",
         "runsCountToCompare": 100,
         "metricKey": metric,
         "selectedMetricKeys": [metric],
         "xAxisKey": "step",
-        "selectedXAxisMetricKey": "",
-        "xAxisScaleType": "linear",
-        "scaleType": "linear",
         "lineSmoothness": 0,
-        "range": {},
-        "yAxisKey": "metric",
-        "yAxisExpressions": [],
-        "ignoreOutliers": False,
-        "useGlobalXaxisKey": False,
-        "useGlobalLineSmoothing": False,
     }
     parallel = {
-        **common,
+        "metricSectionId": section,
         "uuid": "polypseg-params",
         "type": "PARALLEL",
         "runsCountToCompare": 100,
