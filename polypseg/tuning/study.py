@@ -167,6 +167,7 @@ def _open_study(
         max_trials,
         on_open=check,
         storage=storage,
+        space=spec.space,
     )
 
 
@@ -174,9 +175,8 @@ def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
     """The UI's saved view of the trials, under the lock: workers starting together would each
     insert its tag, and a server refuses the second (a duplicate key on experiment_tag_pk)."""
     with shared.lock():
-        keys = [p.key for p in spec.space]
         return save_study_view(
-            experiment_id, shared.study.study_name, keys, spec.metric, spec.direction
+            experiment_id, shared.study.study_name, list(spec.space), spec.metric, spec.direction
         )
 
 
@@ -227,7 +227,7 @@ def _run_trials(
 def _cache_config(config: Config, spec: StudySpec) -> Config:
     """The config whose cache serves every trial: `data.augment` the union of the spec's
     choices and the config's own; a trial reads the variants it drew."""
-    choices = next((p.choices for p in spec.space if p.key == "data.augment"), ())
+    choices = getattr(spec.space.get("data.augment"), "choices", ())
     drawn = [config.with_overrides({"data.augment": c}).data.augment for c in choices]
     union = dict.fromkeys([*config.data.augment, *(v for variants in drawn for v in variants)])
     return config.with_overrides({"data.augment": list(union)})

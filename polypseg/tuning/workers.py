@@ -60,6 +60,7 @@ class SharedStudy:
     lock: StudyLock
     max_trials: int | None = None
     worker: int = 0  # this invocation's number among the study's workers, from 0
+    space: dict[str, optuna.distributions.BaseDistribution] | None = None  # drawn at `ask`
 
     def budget_left(self) -> int | None:
         if self.max_trials is None:
@@ -92,7 +93,7 @@ class SharedStudy:
                     with warnings.catch_warnings():
                         # Optuna expects heartbeats only under Study.optimize; `heartbeat` beats.
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                        trial = self.study.ask()
+                        trial = self.study.ask(self.space)
                     for key, value in Worker.current().tags().items():
                         trial.set_user_attr(key, value)
                     return trial
@@ -126,6 +127,7 @@ def open_shared_study(
     max_trials: int | None = None,
     on_open: Callable[[optuna.Study], None] | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    space: dict[str, optuna.distributions.BaseDistribution] | None = None,
 ) -> SharedStudy:
     """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
     `on_open` runs under the lock first: a study it refuses costs no worker number."""
@@ -145,7 +147,7 @@ def open_shared_study(
             raise
         raise refused from None
     created.sampler, created.pruner = make_sampler(worker), pruner  # known once numbered
-    return SharedStudy(created, storage, lock, max_trials, worker)
+    return SharedStudy(created, storage, lock, max_trials, worker, space)
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
