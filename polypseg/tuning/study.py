@@ -53,7 +53,6 @@ from polypseg.tuning.storage import (
 from polypseg.tuning.workers import (
     Objective,
     SharedStudy,
-    WorkerOptions,
     open_shared_study,
     run_worker,
 )
@@ -99,7 +98,6 @@ def tune(
     name = spec.name if study_name is None else study_name
     storage_url = default_storage() if storage is None else storage
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
-    workers = WorkerOptions(n_trials, n_jobs, timeout)
     _check_arguments(name, timeout, storage_url, uri, config)
     opened = _check_stored_space(name, storage_url, spec)
     prepared = prepare(_cache_config(config, spec), progress=progress)  # before any store
@@ -108,9 +106,9 @@ def tune(
     shared = _open_study(name, storage_url, spec, max_trials, base, opened)
     experiment_id = open_experiment(config.tracking.experiment, uri, shared.study)
     view = _save_view(shared, experiment_id, spec)
-    with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
+    with _parent_run(shared, storage_url, spec, n_trials, n_jobs) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
-        _run_trials(shared, objective, workers, experiment_id, progress)
+        _run_trials(shared, objective, n_trials, n_jobs, timeout, experiment_id, progress)
         best, registration = finish(shared, prepared, config, base, spec)
     table = champion_table(config, registration, tracking_uri, progress)
     return TuneResult(
@@ -182,7 +180,7 @@ def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
 
 @contextmanager
 def _parent_run(
-    shared: SharedStudy, storage_url: str, spec: StudySpec, workers: WorkerOptions
+    shared: SharedStudy, storage_url: str, spec: StudySpec, n_trials: int, n_jobs: int
 ) -> Iterator[str]:
     """This invocation's parent run, numbered (`s #2`), with what it was asked; yields its id."""
     name = shared.study.study_name
@@ -191,8 +189,8 @@ def _parent_run(
         shared.study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         mlflow.log_params(
             {
-                "invocation.trials": workers.n_trials,  # asked of this invocation (--trials)
-                "invocation.n_jobs": workers.n_jobs,
+                "invocation.trials": n_trials,  # asked of this invocation (--trials)
+                "invocation.n_jobs": n_jobs,
                 "invocation.worker": shared.worker,
                 "study.max_trials": shared.max_trials,  # the whole study's budget
                 "study.epochs": spec.epochs,
@@ -207,19 +205,21 @@ def _parent_run(
 def _run_trials(
     shared: SharedStudy,
     objective: Objective,
-    workers: WorkerOptions,
+    n_trials: int,
+    n_jobs: int,
+    timeout: float | None,
     experiment_id: str,
     progress: bool,
 ) -> None:
     left = shared.budget_left()
-    total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
+    total = n_trials if left is None else max(0, min(n_trials, left))
     ran: Counter[str] = Counter()  # this invocation's trials, by state
 
     def tally(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         ran[trial.state.name] += 1
 
     with trial_progress(total, progress) as show:
-        run_worker(shared, objective, workers, callbacks=[show, tally])
+        run_worker(shared, objective, n_trials, n_jobs, timeout, callbacks=[show, tally])
     kill_dead_runs(experiment_id, shared.study)  # left by workers that died meanwhile
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
 

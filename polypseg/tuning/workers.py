@@ -44,13 +44,6 @@ WORKERS_ATTR = "polypseg.workers"
 Objective = Callable[[optuna.Trial], float]
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    n_trials: int  # trials this worker may run (Optuna's `n_trials`: per process)
-    n_jobs: int = 1  # trials at once in this process (threads)
-    timeout: float | None = None  # seconds after which no trial is started
-
-
 @dataclass
 class SharedStudy:
     """An Optuna study with what its workers share: the storage, the lock and the budget."""
@@ -179,11 +172,14 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
 def run_worker(
     shared: SharedStudy,
     objective: Objective,
-    options: WorkerOptions,
+    n_trials: int,
+    n_jobs: int = 1,
+    timeout: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> int:
-    """Take, train and tell trials until this worker's share, the timeout or the study's budget
-    is used up; `options.n_jobs` threads at once. Returns how many trials this worker ran."""
+    """Take, train and tell trials until this worker's `n_trials` (Optuna's: per process), the
+    `timeout` (seconds, after which no trial starts) or the study's budget is used up; `n_jobs`
+    threads at once. Returns how many trials this worker ran."""
     started = time.monotonic()
     claimed = 0
     guard = threading.Lock()
@@ -193,8 +189,8 @@ def run_worker(
         nonlocal claimed
         while True:
             with guard:
-                late = options.timeout is not None and time.monotonic() - started > options.timeout
-                if done.is_set() or late or claimed >= options.n_trials:
+                late = timeout is not None and time.monotonic() - started > timeout
+                if done.is_set() or late or claimed >= n_trials:
                     return
                 claimed += 1
             # Ctrl-C and SIGTERM wait for a safe point: a training step, or the trial told. One
@@ -210,12 +206,12 @@ def run_worker(
                 for callback in callbacks:
                     callback(shared.study, frozen)
 
-    if options.n_jobs == 1:
+    if n_jobs == 1:
         loop()
         return claimed
     # Daemon threads: on Ctrl-C the process exits without waiting for their trials, which then
     # stop beating and are failed and retried like any dead worker's.
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(options.n_jobs)]
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(n_jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
