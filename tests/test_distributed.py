@@ -351,7 +351,7 @@ def test_a_killed_workers_trial_becomes_fail_and_is_retried(
     )
     assert [t.state for t in study.study.get_trials()] == [TrialState.RUNNING]
     objective = lambda trial: trial.suggest_float("x", 0, 1)  # noqa: E731
-    assert run_worker(study, objective, 5) == 1  # then the budget is used up
+    assert run_worker(study, objective, 5) == {"COMPLETE": 1}  # then the budget is used up
     trials = study.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params

@@ -13,7 +13,6 @@ Any number of such workers may share one study (docs/scaling-out.md).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -213,13 +212,8 @@ def _run_trials(
 ) -> None:
     left = shared.budget_left()
     total = n_trials if left is None else max(0, min(n_trials, left))
-    ran: Counter[str] = Counter()  # this invocation's trials, by state
-
-    def tally(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        ran[trial.state.name] += 1
-
     with trial_progress(total, progress) as show:
-        run_worker(shared, objective, n_trials, n_jobs, timeout, callbacks=[show, tally])
+        ran = run_worker(shared, objective, n_trials, n_jobs, timeout, callbacks=[show])
     kill_dead_runs(experiment_id, shared.study)  # left by workers that died meanwhile
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
 

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -176,12 +177,13 @@ def run_worker(
     n_jobs: int = 1,
     timeout: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-) -> int:
+) -> Counter[str]:
     """Take, train and tell trials until this worker's `n_trials` (Optuna's: per process), the
     `timeout` (seconds, after which no trial starts) or the study's budget is used up; `n_jobs`
-    threads at once. Returns how many trials this worker ran."""
+    threads at once. Returns the trials this worker ran, by the state they ended in."""
     started = time.monotonic()
     claimed = 0
+    ran: Counter[str] = Counter()
     guard = threading.Lock()
     done = threading.Event()  # the budget is used up: no thread takes another trial
 
@@ -203,12 +205,14 @@ def run_worker(
                     done.set()
                     return
                 frozen = _run_one(shared, objective, trial)
+                with guard:
+                    ran[frozen.state.name] += 1
                 for callback in callbacks:
                     callback(shared.study, frozen)
 
     if n_jobs == 1:
         loop()
-        return claimed
+        return ran
     # Daemon threads: on Ctrl-C the process exits without waiting for their trials, which then
     # stop beating and are failed and retried like any dead worker's.
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(n_jobs)]
@@ -216,4 +220,4 @@ def run_worker(
         thread.start()
     for thread in threads:
         thread.join()
-    return claimed
+    return ran
