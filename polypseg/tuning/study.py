@@ -34,12 +34,7 @@ from polypseg.tracking.store import (
     open_experiment,
 )
 from polypseg.tracking.views import save_study_view
-from polypseg.tuning.finish import (
-    TuneResult,
-    champion_table,
-    finish,
-    trial_counts,
-)
+from polypseg.tuning.finish import TuneResult, champion_table, finish
 from polypseg.tuning.identity import StudyBase, check_base
 from polypseg.tuning.objective import make_objective
 from polypseg.tuning.spec import StudySpec, check_space
@@ -108,7 +103,7 @@ def tune(
     with _parent_run(shared, storage_url, spec, n_trials, n_jobs) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
         _run_trials(shared, objective, n_trials, n_jobs, timeout, experiment_id, progress)
-        best, registration = finish(shared, prepared, config, base, spec)
+        counts, best, registration = finish(shared, prepared, config, base, spec)
     table = champion_table(config, registration, tracking_uri, progress)
     return TuneResult(
         study=shared.study,
@@ -116,7 +111,7 @@ def tune(
         registration=registration,
         parent_run_id=parent_run_id,
         images_encoded=images_encoded,
-        counts=trial_counts(shared.study),
+        counts=counts,
         storage=mask_password(storage_url),
         experiment_id=experiment_id,
         metric=spec.metric,
