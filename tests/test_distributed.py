@@ -36,7 +36,7 @@ from polypseg.tuning.storage import (
     heartbeat_settings,
     make_storage,
 )
-from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
+from polypseg.tuning.workers import open_shared_study, run_worker
 
 # One `polypseg tune` worker, through the library.
 TUNE_WORKER = """
@@ -56,7 +56,7 @@ print("\\n".join(result.summary()), flush=True)
 TOY_WORKER = """
 import pathlib, sys, time
 import optuna
-from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
+from polypseg.tuning.workers import open_shared_study, run_worker
 url, name, n_trials, budget, hang, start_at = sys.argv[1:7]
 study = open_shared_study(name, url, "minimize", lambda w: optuna.samplers.RandomSampler(w),
                           optuna.pruners.NopPruner(), int(budget))
@@ -67,7 +67,7 @@ def objective(trial):
         pathlib.Path(hang).write_text(str(trial.number))
         time.sleep(600)
     return x
-run_worker(study, objective, WorkerOptions(int(n_trials)))
+run_worker(study, objective, int(n_trials))
 """
 
 
@@ -351,7 +351,7 @@ def test_a_killed_workers_trial_becomes_fail_and_is_retried(
     )
     assert [t.state for t in study.study.get_trials()] == [TrialState.RUNNING]
     objective = lambda trial: trial.suggest_float("x", 0, 1)  # noqa: E731
-    assert run_worker(study, objective, WorkerOptions(5)) == 1  # then the budget is used up
+    assert run_worker(study, objective, 5) == {"COMPLETE": 1}  # then the budget is used up
     trials = study.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params

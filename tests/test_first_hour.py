@@ -43,7 +43,7 @@ def test_the_demo_study_is_sized_for_a_cpu_and_apart_from_the_real_job() -> None
     real = load_config(REPO / "experiments/sam_vit_b.toml")
     spec = load_spec(REPO / "studies/demo_search.toml", demo)
     main = load_spec(REPO / "studies/decoder_search.toml", real)
-    widths = next(p.choices for p in spec.space if p.key == "decoder.width")
+    widths = spec.space["decoder.width"].choices
     assert max(widths) <= demo.decoder.width  # no width-512 trial on a CPU
     assert spec.epochs < main.epochs
     assert spec.name != main.name  # a demo run never resumes the real study

@@ -111,7 +111,7 @@ def test_a_signal_outside_training_stops_the_worker_once_its_trial_is_told(tmp_p
     import optuna
     from optuna.trial import TrialState
 
-    from polypseg.tuning.workers import WorkerOptions, open_shared_study, run_worker
+    from polypseg.tuning.workers import open_shared_study, run_worker
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     sampler, pruner = optuna.samplers.RandomSampler, optuna.pruners.NopPruner()
@@ -123,5 +123,5 @@ def test_a_signal_outside_training_stops_the_worker_once_its_trial_is_told(tmp_p
         return value  # the rest of the trial's writes still happen
 
     with pytest.raises(KeyboardInterrupt):
-        run_worker(study, objective, WorkerOptions(n_trials=3))
+        run_worker(study, objective, n_trials=3)
     assert [t.state for t in study.study.get_trials()] == [TrialState.COMPLETE]

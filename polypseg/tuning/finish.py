@@ -24,24 +24,20 @@ from polypseg.tuning.spec import StudySpec
 from polypseg.tuning.workers import SharedStudy
 
 
-def trial_counts(study: optuna.Study) -> Counter[str]:
-    """The study's trials by state name (0 for a state none is in)."""
-    return Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
-
-
 def finish(
     shared: SharedStudy, prepared: Prepared, config: Config, base: StudyBase, spec: StudySpec
-) -> tuple[optuna.trial.FrozenTrial | None, Registration | None]:
-    """Register the best model under the lock: workers that end together register it once, and
-    the champion moves in order."""
+) -> tuple[Counter[str], FrozenTrial | None, Registration | None]:
+    """The study's trials by state (as logged), its best trial and that trial's registration.
+    Registered under the lock: workers that end together register it once, and the champion
+    moves in order."""
     study = shared.study
-    counts = trial_counts(study)
+    counts = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
     # The whole study's trials, every worker's (this invocation's: `invocation.trials_*`).
     mlflow.log_metrics({f"study.trials_{state.lower()}": n for state, n in counts.items()})
     for name, figure in study_figures(study, base.metric).items():
         log_figure(figure, f"figures/{name}.png")
     if not counts["COMPLETE"]:
-        return None, None
+        return counts, None, None
     best = study.best_trial
     mlflow.log_params({f"best.{key}": value for key, value in best.params.items()})
     mlflow.log_metrics({"best_value": best.value, "best_trial": best.number})
@@ -63,7 +59,7 @@ def finish(
         spread = {f"polypseg.{k}": f"{v:.4f}" for k, v in outcome.spread.items()}
         seeds = {"polypseg.seeds": str(spec.champion_seeds), "polypseg.seeds_run": outcome.run_id}
         update_card(registration.name, registration.version, {**seeds, **spread})
-    return best, registration
+    return counts, best, registration
 
 
 def champion_table(

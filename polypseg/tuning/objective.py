@@ -37,7 +37,7 @@ def make_objective(
     prepared: Prepared, config: Config, spec: StudySpec, parent_run_id: str, progress: bool
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        trial_config = spec.trial_config(config, {p.key: p.suggest(trial) for p in spec.space})
+        trial_config = spec.trial_config(config, trial.params)  # drawn as it was taken
         trial_prepared = dataclasses.replace(prepared, device=_trial_device(prepared, trial))
 
         def report(metrics: dict[str, float]) -> None:

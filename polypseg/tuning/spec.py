@@ -75,33 +75,6 @@ SPACE_ATTR = "polypseg.space"
 
 
 @dataclass(frozen=True)
-class Param:
-    key: str  # a config key, section.key
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def distribution(self) -> Any:
-        """The Optuna distribution `suggest` draws from (what a stored trial records)."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-        if self.type == "categorical":
-            return CategoricalDistribution(list(self.choices))
-        if self.type == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log)
-        return FloatDistribution(float(self.low), float(self.high), log=self.log)
-
-    def suggest(self, trial: Any) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log)
-
-
-@dataclass(frozen=True)
 class StudySpec:
     name: str = "decoder_search"
     metric: str = "val_dice"
@@ -110,7 +83,8 @@ class StudySpec:
     champion_seeds: int = 1  # trainings of the best trial's values before it is registered
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
-    space: tuple[Param, ...] = ()
+    # config key → the Optuna distribution its value is drawn from (`Study.ask` draws them)
+    space: dict[str, optuna.distributions.BaseDistribution] = field(default_factory=dict)
 
     def make_sampler(self, seed_offset: int = 0) -> Any:
         import optuna
@@ -149,7 +123,7 @@ def check_space(study: optuna.Study, spec: StudySpec, record: bool = True) -> No
     drawn = {k: d for trial in finished for k, d in trial.distributions.items()}
     stored = study.user_attrs.get(SPACE_ATTR)
     recorded = [(key, json_to_distribution(d)) for key, d in (stored or {}).items()]
-    now = {p.key: p.distribution() for p in spec.space}
+    now = spec.space
     for key, before in [*drawn.items(), *recorded]:
         if key in now and before != now[key]:
             raise PolypsegError(
@@ -170,7 +144,10 @@ def describe_distribution(distribution: Any) -> str:
     return f"{kind} in [{distribution.low:g}, {distribution.high:g}]{scale}"
 
 
-def _param(key: str, table: Any, where: str, config: Config) -> Param:
+def _param(key: str, table: Any, where: str, config: Config) -> Any:
+    """A `[space."key"]` table, checked, as the Optuna distribution its values are drawn from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if not isinstance(table, dict):
         raise PolypsegError(
             f'{where}: space entry "{key}" = {table!r} is not a table; write '
@@ -195,8 +172,8 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
                     f"{where}: space.{key}.choices holds {choice!r}; each choice must be a "
                     "number, a string or a boolean, like choices = [64, 128]"
                 )
-        param = Param(key, kind, choices=tuple(choices))
-        probes = param.choices
+        distribution = CategoricalDistribution(choices)
+        probes = choices
     else:
         if "low" not in table or "high" not in table:
             raise PolypsegError(f"{where}: space.{key} ({kind}) needs low and high")
@@ -209,13 +186,13 @@ def _param(key: str, table: Any, where: str, config: Config) -> Param:
             raise PolypsegError(f"{where}: space.{key} ({kind}) needs low < high")
         if log and low <= 0:
             raise PolypsegError(f"{where}: space.{key} is log-scaled, so low must be > 0")
-        param = Param(key, kind, low, high, log)
+        distribution = (IntDistribution if kind == "int" else FloatDistribution)(low, high, log=log)
         probes = (low, high)
     if reason := fixed_key_reason(key):  # a value that would not act is refused, not shown
         raise PolypsegError(f"{where}: space.{key} cannot be searched: {reason}")
     for value in probes:  # every value the space can produce must be a valid config value
         config.with_overrides({key: value}, origin=f"{where}: space")
-    return param
+    return distribution
 
 
 def _table(spec: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
@@ -277,7 +254,7 @@ def load_spec(path: str | Path, config: Config | None = None) -> StudySpec:
     if (name := pruner.get("name", "median")) not in PRUNERS:
         raise PolypsegError(f"{path}: [pruner] name = {name!r}; use median, hyperband or none")
     _check_options("pruner", pruner, PRUNER_OPTIONS, path)
-    space = tuple(_param(k, v, str(path), config) for k, v in _table(table, "space", path).items())
+    space = {k: _param(k, v, str(path), config) for k, v in _table(table, "space", path).items()}
     if not space:
         raise PolypsegError(f'{path}: the search space is empty; add [space."train.lr"] etc.')
     spec = StudySpec(

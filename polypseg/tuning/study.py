@@ -13,7 +13,6 @@ Any number of such workers may share one study (docs/scaling-out.md).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,12 +34,7 @@ from polypseg.tracking.store import (
     open_experiment,
 )
 from polypseg.tracking.views import save_study_view
-from polypseg.tuning.finish import (
-    TuneResult,
-    champion_table,
-    finish,
-    trial_counts,
-)
+from polypseg.tuning.finish import TuneResult, champion_table, finish
 from polypseg.tuning.identity import StudyBase, check_base
 from polypseg.tuning.objective import make_objective
 from polypseg.tuning.spec import StudySpec, check_space
@@ -53,7 +47,6 @@ from polypseg.tuning.storage import (
 from polypseg.tuning.workers import (
     Objective,
     SharedStudy,
-    WorkerOptions,
     open_shared_study,
     run_worker,
 )
@@ -99,7 +92,6 @@ def tune(
     name = spec.name if study_name is None else study_name
     storage_url = default_storage() if storage is None else storage
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
-    workers = WorkerOptions(n_trials, n_jobs, timeout)
     _check_arguments(name, timeout, storage_url, uri, config)
     opened = _check_stored_space(name, storage_url, spec)
     prepared = prepare(_cache_config(config, spec), progress=progress)  # before any store
@@ -108,10 +100,10 @@ def tune(
     shared = _open_study(name, storage_url, spec, max_trials, base, opened)
     experiment_id = open_experiment(config.tracking.experiment, uri, shared.study)
     view = _save_view(shared, experiment_id, spec)
-    with _parent_run(shared, storage_url, spec, workers) as parent_run_id:
+    with _parent_run(shared, storage_url, spec, n_trials, n_jobs) as parent_run_id:
         objective = make_objective(prepared, config, spec, parent_run_id, progress)
-        _run_trials(shared, objective, workers, experiment_id, progress)
-        best, registration = finish(shared, prepared, config, base, spec)
+        _run_trials(shared, objective, n_trials, n_jobs, timeout, experiment_id, progress)
+        counts, best, registration = finish(shared, prepared, config, base, spec)
     table = champion_table(config, registration, tracking_uri, progress)
     return TuneResult(
         study=shared.study,
@@ -119,7 +111,7 @@ def tune(
         registration=registration,
         parent_run_id=parent_run_id,
         images_encoded=images_encoded,
-        counts=trial_counts(shared.study),
+        counts=counts,
         storage=mask_password(storage_url),
         experiment_id=experiment_id,
         metric=spec.metric,
@@ -167,6 +159,7 @@ def _open_study(
         max_trials,
         on_open=check,
         storage=storage,
+        space=spec.space,
     )
 
 
@@ -174,15 +167,14 @@ def _save_view(shared: SharedStudy, experiment_id: str, spec: StudySpec) -> str:
     """The UI's saved view of the trials, under the lock: workers starting together would each
     insert its tag, and a server refuses the second (a duplicate key on experiment_tag_pk)."""
     with shared.lock():
-        keys = [p.key for p in spec.space]
         return save_study_view(
-            experiment_id, shared.study.study_name, keys, spec.metric, spec.direction
+            experiment_id, shared.study.study_name, list(spec.space), spec.metric, spec.direction
         )
 
 
 @contextmanager
 def _parent_run(
-    shared: SharedStudy, storage_url: str, spec: StudySpec, workers: WorkerOptions
+    shared: SharedStudy, storage_url: str, spec: StudySpec, n_trials: int, n_jobs: int
 ) -> Iterator[str]:
     """This invocation's parent run, numbered (`s #2`), with what it was asked; yields its id."""
     name = shared.study.study_name
@@ -191,8 +183,8 @@ def _parent_run(
         shared.study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         mlflow.log_params(
             {
-                "invocation.trials": workers.n_trials,  # asked of this invocation (--trials)
-                "invocation.n_jobs": workers.n_jobs,
+                "invocation.trials": n_trials,  # asked of this invocation (--trials)
+                "invocation.n_jobs": n_jobs,
                 "invocation.worker": shared.worker,
                 "study.max_trials": shared.max_trials,  # the whole study's budget
                 "study.epochs": spec.epochs,
@@ -207,19 +199,16 @@ def _parent_run(
 def _run_trials(
     shared: SharedStudy,
     objective: Objective,
-    workers: WorkerOptions,
+    n_trials: int,
+    n_jobs: int,
+    timeout: float | None,
     experiment_id: str,
     progress: bool,
 ) -> None:
     left = shared.budget_left()
-    total = workers.n_trials if left is None else max(0, min(workers.n_trials, left))
-    ran: Counter[str] = Counter()  # this invocation's trials, by state
-
-    def tally(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        ran[trial.state.name] += 1
-
+    total = n_trials if left is None else max(0, min(n_trials, left))
     with trial_progress(total, progress) as show:
-        run_worker(shared, objective, workers, callbacks=[show, tally])
+        ran = run_worker(shared, objective, n_trials, n_jobs, timeout, callbacks=[show])
     kill_dead_runs(experiment_id, shared.study)  # left by workers that died meanwhile
     mlflow.log_metrics({f"invocation.trials_{k.lower()}": n for k, n in ran.items()})
 
@@ -227,7 +216,7 @@ def _run_trials(
 def _cache_config(config: Config, spec: StudySpec) -> Config:
     """The config whose cache serves every trial: `data.augment` the union of the spec's
     choices and the config's own; a trial reads the variants it drew."""
-    choices = next((p.choices for p in spec.space if p.key == "data.augment"), ())
+    choices = getattr(spec.space.get("data.augment"), "choices", ())
     drawn = [config.with_overrides({"data.augment": c}).data.augment for c in choices]
     union = dict.fromkeys([*config.data.augment, *(v for variants in drawn for v in variants)])
     return config.with_overrides({"data.augment": list(union)})

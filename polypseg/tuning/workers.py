@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -44,13 +45,6 @@ WORKERS_ATTR = "polypseg.workers"
 Objective = Callable[[optuna.Trial], float]
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    n_trials: int  # trials this worker may run (Optuna's `n_trials`: per process)
-    n_jobs: int = 1  # trials at once in this process (threads)
-    timeout: float | None = None  # seconds after which no trial is started
-
-
 @dataclass
 class SharedStudy:
     """An Optuna study with what its workers share: the storage, the lock and the budget."""
@@ -60,6 +54,7 @@ class SharedStudy:
     lock: StudyLock
     max_trials: int | None = None
     worker: int = 0  # this invocation's number among the study's workers, from 0
+    space: dict[str, optuna.distributions.BaseDistribution] | None = None  # drawn at `ask`
 
     def budget_left(self) -> int | None:
         if self.max_trials is None:
@@ -92,7 +87,7 @@ class SharedStudy:
                     with warnings.catch_warnings():
                         # Optuna expects heartbeats only under Study.optimize; `heartbeat` beats.
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                        trial = self.study.ask()
+                        trial = self.study.ask(self.space)
                     for key, value in Worker.current().tags().items():
                         trial.set_user_attr(key, value)
                     return trial
@@ -126,6 +121,7 @@ def open_shared_study(
     max_trials: int | None = None,
     on_open: Callable[[optuna.Study], None] | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    space: dict[str, optuna.distributions.BaseDistribution] | None = None,
 ) -> SharedStudy:
     """Create the study or load it; `make_sampler(worker number)` seeds each worker apart.
     `on_open` runs under the lock first: a study it refuses costs no worker number."""
@@ -145,7 +141,7 @@ def open_shared_study(
             raise
         raise refused from None
     created.sampler, created.pruner = make_sampler(worker), pruner  # known once numbered
-    return SharedStudy(created, storage, lock, max_trials, worker)
+    return SharedStudy(created, storage, lock, max_trials, worker, space)
 
 
 def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
@@ -177,13 +173,17 @@ def _run_one(shared: SharedStudy, objective: Objective, trial: optuna.Trial) -> 
 def run_worker(
     shared: SharedStudy,
     objective: Objective,
-    options: WorkerOptions,
+    n_trials: int,
+    n_jobs: int = 1,
+    timeout: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-) -> int:
-    """Take, train and tell trials until this worker's share, the timeout or the study's budget
-    is used up; `options.n_jobs` threads at once. Returns how many trials this worker ran."""
+) -> Counter[str]:
+    """Take, train and tell trials until this worker's `n_trials` (Optuna's: per process), the
+    `timeout` (seconds, after which no trial starts) or the study's budget is used up; `n_jobs`
+    threads at once. Returns the trials this worker ran, by the state they ended in."""
     started = time.monotonic()
     claimed = 0
+    ran: Counter[str] = Counter()
     guard = threading.Lock()
     done = threading.Event()  # the budget is used up: no thread takes another trial
 
@@ -191,8 +191,8 @@ def run_worker(
         nonlocal claimed
         while True:
             with guard:
-                late = options.timeout is not None and time.monotonic() - started > options.timeout
-                if done.is_set() or late or claimed >= options.n_trials:
+                late = timeout is not None and time.monotonic() - started > timeout
+                if done.is_set() or late or claimed >= n_trials:
                     return
                 claimed += 1
             # Ctrl-C and SIGTERM wait for a safe point: a training step, or the trial told. One
@@ -205,17 +205,19 @@ def run_worker(
                     done.set()
                     return
                 frozen = _run_one(shared, objective, trial)
+                with guard:
+                    ran[frozen.state.name] += 1
                 for callback in callbacks:
                     callback(shared.study, frozen)
 
-    if options.n_jobs == 1:
+    if n_jobs == 1:
         loop()
-        return claimed
+        return ran
     # Daemon threads: on Ctrl-C the process exits without waiting for their trials, which then
     # stop beating and are failed and retried like any dead worker's.
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(options.n_jobs)]
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(n_jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return claimed
+    return ran
