@@ -70,7 +70,7 @@ SQL
 
 mkdir -p "$work/artifacts"
 PGPASSWORD=$password "$MLFLOW_BIN" server \
-    --backend-store-uri "postgresql+psycopg2://polypseg@127.0.0.1:$PG_PORT/mlflow" \
+    --backend-store-uri "postgresql://polypseg@127.0.0.1:$PG_PORT/mlflow" \
     --artifacts-destination "$work/artifacts" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2 >"$work/mlflow.log" 2>&1 &
 mlflow_pid=$!

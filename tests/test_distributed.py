@@ -31,7 +31,6 @@ from polypseg.features.prepare import prepare
 from polypseg.tracking.ending import kill_dead_runs
 from polypseg.tracking.store import setup
 from polypseg.tuning.storage import (
-    _with_installed_driver,
     fail_stale_trials,
     heartbeat_settings,
     make_storage,
@@ -409,15 +408,6 @@ def test_heartbeat_settings_come_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("POLYPSEG_HEARTBEAT", "5,2")
     with pytest.raises(PolypsegError, match="POLYPSEG_HEARTBEAT='5,2'"):
         heartbeat_settings()
-
-
-def test_postgresql_urls_use_the_installed_driver() -> None:
-    url = _with_installed_driver("postgresql://u:p@127.0.0.1:5432/db")
-    assert url in (
-        "postgresql+psycopg2://u:p@127.0.0.1:5432/db",
-        "postgresql://u:p@127.0.0.1:5432/db",
-    )
-    assert _with_installed_driver("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_a_mistyped_storage_url_does_not_leak_its_password() -> None:

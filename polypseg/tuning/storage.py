@@ -12,7 +12,6 @@ so `fail_dead_trials` does the same at once for a worker of this machine whose p
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import random
 import time
@@ -60,13 +59,6 @@ def storage_file(url: str) -> Path | None:
     if url.startswith(JOURNAL_PREFIX):
         return Path(url[len(JOURNAL_PREFIX) :]).expanduser()
     return sqlite_file(url)
-
-
-def _with_installed_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads `postgresql://` as psycopg 3; polypseg installs psycopg2."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url[len("postgresql://") :]
-    return url
 
 
 def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
@@ -124,7 +116,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         with quiet_experimental():
             return _open_rdb(
-                _with_installed_driver(url),
+                url,
                 engine_kwargs=kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
