@@ -25,6 +25,15 @@ def _features(n: int) -> FeatureSet:
     return FeatureSet(torch.randn(n, 8, 8, 8, generator=g).half(), torch.zeros(n, 1, 32, 32).byte())
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises():
+    """SIGINT as Python sets it up in a terminal: a shell that starts the suite in the background
+    hands it over ignored, and an ignored Ctrl-C is rightly never raised."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def sigterm_raises():
     """SIGTERM handled as the CLI handles it."""
