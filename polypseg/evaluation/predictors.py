@@ -92,7 +92,7 @@ class Predictor(MapPredictor):
 
 def registered_version(uri: str, strict: bool = True) -> tuple[str, str, str | None] | None:
     """(name, version, run id) of `models:/NAME/N`, `NAME/latest` or `NAME@ALIAS`, else None;
-    also None, unless `strict`, for a model the registry lacks (`load_model` says so later)."""
+    also None, unless `strict`, for a model the registry lacks (`Predictor` refuses it on load)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

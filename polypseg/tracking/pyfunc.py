@@ -1,8 +1,8 @@
 """The registered model: an MLflow pyfunc that segments H×W×3 uint8 images of any size.
 
-Its one artifact, `segmenter.pt` (`models.segmenter.segmenter_state`), is plain tensors and numbers,
-so it loads with only polypseg installed and no network. A
-`PythonModel`, not `mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
+Its one artifact, `segmenter.pt` (`models.segmenter.segmenter_state`), is plain tensors and
+numbers, so it loads with only polypseg installed and no network. A `PythonModel`, not
+`mlflow.pytorch`, whose default `torch.export` graph has a fixed input shape.
 """
 
 from __future__ import annotations

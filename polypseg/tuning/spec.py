@@ -21,6 +21,7 @@ from polypseg.tuning.identity import fixed_key_reason
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.distributions import BaseDistribution
 
 PARAM_TYPES = ("categorical", "float", "int")
 # Each metric a trial reports, and the direction that improves it (the default `direction`).
@@ -84,7 +85,7 @@ class StudySpec:
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     # config key → the Optuna distribution its value is drawn from (`Study.ask` draws them)
-    space: dict[str, optuna.distributions.BaseDistribution] = field(default_factory=dict)
+    space: dict[str, BaseDistribution] = field(default_factory=dict)
 
     def make_sampler(self, seed_offset: int = 0) -> Any:
         import optuna
@@ -144,7 +145,7 @@ def describe_distribution(distribution: Any) -> str:
     return f"{kind} in [{distribution.low:g}, {distribution.high:g}]{scale}"
 
 
-def _param(key: str, table: Any, where: str, config: Config) -> Any:
+def _param(key: str, table: Any, where: str, config: Config) -> BaseDistribution:
     """A `[space."key"]` table, checked, as the Optuna distribution its values are drawn from."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
